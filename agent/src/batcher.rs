@@ -1,0 +1,285 @@
+//! Cuts a stream's chunks into batches by row count, size and age, and encodes them for
+//! the wire.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// A batch ready to ship: Arrow IPC bytes plus what the envelope needs.
+#[derive(Debug, Clone)]
+pub struct ReadyBatch {
+    pub ipc: Bytes,
+    pub rows: u32,
+    pub schema_fingerprint: u64,
+    /// When the batch was cut, microseconds since the Unix epoch.
+    pub created_at_us: i64,
+}
+
+/// Limits at which a batch is cut; the first one reached wins.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+/// Accumulates chunks and hands out batches within [`Limits`].
+struct Accumulator {
+    schema: SchemaRef,
+    limits: Limits,
+    chunks: VecDeque<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+    /// When the oldest buffered row arrived.
+    oldest: Option<Instant>,
+}
+
+impl Accumulator {
+    fn push(&mut self, chunk: RecordBatch) {
+        if chunk.num_rows() == 0 {
+            return;
+        }
+        self.rows += chunk.num_rows();
+        self.bytes += chunk.get_array_memory_size();
+        self.oldest.get_or_insert_with(Instant::now);
+        self.chunks.push_back(chunk);
+    }
+
+    /// A batch is due by size (age is the caller's timer).
+    fn full(&self) -> bool {
+        self.rows >= self.limits.max_rows || self.bytes >= self.limits.max_bytes
+    }
+
+    /// Take up to `max_rows` rows from the front (all of them if the size limit was hit
+    /// before the row limit).
+    fn take(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let mut want = self.rows.min(self.limits.max_rows);
+        let mut parts = Vec::new();
+        while want > 0 {
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            let n = chunk.num_rows();
+            let size = chunk.get_array_memory_size();
+            if n <= want {
+                want -= n;
+                self.rows -= n;
+                self.bytes = self.bytes.saturating_sub(size);
+                parts.push(chunk);
+            } else {
+                parts.push(chunk.slice(0, want));
+                let rest = chunk.slice(want, n - want);
+                let moved = size * want / n;
+                self.rows -= want;
+                self.bytes = self.bytes.saturating_sub(moved);
+                self.chunks.push_front(rest);
+                want = 0;
+            }
+        }
+        if self.rows == 0 {
+            self.oldest = None;
+            self.bytes = 0;
+        } else {
+            // The remainder arrived with or after the batch just cut; restart its clock.
+            self.oldest = Some(Instant::now());
+        }
+        let batch = if parts.len() == 1 {
+            parts
+                .pop()
+                .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()))
+        } else {
+            arrow_select::concat::concat_batches(&self.schema, &parts)?
+        };
+        Ok(Some(batch))
+    }
+}
+
+/// Run the batcher for one stream until its input closes; everything buffered is flushed.
+pub async fn run(
+    stream: Arc<str>,
+    schema: SchemaRef,
+    limits: Limits,
+    mut input: mpsc::Receiver<RecordBatch>,
+    output: mpsc::Sender<ReadyBatch>,
+    metrics: Arc<Metrics>,
+) -> Result<(), ArrowError> {
+    let fingerprint = sluice_protocol::schema_fingerprint(&schema);
+    let mut acc = Accumulator {
+        schema,
+        limits,
+        chunks: VecDeque::new(),
+        rows: 0,
+        bytes: 0,
+        oldest: None,
+    };
+    let emit = |batch: RecordBatch| -> Result<ReadyBatch, ArrowError> {
+        let ipc = sluice_protocol::encode_batch(&batch)?;
+        let rows = batch.num_rows() as u32;
+        metrics.batch_cut(&stream, rows, ipc.len());
+        Ok(ReadyBatch {
+            ipc: Bytes::from(ipc),
+            rows,
+            schema_fingerprint: fingerprint,
+            created_at_us: chrono::Utc::now().timestamp_micros(),
+        })
+    };
+    loop {
+        let deadline = acc.oldest.map(|t| t + limits.max_age);
+        tokio::select! {
+            chunk = input.recv() => match chunk {
+                Some(chunk) => {
+                    acc.push(chunk);
+                    while acc.full() {
+                        let Some(batch) = acc.take()? else { break };
+                        if output.send(emit(batch)?).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                None => {
+                    while let Some(batch) = acc.take()? {
+                        if output.send(emit(batch)?).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    return Ok(());
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                if let Some(batch) = acc.take()?
+                    && output.send(emit(batch)?).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::Int64Array;
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
+    }
+
+    fn chunk(from: i64, n: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from_iter_values(from..from + n))],
+        )
+        .expect("batch")
+    }
+
+    fn values(b: &ReadyBatch) -> Vec<i64> {
+        let batch = sluice_protocol::decode_batch(&b.ipc).expect("decode");
+        batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64")
+            .values()
+            .to_vec()
+    }
+
+    async fn drive(limits: Limits, chunks: Vec<RecordBatch>) -> Vec<ReadyBatch> {
+        let (tx, rx) = mpsc::channel(16);
+        let (otx, mut orx) = mpsc::channel(1024);
+        let task = tokio::spawn(run(
+            "s".into(),
+            schema(),
+            limits,
+            rx,
+            otx,
+            Arc::new(Metrics::default()),
+        ));
+        for c in chunks {
+            tx.send(c).await.expect("send");
+        }
+        drop(tx);
+        task.await.expect("join").expect("batcher");
+        let mut out = Vec::new();
+        while let Some(b) = orx.recv().await {
+            out.push(b);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn cuts_exactly_at_max_rows_and_keeps_order() {
+        let limits = Limits {
+            max_rows: 100,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        };
+        let out = drive(limits, vec![chunk(0, 70), chunk(70, 70), chunk(140, 75)]).await;
+        let sizes: Vec<u32> = out.iter().map(|b| b.rows).collect();
+        assert_eq!(sizes, vec![100, 100, 15]);
+        let all: Vec<i64> = out.iter().flat_map(values).collect();
+        assert_eq!(all, (0..215).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn cuts_by_bytes() {
+        let limits = Limits {
+            max_rows: 1_000_000,
+            max_bytes: 4096,
+            max_age: Duration::from_secs(3600),
+        };
+        let out = drive(limits, (0..10).map(|i| chunk(i * 1000, 1000)).collect()).await;
+        // Each 1000-row chunk is ~8 KB, over the limit on its own: one batch per chunk.
+        assert_eq!(out.len(), 10);
+        let all: Vec<i64> = out.iter().flat_map(values).collect();
+        assert_eq!(all, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_by_age() {
+        let limits = Limits {
+            max_rows: 1_000_000,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_millis(200),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (otx, mut orx) = mpsc::channel(16);
+        let task = tokio::spawn(run(
+            "s".into(),
+            schema(),
+            limits,
+            rx,
+            otx,
+            Arc::new(Metrics::default()),
+        ));
+        tx.send(chunk(0, 5)).await.expect("send");
+        let first = tokio::time::timeout(Duration::from_millis(500), orx.recv())
+            .await
+            .expect("cut by age within the limit")
+            .expect("batch");
+        assert_eq!(first.rows, 5);
+        drop(tx);
+        task.await.expect("join").expect("batcher");
+        assert!(orx.recv().await.is_none());
+    }
+}

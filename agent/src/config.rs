@@ -1,0 +1,339 @@
+//! Agent configuration: TOML, validated when loaded.
+//!
+//! Unknown keys are errors (`deny_unknown_fields` everywhere) and every semantic check names
+//! the offending key, e.g. `sources.cpu.fields.load: stddev must be > 0`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::simulator::SimulatorConfig;
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// A semantic error found after parsing: which key, and what is wrong with it.
+#[derive(Debug)]
+pub struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole agent config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(deserialize_with = "crate::tagged::one")]
+    pub sink: SinkConfig,
+    #[serde(deserialize_with = "crate::tagged::map")]
+    pub sources: IndexMap<String, SourceConfig>,
+}
+
+/// `[agent]`: identity of this agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Unique id of this agent; lands in the `_agent` column. Letters, digits, `_`, `-`.
+    pub id: String,
+}
+
+/// `[api]`: the agent's HTTP endpoint (`/metrics`, `/health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[batch]`: when the batcher cuts a batch. Whichever limit is reached first wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_rows: usize,
+    pub max_bytes: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 65_536,
+            max_bytes: ByteSize::mib(8),
+            max_age: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `[sink]`: where batches go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkConfig {
+    Quic(QuicSinkConfig),
+}
+
+/// `[sink] type = "quic"`: ship to a processor over QUIC with mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicSinkConfig {
+    /// `host:port` of the processor.
+    pub endpoint: String,
+    /// Name the processor's certificate must carry; defaults to the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// CA certificate (PEM) that signed the processor's certificate.
+    pub ca: PathBuf,
+    /// This agent's certificate (PEM), signed by the same CA.
+    pub cert: PathBuf,
+    /// This agent's private key (PEM).
+    pub key: PathBuf,
+    /// Unacknowledged batches allowed in flight per stream.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// On shutdown, how long to keep trying to deliver what is still unacknowledged.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_window() -> usize {
+    16
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[sources.NAME]`: one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceConfig {
+    Simulator(SimulatorConfig),
+}
+
+impl SourceConfig {
+    /// The stream this source feeds (defaults to the source's name).
+    pub fn stream<'a>(&'a self, source_name: &'a str) -> &'a str {
+        match self {
+            SourceConfig::Simulator(s) => s.stream.as_deref().unwrap_or(source_name),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Read, parse and validate a config file. Relative paths inside it are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        cfg.validate().map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: e.key,
+            message: e.message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Parse TOML text without validation; the error carries line, column and key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Semantic checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        sluice_protocol::validate_name("agent.id", &self.agent.id)
+            .map_err(|e| Invalid::new("agent.id", e.to_string()))?;
+        if self.batch.max_rows == 0 {
+            return Err(Invalid::new("batch.max_rows", "must be at least 1"));
+        }
+        if self.batch.max_bytes.as_u64() < 1024 {
+            return Err(Invalid::new("batch.max_bytes", "must be at least 1 KiB"));
+        }
+        if self.batch.max_age.is_zero() {
+            return Err(Invalid::new("batch.max_age", "must be greater than zero"));
+        }
+        match &self.sink {
+            SinkConfig::Quic(q) => {
+                if q.window == 0 {
+                    return Err(Invalid::new("sink.window", "must be at least 1"));
+                }
+                if q.backoff_initial.is_zero() || q.backoff_initial > q.backoff_max {
+                    return Err(Invalid::new(
+                        "sink.backoff_initial",
+                        "must be greater than zero and at most sink.backoff_max",
+                    ));
+                }
+                if !q.endpoint.contains(':') {
+                    return Err(Invalid::new(
+                        "sink.endpoint",
+                        format!("{:?} must be host:port", q.endpoint),
+                    ));
+                }
+            }
+        }
+        if self.sources.is_empty() {
+            return Err(Invalid::new("sources", "at least one source is required"));
+        }
+        let mut schemas: IndexMap<&str, (&str, arrow_schema::SchemaRef)> = IndexMap::new();
+        for (name, source) in &self.sources {
+            let key = format!("sources.{name}");
+            let stream = source.stream(name);
+            sluice_protocol::validate_name("stream", stream)
+                .map_err(|e| Invalid::new(format!("{key}.stream"), e.to_string()))?;
+            let schema = match source {
+                SourceConfig::Simulator(sim) => {
+                    sim.validate(&key)?;
+                    sim.schema()
+                }
+            };
+            // Sources sharing a stream share one batcher, so they must agree on the schema.
+            if let Some((other, other_schema)) = schemas.get(stream) {
+                if *other_schema != schema {
+                    return Err(Invalid::new(
+                        key,
+                        format!(
+                            "feeds stream {stream:?} with a different schema than source {other:?}"
+                        ),
+                    ));
+                }
+            } else {
+                schemas.insert(stream, (name, schema));
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let SinkConfig::Quic(q) = &mut self.sink;
+        for p in [&mut q.ca, &mut q.cert, &mut q.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agent]
+id = "edge-01"
+
+[sink]
+type = "quic"
+endpoint = "127.0.0.1:7400"
+ca = "certs/ca.pem"
+cert = "certs/agent.pem"
+key = "certs/agent.key"
+
+[sources.cpu]
+type = "simulator"
+rate = 100
+[sources.cpu.fields]
+ts = { type = "timestamp" }
+load = { type = "normal", mean = 40.0, stddev = 10.0 }
+"#;
+
+    fn check(text: &str) -> Result<AgentConfig, String> {
+        let cfg = AgentConfig::parse(text)?;
+        cfg.validate()
+            .map_err(|e| format!("{}: {}", e.key, e.message))?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let cfg = check(GOOD).expect("valid");
+        assert_eq!(cfg.batch.max_rows, 65_536);
+        let SinkConfig::Quic(q) = &cfg.sink;
+        assert_eq!(q.window, 16);
+        assert_eq!(cfg.sources["cpu"].stream("cpu"), "cpu");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = check(&GOOD.replace("rate = 100", "rate = 100\nrat = 5")).unwrap_err();
+        assert!(err.contains("rat"), "{err}");
+        assert!(err.contains("line"), "{err}");
+        let err = check(&GOOD.replace("[agent]", "[agent]\ncolour = 1")).unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+        let err = check(&GOOD.replace("stddev = 10.0", "stddev = 10.0, skew = 2")).unwrap_err();
+        assert!(
+            err.contains("fields: load: skew: unknown field `skew`"),
+            "{err}"
+        );
+        let err = check(&GOOD.replace("key = ", "windoww = 3\nkey = ")).unwrap_err();
+        assert!(err.contains("windoww"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = check(&GOOD.replace("stddev = 10.0", "stddev = -1.0")).unwrap_err();
+        assert!(err.contains("sources.cpu.fields.load"), "{err}");
+        let err = check(&GOOD.replace("id = \"edge-01\"", "id = \"edge 01\"")).unwrap_err();
+        assert!(err.starts_with("agent.id"), "{err}");
+        let err = check(&GOOD.replace("rate = 100", "rate = \"fast\"")).unwrap_err();
+        assert!(err.contains("rate"), "{err}");
+        let err = check(&GOOD.replace("type = \"quic\"", "type = \"carrier-pigeon\"")).unwrap_err();
+        assert!(err.contains("carrier-pigeon"), "{err}");
+        let err =
+            check(&GOOD.replace("[sink]", "[batch]\nmax_age = \"soon\"\n[sink]")).unwrap_err();
+        assert!(err.contains("max_age"), "{err}");
+    }
+}

@@ -1,0 +1,222 @@
+//! `sluice-agent`: the Sluice edge agent.
+
+mod api;
+mod batcher;
+mod config;
+mod metrics;
+mod pipeline;
+mod shipper;
+mod simulator;
+mod source;
+mod tagged;
+mod tls;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use crate::config::{AgentConfig, SourceConfig};
+
+/// Sluice edge agent: runs sources, batches their records into Arrow and ships them to a
+/// Sluice processor over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-agent", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent until its sources are exhausted or it is stopped (Ctrl-C, SIGTERM).
+    Run {
+        /// Agent config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check a config file and print what it would run.
+    Validate {
+        /// Agent config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Generate a simulator source's rows locally as JSON lines, without shipping them.
+    Simulate {
+        /// Agent config file (TOML) holding the source.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Name of the simulator source (`[sources.NAME]`).
+        #[arg(short, long)]
+        source: String,
+        /// Rows to generate (defaults to the source's `total`).
+        #[arg(long)]
+        rows: Option<u64>,
+        /// Output file, or `-` for standard output.
+        #[arg(short, long, default_value = "-")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // One crypto provider for the whole process (rustls needs exactly one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => run(config).await,
+        Command::Validate { config } => validate(config),
+        Command::Simulate {
+            config,
+            source,
+            rows,
+            out,
+        } => simulate(config, source, rows, out),
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(&path)?;
+    let metrics = metrics::Metrics::new();
+    if let Some(api) = &cfg.api {
+        let addr = api::serve(api.listen, metrics.clone())
+            .await
+            .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
+        tracing::info!(%addr, "agent API listening");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested; draining unacknowledged batches");
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(agent = %cfg.agent.id, sources = cfg.sources.len(), "agent starting");
+    let summary = pipeline::run(cfg, metrics, stop_rx).await?;
+    tracing::info!(
+        rows = summary.rows_generated,
+        batches_acked = summary.batches_acked,
+        batches_rejected = summary.batches_rejected,
+        batches_abandoned = summary.batches_abandoned,
+        "agent finished"
+    );
+    if summary.batches_abandoned > 0 {
+        anyhow::bail!(
+            "{} batches were still unacknowledged when the drain timeout passed",
+            summary.batches_abandoned
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn validate(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(&path)?;
+    println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
+    for (name, source) in &cfg.sources {
+        let SourceConfig::Simulator(sim) = source;
+        println!(
+            "  source {name} (simulator) -> stream {}",
+            source.stream(name)
+        );
+        for f in sim.schema().fields() {
+            println!("    {}: {}", f.name(), f.data_type());
+        }
+    }
+    Ok(())
+}
+
+fn simulate(path: PathBuf, source: String, rows: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(&path)?;
+    let SourceConfig::Simulator(sim_cfg) = cfg
+        .sources
+        .get(&source)
+        .with_context(|| format!("no source named {source:?} in {}", path.display()))?;
+    let mut sim_cfg = sim_cfg.clone();
+    sim_cfg.total = rows.or(sim_cfg.total);
+    let Some(total) = sim_cfg.total else {
+        anyhow::bail!("source {source:?} has no `total`: pass --rows");
+    };
+    let mut sim = simulator::Simulator::new(&sim_cfg);
+    let sink: Box<dyn Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?,
+        )
+    };
+    let mut writer = arrow_json::LineDelimitedWriter::new(std::io::BufWriter::new(sink));
+    while let Some(chunk) = sim.next_chunk(sim_cfg.chunk_rows)? {
+        writer.write(&chunk)?;
+    }
+    writer.finish()?;
+    let mut inner = writer.into_inner();
+    inner.flush()?;
+    eprintln!("generated {total} rows from source {source:?}");
+    Ok(())
+}

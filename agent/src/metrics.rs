@@ -1,0 +1,175 @@
+//! The agent's counters, exposed in Prometheus text format on `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    stream: String,
+    reason: String,
+}
+
+/// Every counter the agent keeps.
+pub struct Metrics {
+    registry: Registry,
+    source_rows: Family<SourceLabels, Counter>,
+    batches_cut: Family<StreamLabels, Counter>,
+    rows_sent: Family<StreamLabels, Counter>,
+    bytes_sent: Family<StreamLabels, Counter>,
+    rows_acked: Family<StreamLabels, Counter>,
+    rows_duplicate: Family<StreamLabels, Counter>,
+    rows_lost: Family<ReasonLabels, Counter>,
+    inflight: Family<StreamLabels, Gauge>,
+    reconnects: Counter,
+    connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice_agent");
+        let m = Self {
+            source_rows: Family::default(),
+            batches_cut: Family::default(),
+            rows_sent: Family::default(),
+            bytes_sent: Family::default(),
+            rows_acked: Family::default(),
+            rows_duplicate: Family::default(),
+            rows_lost: Family::default(),
+            inflight: Family::default(),
+            reconnects: Counter::default(),
+            connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "source_rows",
+            "Rows produced by each source",
+            m.source_rows.clone(),
+        );
+        registry.register("batches", "Batches cut per stream", m.batches_cut.clone());
+        registry.register(
+            "sent_rows",
+            "Rows sent to the processor (resends included)",
+            m.rows_sent.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Arrow IPC bytes sent to the processor (resends included)",
+            m.bytes_sent.clone(),
+        );
+        registry.register(
+            "acked_rows",
+            "Rows the processor confirmed committed",
+            m.rows_acked.clone(),
+        );
+        registry.register(
+            "duplicate_rows",
+            "Rows the processor already had (redelivery after a reconnect)",
+            m.rows_duplicate.clone(),
+        );
+        registry.register(
+            "lost_rows",
+            "Rows that will never land, by reason",
+            m.rows_lost.clone(),
+        );
+        registry.register(
+            "inflight_batches",
+            "Batches sent and not yet acknowledged",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Connections (re)established to the processor",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "connected",
+            "1 while a connection to the processor is up",
+            m.connected.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+fn stream(s: &str) -> StreamLabels {
+    StreamLabels { stream: s.into() }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn source_rows(&self, source: &str, rows: u64) {
+        self.source_rows
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+            })
+            .inc_by(rows);
+    }
+
+    pub fn batch_cut(&self, s: &str, _rows: u32, _bytes: usize) {
+        self.batches_cut.get_or_create(&stream(s)).inc();
+    }
+
+    pub fn sent(&self, s: &str, rows: u32, bytes: usize) {
+        let l = stream(s);
+        self.rows_sent.get_or_create(&l).inc_by(u64::from(rows));
+        self.bytes_sent.get_or_create(&l).inc_by(bytes as u64);
+    }
+
+    pub fn acked(&self, s: &str, rows: u32) {
+        self.rows_acked
+            .get_or_create(&stream(s))
+            .inc_by(u64::from(rows));
+    }
+
+    pub fn duplicate(&self, s: &str, rows: u32) {
+        self.rows_duplicate
+            .get_or_create(&stream(s))
+            .inc_by(u64::from(rows));
+    }
+
+    pub fn lost(&self, s: &str, reason: &str, rows: u64) {
+        self.rows_lost
+            .get_or_create(&ReasonLabels {
+                stream: s.into(),
+                reason: reason.into(),
+            })
+            .inc_by(rows);
+    }
+
+    pub fn set_inflight(&self, s: &str, n: usize) {
+        self.inflight.get_or_create(&stream(s)).set(n as i64);
+    }
+
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        self.connected.set(i64::from(up));
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,113 @@
+//! Wires sources → per-stream batchers → shipper lanes, and runs them to completion.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::batcher::{self, Limits};
+use crate::config::{AgentConfig, SinkConfig, SourceConfig};
+use crate::metrics::Metrics;
+use crate::shipper::QuicShipper;
+use crate::{source, tls};
+
+/// What a finished run did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub rows_generated: u64,
+    pub batches_acked: u64,
+    pub batches_rejected: u64,
+    pub batches_abandoned: u64,
+}
+
+/// Run the agent until every source is exhausted and shipped, or until `stop` fires
+/// (then buffered batches are drained within the sink's drain timeout).
+pub async fn run(
+    cfg: AgentConfig,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<RunSummary> {
+    let SinkConfig::Quic(quic) = &cfg.sink;
+    let client = tls::client_config(&quic.ca, &quic.cert, &quic.key)
+        .context("cannot set up TLS for the QUIC sink")?;
+    let shipper = Arc::new(QuicShipper::new(
+        cfg.agent.id.clone(),
+        quic.clone(),
+        client,
+        metrics.clone(),
+    )?);
+    let limits = Limits {
+        max_rows: cfg.batch.max_rows,
+        max_bytes: usize::try_from(cfg.batch.max_bytes.as_u64()).unwrap_or(usize::MAX),
+        max_age: cfg.batch.max_age,
+    };
+
+    // One batcher and one lane per stream; sources of a stream share its batcher.
+    let mut stream_inputs: IndexMap<String, mpsc::Sender<arrow_array::RecordBatch>> =
+        IndexMap::new();
+    let mut batchers = JoinSet::new();
+    let mut lanes = JoinSet::new();
+    for (name, source) in &cfg.sources {
+        let stream = source.stream(name).to_string();
+        if stream_inputs.contains_key(&stream) {
+            continue;
+        }
+        let schema = match source {
+            SourceConfig::Simulator(s) => s.schema(),
+        };
+        let (chunk_tx, chunk_rx) = mpsc::channel(8);
+        let (batch_tx, batch_rx) = mpsc::channel(2);
+        let stream_name: Arc<str> = stream.as_str().into();
+        batchers.spawn(batcher::run(
+            stream_name.clone(),
+            schema,
+            limits,
+            chunk_rx,
+            batch_tx,
+            metrics.clone(),
+        ));
+        lanes.spawn(
+            shipper
+                .clone()
+                .run_lane(stream_name, batch_rx, stop.clone()),
+        );
+        stream_inputs.insert(stream, chunk_tx);
+    }
+
+    let mut sources = JoinSet::new();
+    for (name, source) in &cfg.sources {
+        let tx = stream_inputs[source.stream(name)].clone();
+        match source {
+            SourceConfig::Simulator(sim) => {
+                sources.spawn(source::run_simulator(
+                    name.clone(),
+                    sim.clone(),
+                    tx,
+                    stop.clone(),
+                    metrics.clone(),
+                ));
+            }
+        }
+    }
+    // Batchers see their input close once every source of the stream is done.
+    drop(stream_inputs);
+
+    let mut summary = RunSummary::default();
+    while let Some(r) = sources.join_next().await {
+        summary.rows_generated += r.context("source task panicked")??;
+    }
+    while let Some(r) = batchers.join_next().await {
+        r.context("batcher task panicked")?
+            .context("batcher failed")?;
+    }
+    while let Some(r) = lanes.join_next().await {
+        let lane = r.context("shipper lane panicked")?;
+        summary.batches_acked += lane.acked_batches;
+        summary.batches_rejected += lane.rejected_batches;
+        summary.batches_abandoned += lane.abandoned_batches;
+    }
+    shipper.close().await;
+    Ok(summary)
+}

@@ -1,0 +1,431 @@
+//! The QUIC shipper: one connection to the processor, one lane (a bidirectional QUIC stream)
+//! per data stream.
+//!
+//! A lane opens with `Hello`; the processor answers `Welcome` with the highest sequence it
+//! has committed for this agent and stream. Sequence numbers are assigned when a batch is
+//! first sent, after that handshake, so a restarted agent continues where the lake left off.
+//! At most `window` batches are unacknowledged; they are kept until the processor acks them
+//! (only after the Iceberg commit), and resent in order after a reconnect. The processor
+//! recognises resent batches by sequence and acks them as duplicates.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::{
+    Ack, AckStatus, BatchFrame, DEFAULT_MAX_FRAME_BYTES, Envelope, Frame, Hello, ProtocolError,
+    read_frame, write_frame,
+};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::batcher::ReadyBatch;
+use crate::config::QuicSinkConfig;
+use crate::metrics::Metrics;
+
+/// Why a lane lost its session (the lane reconnects after each of these).
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("processor did not answer the lane handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("processor closed the lane")]
+    Closed,
+    #[error("out-of-order ack: expected seq {expected:?}, got {got}")]
+    AckOrder { expected: Option<u64>, got: u64 },
+}
+
+/// Outcome of a lane once its input has closed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LaneSummary {
+    pub acked_batches: u64,
+    pub rejected_batches: u64,
+    /// Batches still unacknowledged when the drain deadline passed.
+    pub abandoned_batches: u64,
+}
+
+/// Shared connection to the processor.
+pub struct QuicShipper {
+    agent: String,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: String,
+    cfg: QuicSinkConfig,
+    conn: Mutex<Option<quinn::Connection>>,
+    metrics: Arc<Metrics>,
+}
+
+impl QuicShipper {
+    /// Resolve the endpoint and prepare the client; no connection is made yet.
+    pub fn new(
+        agent: String,
+        cfg: QuicSinkConfig,
+        client: quinn::ClientConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use std::net::ToSocketAddrs;
+        let addr = cfg
+            .endpoint
+            .to_socket_addrs()
+            .with_context(|| format!("sink.endpoint {:?} does not resolve", cfg.endpoint))?
+            .next()
+            .with_context(|| format!("sink.endpoint {:?} has no address", cfg.endpoint))?;
+        let server_name = cfg.server_name.clone().unwrap_or_else(|| {
+            cfg.endpoint
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                .unwrap_or_default()
+        });
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+        endpoint.set_default_client_config(client);
+        Ok(Self {
+            agent,
+            endpoint,
+            addr,
+            server_name,
+            cfg,
+            conn: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// The live connection, connecting if there is none.
+    async fn connection(&self) -> Result<quinn::Connection, LaneError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref()
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        self.metrics.set_connected(false);
+        let connect_err = |reason: String| LaneError::Connect {
+            addr: self.addr,
+            reason,
+        };
+        let connecting = self
+            .endpoint
+            .connect(self.addr, &self.server_name)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = tokio::time::timeout(self.cfg.connect_timeout, connecting)
+            .await
+            .map_err(|_| connect_err(format!("timed out after {:?}", self.cfg.connect_timeout)))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        tracing::info!(processor = %self.addr, "connected to processor");
+        self.metrics.reconnected();
+        self.metrics.set_connected(true);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Ship everything `input` yields. Returns once the input is closed and every batch is
+    /// acknowledged, or once `stop` fires and the drain timeout has passed.
+    pub async fn run_lane(
+        self: Arc<Self>,
+        stream: Arc<str>,
+        mut input: mpsc::Receiver<ReadyBatch>,
+        mut stop: watch::Receiver<bool>,
+    ) -> LaneSummary {
+        let mut lane = Lane {
+            stream: stream.clone(),
+            pending: VecDeque::new(),
+            next_seq: 0,
+            input_done: false,
+            summary: LaneSummary::default(),
+        };
+        let mut backoff = self.cfg.backoff_initial;
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if lane.input_done && lane.pending.is_empty() {
+                break;
+            }
+            if drain_deadline.is_none() && *stop.borrow() {
+                drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
+            }
+            let session = self.session(&mut lane, &mut input, &mut backoff);
+            let result = match drain_deadline {
+                Some(d) => match tokio::time::timeout_at(d, session).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                None => {
+                    tokio::select! {
+                        r = session => r,
+                        // Stop requested: loop around to arm the drain deadline.
+                        _ = stop.changed() => continue,
+                    }
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        stream = %stream,
+                        unacked = lane.pending.len(),
+                        retry_in = ?backoff,
+                        "lane interrupted: {e}"
+                    );
+                    let sleep = tokio::time::sleep(jitter(backoff));
+                    match drain_deadline {
+                        Some(d) => {
+                            if tokio::time::timeout_at(d, sleep).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => {
+                            tokio::select! {
+                                _ = sleep => {}
+                                _ = stop.changed() => {}
+                            }
+                        }
+                    }
+                    backoff = (backoff * 2).min(self.cfg.backoff_max);
+                }
+            }
+        }
+        let left = lane.pending.len() as u64;
+        if left > 0 {
+            let rows: u64 = lane.pending.iter().map(|(_, b)| u64::from(b.rows)).sum();
+            tracing::error!(
+                stream = %stream,
+                batches = left,
+                rows,
+                "drain timeout: unacknowledged batches abandoned"
+            );
+            self.metrics.lost(&stream, "shutdown_unacked", rows);
+        }
+        lane.summary.abandoned_batches = left;
+        self.metrics.set_inflight(&stream, 0);
+        lane.summary
+    }
+
+    /// One connected session of a lane: handshake, resend what is unacked, then stream.
+    async fn session(
+        &self,
+        lane: &mut Lane,
+        input: &mut mpsc::Receiver<ReadyBatch>,
+        backoff: &mut Duration,
+    ) -> Result<(), LaneError> {
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.set_connected(false);
+                return Err(e);
+            }
+        };
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            &Frame::Hello(Hello {
+                agent: self.agent.clone(),
+                stream: lane.stream.to_string(),
+            }),
+        )
+        .await?;
+        let handshake = Duration::from_secs(30);
+        let welcome = match tokio::time::timeout(handshake, read_frame(&mut recv, 1 << 16)).await {
+            Err(_) => return Err(LaneError::HandshakeTimeout(handshake)),
+            Ok(r) => match r? {
+                Some(Frame::Welcome(w)) => w,
+                Some(other) => {
+                    return Err(ProtocolError::UnexpectedFrame {
+                        expected: "welcome",
+                        got: other.kind(),
+                    }
+                    .into());
+                }
+                None => return Err(LaneError::Closed),
+            },
+        };
+        *backoff = self.cfg.backoff_initial;
+        lane.resume_after(welcome.committed_seq, &self.metrics);
+        tracing::debug!(
+            stream = %lane.stream,
+            committed_seq = welcome.committed_seq,
+            resend = lane.pending.len(),
+            "lane open"
+        );
+
+        // Acks are read by their own task so a blocked write never stalls them.
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = read_frame(&mut recv, 1 << 20).await;
+                let end = !matches!(r, Ok(Some(_)));
+                if ack_tx.send(r).is_err() || end {
+                    break;
+                }
+            }
+        });
+        let _abort_reader = AbortOnDrop(reader);
+
+        for (seq, b) in &lane.pending {
+            self.send_batch(&mut send, &lane.stream, *seq, b).await?;
+        }
+        self.metrics.set_inflight(&lane.stream, lane.pending.len());
+
+        let window = self.cfg.window;
+        loop {
+            if lane.input_done && lane.pending.is_empty() {
+                let _ = send.finish();
+                return Ok(());
+            }
+            tokio::select! {
+                frame = ack_rx.recv() => {
+                    let ack = match frame {
+                        Some(Ok(Some(Frame::Ack(a)))) => a,
+                        Some(Ok(Some(other))) => {
+                            return Err(ProtocolError::UnexpectedFrame { expected: "ack", got: other.kind() }.into());
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                        Some(Ok(None)) | None => return Err(LaneError::Closed),
+                    };
+                    lane.on_ack(ack, &self.metrics)?;
+                    self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                }
+                next = input.recv(), if !lane.input_done && lane.pending.len() < window => {
+                    match next {
+                        Some(b) => {
+                            lane.next_seq += 1;
+                            let seq = lane.next_seq;
+                            lane.pending.push_back((seq, b));
+                            let (seq, b) = lane.pending.back().expect("just pushed");
+                            self.send_batch(&mut send, &lane.stream, *seq, b).await?;
+                            self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                        }
+                        None => lane.input_done = true,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        send: &mut quinn::SendStream,
+        stream: &str,
+        seq: u64,
+        b: &ReadyBatch,
+    ) -> Result<(), LaneError> {
+        let frame = Frame::Batch(BatchFrame {
+            envelope: Envelope {
+                agent: self.agent.clone(),
+                stream: stream.to_string(),
+                seq,
+                schema_fingerprint: b.schema_fingerprint,
+                created_at_us: b.created_at_us,
+                rows: b.rows,
+            },
+            ipc: b.ipc.clone(),
+        });
+        debug_assert!(b.ipc.len() < DEFAULT_MAX_FRAME_BYTES);
+        write_frame(send, &frame).await?;
+        self.metrics.sent(stream, b.rows, b.ipc.len());
+        Ok(())
+    }
+
+    /// Close the connection politely.
+    pub async fn close(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            c.close(quinn::VarInt::from_u32(0), b"agent stopping");
+        }
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Per-lane state that survives reconnects.
+struct Lane {
+    stream: Arc<str>,
+    /// Sent (or to be resent) and not yet acknowledged, in sequence order.
+    pending: VecDeque<(u64, ReadyBatch)>,
+    /// Last sequence number assigned.
+    next_seq: u64,
+    input_done: bool,
+    summary: LaneSummary,
+}
+
+impl Lane {
+    /// Apply the processor's committed mark after a (re)connect.
+    fn resume_after(&mut self, committed: u64, metrics: &Metrics) {
+        // Committed before the previous connection dropped, but the ack never arrived.
+        while let Some((seq, b)) = self.pending.front() {
+            if *seq > committed {
+                break;
+            }
+            metrics.acked(&self.stream, b.rows);
+            self.summary.acked_batches += 1;
+            self.pending.pop_front();
+        }
+        // Everything left is above the mark. A fresh agent (or one restarted without its
+        // buffer) continues after the lake's mark rather than from 1.
+        self.next_seq = self.next_seq.max(committed);
+    }
+
+    fn on_ack(&mut self, ack: Ack, metrics: &Metrics) -> Result<(), LaneError> {
+        let expected = self.pending.front().map(|(s, _)| *s);
+        if expected != Some(ack.seq) {
+            return Err(LaneError::AckOrder {
+                expected,
+                got: ack.seq,
+            });
+        }
+        let Some((_, b)) = self.pending.pop_front() else {
+            return Err(LaneError::AckOrder {
+                expected,
+                got: ack.seq,
+            });
+        };
+        match ack.status {
+            AckStatus::Committed => {
+                metrics.acked(&self.stream, b.rows);
+                self.summary.acked_batches += 1;
+            }
+            AckStatus::Duplicate => {
+                metrics.duplicate(&self.stream, b.rows);
+                self.summary.acked_batches += 1;
+            }
+            AckStatus::Rejected => {
+                tracing::error!(
+                    stream = %self.stream,
+                    seq = ack.seq,
+                    rows = b.rows,
+                    "processor rejected batch: {}",
+                    ack.message
+                );
+                metrics.lost(&self.stream, "rejected", u64::from(b.rows));
+                self.summary.rejected_batches += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Up to 25% random jitter so many agents do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}

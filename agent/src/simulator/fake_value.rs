@@ -1,0 +1,165 @@
+//! Realistic fake values from the `fake` crate (English locale).
+
+use std::fmt::Write;
+
+use fake::Fake;
+use fake::faker::address::en::{CityName, CountryCode, CountryName, StateName};
+use fake::faker::company::en::{CompanyName, Industry};
+use fake::faker::internet::en::{IPv4, IPv6, MACAddress, SafeEmail, UserAgent, Username};
+use fake::faker::lorem::en::{Sentence, Word};
+use fake::faker::name::en::{FirstName, LastName, Name};
+use rand::RngExt;
+use rand::rngs::Xoshiro256PlusPlus;
+use serde::Deserialize;
+
+/// Which fake value a `type = "fake"` field produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FakeKind {
+    /// `word-NN.example-suffix`, e.g. `quia-17.eu-west.internal`.
+    Hostname,
+    Ipv4,
+    Ipv6,
+    Mac,
+    UserAgent,
+    Email,
+    Username,
+    Name,
+    FirstName,
+    LastName,
+    City,
+    State,
+    Country,
+    CountryCode,
+    Company,
+    Industry,
+    Word,
+    Sentence,
+    /// A random (version 4 layout) UUID drawn from the field's seeded stream.
+    Uuid,
+    /// `/word/word/NNN` request paths.
+    HttpPath,
+    /// `GET`, `POST`, ... weighted towards `GET`.
+    HttpMethod,
+}
+
+const SITES: [&str; 6] = [
+    "eu-west",
+    "eu-central",
+    "us-east",
+    "us-west",
+    "ap-south",
+    "ap-east",
+];
+const METHODS: [(&str, u32); 5] = [
+    ("GET", 70),
+    ("POST", 18),
+    ("PUT", 6),
+    ("DELETE", 4),
+    ("PATCH", 2),
+];
+
+impl FakeKind {
+    /// Append one value to `out`, drawing from `rng`.
+    pub fn write(self, rng: &mut Xoshiro256PlusPlus, out: &mut String) {
+        let s: String = match self {
+            FakeKind::Hostname => {
+                let w: String = Word().fake_with_rng(rng);
+                let n: u32 = rng.random_range(1..100);
+                let site = SITES[rng.random_range(0..SITES.len())];
+                let _ = write!(out, "{w}-{n:02}.{site}.internal");
+                return;
+            }
+            FakeKind::Ipv4 => IPv4().fake_with_rng(rng),
+            FakeKind::Ipv6 => IPv6().fake_with_rng(rng),
+            FakeKind::Mac => MACAddress().fake_with_rng(rng),
+            FakeKind::UserAgent => UserAgent().fake_with_rng(rng),
+            FakeKind::Email => SafeEmail().fake_with_rng(rng),
+            FakeKind::Username => Username().fake_with_rng(rng),
+            FakeKind::Name => Name().fake_with_rng(rng),
+            FakeKind::FirstName => FirstName().fake_with_rng(rng),
+            FakeKind::LastName => LastName().fake_with_rng(rng),
+            FakeKind::City => CityName().fake_with_rng(rng),
+            FakeKind::State => StateName().fake_with_rng(rng),
+            FakeKind::Country => CountryName().fake_with_rng(rng),
+            FakeKind::CountryCode => CountryCode().fake_with_rng(rng),
+            FakeKind::Company => CompanyName().fake_with_rng(rng),
+            FakeKind::Industry => Industry().fake_with_rng(rng),
+            FakeKind::Word => Word().fake_with_rng(rng),
+            FakeKind::Sentence => Sentence(3..9).fake_with_rng(rng),
+            FakeKind::Uuid => {
+                let hi: u64 = rng.random();
+                let lo: u64 = rng.random();
+                // Set the version (4) and variant (10xx) bits.
+                let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+                let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+                let _ = write!(
+                    out,
+                    "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                    hi >> 32,
+                    (hi >> 16) & 0xffff,
+                    hi & 0xffff,
+                    lo >> 48,
+                    lo & 0xffff_ffff_ffff
+                );
+                return;
+            }
+            FakeKind::HttpPath => {
+                let a: String = Word().fake_with_rng(rng);
+                let b: String = Word().fake_with_rng(rng);
+                let id: u32 = rng.random_range(1..10_000);
+                let _ = write!(out, "/{a}/{b}/{id}");
+                return;
+            }
+            FakeKind::HttpMethod => {
+                let total: u32 = METHODS.iter().map(|(_, w)| w).sum();
+                let mut pick = rng.random_range(0..total);
+                for (m, w) in METHODS {
+                    if pick < w {
+                        out.push_str(m);
+                        return;
+                    }
+                    pick -= w;
+                }
+                out.push_str("GET");
+                return;
+            }
+        };
+        out.push_str(&s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn values_look_right_and_are_seeded() {
+        let mut a = Xoshiro256PlusPlus::seed_from_u64(1);
+        let mut b = Xoshiro256PlusPlus::seed_from_u64(1);
+        for kind in [
+            FakeKind::Hostname,
+            FakeKind::Ipv4,
+            FakeKind::Uuid,
+            FakeKind::Email,
+            FakeKind::HttpMethod,
+        ] {
+            let (mut x, mut y) = (String::new(), String::new());
+            kind.write(&mut a, &mut x);
+            kind.write(&mut b, &mut y);
+            assert_eq!(x, y);
+            match kind {
+                FakeKind::Ipv4 => assert_eq!(x.split('.').count(), 4, "{x}"),
+                FakeKind::Uuid => {
+                    assert_eq!(x.len(), 36, "{x}");
+                    assert_eq!(&x[14..15], "4", "{x}");
+                }
+                FakeKind::Email => assert!(x.contains('@'), "{x}"),
+                FakeKind::Hostname => assert!(x.ends_with(".internal"), "{x}"),
+                _ => assert!(!x.is_empty()),
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+use bytes::BufMut;
+
+use crate::ProtocolError;
+use crate::codec::{Reader, put_str};
+
+/// Metadata that travels with every batch.
+///
+/// `seq` is assigned by the agent per (agent, stream) and increases by one per batch; the
+/// processor stores the highest committed `seq` in the Iceberg snapshot summary and uses it
+/// to drop redelivered batches, which is what makes landing exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Agent identity (`[agent] id` in the agent config).
+    pub agent: String,
+    /// Logical stream name; lands in `bronze.<stream>`.
+    pub stream: String,
+    /// Sequence number of this batch within (agent, stream), starting at 1.
+    pub seq: u64,
+    /// [`crate::schema_fingerprint`] of the batch schema.
+    pub schema_fingerprint: u64,
+    /// When the batch was cut by the agent, microseconds since the Unix epoch.
+    pub created_at_us: i64,
+    /// Number of rows in the batch.
+    pub rows: u32,
+}
+
+impl Envelope {
+    pub(crate) fn encode(&self, buf: &mut Vec<u8>) {
+        put_str(buf, &self.agent);
+        put_str(buf, &self.stream);
+        buf.put_u64(self.seq);
+        buf.put_u64(self.schema_fingerprint);
+        buf.put_i64(self.created_at_us);
+        buf.put_u32(self.rows);
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
+        let env = Self {
+            agent: r.str("envelope agent")?,
+            stream: r.str("envelope stream")?,
+            seq: r.u64("envelope seq")?,
+            schema_fingerprint: r.u64("envelope schema fingerprint")?,
+            created_at_us: r.i64("envelope created_at")?,
+            rows: r.u32("envelope rows")?,
+        };
+        validate_name("agent", &env.agent)?;
+        validate_name("stream", &env.stream)?;
+        if env.seq == 0 {
+            return Err(ProtocolError::InvalidField {
+                field: "seq",
+                reason: "sequence numbers start at 1".into(),
+            });
+        }
+        Ok(env)
+    }
+}
+
+/// Agent ids and stream names become table names and summary keys, so they are restricted
+/// to a conservative alphabet: ASCII letters, digits, `_` and `-`, 1 to 128 characters.
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), ProtocolError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtocolError::InvalidField {
+            field,
+            reason: format!(
+                "{name:?} must be 1-128 characters of ASCII letters, digits, '_' or '-'"
+            ),
+        })
+    }
+}
