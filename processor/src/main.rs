@@ -1,1 +1,232 @@
-fn main() {}
+//! `sluice-processor`: receives batches from Sluice agents and lands them exactly once in
+//! bronze Apache Iceberg tables.
+
+mod api;
+mod certs;
+mod config;
+mod demo;
+mod lake;
+mod lander;
+mod metrics;
+mod progress;
+mod query;
+mod receiver;
+mod server;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::ProcessorConfig;
+
+/// Sluice processor: receives Arrow batches from agents over QUIC and lands them exactly
+/// once in bronze Apache Iceberg tables.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-processor", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive batches and land them until stopped (Ctrl-C, SIGTERM).
+    Serve {
+        /// Processor config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Check a config file without starting anything.
+    Validate {
+        /// Processor config file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Manage the development certificate authority.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run SQL over the lake (DataFusion) and print the result.
+    Query {
+        /// Processor config file (TOML) naming the catalog.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The SQL statement; tables are `bronze.<stream>`.
+        sql: String,
+    },
+    /// Run the end-to-end demo: processor + agent on loopback, then row counts and a query.
+    Demo {
+        /// Working directory for certificates, configs and data (data is reset each run).
+        #[arg(long, default_value = "sluice-demo")]
+        dir: PathBuf,
+        /// Rows per simulated source (default: the example config's totals).
+        #[arg(long)]
+        rows: Option<u64>,
+        /// Path of the sluice-agent binary (default: next to this binary).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+        /// Give up if the agent has not finished by then.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA, a server certificate and agent certificates.
+    Init {
+        /// Directory to write the PEM files to.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// DNS names and IP addresses the server certificate is valid for.
+        #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_names: Vec<String>,
+        /// Agent ids to issue certificates for (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate for one more agent from an existing CA.
+    Issue {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Agent id (becomes the certificate's common name).
+        agent: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Validate { config } => {
+            let cfg = ProcessorConfig::load(&config)?;
+            println!(
+                "{}: OK (catalog {}, warehouse {})",
+                config.display(),
+                cfg.catalog_uri(),
+                cfg.warehouse().display()
+            );
+            Ok(())
+        }
+        Command::Certs { command } => match command {
+            CertsCommand::Init {
+                dir,
+                server_names,
+                agents,
+                force,
+            } => {
+                certs::init(&dir, &server_names, &agents, force)?;
+                println!(
+                    "wrote CA, server and {} agent certificate(s) to {}",
+                    agents.len(),
+                    dir.display()
+                );
+                Ok(())
+            }
+            CertsCommand::Issue { dir, agent } => {
+                certs::issue(&dir, &agent)?;
+                let (cert, key) = certs::agent_files(&dir, &agent);
+                println!("wrote {} and {}", cert.display(), key.display());
+                Ok(())
+            }
+        },
+        Command::Query { config, sql } => {
+            let cfg = ProcessorConfig::load(&config)?;
+            let catalog =
+                lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
+                    .await?;
+            let ctx = query::session(catalog, cfg.catalog_name()).await?;
+            println!("{}", query::pretty(&query::run(&ctx, &sql).await?)?);
+            Ok(())
+        }
+        Command::Demo {
+            dir,
+            rows,
+            agent_bin,
+            timeout,
+        } => {
+            demo::run(demo::DemoOptions {
+                dir,
+                rows,
+                agent_bin,
+                timeout,
+            })
+            .await
+        }
+    }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = ProcessorConfig::load(&config)?;
+    let server = server::Server::start(&cfg).await?;
+    wait_for_signal().await;
+    tracing::info!("stopping: committing buffered batches");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

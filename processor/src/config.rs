@@ -1,0 +1,232 @@
+//! Processor configuration: TOML, validated when loaded; unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// The whole processor config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    #[serde(default)]
+    pub processor: ProcessorSection,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    pub quic: QuicConfig,
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    #[serde(default)]
+    pub lander: LanderConfig,
+}
+
+/// `[processor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorSection {
+    /// Root of everything the processor keeps on disk by default (catalog, warehouse).
+    pub data_dir: PathBuf,
+}
+
+impl Default for ProcessorSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// `[catalog]`: the Iceberg catalog and warehouse.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// Catalog name recorded in the catalog database (readers must use the same name).
+    pub name: Option<String>,
+    /// SQL catalog database URI; default `sqlite:<data_dir>/catalog.db`.
+    pub uri: Option<String>,
+    /// Warehouse root; default `<data_dir>/warehouse`.
+    pub warehouse: Option<PathBuf>,
+}
+
+/// `[quic]`: the QUIC receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    pub listen: SocketAddr,
+    /// Server certificate (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA (PEM) that agent certificates must chain to.
+    pub ca: PathBuf,
+    /// Largest frame accepted; bigger frames are refused before being read.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: ByteSize,
+}
+
+fn default_max_frame() -> ByteSize {
+    ByteSize::b(sluice_protocol::DEFAULT_MAX_FRAME_BYTES as u64)
+}
+
+/// `[api]`: the HTTP endpoint (`/metrics`, `/health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[lander]`: how batches become Iceberg commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LanderConfig {
+    /// Iceberg namespace of the landed tables.
+    pub namespace: String,
+    /// Commit at least this often while batches are waiting.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Commit as soon as this many rows are waiting.
+    pub commit_max_rows: usize,
+    /// Commit as soon as this many bytes (in memory) are waiting.
+    pub commit_max_bytes: ByteSize,
+    /// Parquet compression: `zstd`, `snappy`, `lz4` or `none`.
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    Zstd,
+    Snappy,
+    Lz4,
+    None,
+}
+
+impl Default for LanderConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "bronze".into(),
+            commit_interval: Duration::from_secs(1),
+            commit_max_rows: 1_000_000,
+            commit_max_bytes: ByteSize::mib(256),
+            compression: Compression::Zstd,
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// Read, parse and validate a config file; relative paths are resolved against its
+    /// directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut cfg = Self::parse(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    /// Parse TOML text; errors carry line, column and key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        sluice_protocol::validate_name("lander.namespace", &self.lander.namespace)
+            .context("lander.namespace")?;
+        if self.lander.commit_interval.is_zero() {
+            bail!("lander.commit_interval: must be greater than zero");
+        }
+        if self.lander.commit_max_rows == 0 {
+            bail!("lander.commit_max_rows: must be at least 1");
+        }
+        if self.quic.max_frame_bytes.as_u64() < 1024 {
+            bail!("quic.max_frame_bytes: must be at least 1 KiB");
+        }
+        if let Some(name) = &self.catalog.name {
+            sluice_protocol::validate_name("catalog.name", name).context("catalog.name")?;
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.processor.data_dir);
+        abs(&mut self.quic.cert);
+        abs(&mut self.quic.key);
+        abs(&mut self.quic.ca);
+        if let Some(w) = &mut self.catalog.warehouse {
+            abs(w);
+        }
+    }
+
+    /// The catalog database URI in effect.
+    pub fn catalog_uri(&self) -> String {
+        self.catalog.uri.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite:{}?mode=rwc",
+                self.processor.data_dir.join("catalog.db").display()
+            )
+        })
+    }
+
+    /// The warehouse root in effect.
+    pub fn warehouse(&self) -> PathBuf {
+        self.catalog
+            .warehouse
+            .clone()
+            .unwrap_or_else(|| self.processor.data_dir.join("warehouse"))
+    }
+
+    pub fn catalog_name(&self) -> &str {
+        self.catalog.name.as_deref().unwrap_or("sluice")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[quic]
+listen = "127.0.0.1:7400"
+cert = "certs/server.pem"
+key = "certs/server.key"
+ca = "certs/ca.pem"
+"#;
+
+    #[test]
+    fn defaults() {
+        let cfg = ProcessorConfig::parse(GOOD).expect("valid");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.lander.namespace, "bronze");
+        assert_eq!(cfg.lander.commit_interval, Duration::from_secs(1));
+        assert!(cfg.catalog_uri().starts_with("sqlite:data/catalog.db"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = ProcessorConfig::parse(&format!("{GOOD}\n[lander]\ncommit_every = \"1s\"\n"))
+            .unwrap_err();
+        assert!(err.contains("commit_every"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
+        let err =
+            ProcessorConfig::parse(&format!("{GOOD}\n[lander]\ncommit_interval = \"soon\"\n"))
+                .unwrap_err();
+        assert!(err.contains("commit_interval"), "{err}");
+        let err = ProcessorConfig::parse(&GOOD.replace("127.0.0.1:7400", "nowhere")).unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+        let cfg = ProcessorConfig::parse(&format!("{GOOD}\n[lander]\nnamespace = \"a.b\"\n"))
+            .expect("parses");
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(err.contains("lander.namespace"), "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The Iceberg side: opening the catalog, and loading or creating tables.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::TableProperties;
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+
+/// Columns the lake adds to every bronze row.
+pub const AGENT_COLUMN: &str = "_agent";
+pub const SEQ_COLUMN: &str = "_seq";
+pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
+
+/// Open the SQL catalog (SQLite or PostgreSQL URI) over a local warehouse directory.
+pub async fn open_catalog(
+    name: &str,
+    uri: &str,
+    warehouse: &Path,
+) -> Result<Arc<dyn Catalog>, iceberg::Error> {
+    std::fs::create_dir_all(warehouse).map_err(|e| {
+        iceberg::Error::new(
+            ErrorKind::Unexpected,
+            format!("cannot create warehouse {}: {e}", warehouse.display()),
+        )
+    })?;
+    if let Some(path) = uri
+        .strip_prefix("sqlite:")
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .map(|p| p.trim_start_matches("//"))
+        && let Some(dir) = Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            iceberg::Error::new(
+                ErrorKind::Unexpected,
+                format!("cannot create catalog directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let warehouse = std::path::absolute(warehouse).map_err(|e| {
+        iceberg::Error::new(ErrorKind::Unexpected, format!("bad warehouse path: {e}"))
+    })?;
+    let bind = if uri.starts_with("postgres") {
+        SqlBindStyle::DollarNumeric
+    } else {
+        SqlBindStyle::QMark
+    };
+    let catalog = SqlCatalogBuilder::default()
+        .uri(uri)
+        .warehouse_location(format!("file://{}", warehouse.display()))
+        .sql_bind_style(bind)
+        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .load(name, HashMap::new())
+        .await?;
+    Ok(Arc::new(catalog))
+}
+
+/// Create the namespace if it does not exist.
+pub async fn ensure_namespace(catalog: &dyn Catalog, ns: &str) -> Result<(), iceberg::Error> {
+    let ident = NamespaceIdent::new(ns.to_string());
+    if catalog.namespace_exists(&ident).await? {
+        return Ok(());
+    }
+    match catalog.create_namespace(&ident, HashMap::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NamespaceAlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The Arrow schema of a bronze table for rows shaped like `user`: the user's columns
+/// (all nullable, so later batches may omit values) plus the lake's own columns.
+pub fn bronze_arrow_schema(user: &ArrowSchema) -> ArrowSchema {
+    let mut fields: Vec<Field> = user
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), normalize_type(f.data_type()), true))
+        .collect();
+    fields.push(Field::new(AGENT_COLUMN, DataType::Utf8, false));
+    fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
+    fields.push(Field::new(
+        INGESTED_AT_COLUMN,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+        false,
+    ));
+    ArrowSchema::new(fields)
+}
+
+/// Iceberg stores timestamps with a zone as UTC microseconds (`+00:00` in Arrow).
+pub fn normalize_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Timestamp(_, Some(_)) => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+        }
+        DataType::Timestamp(_, None) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        other => other.clone(),
+    }
+}
+
+/// Load `ns.name`, or create it with the bronze schema derived from `user`.
+pub async fn load_or_create(
+    catalog: &dyn Catalog,
+    ns: &str,
+    name: &str,
+    user: &ArrowSchema,
+) -> Result<Table, iceberg::Error> {
+    let ident = TableIdent::new(NamespaceIdent::new(ns.to_string()), name.to_string());
+    if catalog.table_exists(&ident).await? {
+        return catalog.load_table(&ident).await;
+    }
+    let arrow = bronze_arrow_schema(user);
+    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow)?;
+    let creation = TableCreation::builder()
+        .name(name.to_string())
+        .schema(schema)
+        .properties([
+            // The lander retries commits itself, re-reading progress tokens each time.
+            (
+                TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
+                "0".to_string(),
+            ),
+            ("write.format.default".to_string(), "parquet".to_string()),
+            ("sluice.layer".to_string(), "bronze".to_string()),
+        ])
+        .build();
+    match catalog.create_table(&ident.namespace, creation).await {
+        Ok(t) => {
+            tracing::info!(table = %ident, "created table");
+            Ok(t)
+        }
+        Err(e) if e.kind() == ErrorKind::TableAlreadyExists => catalog.load_table(&ident).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Load a table if it exists.
+pub async fn load_if_exists(
+    catalog: &dyn Catalog,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Table>, iceberg::Error> {
+    let ident = TableIdent::new(NamespaceIdent::new(ns.to_string()), name.to_string());
+    if catalog.table_exists(&ident).await? {
+        catalog.load_table(&ident).await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The Arrow schema (with Iceberg field ids) that data files of `table` are written with.
+pub fn table_arrow_schema(table: &Table) -> Result<SchemaRef, iceberg::Error> {
+    Ok(Arc::new(iceberg::arrow::schema_to_arrow_schema(
+        table.metadata().current_schema(),
+    )?))
+}

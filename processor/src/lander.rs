@@ -1,0 +1,704 @@
+//! The bronze lander: buffers accepted batches per table, writes them as Parquet data files
+//! and commits them to Iceberg with progress tokens, then acknowledges them.
+//!
+//! One task owns all table state, so deduplication decisions are never racy. Commits run in
+//! their own task, one at a time per table, while new batches keep arriving for the next
+//! commit. A commit is retried until it succeeds; nothing it holds is acknowledged before.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Schema as ArrowSchema, SchemaRef};
+use iceberg::spec::DataFileFormat;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, ErrorKind};
+use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sluice_protocol::Envelope;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{Compression, LanderConfig};
+use crate::lake;
+use crate::metrics::Metrics;
+use crate::progress::{COMMIT_ID_KEY, Marks};
+
+/// The final word on a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Committed,
+    Duplicate,
+    Rejected(String),
+}
+
+/// A batch handed to the lander.
+pub struct LandRequest {
+    pub envelope: Envelope,
+    pub batch: RecordBatch,
+    /// When the processor received it, microseconds since the Unix epoch.
+    pub received_at_us: i64,
+    pub reply: oneshot::Sender<Verdict>,
+}
+
+enum Msg {
+    Land(LandRequest),
+    Mark {
+        agent: String,
+        stream: String,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Cheap handle to the lander task.
+#[derive(Clone)]
+pub struct Lander {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Lander {
+    /// Start the lander task.
+    pub fn start(catalog: Arc<dyn Catalog>, cfg: LanderConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let task = LanderTask {
+            catalog,
+            cfg,
+            metrics,
+            tables: HashMap::new(),
+            done_tx,
+            flush_waiters: Vec::new(),
+        };
+        tokio::spawn(task.run(rx, done_rx));
+        Self { tx }
+    }
+
+    /// Hand a batch over; the verdict arrives on the request's reply channel.
+    pub async fn land(&self, req: LandRequest) -> Result<(), LandRequest> {
+        self.tx.send(Msg::Land(req)).await.map_err(|e| match e.0 {
+            Msg::Land(r) => r,
+            _ => unreachable!("sent a Land message"),
+        })
+    }
+
+    /// Highest committed sequence for an agent's stream (0 if none).
+    pub async fn committed_mark(&self, agent: &str, stream: &str) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Mark {
+                agent: agent.into(),
+                stream: stream.into(),
+                reply,
+            })
+            .await
+            .map_err(|_| "lander stopped".to_string())?;
+        rx.await.map_err(|_| "lander stopped".to_string())?
+    }
+
+    /// Commit everything buffered now and wait until it is committed.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// How a batch's columns map onto the table's columns.
+#[derive(Debug, Clone)]
+enum ColumnSource {
+    /// Take the batch column at this index, reinterpreted or cast to the table type.
+    Column(usize),
+    /// The batch lacks this (nullable) column.
+    Null,
+}
+
+struct Pending {
+    agent: String,
+    seq: u64,
+    created_at_us: i64,
+    batch: RecordBatch,
+    reply: oneshot::Sender<Verdict>,
+}
+
+struct TableState {
+    name: String,
+    table: Table,
+    schema: SchemaRef,
+    /// Column mapping per batch schema fingerprint (or why that schema is refused).
+    mappings: HashMap<u64, Result<Arc<Vec<ColumnSource>>, String>>,
+    committed: Marks,
+    /// Highest sequence accepted per agent, committed or not.
+    accepted: Marks,
+    pending: Vec<Pending>,
+    pending_rows: usize,
+    pending_bytes: usize,
+    pending_since: Option<Instant>,
+    committing: bool,
+    /// Redeliveries of batches that are accepted but not yet committed.
+    waiting_duplicates: Vec<(String, u64, oneshot::Sender<Verdict>)>,
+}
+
+struct CommitDone {
+    stream: String,
+    table: Table,
+    marks: Marks,
+    batches: Vec<Pending>,
+    rows: u64,
+    bytes: u64,
+}
+
+struct LanderTask {
+    catalog: Arc<dyn Catalog>,
+    cfg: LanderConfig,
+    metrics: Arc<Metrics>,
+    tables: HashMap<String, TableState>,
+    done_tx: mpsc::UnboundedSender<CommitDone>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl LanderTask {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut done_rx: mpsc::UnboundedReceiver<CommitDone>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Land(req)) => self.on_land(req).await,
+                    Some(Msg::Mark { agent, stream, reply }) => {
+                        let r = self.mark(&agent, &stream).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Msg::Flush(reply)) => self.on_flush(reply),
+                    None => break,
+                },
+                Some(done) = done_rx.recv() => self.on_commit_done(done),
+                _ = tick.tick() => self.commit_due(),
+            }
+        }
+        // Receivers are gone: finish in-flight commits so their batches are acknowledged.
+        while self.tables.values().any(|t| t.committing) {
+            match done_rx.recv().await {
+                Some(done) => self.on_commit_done(done),
+                None => break,
+            }
+        }
+    }
+
+    async fn mark(&mut self, agent: &str, stream: &str) -> Result<u64, String> {
+        if let Some(t) = self.tables.get(stream) {
+            return Ok(t.committed.get(agent));
+        }
+        match lake::load_if_exists(self.catalog.as_ref(), &self.cfg.namespace, stream).await {
+            Ok(Some(table)) => {
+                let state = self.new_state(stream, table).map_err(|e| e.to_string())?;
+                let mark = state.committed.get(agent);
+                self.tables.insert(stream.to_string(), state);
+                Ok(mark)
+            }
+            Ok(None) => Ok(0),
+            Err(e) => Err(format!(
+                "cannot load table {}.{stream}: {e}",
+                self.cfg.namespace
+            )),
+        }
+    }
+
+    fn new_state(&self, stream: &str, table: Table) -> Result<TableState, iceberg::Error> {
+        let committed = Marks::from_table(&table);
+        tracing::info!(
+            table = %table.identifier(),
+            marks = ?committed,
+            "recovered progress from the table"
+        );
+        Ok(TableState {
+            name: format!("{}.{stream}", self.cfg.namespace),
+            schema: lake::table_arrow_schema(&table)?,
+            table,
+            mappings: HashMap::new(),
+            accepted: committed.clone(),
+            committed,
+            pending: Vec::new(),
+            pending_rows: 0,
+            pending_bytes: 0,
+            pending_since: None,
+            committing: false,
+            waiting_duplicates: Vec::new(),
+        })
+    }
+
+    async fn on_land(&mut self, req: LandRequest) {
+        let stream = req.envelope.stream.clone();
+        if !self.tables.contains_key(&stream) {
+            let created = lake::load_or_create(
+                self.catalog.as_ref(),
+                &self.cfg.namespace,
+                &stream,
+                &req.batch.schema(),
+            )
+            .await
+            .and_then(|table| self.new_state(&stream, table));
+            match created {
+                Ok(state) => {
+                    self.tables.insert(stream.clone(), state);
+                }
+                Err(e) => {
+                    // Not the batch's fault: leave it unacknowledged so the agent resends.
+                    tracing::error!(table = %stream, "cannot load or create table: {e}");
+                    self.metrics.commit_failed(&stream, "catalog");
+                    drop(req.reply);
+                    return;
+                }
+            }
+        }
+        let Some(state) = self.tables.get_mut(&stream) else {
+            return;
+        };
+        self.metrics.batch_received(&state.name);
+        let env = &req.envelope;
+        if env.seq <= state.committed.get(&env.agent) {
+            self.metrics.batch_duplicate(&state.name);
+            let _ = req.reply.send(Verdict::Duplicate);
+            return;
+        }
+        if env.seq <= state.accepted.get(&env.agent) {
+            self.metrics.batch_duplicate(&state.name);
+            state
+                .waiting_duplicates
+                .push((env.agent.clone(), env.seq, req.reply));
+            return;
+        }
+        let mapping = state
+            .mappings
+            .entry(env.schema_fingerprint)
+            .or_insert_with(|| map_columns(&req.batch.schema(), &state.schema).map(Arc::new))
+            .clone();
+        let mapping = match mapping {
+            Ok(m) => m,
+            Err(reason) => {
+                tracing::warn!(table = %state.name, agent = %env.agent, seq = env.seq, "rejected batch: {reason}");
+                self.metrics.batch_rejected(&state.name, "schema_mismatch");
+                let _ = req.reply.send(Verdict::Rejected(reason));
+                return;
+            }
+        };
+        let batch = match to_table_batch(&req, &mapping, &state.schema) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = format!("batch does not fit table {}: {e}", state.name);
+                self.metrics.batch_rejected(&state.name, "schema_mismatch");
+                let _ = req.reply.send(Verdict::Rejected(reason));
+                return;
+            }
+        };
+        let last = state.accepted.get(&env.agent);
+        if env.seq > last + 1 {
+            tracing::warn!(
+                table = %state.name,
+                agent = %env.agent,
+                expected = last + 1,
+                got = env.seq,
+                "sequence gap: the agent lost batches before sending them"
+            );
+            self.metrics.sequence_gap(&state.name);
+        }
+        state.accepted.raise(&env.agent, env.seq);
+        state.pending_rows += batch.num_rows();
+        state.pending_bytes += batch.get_array_memory_size();
+        state.pending_since.get_or_insert_with(Instant::now);
+        state.pending.push(Pending {
+            agent: env.agent.clone(),
+            seq: env.seq,
+            created_at_us: env.created_at_us,
+            batch,
+            reply: req.reply,
+        });
+        if state.pending_rows >= self.cfg.commit_max_rows
+            || state.pending_bytes as u64 >= self.cfg.commit_max_bytes.as_u64()
+        {
+            self.start_commit(&stream);
+        }
+    }
+
+    fn on_flush(&mut self, reply: oneshot::Sender<()>) {
+        let streams: Vec<String> = self.tables.keys().cloned().collect();
+        for s in &streams {
+            self.start_commit(s);
+        }
+        self.flush_waiters.push(reply);
+        self.notify_flushed();
+    }
+
+    /// Answer flush requests once nothing is pending or being committed anywhere.
+    fn notify_flushed(&mut self) {
+        let idle = self
+            .tables
+            .values()
+            .all(|t| !t.committing && t.pending.is_empty());
+        if idle {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn commit_due(&mut self) {
+        let due: Vec<String> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| {
+                t.pending_since
+                    .is_some_and(|s| s.elapsed() >= self.cfg.commit_interval)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for s in due {
+            self.start_commit(&s);
+        }
+    }
+
+    fn start_commit(&mut self, stream: &str) {
+        let Some(state) = self.tables.get_mut(stream) else {
+            return;
+        };
+        if state.committing || state.pending.is_empty() {
+            return;
+        }
+        state.committing = true;
+        let batches = std::mem::take(&mut state.pending);
+        let rows = std::mem::take(&mut state.pending_rows) as u64;
+        let bytes = std::mem::take(&mut state.pending_bytes) as u64;
+        state.pending_since = None;
+        let mut marks = Marks::default();
+        for p in &batches {
+            marks.raise(&p.agent, p.seq);
+        }
+        let job = CommitJob {
+            catalog: self.catalog.clone(),
+            table: state.table.clone(),
+            name: state.name.clone(),
+            compression: self.cfg.compression,
+            metrics: self.metrics.clone(),
+        };
+        let done_tx = self.done_tx.clone();
+        let stream = stream.to_string();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let data: Vec<RecordBatch> = batches.iter().map(|p| p.batch.clone()).collect();
+            let table = job.commit_until_done(&data, &marks).await;
+            job.metrics
+                .committed(&job.name, rows, bytes, started.elapsed().as_secs_f64());
+            let _ = done_tx.send(CommitDone {
+                stream,
+                table,
+                marks,
+                batches,
+                rows,
+                bytes,
+            });
+        });
+    }
+
+    fn on_commit_done(&mut self, done: CommitDone) {
+        let Some(state) = self.tables.get_mut(&done.stream) else {
+            return;
+        };
+        state.committing = false;
+        state.table = done.table;
+        state.committed = state.committed.merged(&done.marks);
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for p in done.batches {
+            self.metrics
+                .batch_latency(&state.name, (now_us - p.created_at_us).max(0) as f64 / 1e6);
+            let _ = p.reply.send(Verdict::Committed);
+        }
+        let committed = &state.committed;
+        let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiting_duplicates)
+            .into_iter()
+            .partition(|(agent, seq, _)| *seq <= committed.get(agent));
+        state.waiting_duplicates = still;
+        for (_, _, reply) in ready {
+            let _ = reply.send(Verdict::Duplicate);
+        }
+        tracing::debug!(table = %state.name, rows = done.rows, bytes = done.bytes, "committed");
+        let more = state.pending_rows >= self.cfg.commit_max_rows
+            || state.pending_bytes as u64 >= self.cfg.commit_max_bytes.as_u64()
+            || !self.flush_waiters.is_empty();
+        if more {
+            self.start_commit(&done.stream);
+        }
+        self.notify_flushed();
+    }
+}
+
+/// Everything a commit needs, detached from the lander task.
+struct CommitJob {
+    catalog: Arc<dyn Catalog>,
+    table: Table,
+    name: String,
+    compression: Compression,
+    metrics: Arc<Metrics>,
+}
+
+impl CommitJob {
+    /// Write the data files and commit them; retry until the commit is known to be in the
+    /// table. Returns the table as of the commit.
+    async fn commit_until_done(&self, batches: &[RecordBatch], marks: &Marks) -> Table {
+        let commit_id = uuid::Uuid::now_v7();
+        let mut table = self.table.clone();
+        let mut files = None;
+        let mut attempt = 0u32;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            attempt += 1;
+            match self
+                .try_commit(&mut table, &mut files, batches, marks, commit_id, attempt)
+                .await
+            {
+                Ok(t) => return t,
+                Err(e) => {
+                    let conflict = e.kind() == ErrorKind::CatalogCommitConflicts;
+                    let reason = if conflict { "conflict" } else { "error" };
+                    self.metrics.commit_failed(&self.name, reason);
+                    if conflict {
+                        tracing::info!(table = %self.name, attempt, "commit conflict; retrying on the new table state");
+                    } else {
+                        tracing::error!(table = %self.name, attempt, retry_in = ?backoff, "commit failed: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    // Re-read the table: a conflicting writer moved it, or the failed attempt
+                    // may in fact have committed (checked at the top of try_commit).
+                    match self.catalog.load_table(table.identifier()).await {
+                        Ok(t) => table = t,
+                        Err(e) => tracing::error!(table = %self.name, "cannot reload table: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_commit(
+        &self,
+        table: &mut Table,
+        files: &mut Option<Vec<iceberg::spec::DataFile>>,
+        batches: &[RecordBatch],
+        marks: &Marks,
+        commit_id: uuid::Uuid,
+        attempt: u32,
+    ) -> Result<Table, iceberg::Error> {
+        let current = Marks::from_table(table);
+        if attempt > 1 && current.covers(marks) {
+            // An earlier attempt reported failure but did commit: never append twice.
+            tracing::warn!(table = %self.name, "earlier commit attempt had succeeded; not repeating it");
+            return Ok(table.clone());
+        }
+        if files.is_none() {
+            *files = Some(self.write_files(table, batches, commit_id, attempt).await?);
+        }
+        let data_files = files.clone().unwrap_or_default();
+        let mut props = current.merged(marks).to_properties();
+        props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
+        let tx = Transaction::new(table);
+        let tx = tx
+            .fast_append()
+            .set_commit_uuid(commit_id)
+            .set_snapshot_properties(props)
+            .add_data_files(data_files)
+            .apply(tx)?;
+        tx.commit(self.catalog.as_ref()).await
+    }
+
+    async fn write_files(
+        &self,
+        table: &Table,
+        batches: &[RecordBatch],
+        commit_id: uuid::Uuid,
+        attempt: u32,
+    ) -> Result<Vec<iceberg::spec::DataFile>, iceberg::Error> {
+        let props = WriterProperties::builder()
+            .set_compression(match self.compression {
+                Compression::Zstd => {
+                    ParquetCompression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
+                }
+                Compression::Snappy => ParquetCompression::SNAPPY,
+                Compression::Lz4 => ParquetCompression::LZ4_RAW,
+                Compression::None => ParquetCompression::UNCOMPRESSED,
+            })
+            .build();
+        let location = DefaultLocationGenerator::new(table.metadata())?;
+        // Unique per commit attempt: writers' default names collide across writers.
+        let names = DefaultFileNameGenerator::new(
+            format!("{commit_id}-{attempt}"),
+            None,
+            DataFileFormat::Parquet,
+        );
+        let parquet = ParquetWriterBuilder::new(props, table.metadata().current_schema().clone());
+        let rolling = RollingFileWriterBuilder::new_with_default_file_size(
+            parquet,
+            table.file_io().clone(),
+            location,
+            names,
+        );
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
+        for b in batches {
+            writer.write(b.clone()).await?;
+        }
+        writer.close().await
+    }
+}
+
+/// Work out how a batch schema maps onto the table schema, or why it cannot.
+fn map_columns(batch: &ArrowSchema, table: &SchemaRef) -> Result<Vec<ColumnSource>, String> {
+    let lake_columns = [
+        lake::AGENT_COLUMN,
+        lake::SEQ_COLUMN,
+        lake::INGESTED_AT_COLUMN,
+    ];
+    for f in batch.fields() {
+        if lake_columns.contains(&f.name().as_str()) {
+            return Err(format!("column {:?} is reserved for the lake", f.name()));
+        }
+        if table.field_with_name(f.name()).is_err() {
+            return Err(format!(
+                "column {:?} is not in the table (schema evolution is not supported yet)",
+                f.name()
+            ));
+        }
+    }
+    table
+        .fields()
+        .iter()
+        .filter(|f| !lake_columns.contains(&f.name().as_str()))
+        .map(|tf| match batch.index_of(tf.name()) {
+            Ok(i) => {
+                let bt = lake::normalize_type(batch.field(i).data_type());
+                if &bt != tf.data_type() {
+                    Err(format!(
+                        "column {:?} has type {} but the table has {}",
+                        tf.name(),
+                        batch.field(i).data_type(),
+                        tf.data_type()
+                    ))
+                } else {
+                    Ok(ColumnSource::Column(i))
+                }
+            }
+            Err(_) if tf.is_nullable() => Ok(ColumnSource::Null),
+            Err(_) => Err(format!("required column {:?} is missing", tf.name())),
+        })
+        .collect()
+}
+
+/// Build the table-shaped batch: user columns in table order plus the lake's columns.
+fn to_table_batch(
+    req: &LandRequest,
+    mapping: &[ColumnSource],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let n = req.batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (src, field) in mapping.iter().zip(schema.fields()) {
+        columns.push(match src {
+            ColumnSource::Column(i) => retag(req.batch.column(*i), field.data_type())?,
+            ColumnSource::Null => arrow_array::new_null_array(field.data_type(), n),
+        });
+    }
+    columns.push(Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(req.envelope.agent.as_str(), n),
+    )));
+    columns.push(Arc::new(Int64Array::from_value(req.envelope.seq as i64, n)));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from_value(req.received_at_us, n).with_timezone("+00:00"),
+    ));
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// Give an array the exact table type. Timestamps differing only in the zone's spelling
+/// (`UTC` vs `+00:00`) or unit are converted; other types already match.
+fn retag(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    if array.data_type() == target {
+        return Ok(array.clone());
+    }
+    arrow_cast::cast(array, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_schema::{Field, TimeUnit};
+
+    use super::*;
+
+    fn user_schema() -> ArrowSchema {
+        ArrowSchema::new(vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("v", DataType::Float64, false),
+            Field::new("host", DataType::Utf8, true),
+        ])
+    }
+
+    #[test]
+    fn maps_matching_and_missing_columns() {
+        let table = Arc::new(lake::bronze_arrow_schema(&user_schema()));
+        let m = map_columns(&user_schema(), &table).expect("same schema maps");
+        assert!(matches!(
+            m[..],
+            [
+                ColumnSource::Column(0),
+                ColumnSource::Column(1),
+                ColumnSource::Column(2)
+            ]
+        ));
+        let fewer = ArrowSchema::new(vec![Field::new("v", DataType::Float64, false)]);
+        let m = map_columns(&fewer, &table).expect("missing nullable columns are nulls");
+        assert!(matches!(
+            m[..],
+            [
+                ColumnSource::Null,
+                ColumnSource::Column(0),
+                ColumnSource::Null
+            ]
+        ));
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit() {
+        let table = Arc::new(lake::bronze_arrow_schema(&user_schema()));
+        let extra = ArrowSchema::new(vec![Field::new("new", DataType::Int64, false)]);
+        assert!(
+            map_columns(&extra, &table)
+                .unwrap_err()
+                .contains("not in the table")
+        );
+        let wrong = ArrowSchema::new(vec![Field::new("v", DataType::Utf8, false)]);
+        assert!(
+            map_columns(&wrong, &table)
+                .unwrap_err()
+                .contains("has type")
+        );
+        let reserved = ArrowSchema::new(vec![Field::new("_seq", DataType::Int64, false)]);
+        assert!(
+            map_columns(&reserved, &table)
+                .unwrap_err()
+                .contains("reserved")
+        );
+    }
+}

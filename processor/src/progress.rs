@@ -1,0 +1,105 @@
+//! Progress tokens: what each snapshot records so that landing is exactly once.
+//!
+//! Every commit stores, in its snapshot summary, the highest committed batch sequence per
+//! agent (`sluice.seq.<agent>` = `<seq>`), carried forward from the previous snapshot and
+//! raised by the batches of this commit. On start (and before each commit retry) the lander
+//! reads the marks back and drops batches at or below them.
+
+use std::collections::HashMap;
+
+use iceberg::table::Table;
+
+/// Summary key prefix for per-agent sequence marks.
+pub const SEQ_PREFIX: &str = "sluice.seq.";
+/// Summary key carrying the commit's unique id.
+pub const COMMIT_ID_KEY: &str = "sluice.commit-id";
+
+/// Highest committed sequence per agent, for one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks(HashMap<String, u64>);
+
+impl Marks {
+    /// Read the marks from a table: the maximum per agent over the current snapshot and its
+    /// ancestors (normally the current snapshot alone has them all, because every commit
+    /// carries the marks forward; walking the ancestors makes this robust to snapshots
+    /// written by other tools).
+    pub fn from_table(table: &Table) -> Self {
+        let meta = table.metadata();
+        let mut marks = Marks::default();
+        let mut next = meta.current_snapshot();
+        while let Some(snap) = next {
+            for (k, v) in &snap.summary().additional_properties {
+                if let Some(agent) = k.strip_prefix(SEQ_PREFIX)
+                    && let Ok(seq) = v.parse::<u64>()
+                {
+                    marks.raise(agent, seq);
+                }
+            }
+            // Commits carry every mark forward, so one snapshot is normally enough; keep
+            // walking only through snapshots that carried none (written by other tools).
+            if !marks.0.is_empty() {
+                break;
+            }
+            next = snap
+                .parent_snapshot_id()
+                .and_then(|id| meta.snapshot_by_id(id));
+        }
+        marks
+    }
+
+    /// The committed mark of `agent` (0 if none).
+    pub fn get(&self, agent: &str) -> u64 {
+        self.0.get(agent).copied().unwrap_or(0)
+    }
+
+    /// Raise `agent`'s mark to `seq` if higher.
+    pub fn raise(&mut self, agent: &str, seq: u64) {
+        let e = self.0.entry(agent.to_string()).or_insert(0);
+        *e = (*e).max(seq);
+    }
+
+    /// True if every mark of `other` is covered by `self`.
+    pub fn covers(&self, other: &Marks) -> bool {
+        other.0.iter().all(|(a, s)| self.get(a) >= *s)
+    }
+
+    /// Marks of both, maximum per agent.
+    pub fn merged(&self, other: &Marks) -> Marks {
+        let mut m = self.clone();
+        for (a, s) in &other.0 {
+            m.raise(a, *s);
+        }
+        m
+    }
+
+    /// Snapshot summary properties for these marks.
+    pub fn to_properties(&self) -> HashMap<String, String> {
+        self.0
+            .iter()
+            .map(|(a, s)| (format!("{SEQ_PREFIX}{a}"), s.to_string()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_and_cover() {
+        let mut a = Marks::default();
+        a.raise("x", 5);
+        a.raise("x", 3);
+        a.raise("y", 1);
+        assert_eq!(a.get("x"), 5);
+        let mut b = Marks::default();
+        b.raise("x", 7);
+        b.raise("z", 2);
+        let m = a.merged(&b);
+        assert_eq!((m.get("x"), m.get("y"), m.get("z")), (7, 1, 2));
+        assert!(m.covers(&a) && m.covers(&b));
+        assert!(!a.covers(&b));
+        let props = m.to_properties();
+        assert_eq!(props["sluice.seq.x"], "7");
+    }
+}

@@ -1,0 +1,274 @@
+//! The QUIC receiver: accepts agent connections (mutual TLS), and on each lane reads
+//! `Hello`, answers `Welcome`, then turns `Batch` frames into landing requests and writes
+//! the verdicts back as `Ack` frames, in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::{
+    Ack, AckStatus, Frame, ProtocolError, Welcome, decode_batch, read_frame, schema_fingerprint,
+    write_frame,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::lander::{LandRequest, Lander, Verdict};
+use crate::metrics::Metrics;
+use crate::tls;
+
+/// Settings of the receiver.
+#[derive(Clone)]
+pub struct Receiver {
+    pub lander: Lander,
+    pub metrics: Arc<Metrics>,
+    pub max_frame_bytes: usize,
+}
+
+/// Why a lane was closed.
+#[derive(Debug, thiserror::Error)]
+enum LaneError {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("lane closed before its hello")]
+    NoHello,
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("batch for agent {got:?} on a lane opened by agent {lane:?}")]
+    WrongAgent { lane: String, got: String },
+    #[error("lander unavailable: {0}")]
+    Lander(String),
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+impl LaneError {
+    fn reason(&self) -> &'static str {
+        match self {
+            LaneError::Protocol(e) => e.reason(),
+            LaneError::NoHello | LaneError::HelloTimeout(_) => "no_hello",
+            LaneError::WrongAgent { .. } => "wrong_agent",
+            LaneError::Lander(_) => "lander",
+            LaneError::Write(_) | LaneError::Connection(_) => "io",
+        }
+    }
+}
+
+impl Receiver {
+    /// Accept connections until the endpoint is closed.
+    pub async fn serve(self, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let this = self.clone();
+            tokio::spawn(async move { this.connection(incoming).await });
+        }
+    }
+
+    async fn connection(self, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = match &e {
+                    quinn::ConnectionError::TransportError(_)
+                    | quinn::ConnectionError::ConnectionClosed(_) => "tls_handshake",
+                    quinn::ConnectionError::TimedOut => "timeout",
+                    _ => "other",
+                };
+                tracing::warn!(%remote, "refused connection: {e}");
+                self.metrics.connection_rejected(reason);
+                return;
+            }
+        };
+        let peer = tls::peer_name(&conn).unwrap_or_else(|| "?".into());
+        tracing::info!(%remote, agent_cert = %peer, "agent connected");
+        self.metrics.connection_opened();
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.lane(remote, send, recv).await });
+                }
+                Err(e) => {
+                    tracing::info!(%remote, "agent disconnected: {e}");
+                    break;
+                }
+            }
+        }
+        self.metrics.connection_closed();
+    }
+
+    async fn lane(self, remote: SocketAddr, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        if let Err(e) = self.lane_inner(send, &mut recv).await {
+            let reason = e.reason();
+            if reason != "io" {
+                self.metrics.frame_rejected(reason);
+                tracing::warn!(%remote, "closed lane: {e}");
+            } else {
+                tracing::debug!(%remote, "lane ended: {e}");
+            }
+            // Tell the peer we will not read further.
+            let _ = recv.stop(quinn::VarInt::from_u32(1));
+        }
+    }
+
+    async fn lane_inner(
+        &self,
+        mut send: quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), LaneError> {
+        let hello_timeout = Duration::from_secs(10);
+        let hello = match tokio::time::timeout(hello_timeout, read_frame(recv, 1 << 16)).await {
+            Err(_) => return Err(LaneError::HelloTimeout(hello_timeout)),
+            Ok(r) => match r? {
+                Some(Frame::Hello(h)) => h,
+                Some(other) => {
+                    return Err(ProtocolError::UnexpectedFrame {
+                        expected: "hello",
+                        got: other.kind(),
+                    }
+                    .into());
+                }
+                None => return Err(LaneError::NoHello),
+            },
+        };
+        let committed = self
+            .lander
+            .committed_mark(&hello.agent, &hello.stream)
+            .await
+            .map_err(LaneError::Lander)?;
+        write_frame(
+            &mut send,
+            &Frame::Welcome(Welcome {
+                stream: hello.stream.clone(),
+                committed_seq: committed,
+            }),
+        )
+        .await?;
+
+        // Verdicts are written in arrival order by their own task, so reading never waits
+        // for a commit.
+        let (verdict_tx, verdict_rx) =
+            mpsc::unbounded_channel::<(u64, oneshot::Receiver<Verdict>)>();
+        let stream_name = hello.stream.clone();
+        let writer = tokio::spawn(write_acks(send, stream_name, verdict_rx));
+
+        let result = loop {
+            let frame = match read_frame(recv, self.max_frame_bytes).await {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(LaneError::from(e)),
+            };
+            let batch = match frame {
+                Frame::Batch(b) => b,
+                other => {
+                    break Err(ProtocolError::UnexpectedFrame {
+                        expected: "batch",
+                        got: other.kind(),
+                    }
+                    .into());
+                }
+            };
+            let env = batch.envelope;
+            if env.agent != hello.agent || env.stream != hello.stream {
+                break Err(LaneError::WrongAgent {
+                    lane: format!("{}/{}", hello.agent, hello.stream),
+                    got: format!("{}/{}", env.agent, env.stream),
+                });
+            }
+            let seq = env.seq;
+            let (reply, verdict) = oneshot::channel();
+            match validate(&env, &batch.ipc) {
+                Ok(decoded) => {
+                    let req = LandRequest {
+                        envelope: env,
+                        batch: decoded,
+                        received_at_us: chrono::Utc::now().timestamp_micros(),
+                        reply,
+                    };
+                    if self.lander.land(req).await.is_err() {
+                        break Err(LaneError::Lander("lander stopped".into()));
+                    }
+                }
+                Err((reason, message)) => {
+                    tracing::warn!(agent = %env.agent, stream = %env.stream, seq, "rejected batch: {message}");
+                    self.metrics.frame_rejected(reason);
+                    self.metrics.batch_rejected(&env.stream, reason);
+                    let _ = reply.send(Verdict::Rejected(message));
+                }
+            }
+            if verdict_tx.send((seq, verdict)).is_err() {
+                break Ok(());
+            }
+        };
+        drop(verdict_tx);
+        // On a clean end, let pending verdicts be written; on an error, stop now (the agent
+        // resends whatever it did not get an ack for).
+        if result.is_ok() {
+            let _ = writer.await;
+        } else {
+            writer.abort();
+        }
+        result
+    }
+}
+
+/// Decode and check a batch against its envelope.
+fn validate(
+    env: &sluice_protocol::Envelope,
+    ipc: &[u8],
+) -> Result<arrow_array::RecordBatch, (&'static str, String)> {
+    let batch = decode_batch(ipc)
+        .map_err(|e| ("invalid_ipc", format!("invalid Arrow IPC payload: {e}")))?;
+    if batch.num_rows() != env.rows as usize {
+        return Err((
+            "row_count_mismatch",
+            format!(
+                "envelope says {} rows, payload holds {}",
+                env.rows,
+                batch.num_rows()
+            ),
+        ));
+    }
+    let fp = schema_fingerprint(&batch.schema());
+    if fp != env.schema_fingerprint {
+        return Err((
+            "fingerprint_mismatch",
+            format!(
+                "envelope schema fingerprint {:016x} does not match the payload's {fp:016x}",
+                env.schema_fingerprint
+            ),
+        ));
+    }
+    Ok(batch)
+}
+
+async fn write_acks(
+    mut send: quinn::SendStream,
+    stream: String,
+    mut verdicts: mpsc::UnboundedReceiver<(u64, oneshot::Receiver<Verdict>)>,
+) {
+    while let Some((seq, verdict)) = verdicts.recv().await {
+        // A dropped reply means the lander could not take the batch (e.g. the catalog is
+        // down): send no ack; closing the lane makes the agent resend it.
+        let Ok(verdict) = verdict.await else {
+            let _ = send.reset(quinn::VarInt::from_u32(2));
+            return;
+        };
+        let (status, message) = match verdict {
+            Verdict::Committed => (AckStatus::Committed, String::new()),
+            Verdict::Duplicate => (AckStatus::Duplicate, String::new()),
+            Verdict::Rejected(m) => (AckStatus::Rejected, m),
+        };
+        let ack = Frame::Ack(Ack {
+            stream: stream.clone(),
+            seq,
+            status,
+            message,
+        });
+        if write_frame(&mut send, &ack).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}

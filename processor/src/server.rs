@@ -1,0 +1,73 @@
+//! `sluice-processor serve`: the processor assembled from its parts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use iceberg::Catalog;
+
+use crate::config::ProcessorConfig;
+use crate::lander::Lander;
+use crate::metrics::Metrics;
+use crate::receiver::Receiver;
+use crate::{api, lake, tls};
+
+/// A running processor.
+pub struct Server {
+    pub quic_addr: SocketAddr,
+    pub catalog: Arc<dyn Catalog>,
+    pub lander: Lander,
+    endpoint: quinn::Endpoint,
+}
+
+impl Server {
+    /// Open the catalog, start the lander, bind the QUIC and HTTP endpoints.
+    pub async fn start(cfg: &ProcessorConfig) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let catalog = lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
+            .await
+            .with_context(|| format!("cannot open the catalog at {}", cfg.catalog_uri()))?;
+        lake::ensure_namespace(catalog.as_ref(), &cfg.lander.namespace)
+            .await
+            .context("cannot create the bronze namespace")?;
+        let lander = Lander::start(catalog.clone(), cfg.lander.clone(), metrics.clone());
+
+        let server_config = tls::server_config(&cfg.quic.ca, &cfg.quic.cert, &cfg.quic.key)
+            .context("cannot set up TLS for the QUIC receiver")?;
+        let endpoint = quinn::Endpoint::server(server_config, cfg.quic.listen)
+            .with_context(|| format!("cannot listen on quic.listen {}", cfg.quic.listen))?;
+        let quic_addr = endpoint.local_addr()?;
+        let receiver = Receiver {
+            lander: lander.clone(),
+            metrics: metrics.clone(),
+            max_frame_bytes: usize::try_from(cfg.quic.max_frame_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+        };
+        tokio::spawn(receiver.serve(endpoint.clone()));
+
+        let api_addr = match &cfg.api {
+            Some(api) => Some(
+                api::serve(api.listen, metrics.clone())
+                    .await
+                    .with_context(|| format!("cannot listen on api.listen {}", api.listen))?,
+            ),
+            None => None,
+        };
+        tracing::info!(quic = %quic_addr, api = ?api_addr, warehouse = %cfg.warehouse().display(), "processor ready");
+        Ok(Self {
+            quic_addr,
+            catalog,
+            lander,
+            endpoint,
+        })
+    }
+
+    /// Stop accepting, commit what is buffered, close connections.
+    pub async fn shutdown(self) {
+        self.endpoint.set_server_config(None);
+        self.lander.flush().await;
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"processor stopping");
+        self.endpoint.wait_idle().await;
+    }
+}
