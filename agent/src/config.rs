@@ -124,6 +124,10 @@ pub struct QuicSinkConfig {
     pub window: usize,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A connection that hears nothing from the processor for this long is considered dead
+    /// (keep-alives are sent at a fifth of it), and the agent reconnects.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
@@ -137,6 +141,9 @@ fn default_window() -> usize {
     16
 }
 fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_backoff_initial() -> Duration {
@@ -209,6 +216,9 @@ impl AgentConfig {
             SinkConfig::Quic(q) => {
                 if q.window == 0 {
                     return Err(Invalid::new("sink.window", "must be at least 1"));
+                }
+                if q.idle_timeout < Duration::from_millis(500) {
+                    return Err(Invalid::new("sink.idle_timeout", "must be at least 500ms"));
                 }
                 if q.backoff_initial.is_zero() || q.backoff_initial > q.backoff_max {
                     return Err(Invalid::new(

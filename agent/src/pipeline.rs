@@ -30,7 +30,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<RunSummary> {
     let SinkConfig::Quic(quic) = &cfg.sink;
-    let client = tls::client_config(&quic.ca, &quic.cert, &quic.key)
+    let client = tls::client_config(&quic.ca, &quic.cert, &quic.key, quic.idle_timeout)
         .context("cannot set up TLS for the QUIC sink")?;
     let shipper = Arc::new(QuicShipper::new(
         cfg.agent.id.clone(),

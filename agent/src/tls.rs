@@ -46,7 +46,12 @@ fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>
 }
 
 /// Build the QUIC client configuration from PEM files.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    idle_timeout: std::time::Duration,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca, "CA certificate")? {
         roots.add(c).map_err(|source| TlsError::BadCa {
@@ -70,8 +75,8 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<quinn::Client
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30)) {
+    transport.keep_alive_interval(Some(idle_timeout / 5));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle_timeout) {
         transport.max_idle_timeout(Some(idle));
     }
     // Batches are megabytes; give the stream and connection windows room for a full window.

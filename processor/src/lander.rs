@@ -45,6 +45,8 @@ pub enum Verdict {
 pub struct LandRequest {
     pub envelope: Envelope,
     pub batch: RecordBatch,
+    /// Size of the batch on the wire (Arrow IPC bytes); drives the commit size threshold.
+    pub wire_bytes: usize,
     /// When the processor received it, microseconds since the Unix epoch.
     pub received_at_us: i64,
     pub reply: oneshot::Sender<Verdict>,
@@ -318,7 +320,7 @@ impl LanderTask {
         }
         state.accepted.raise(&env.agent, env.seq);
         state.pending_rows += batch.num_rows();
-        state.pending_bytes += batch.get_array_memory_size();
+        state.pending_bytes += req.wire_bytes;
         state.pending_since.get_or_insert_with(Instant::now);
         state.pending.push(Pending {
             agent: env.agent.clone(),

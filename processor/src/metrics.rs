@@ -111,7 +111,7 @@ impl Default for Metrics {
         );
         r.register(
             "committed_bytes",
-            "Arrow bytes committed per table",
+            "Arrow IPC bytes committed per table",
             m.bytes_committed.clone(),
         );
         r.register("commits", "Iceberg commits per table", m.commits.clone());

@@ -183,6 +183,7 @@ impl Receiver {
                     let req = LandRequest {
                         envelope: env,
                         batch: decoded,
+                        wire_bytes: batch.ipc.len(),
                         received_at_us: chrono::Utc::now().timestamp_micros(),
                         reply,
                     };

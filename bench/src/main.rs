@@ -1,0 +1,259 @@
+//! End-to-end throughput and latency: `sluice-agent` → QUIC (loopback) → `sluice-processor`
+//! → committed bronze Iceberg table, both as real release processes.
+//!
+//! Run: `cargo build --release --bins && target/release/sluice-bench [ROWS]`
+//! (ROWS defaults to 5,000,000). The binaries are taken from the directory of this one.
+//!
+//! Prints rows/s and MB/s (Arrow IPC bytes) from agent start to the last commit, and the
+//! p50/p99 time from batch creation on the agent to its Iceberg commit (read off the
+//! processor's latency histogram, whose buckets are 25% apart).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("sluice-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create scratch dir");
+        Self(p)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free tcp port")
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// `(upper bound, cumulative count)` of a histogram's buckets.
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
+/// Quantile `q` by linear interpolation inside the bucket that holds it.
+fn quantile(b: &[(f64, f64)], q: f64) -> f64 {
+    let total = b.last().map(|x| x.1).unwrap_or(0.0);
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in b {
+        if c >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let frac = if c > prev.1 {
+                (rank - prev.1) / (c - prev.1)
+            } else {
+                1.0
+            };
+            return prev.0 + frac * (le - prev.0);
+        }
+        prev = (le, c);
+    }
+    prev.0
+}
+
+fn counter(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let rows: u64 = match std::env::args().nth(1) {
+        Some(a) => a.parse().expect("usage: sluice-bench [ROWS]"),
+        None => 5_000_000,
+    };
+    let exe = std::env::current_exe().expect("current exe");
+    let bin_dir = exe.parent().expect("bin dir");
+    let processor_bin: PathBuf = bin_dir.join("sluice-processor");
+    let agent_bin: PathBuf = bin_dir.join("sluice-agent");
+    for b in [&processor_bin, &agent_bin] {
+        assert!(
+            b.exists(),
+            "{} is missing: run `cargo build --release --bins` first",
+            b.display()
+        );
+    }
+    let dir = TempDir::new();
+    let certs = dir.path().join("certs");
+    let st = Command::new(&processor_bin)
+        .args(["certs", "init", "--agent", "bench", "--dir"])
+        .arg(&certs)
+        .status()
+        .expect("certs init");
+    assert!(st.success());
+
+    let quic = free_udp();
+    let api = free_tcp();
+    std::fs::write(
+        dir.path().join("processor.toml"),
+        format!(
+            r#"
+[processor]
+data_dir = "data"
+[quic]
+listen = "{quic}"
+cert = "certs/server.pem"
+key = "certs/server.key"
+ca = "certs/ca.pem"
+[api]
+listen = "{api}"
+"#
+        ),
+    )
+    .expect("processor config");
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            r#"
+[agent]
+id = "bench"
+[batch]
+max_rows = 65536
+max_bytes = "16MiB"
+max_age = "200ms"
+[sink]
+type = "quic"
+endpoint = "{quic}"
+server_name = "localhost"
+ca = "certs/ca.pem"
+cert = "certs/agent-bench.pem"
+key = "certs/agent-bench.key"
+window = 32
+[sources.telemetry]
+type = "simulator"
+total = {rows}
+seed = 1
+entities = 1000
+chunk_rows = 16384
+[sources.telemetry.fields]
+ts = {{ type = "timestamp" }}
+seq = {{ type = "sequence" }}
+device = {{ type = "entity", prefix = "dev-" }}
+temp = {{ type = "normal", mean = 21.0, stddev = 3.0 }}
+humidity = {{ type = "uniform", min = 0.0, max = 100.0 }}
+pressure = {{ type = "normal", mean = 1013.0, stddev = 8.0 }}
+battery = {{ type = "uniform", min = 0.0, max = 1.0 }}
+rssi = {{ type = "uniform", min = -120, max = -30, integer = true }}
+errors = {{ type = "poisson", lambda = 0.2 }}
+status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 1] }}
+"#
+        ),
+    )
+    .expect("agent config");
+
+    let _processor = Kill(
+        Command::new(&processor_bin)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("processor.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start processor"),
+    );
+    let up = Instant::now();
+    while http_get(api, "/health").is_none() {
+        assert!(
+            up.elapsed() < Duration::from_secs(60),
+            "processor did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    println!(
+        "pipeline bench: {rows} rows of 10-column telemetry, agent -> QUIC -> processor -> bronze"
+    );
+    let started = Instant::now();
+    let status = Command::new(&agent_bin)
+        .args(["run", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("run agent");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(status.success(), "agent failed");
+
+    let metrics = http_get(api, "/metrics").expect("metrics");
+    let committed = counter(
+        &metrics,
+        "sluice_processor_committed_rows_total{table=\"bronze.telemetry\"}",
+    );
+    let bytes = counter(
+        &metrics,
+        "sluice_processor_committed_bytes_total{table=\"bronze.telemetry\"}",
+    );
+    assert_eq!(committed as u64, rows, "every row must be committed");
+    let latency = buckets(&metrics, "sluice_processor_batch_latency_seconds");
+    let commits = counter(
+        &metrics,
+        "sluice_processor_commits_total{table=\"bronze.telemetry\"}",
+    );
+    println!("  rows committed      {committed:>12.0}");
+    println!("  commits             {commits:>12.0}");
+    println!("  elapsed             {elapsed:>12.2} s");
+    println!("  throughput          {:>12.0} rows/s", committed / elapsed);
+    println!(
+        "  throughput          {:>12.1} MB/s (Arrow IPC)",
+        bytes / elapsed / 1e6
+    );
+    println!("  batch -> commit p50 {:>12.3} s", quantile(&latency, 0.50));
+    println!("  batch -> commit p99 {:>12.3} s", quantile(&latency, 0.99));
+    println!("  target              >= 500000 rows/s, p99 <= 2 s");
+}

@@ -1,0 +1,497 @@
+//! The real `sluice-processor` binary against misbehaving peers: malformed frames, invalid
+//! Arrow IPC, envelopes that lie, and connections without a valid certificate. Each is
+//! refused with a clear reason and a counter; the process stays up; what was accepted
+//! before stays in the table.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{Float64Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use bytes::Bytes;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_protocol::{
+    AckStatus, BatchFrame, Envelope, Frame, Hello, encode_batch, read_frame, schema_fingerprint,
+    write_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice-processor");
+
+/// A processor process with its own directory and ports; killed on drop.
+struct TestProcessor {
+    child: Child,
+    dir: tempfile::TempDir,
+    quic: SocketAddr,
+    api: SocketAddr,
+}
+
+impl Drop for TestProcessor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free tcp port")
+}
+
+fn certs_init(dir: &Path) {
+    let out = Command::new(BIN)
+        .args(["certs", "init", "--agent", "edge-01", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run certs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestProcessor {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certs_init(&dir.path().join("certs"));
+        certs_init(&dir.path().join("other-ca"));
+        let quic = free_udp();
+        let api = free_tcp();
+        let config = dir.path().join("processor.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[processor]
+data_dir = "data"
+[quic]
+listen = "{quic}"
+cert = "certs/server.pem"
+key = "certs/server.key"
+ca = "certs/ca.pem"
+max_frame_bytes = "1MiB"
+[api]
+listen = "{api}"
+[lander]
+commit_interval = "100ms"
+"#
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn processor");
+        let p = Self {
+            child,
+            dir,
+            quic,
+            api,
+        };
+        for _ in 0..300 {
+            if p.metrics().await.is_some() {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("processor did not come up");
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(self.api).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    }
+
+    /// Value of one counter sample (0 when absent).
+    async fn counter(&self, sample: &str) -> f64 {
+        let text = self.metrics().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    fn query(&self, sql: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["query", "--config"])
+            .arg(self.dir.path().join("processor.toml"))
+            .arg(sql)
+            .output()
+            .expect("run query");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A QUIC client presenting `cert`/`key` (or no certificate at all).
+fn client(ca: &Path, identity: Option<(&Path, &Path)>) -> quinn::Endpoint {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .expect("cert")
+                    .map(|c| c.expect("cert"))
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![sluice_protocol::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    endpoint
+}
+
+async fn connect(p: &TestProcessor) -> quinn::Connection {
+    let certs = p.certs();
+    let ep = client(
+        &certs.join("ca.pem"),
+        Some((
+            &certs.join("agent-edge-01.pem"),
+            &certs.join("agent-edge-01.key"),
+        )),
+    );
+    ep.connect(p.quic, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake")
+}
+
+fn batch(first: i64, n: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("v", DataType::Float64, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(first..first + n)),
+            Arc::new(Float64Array::from_iter_values(
+                (first..first + n).map(|i| i as f64 / 2.0),
+            )),
+        ],
+    )
+    .expect("batch")
+}
+
+fn batch_frame(agent: &str, seq: u64, b: &RecordBatch) -> Frame {
+    Frame::Batch(BatchFrame {
+        envelope: Envelope {
+            agent: agent.into(),
+            stream: "t".into(),
+            seq,
+            schema_fingerprint: schema_fingerprint(&b.schema()),
+            created_at_us: 0,
+            rows: b.num_rows() as u32,
+        },
+        ipc: Bytes::from(encode_batch(b).expect("encode")),
+    })
+}
+
+/// Open a lane (Hello/Welcome) and return its halves and the committed mark.
+async fn lane(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream, u64) {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open lane");
+    write_frame(
+        &mut send,
+        &Frame::Hello(Hello {
+            agent: "edge-01".into(),
+            stream: "t".into(),
+        }),
+    )
+    .await
+    .expect("hello");
+    match read_frame(&mut recv, 1 << 20).await {
+        Ok(Some(Frame::Welcome(w))) => (send, recv, w.committed_seq),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+async fn next_ack(recv: &mut quinn::RecvStream) -> sluice_protocol::Ack {
+    match tokio::time::timeout(Duration::from_secs(30), read_frame(recv, 1 << 20)).await {
+        Ok(Ok(Some(Frame::Ack(a)))) => a,
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+/// The lane is closed by the processor: reading ends without another frame.
+async fn expect_lane_closed(recv: &mut quinn::RecvStream) {
+    let r = tokio::time::timeout(Duration::from_secs(30), read_frame(recv, 1 << 20))
+        .await
+        .expect("processor should close the lane");
+    assert!(
+        !matches!(r, Ok(Some(Frame::Ack(_)))),
+        "unexpected ack on a refused lane: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut p = TestProcessor::start().await;
+    let conn = connect(&p).await;
+
+    // A good batch lands first.
+    let (mut send, mut recv, mark) = lane(&conn).await;
+    assert_eq!(mark, 0);
+    write_frame(&mut send, &batch_frame("edge-01", 1, &batch(0, 100)))
+        .await
+        .expect("send");
+    assert_eq!(next_ack(&mut recv).await.status, AckStatus::Committed);
+
+    // Invalid Arrow IPC: this batch is rejected with a reason, the lane stays usable.
+    let mut bogus = batch_frame("edge-01", 2, &batch(100, 10));
+    if let Frame::Batch(b) = &mut bogus {
+        b.ipc = Bytes::from_static(b"this is not arrow ipc at all");
+    }
+    write_frame(&mut send, &bogus).await.expect("send");
+    let ack = next_ack(&mut recv).await;
+    assert_eq!(ack.status, AckStatus::Rejected);
+    assert!(ack.message.contains("invalid Arrow IPC"), "{}", ack.message);
+
+    // An envelope whose row count lies.
+    let mut liar = batch_frame("edge-01", 3, &batch(110, 10));
+    if let Frame::Batch(b) = &mut liar {
+        b.envelope.rows = 11;
+    }
+    write_frame(&mut send, &liar).await.expect("send");
+    let ack = next_ack(&mut recv).await;
+    assert_eq!(ack.status, AckStatus::Rejected);
+    assert!(
+        ack.message.contains("envelope says 11 rows"),
+        "{}",
+        ack.message
+    );
+
+    // A batch with columns the table does not have.
+    let other = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "unexpected",
+            DataType::Utf8,
+            false,
+        )])),
+        vec![Arc::new(arrow_array::StringArray::from(vec!["x"]))],
+    )
+    .expect("batch");
+    write_frame(&mut send, &batch_frame("edge-01", 4, &other))
+        .await
+        .expect("send");
+    let ack = next_ack(&mut recv).await;
+    assert_eq!(ack.status, AckStatus::Rejected);
+    assert!(ack.message.contains("not in the table"), "{}", ack.message);
+
+    // The same lane still lands good batches; a redelivery is acknowledged as a duplicate.
+    write_frame(&mut send, &batch_frame("edge-01", 5, &batch(200, 50)))
+        .await
+        .expect("send");
+    assert_eq!(next_ack(&mut recv).await.status, AckStatus::Committed);
+    write_frame(&mut send, &batch_frame("edge-01", 5, &batch(200, 50)))
+        .await
+        .expect("send");
+    assert_eq!(next_ack(&mut recv).await.status, AckStatus::Duplicate);
+
+    // Garbage instead of a frame: the lane is closed and counted.
+    let (mut send2, mut recv2) = conn.open_bi().await.expect("open");
+    send2
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    expect_lane_closed(&mut recv2).await;
+
+    // A header announcing a frame far over the limit.
+    let (mut send3, mut recv3) = conn.open_bi().await.expect("open");
+    let mut header = Vec::from(*b"SLC");
+    header.extend_from_slice(&[sluice_protocol::VERSION, 1]);
+    header.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    send3.write_all(&header).await.expect("write");
+    expect_lane_closed(&mut recv3).await;
+
+    // A batch for another agent on this agent's lane.
+    let (mut send4, mut recv4, _) = lane(&conn).await;
+    write_frame(&mut send4, &batch_frame("edge-02", 1, &batch(0, 1)))
+        .await
+        .expect("send");
+    expect_lane_closed(&mut recv4).await;
+
+    // A batch before any hello.
+    let (mut send5, mut recv5) = conn.open_bi().await.expect("open");
+    write_frame(&mut send5, &batch_frame("edge-01", 9, &batch(0, 1)))
+        .await
+        .expect("send");
+    expect_lane_closed(&mut recv5).await;
+
+    assert!(p.alive(), "processor must survive hostile frames");
+    for (sample, want) in [
+        (
+            "sluice_processor_frames_rejected_total{reason=\"bad_magic\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"frame_too_large\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"wrong_agent\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"unexpected_frame\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"invalid_ipc\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"row_count_mismatch\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_batches_rejected_total{table=\"bronze.t\",reason=\"schema_mismatch\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_batches_duplicate_total{table=\"bronze.t\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_committed_rows_total{table=\"bronze.t\"}",
+            150.0,
+        ),
+    ] {
+        assert_eq!(p.counter(sample).await, want, "{sample}");
+    }
+
+    // Nothing accepted was lost: exactly the two good batches are in the table.
+    let out =
+        p.query("SELECT count(*) AS n, sum(id) AS s, count(DISTINCT _seq) AS b FROM bronze.t");
+    let want_sum: i64 = (0..100).sum::<i64>() + (200..250).sum::<i64>();
+    assert!(out.contains(&format!("| 150 | {want_sum} | 2 ")), "{out}");
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_valid_certificate_are_refused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut p = TestProcessor::start().await;
+    let certs = p.certs();
+    let other = p.dir.path().join("other-ca");
+
+    // No client certificate at all.
+    let ep = client(&certs.join("ca.pem"), None);
+    let conn = ep.connect(p.quic, "localhost").expect("connect").await;
+    let refused = match conn {
+        Err(_) => true,
+        // TLS 1.3 finishes the client side before the server checks the certificate; the
+        // refusal then arrives as the connection closing.
+        Ok(c) => {
+            let (mut s, mut r) = match c.open_bi().await {
+                Ok(x) => x,
+                Err(_) => return assert_refusal_counted(&mut p, 1).await,
+            };
+            let _ = s.write_all(b"x").await;
+            let mut buf = [0u8; 1];
+            r.read(&mut buf).await.is_err()
+        }
+    };
+    assert!(refused, "a client without a certificate must be refused");
+
+    // A certificate from another CA.
+    let ep = client(
+        &certs.join("ca.pem"),
+        Some((
+            &other.join("agent-edge-01.pem"),
+            &other.join("agent-edge-01.key"),
+        )),
+    );
+    if let Ok(c) = ep.connect(p.quic, "localhost").expect("connect").await {
+        let (mut s, mut r) = c.open_bi().await.expect("stream");
+        let _ = s.write_all(b"x").await;
+        let mut buf = [0u8; 1];
+        assert!(
+            r.read(&mut buf).await.is_err(),
+            "foreign certificate accepted"
+        );
+    }
+    assert_refusal_counted(&mut p, 2).await;
+
+    // A client that does not trust the processor's CA refuses it, too (no way to disable).
+    let ep = client(
+        &other.join("ca.pem"),
+        Some((
+            &certs.join("agent-edge-01.pem"),
+            &certs.join("agent-edge-01.key"),
+        )),
+    );
+    let err = ep
+        .connect(p.quic, "localhost")
+        .expect("connect")
+        .await
+        .expect_err("server certificate from an unknown CA must fail");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // A proper agent still gets in.
+    let conn = connect(&p).await;
+    let (_s, _r, mark) = lane(&conn).await;
+    assert_eq!(mark, 0);
+}
+
+async fn assert_refusal_counted(p: &mut TestProcessor, at_least: u32) {
+    let mut n = 0.0;
+    for _ in 0..50 {
+        n = p
+            .counter("sluice_processor_connections_rejected_total{reason=\"tls_handshake\"}")
+            .await;
+        if n >= f64::from(at_least) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(n >= f64::from(at_least), "refusals counted: {n}");
+    assert!(p.alive());
+}

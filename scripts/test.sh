@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run the whole Sluice test suite: formatting, lints, Rust unit and integration tests, and the
+# end-to-end suite (real binaries, read back by PyIceberg and DuckDB).
+# Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+VENV="${SLUICE_VENV:-$PWD/.venv}"
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "python venv ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (debug binaries)"
+cargo build --workspace --bins --locked
+
+step "cargo nextest (unit and integration tests)"
+cargo nextest run --workspace --locked --no-fail-fast
+
+step "end-to-end tests (pytest)"
+SLUICE_BIN_DIR="$TARGET_DIR/debug" "$VENV/bin/python" -m pytest tests/e2e -v -p no:cacheprovider "$@"

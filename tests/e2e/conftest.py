@@ -1,0 +1,26 @@
+"""Fixtures for the end-to-end suite: real sluice binaries, real certificates, independent
+readers (PyIceberg through the same SQLite catalog, DuckDB's iceberg_scan)."""
+
+import os
+import pathlib
+
+import pytest
+
+from harness import Bins, make_certs
+
+
+@pytest.fixture(scope="session")
+def bins() -> Bins:
+    return Bins.from_env()
+
+
+@pytest.fixture(scope="session")
+def certs(bins, tmp_path_factory) -> pathlib.Path:
+    d = tmp_path_factory.mktemp("certs")
+    make_certs(bins, d, agents=["edge-01", "edge-02"])
+    return d
+
+
+@pytest.fixture
+def workdir(tmp_path) -> pathlib.Path:
+    return tmp_path

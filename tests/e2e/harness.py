@@ -1,0 +1,326 @@
+"""Starting real sluice processes, and reading their lake back with independent readers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Bins:
+    agent: pathlib.Path
+    processor: pathlib.Path
+
+    @staticmethod
+    def from_env() -> "Bins":
+        d = pathlib.Path(os.environ.get("SLUICE_BIN_DIR", REPO / "target" / "debug"))
+        b = Bins(d / "sluice-agent", d / "sluice-processor")
+        for p in (b.agent, b.processor):
+            if not p.exists():
+                raise RuntimeError(f"{p} is missing: build with `cargo build --bins` or set SLUICE_BIN_DIR")
+        return b
+
+
+def make_certs(bins: Bins, d: pathlib.Path, agents: list[str]) -> None:
+    args = [str(bins.processor), "certs", "init", "--dir", str(d)]
+    for a in agents:
+        args += ["--agent", a]
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def write_toml(path: pathlib.Path, doc: dict) -> None:
+    """A small TOML writer for configs: top-level tables of scalars and nested tables."""
+    lines: list[str] = []
+
+    def table(prefix: str, t: dict) -> None:
+        scalars = {k: v for k, v in t.items() if not isinstance(v, dict) or k == "_inline"}
+        nested = {k: v for k, v in t.items() if isinstance(v, dict) and k != "_inline"}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {toml_value(v)}")
+        lines.append("")
+        for k, v in nested.items():
+            if k == "fields":
+                lines.append(f"[{prefix}.fields]")
+                for fk, fv in v.items():
+                    lines.append(f"{fk} = {toml_value(fv)}")
+                lines.append("")
+            else:
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", doc)
+    path.write_text("\n".join(lines))
+
+
+class Proc:
+    """A child process whose output goes to a log file; killed at the end of the test."""
+
+    def __init__(self, args: list[str], log: pathlib.Path, env=None):
+        self.args = args
+        self.log_path = log
+        self.log = open(log, "ab")
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.p.send_signal(signal.SIGKILL)
+            self.p.wait()
+
+    def stop(self, timeout=30) -> int:
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.p.returncode
+
+    def wait(self, timeout) -> int:
+        return self.p.wait(timeout)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+class Processor:
+    """`sluice-processor serve` with its own data directory and ports."""
+
+    def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, **lander):
+        self.bins = bins
+        self.work = work
+        self.quic_port = free_port(socket.SOCK_DGRAM)
+        self.api_port = free_port()
+        self.config = work / "processor.toml"
+        write_toml(
+            self.config,
+            {
+                "processor": {"data_dir": str(work / "data")},
+                "catalog": {"name": "sluice"},
+                "quic": {
+                    "listen": f"127.0.0.1:{self.quic_port}",
+                    "cert": str(certs / "server.pem"),
+                    "key": str(certs / "server.key"),
+                    "ca": str(certs / "ca.pem"),
+                },
+                "api": {"listen": f"127.0.0.1:{self.api_port}"},
+                "lander": {"commit_interval": "300ms", **lander},
+            },
+        )
+        self.proc: Proc | None = None
+
+    def start(self) -> "Processor":
+        self.proc = Proc(
+            [str(self.bins.processor), "serve", "--config", str(self.config)],
+            self.work / "processor.log",
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if not self.proc.alive():
+                raise RuntimeError("processor exited:\n" + self.proc.output())
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("processor did not become healthy:\n" + self.proc.output())
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as r:
+            return parse_metrics(r.read().decode())
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+
+    def stop(self):
+        if self.proc:
+            return self.proc.stop()
+
+    @property
+    def warehouse(self) -> pathlib.Path:
+        return self.work / "data" / "warehouse"
+
+    @property
+    def catalog_db(self) -> pathlib.Path:
+        return self.work / "data" / "catalog.db"
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def simulator_source(total: int, rate: float | None = None, seed: int = 7, entities: int = 20, **extra) -> dict:
+    """A deterministic 10-column telemetry source (simulated clock, so values are reproducible)."""
+    src = {
+        "type": "simulator",
+        "total": total,
+        "seed": seed,
+        "entities": entities,
+        "start_time": "2026-01-01T00:00:00Z",
+        "rate": rate or 100000.0,
+        **extra,
+        "fields": {
+            "ts": {"type": "timestamp"},
+            "sample": {"type": "sequence"},
+            "host": {"type": "fake", "fake": "hostname", "per": "entity"},
+            "region": {"type": "choice", "values": ["eu", "us", "ap"], "weights": [5, 3, 2], "per": "entity"},
+            "cpu": {"type": "normal", "mean": 40.0, "stddev": 10.0, "min": 0.0, "max": 100.0},
+            "mem": {"type": "uniform", "min": 0.0, "max": 64.0},
+            "load": {"type": "lognormal", "mu": 0.0, "sigma": 0.5},
+            "errors": {"type": "poisson", "lambda": 1.5},
+            "bytes": {"type": "uniform", "min": 0, "max": 1000000, "integer": True},
+            "ok": {"type": "choice", "values": [True, False], "weights": [9, 1]},
+        },
+    }
+    return src
+
+
+class Agent:
+    """`sluice-agent run` against a processor."""
+
+    def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, processor: Processor,
+                 sources: dict, agent_id="edge-01", batch=None, sink=None):
+        self.bins = bins
+        self.work = work
+        self.agent_id = agent_id
+        self.api_port = free_port()
+        self.config = work / f"agent-{agent_id}.toml"
+        write_toml(
+            self.config,
+            {
+                "agent": {"id": agent_id},
+                "api": {"listen": f"127.0.0.1:{self.api_port}"},
+                "batch": batch or {"max_rows": 5000, "max_age": "200ms"},
+                "sink": {
+                    "type": "quic",
+                    "endpoint": f"127.0.0.1:{processor.quic_port}",
+                    "server_name": "localhost",
+                    "ca": str(certs / "ca.pem"),
+                    "cert": str(certs / f"agent-{agent_id}.pem"),
+                    "key": str(certs / f"agent-{agent_id}.key"),
+                    "backoff_initial": "50ms",
+                    "backoff_max": "500ms",
+                    **(sink or {}),
+                },
+                "sources": sources,
+            },
+        )
+        self.proc: Proc | None = None
+
+    def start(self) -> "Agent":
+        self.proc = Proc([str(self.bins.agent), "run", "--config", str(self.config)],
+                         self.work / f"agent-{self.agent_id}.log")
+        return self
+
+    def wait(self, timeout=120) -> int:
+        assert self.proc
+        return self.proc.wait(timeout)
+
+    def reference(self, source: str, out: pathlib.Path) -> list[dict]:
+        """The rows the source generates, produced independently by `sluice-agent simulate`."""
+        subprocess.run(
+            [str(self.bins.agent), "simulate", "--config", str(self.config), "--source", source, "--out", str(out)],
+            check=True, capture_output=True,
+        )
+        with open(out) as f:
+            return [json.loads(line) for line in f]
+
+
+# ---- reading the lake back ------------------------------------------------------------
+
+def pyiceberg_table(proc: Processor, name: str):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    cat = SqlCatalog("sluice", uri=f"sqlite:///{proc.catalog_db}", warehouse=f"file://{proc.warehouse}")
+    return cat.load_table(name)
+
+
+def duckdb_connection():
+    import duckdb
+    import duckdb_ext
+
+    ext_dir = pathlib.Path(list(duckdb_ext.__path__)[0]) / "extensions"
+    con = duckdb.connect()
+    con.execute(f"SET extension_directory = '{ext_dir}'")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("LOAD avro")
+    con.execute("LOAD iceberg")
+    return con
+
+
+def canonical(value):
+    """One representation per value, whatever the reader: timestamps as UTC microseconds."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value):
+        return canonical(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return value
+
+
+def checksum(rows: list[dict], columns: list[str]) -> str:
+    """Order-independent digest over every listed column of every row."""
+    digests = sorted(
+        hashlib.sha256(repr(tuple(canonical(r[c]) for c in columns)).encode()).hexdigest() for r in rows
+    )
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def read_pyiceberg(proc: Processor, name: str) -> list[dict]:
+    return pyiceberg_table(proc, name).scan().to_arrow().to_pylist()
+
+
+def read_duckdb(proc: Processor, name: str) -> list[dict]:
+    t = pyiceberg_table(proc, name)
+    con = duckdb_connection()
+    cur = con.execute(f"SELECT * FROM iceberg_scan('{t.metadata_location}')")
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
