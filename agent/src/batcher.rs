@@ -194,7 +194,7 @@ mod tests {
     }
 
     fn values(b: &ReadyBatch) -> Vec<i64> {
-        let batch = sluice_protocol::decode_batch(&b.ipc).expect("decode");
+        let batch = sluice_protocol::decode_batch(b.ipc.clone()).expect("decode");
         batch
             .column(0)
             .as_any()

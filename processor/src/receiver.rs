@@ -178,7 +178,7 @@ impl Receiver {
             }
             let seq = env.seq;
             let (reply, verdict) = oneshot::channel();
-            match validate(&env, &batch.ipc) {
+            match validate(&env, batch.ipc.clone()) {
                 Ok(decoded) => {
                     let req = LandRequest {
                         envelope: env,
@@ -217,7 +217,7 @@ impl Receiver {
 /// Decode and check a batch against its envelope.
 fn validate(
     env: &sluice_protocol::Envelope,
-    ipc: &[u8],
+    ipc: bytes::Bytes,
 ) -> Result<arrow_array::RecordBatch, (&'static str, String)> {
     let batch = decode_batch(ipc)
         .map_err(|e| ("invalid_ipc", format!("invalid Arrow IPC payload: {e}")))?;

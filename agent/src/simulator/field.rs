@@ -169,10 +169,8 @@ impl FieldSpec {
                     return Err(format!("sigma must be > 0, got {sigma}"));
                 }
             }
-            FieldSpec::Poisson { lambda, .. } => {
-                if !(lambda.is_finite() && *lambda > 0.0) {
-                    return Err(format!("lambda must be > 0, got {lambda}"));
-                }
+            FieldSpec::Poisson { lambda, .. } if !(lambda.is_finite() && *lambda > 0.0) => {
+                return Err(format!("lambda must be > 0, got {lambda}"));
             }
             FieldSpec::Choice {
                 values, weights, ..
