@@ -4,6 +4,8 @@
 # Extra arguments go to `sluice-processor demo` (e.g. --rows 1000000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bins
+PROFILE="${SLUICE_PROFILE:-dev}"
+cargo build --profile "$PROFILE" --locked --bins
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-exec "$TARGET_DIR/release/sluice-processor" demo "$@"
+OUT=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+exec "$TARGET_DIR/$OUT/sluice-processor" demo "$@"

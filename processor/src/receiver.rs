@@ -35,6 +35,8 @@ enum LaneError {
     HelloTimeout(Duration),
     #[error("batch for agent {got:?} on a lane opened by agent {lane:?}")]
     WrongAgent { lane: String, got: String },
+    #[error("hello from agent {claimed:?} over a connection authenticated as {certified:?}")]
+    IdentityMismatch { claimed: String, certified: String },
     #[error("lander unavailable: {0}")]
     Lander(String),
     #[error("write failed: {0}")]
@@ -49,6 +51,7 @@ impl LaneError {
             LaneError::Protocol(e) => e.reason(),
             LaneError::NoHello | LaneError::HelloTimeout(_) => "no_hello",
             LaneError::WrongAgent { .. } => "wrong_agent",
+            LaneError::IdentityMismatch { .. } => "identity_mismatch",
             LaneError::Lander(_) => "lander",
             LaneError::Write(_) | LaneError::Connection(_) => "io",
         }
@@ -80,14 +83,24 @@ impl Receiver {
                 return;
             }
         };
-        let peer = tls::peer_name(&conn).unwrap_or_else(|| "?".into());
-        tracing::info!(%remote, agent_cert = %peer, "agent connected");
+        let Some(peer) = tls::peer_name(&conn) else {
+            tracing::warn!(%remote, "refused connection: the client certificate has no common name");
+            self.metrics.connection_rejected("no_identity");
+            conn.close(
+                quinn::VarInt::from_u32(3),
+                b"certificate has no common name",
+            );
+            return;
+        };
+        let peer: Arc<str> = peer.into();
+        tracing::info!(%remote, agent = %peer, "agent connected");
         self.metrics.connection_opened();
         loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
                     let this = self.clone();
-                    tokio::spawn(async move { this.lane(remote, send, recv).await });
+                    let peer = peer.clone();
+                    tokio::spawn(async move { this.lane(remote, peer, send, recv).await });
                 }
                 Err(e) => {
                     tracing::info!(%remote, "agent disconnected: {e}");
@@ -98,8 +111,14 @@ impl Receiver {
         self.metrics.connection_closed();
     }
 
-    async fn lane(self, remote: SocketAddr, send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        if let Err(e) = self.lane_inner(send, &mut recv).await {
+    async fn lane(
+        self,
+        remote: SocketAddr,
+        peer: Arc<str>,
+        send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        if let Err(e) = self.lane_inner(&peer, send, &mut recv).await {
             let reason = e.reason();
             if reason != "io" {
                 self.metrics.frame_rejected(reason);
@@ -114,6 +133,7 @@ impl Receiver {
 
     async fn lane_inner(
         &self,
+        peer: &str,
         mut send: quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<(), LaneError> {
@@ -132,6 +152,13 @@ impl Receiver {
                 None => return Err(LaneError::NoHello),
             },
         };
+        // An agent may only speak for the identity its certificate carries.
+        if hello.agent != peer {
+            return Err(LaneError::IdentityMismatch {
+                claimed: hello.agent,
+                certified: peer.to_string(),
+            });
+        }
         let committed = self
             .lander
             .committed_mark(&hello.agent, &hello.stream)

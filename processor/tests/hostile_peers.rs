@@ -355,6 +355,19 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
         .expect("send");
     expect_lane_closed(&mut recv4).await;
 
+    // A hello for an agent other than the one the certificate names.
+    let (mut send6, mut recv6) = conn.open_bi().await.expect("open");
+    write_frame(
+        &mut send6,
+        &Frame::Hello(Hello {
+            agent: "edge-02".into(),
+            stream: "t".into(),
+        }),
+    )
+    .await
+    .expect("hello");
+    expect_lane_closed(&mut recv6).await;
+
     // A batch before any hello.
     let (mut send5, mut recv5) = conn.open_bi().await.expect("open");
     write_frame(&mut send5, &batch_frame("edge-01", 9, &batch(0, 1)))
@@ -374,6 +387,10 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
         ),
         (
             "sluice_processor_frames_rejected_total{reason=\"wrong_agent\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"identity_mismatch\"}",
             1.0,
         ),
         (
