@@ -3,7 +3,6 @@
 //! Unknown keys are errors (`deny_unknown_fields` everywhere) and every semantic check names
 //! the offending key, e.g. `sources.cpu.fields.load: stddev must be > 0`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,7 +52,7 @@ impl Invalid {
 pub struct AgentConfig {
     pub agent: AgentSection,
     #[serde(default)]
-    pub api: Option<ApiConfig>,
+    pub api: Option<sluice_ops::ApiConfig>,
     #[serde(default)]
     pub batch: BatchConfig,
     #[serde(deserialize_with = "crate::tagged::one")]
@@ -68,13 +67,6 @@ pub struct AgentConfig {
 pub struct AgentSection {
     /// Unique id of this agent; lands in the `_agent` column. Letters, digits, `_`, `-`.
     pub id: String,
-}
-
-/// `[api]`: the agent's HTTP endpoint (`/metrics`, `/health`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiConfig {
-    pub listen: SocketAddr,
 }
 
 /// `[batch]`: when the batcher cuts a batch. Whichever limit is reached first wins.

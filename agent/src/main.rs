@@ -1,6 +1,5 @@
 //! `sluice-agent`: the Sluice edge agent.
 
-mod api;
 mod batcher;
 mod config;
 mod metrics;
@@ -16,7 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use sluice_ops::LogFormat;
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, SourceConfig};
@@ -31,12 +31,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,38 +66,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    sluice_ops::init_logging(cli.log_format);
     // One crypto provider for the whole process (rustls needs exactly one).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    sluice_ops::run(dispatch(cli.command))
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -123,14 +89,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&path)?;
     let metrics = metrics::Metrics::new();
     if let Some(api) = &cfg.api {
-        let addr = api::serve(api.listen, metrics.clone())
+        let addr = sluice_ops::serve_api(api.listen, metrics.clone())
             .await
             .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
         tracing::info!(%addr, "agent API listening");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        sluice_ops::stop_signal().await;
         tracing::info!("stop requested; draining unacknowledged batches");
         let _ = stop_tx.send(true);
     });
@@ -150,28 +116,6 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn validate(path: PathBuf) -> anyhow::Result<()> {

@@ -164,9 +164,11 @@ impl Metrics {
     pub fn set_connected(&self, up: bool) {
         self.connected.set(i64::from(up));
     }
+}
 
+impl sluice_ops::RenderMetrics for Metrics {
     /// Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -18,7 +18,7 @@ pub struct ProcessorConfig {
     pub catalog: CatalogConfig,
     pub quic: QuicConfig,
     #[serde(default)]
-    pub api: Option<ApiConfig>,
+    pub api: Option<sluice_ops::ApiConfig>,
     #[serde(default)]
     pub lander: LanderConfig,
 }
@@ -69,13 +69,6 @@ pub struct QuicConfig {
 
 fn default_max_frame() -> ByteSize {
     ByteSize::b(sluice_protocol::DEFAULT_MAX_FRAME_BYTES as u64)
-}
-
-/// `[api]`: the HTTP endpoint (`/metrics`, `/health`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiConfig {
-    pub listen: SocketAddr,
 }
 
 /// `[lander]`: how batches become Iceberg commits.

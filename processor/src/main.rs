@@ -1,7 +1,6 @@
 //! `sluice-processor`: receives batches from Sluice agents and lands them exactly once in
 //! bronze Apache Iceberg tables.
 
-mod api;
 mod certs;
 mod config;
 mod demo;
@@ -18,7 +17,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use sluice_ops::LogFormat;
 
 use crate::config::ProcessorConfig;
 
@@ -32,12 +32,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,37 +107,10 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    sluice_ops::init_logging(cli.log_format);
+    // One crypto provider for the whole process (rustls needs exactly one).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    sluice_ops::run(dispatch(cli.command))
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -210,23 +177,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = ProcessorConfig::load(&config)?;
     let server = server::Server::start(&cfg).await?;
-    wait_for_signal().await;
+    sluice_ops::stop_signal().await;
     tracing::info!("stopping: committing buffered batches");
     server.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -216,9 +216,11 @@ impl Metrics {
     pub fn sequence_gap(&self, t: &str) {
         self.sequence_gaps.get_or_create(&table(t)).inc();
     }
+}
 
+impl sluice_ops::RenderMetrics for Metrics {
     /// Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    fn render(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

@@ -10,7 +10,7 @@ use crate::config::ProcessorConfig;
 use crate::lander::Lander;
 use crate::metrics::Metrics;
 use crate::receiver::Receiver;
-use crate::{api, lake, tls};
+use crate::{lake, tls};
 
 /// A running processor.
 pub struct Server {
@@ -47,7 +47,7 @@ impl Server {
 
         let api_addr = match &cfg.api {
             Some(api) => Some(
-                api::serve(api.listen, metrics.clone())
+                sluice_ops::serve_api(api.listen, metrics.clone())
                     .await
                     .with_context(|| format!("cannot listen on api.listen {}", api.listen))?,
             ),
