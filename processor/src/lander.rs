@@ -17,7 +17,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
+    DefaultFileNameGenerator, DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
@@ -543,24 +543,59 @@ impl CommitJob {
             })
             .build();
         let location = DefaultLocationGenerator::new(table.metadata())?;
-        // Unique per commit attempt: writers' default names collide across writers.
-        let names = DefaultFileNameGenerator::new(
-            format!("{commit_id}-{attempt}"),
-            None,
-            DataFileFormat::Parquet,
-        );
+        // Unique per commit attempt (writers' default names collide across writers), and
+        // recorded, so a failed attempt can remove what it half wrote.
+        let names = RecordingNames {
+            inner: DefaultFileNameGenerator::new(
+                format!("{commit_id}-{attempt}"),
+                None,
+                DataFileFormat::Parquet,
+            ),
+            issued: Arc::default(),
+        };
+        let issued = names.issued.clone();
         let parquet = ParquetWriterBuilder::new(props, table.metadata().current_schema().clone());
         let rolling = RollingFileWriterBuilder::new_with_default_file_size(
             parquet,
             table.file_io().clone(),
-            location,
+            location.clone(),
             names,
         );
-        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
-        for b in batches {
-            writer.write(b.clone()).await?;
+        let result = async {
+            let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
+            for b in batches {
+                writer.write(b.clone()).await?;
+            }
+            writer.close().await
         }
-        writer.close().await
+        .await;
+        if result.is_err() {
+            let files: Vec<String> = issued.lock().map(|v| v.clone()).unwrap_or_default();
+            for name in files {
+                let path = location.generate_location(None, &name);
+                if let Err(e) = table.file_io().delete(&path).await {
+                    tracing::warn!(table = %self.name, %path, "cannot remove a partly written file: {e}");
+                }
+            }
+        }
+        result
+    }
+}
+
+/// File names of one commit attempt, remembering every name handed out.
+#[derive(Clone)]
+struct RecordingNames {
+    inner: DefaultFileNameGenerator,
+    issued: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FileNameGenerator for RecordingNames {
+    fn generate_file_name(&self) -> String {
+        let name = self.inner.generate_file_name();
+        if let Ok(mut v) = self.issued.lock() {
+            v.push(name.clone());
+        }
+        name
     }
 }
 

@@ -122,16 +122,18 @@ class Proc:
 class Processor:
     """`sluice-processor serve` with its own data directory and ports."""
 
-    def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, **lander):
+    def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path,
+                 data_dir: pathlib.Path | None = None, **lander):
         self.bins = bins
         self.work = work
+        self.data_dir = data_dir or work / "data"
         self.quic_port = free_port(socket.SOCK_DGRAM)
         self.api_port = free_port()
         self.config = work / "processor.toml"
         write_toml(
             self.config,
             {
-                "processor": {"data_dir": str(work / "data")},
+                "processor": {"data_dir": str(self.data_dir)},
                 "catalog": {"name": "sluice"},
                 "quic": {
                     "listen": f"127.0.0.1:{self.quic_port}",
@@ -175,11 +177,11 @@ class Processor:
 
     @property
     def warehouse(self) -> pathlib.Path:
-        return self.work / "data" / "warehouse"
+        return self.data_dir / "warehouse"
 
     @property
     def catalog_db(self) -> pathlib.Path:
-        return self.work / "data" / "catalog.db"
+        return self.data_dir / "catalog.db"
 
 
 def parse_metrics(text: str) -> dict[str, float]:
