@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole Sluice test suite: formatting, lints, Rust unit and integration tests, and the
-# end-to-end suite (real binaries, read back by PyIceberg and DuckDB).
+# end-to-end suite (real binaries and WebAssembly connectors built from plugins/, read back
+# by PyIceberg and DuckDB).
 # Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,13 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
+
+step "wasm connectors (plugins/, wasm32-wasip2)"
+rustup target add wasm32-wasip2 >/dev/null
+(cd plugins && cargo build --release --locked --target wasm32-wasip2)
+PLUGIN_TARGET_DIR="$(cd plugins && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+export SLUICE_PLUGIN_DIR="$PLUGIN_TARGET_DIR/wasm32-wasip2/release"
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

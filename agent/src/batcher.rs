@@ -33,7 +33,8 @@ pub struct Limits {
 
 /// Accumulates chunks and hands out batches within [`Limits`].
 struct Accumulator {
-    schema: SchemaRef,
+    /// Schema of the stream, from its first chunk.
+    schema: Option<SchemaRef>,
     limits: Limits,
     chunks: VecDeque<RecordBatch>,
     rows: usize,
@@ -43,14 +44,21 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn push(&mut self, chunk: RecordBatch) {
+    /// Buffer a chunk; a chunk whose schema differs from the stream's is refused.
+    fn push(&mut self, chunk: RecordBatch) -> Result<(), SchemaRef> {
         if chunk.num_rows() == 0 {
-            return;
+            return Ok(());
+        }
+        match &self.schema {
+            None => self.schema = Some(chunk.schema()),
+            Some(s) if *s != chunk.schema() => return Err(s.clone()),
+            Some(_) => {}
         }
         self.rows += chunk.num_rows();
         self.bytes += chunk.get_array_memory_size();
         self.oldest.get_or_insert_with(Instant::now);
         self.chunks.push_back(chunk);
+        Ok(())
     }
 
     /// A batch is due by size (age is the caller's timer).
@@ -94,12 +102,12 @@ impl Accumulator {
             // The remainder arrived with or after the batch just cut; restart its clock.
             self.oldest = Some(Instant::now());
         }
-        let batch = if parts.len() == 1 {
-            parts
-                .pop()
-                .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()))
-        } else {
-            arrow_select::concat::concat_batches(&self.schema, &parts)?
+        let batch = match (parts.len(), &self.schema) {
+            (1, _) | (_, None) => match parts.pop() {
+                Some(b) => b,
+                None => return Ok(None),
+            },
+            (_, Some(schema)) => arrow_select::concat::concat_batches(schema, &parts)?,
         };
         Ok(Some(batch))
     }
@@ -108,15 +116,13 @@ impl Accumulator {
 /// Run the batcher for one stream until its input closes; everything buffered is flushed.
 pub async fn run(
     stream: Arc<str>,
-    schema: SchemaRef,
     limits: Limits,
     mut input: mpsc::Receiver<RecordBatch>,
     output: mpsc::Sender<ReadyBatch>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ArrowError> {
-    let fingerprint = sluice_protocol::schema_fingerprint(&schema);
     let mut acc = Accumulator {
-        schema,
+        schema: None,
         limits,
         chunks: VecDeque::new(),
         rows: 0,
@@ -125,6 +131,7 @@ pub async fn run(
     };
     let emit = |batch: RecordBatch| -> Result<ReadyBatch, ArrowError> {
         let ipc = sluice_protocol::encode_batch(&batch)?;
+        let fingerprint = sluice_protocol::schema_fingerprint(&batch.schema());
         let rows = batch.num_rows() as u32;
         metrics.batch_cut(&stream, rows, ipc.len());
         Ok(ReadyBatch {
@@ -139,7 +146,17 @@ pub async fn run(
         tokio::select! {
             chunk = input.recv() => match chunk {
                 Some(chunk) => {
-                    acc.push(chunk);
+                    let rows = chunk.num_rows() as u64;
+                    if let Err(expected) = acc.push(chunk) {
+                        tracing::error!(
+                            stream = %stream,
+                            rows,
+                            "dropped a chunk whose schema differs from the stream's ({} columns expected)",
+                            expected.fields().len()
+                        );
+                        metrics.lost(&stream, "schema_mismatch", rows);
+                        continue;
+                    }
                     while acc.full() {
                         let Some(batch) = acc.take()? else { break };
                         if output.send(emit(batch)?).await.is_err() {
@@ -209,7 +226,6 @@ mod tests {
         let (otx, mut orx) = mpsc::channel(1024);
         let task = tokio::spawn(run(
             "s".into(),
-            schema(),
             limits,
             rx,
             otx,
@@ -266,7 +282,6 @@ mod tests {
         let (otx, mut orx) = mpsc::channel(16);
         let task = tokio::spawn(run(
             "s".into(),
-            schema(),
             limits,
             rx,
             otx,

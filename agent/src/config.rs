@@ -11,6 +11,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::simulator::SimulatorConfig;
+use crate::wasm::WasmSourceConfig;
 
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,13 @@ pub struct AgentConfig {
 pub struct AgentSection {
     /// Unique id of this agent; lands in the `_agent` column. Letters, digits, `_`, `-`.
     pub id: String,
+    /// Where the agent keeps local state (the compiled-plugin cache).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("sluice-agent-data")
 }
 
 /// `[batch]`: when the batcher cuts a batch. Whichever limit is reached first wins.
@@ -153,6 +161,7 @@ fn default_drain_timeout() -> Duration {
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     Simulator(SimulatorConfig),
+    Wasm(WasmSourceConfig),
 }
 
 impl SourceConfig {
@@ -160,6 +169,7 @@ impl SourceConfig {
     pub fn stream<'a>(&'a self, source_name: &'a str) -> &'a str {
         match self {
             SourceConfig::Simulator(s) => s.stream.as_deref().unwrap_or(source_name),
+            SourceConfig::Wasm(w) => w.stream.as_deref().unwrap_or(source_name),
         }
     }
 }
@@ -229,18 +239,33 @@ impl AgentConfig {
         if self.sources.is_empty() {
             return Err(Invalid::new("sources", "at least one source is required"));
         }
-        let mut schemas: IndexMap<&str, (&str, arrow_schema::SchemaRef)> = IndexMap::new();
+        let mut schemas: IndexMap<&str, (&str, Option<arrow_schema::SchemaRef>)> = IndexMap::new();
         for (name, source) in &self.sources {
             let key = format!("sources.{name}");
             let stream = source.stream(name);
             sluice_protocol::validate_name("stream", stream)
                 .map_err(|e| Invalid::new(format!("{key}.stream"), e.to_string()))?;
+            // A wasm source's schema is known only once it runs, so it gets its own stream.
             let schema = match source {
                 SourceConfig::Simulator(sim) => {
                     sim.validate(&key)?;
-                    sim.schema()
+                    Some(sim.schema())
+                }
+                SourceConfig::Wasm(w) => {
+                    w.validate(&key)?;
+                    None
                 }
             };
+            if let Some((other, other_schema)) = schemas.get(stream)
+                && (schema.is_none() || other_schema.is_none())
+            {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "feeds stream {stream:?} already fed by source {other:?}; a wasm source needs a stream of its own"
+                    ),
+                ));
+            }
             // Sources sharing a stream share one batcher, so they must agree on the schema.
             if let Some((other, other_schema)) = schemas.get(stream) {
                 if *other_schema != schema {
@@ -259,6 +284,14 @@ impl AgentConfig {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        if self.agent.data_dir.is_relative() {
+            self.agent.data_dir = base.join(&self.agent.data_dir);
+        }
+        for source in self.sources.values_mut() {
+            if let SourceConfig::Wasm(w) = source {
+                w.resolve_paths(base);
+            }
+        }
         let SinkConfig::Quic(q) = &mut self.sink;
         for p in [&mut q.ca, &mut q.cert, &mut q.key] {
             if p.is_relative() {

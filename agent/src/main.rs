@@ -9,6 +9,7 @@ mod simulator;
 mod source;
 mod tagged;
 mod tls;
+mod wasm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,6 +48,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Work with WebAssembly connector plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Generate a simulator source's rows locally as JSON lines, without shipping them.
     Simulate {
         /// Agent config file (TOML) holding the source.
@@ -64,6 +70,19 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Check that a component implements the sluice:plugin/source world; print its schema
+    /// and the interfaces (capabilities) it imports.
+    Check {
+        /// The component file.
+        file: PathBuf,
+        /// The plugin's config, as JSON, handed to `open`.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sluice_ops::init_logging(cli.log_format);
@@ -76,6 +95,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => run(config).await,
         Command::Validate { config } => validate(config),
+        Command::Plugin {
+            command: PluginCommand::Check { file, config },
+        } => plugin_check(file, config),
         Command::Simulate {
             config,
             source,
@@ -122,14 +144,42 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&path)?;
     println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
     for (name, source) in &cfg.sources {
-        let SourceConfig::Simulator(sim) = source;
-        println!(
-            "  source {name} (simulator) -> stream {}",
-            source.stream(name)
-        );
-        for f in sim.schema().fields() {
-            println!("    {}: {}", f.name(), f.data_type());
+        match source {
+            SourceConfig::Simulator(sim) => {
+                println!(
+                    "  source {name} (simulator) -> stream {}",
+                    source.stream(name)
+                );
+                for f in sim.schema().fields() {
+                    println!("    {}: {}", f.name(), f.data_type());
+                }
+            }
+            SourceConfig::Wasm(w) => println!(
+                "  source {name} (wasm {}) -> stream {}",
+                w.plugin.display(),
+                source.stream(name)
+            ),
         }
+    }
+    Ok(())
+}
+
+fn plugin_check(file: PathBuf, config: String) -> anyhow::Result<()> {
+    let runtime = wasm::Runtime::new(None)?;
+    let report = wasm::check(&runtime, &file, &config)?;
+    println!(
+        "{}: OK, implements sluice:plugin/source@0.1.0",
+        file.display()
+    );
+    println!("  sha256: {}", report.digest);
+    println!("  schema:");
+    for f in report.schema.fields() {
+        let null = if f.is_nullable() { "" } else { " not null" };
+        println!("    {}: {}{null}", f.name(), f.data_type());
+    }
+    println!("  imports (capabilities it may ask for; granted only by config):");
+    for i in &report.imports {
+        println!("    {i}");
     }
     Ok(())
 }
@@ -139,7 +189,10 @@ fn simulate(path: PathBuf, source: String, rows: Option<u64>, out: PathBuf) -> a
     let SourceConfig::Simulator(sim_cfg) = cfg
         .sources
         .get(&source)
-        .with_context(|| format!("no source named {source:?} in {}", path.display()))?;
+        .with_context(|| format!("no source named {source:?} in {}", path.display()))?
+    else {
+        anyhow::bail!("source {source:?} is not a simulator source");
+    };
     let mut sim_cfg = sim_cfg.clone();
     sim_cfg.total = rows.or(sim_cfg.total);
     let Some(total) = sim_cfg.total else {

@@ -1,11 +1,13 @@
 //! The agent's counters, exposed in Prometheus text format on `/metrics`.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -16,6 +18,17 @@ struct SourceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
     stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginReasonLabels {
+    plugin: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +50,17 @@ pub struct Metrics {
     inflight: Family<StreamLabels, Gauge>,
     reconnects: Counter,
     connected: Gauge,
+    plugin_calls: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    plugin_failures: Family<PluginReasonLabels, Counter>,
+    plugin_restarts: Family<PluginLabels, Counter>,
+    plugin_failed: Family<PluginLabels, Gauge>,
+    /// Plugins that gave up, with the reason (reported by `/health`).
+    failed_plugins: Mutex<BTreeMap<String, String>>,
+}
+
+fn call_histogram() -> Histogram {
+    // 10 µs .. ~10 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
 }
 
 impl Default for Metrics {
@@ -53,6 +77,11 @@ impl Default for Metrics {
             inflight: Family::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
+            plugin_calls: Family::new_with_constructor(call_histogram),
+            plugin_failures: Family::default(),
+            plugin_restarts: Family::default(),
+            plugin_failed: Family::default(),
+            failed_plugins: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +129,26 @@ impl Default for Metrics {
             "connected",
             "1 while a connection to the processor is up",
             m.connected.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Duration of each call into a wasm plugin",
+            m.plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin failures (trap, timeout, memory, bad batch, ...) by reason",
+            m.plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_restarts",
+            "Plugin instances restarted after a failure",
+            m.plugin_restarts.clone(),
+        );
+        registry.register(
+            "plugin_failed",
+            "1 when a plugin failed too often and is no longer restarted",
+            m.plugin_failed.clone(),
         );
         Self { registry, ..m }
     }
@@ -157,6 +206,43 @@ impl Metrics {
         self.inflight.get_or_create(&stream(s)).set(n as i64);
     }
 
+    pub fn plugin_call(&self, plugin: &str, seconds: f64) {
+        self.plugin_calls
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn plugin_failure(&self, plugin: &str, reason: &str) {
+        self.plugin_failures
+            .get_or_create(&PluginReasonLabels {
+                plugin: plugin.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn plugin_restart(&self, plugin: &str) {
+        self.plugin_restarts
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .inc();
+    }
+
+    /// The plugin is given up on; `/health` reports it until the agent restarts.
+    pub fn plugin_failed(&self, plugin: &str, reason: &str) {
+        self.plugin_failed
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .set(1);
+        if let Ok(mut m) = self.failed_plugins.lock() {
+            m.insert(plugin.to_string(), reason.to_string());
+        }
+    }
+
     pub fn reconnected(&self) {
         self.reconnects.inc();
     }
@@ -168,6 +254,22 @@ impl Metrics {
 
 impl sluice_ops::RenderMetrics for Metrics {
     /// Prometheus text exposition of every metric.
+    fn health(&self) -> Result<(), String> {
+        let failed = self
+            .failed_plugins
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(failed
+            .iter()
+            .map(|(p, r)| format!("plugin {p:?} failed: {r}"))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -11,7 +11,7 @@ use crate::batcher::{self, Limits};
 use crate::config::{AgentConfig, SinkConfig, SourceConfig};
 use crate::metrics::Metrics;
 use crate::shipper::QuicShipper;
-use crate::{source, tls};
+use crate::{source, tls, wasm};
 
 /// What a finished run did.
 #[derive(Debug, Default)]
@@ -54,15 +54,11 @@ pub async fn run(
         if stream_inputs.contains_key(&stream) {
             continue;
         }
-        let schema = match source {
-            SourceConfig::Simulator(s) => s.schema(),
-        };
         let (chunk_tx, chunk_rx) = mpsc::channel(8);
         let (batch_tx, batch_rx) = mpsc::channel(2);
         let stream_name: Arc<str> = stream.as_str().into();
         batchers.spawn(batcher::run(
             stream_name.clone(),
-            schema,
             limits,
             chunk_rx,
             batch_tx,
@@ -76,6 +72,17 @@ pub async fn run(
         stream_inputs.insert(stream, chunk_tx);
     }
 
+    let needs_wasm = cfg
+        .sources
+        .values()
+        .any(|s| matches!(s, SourceConfig::Wasm(_)));
+    let runtime = if needs_wasm {
+        Some(wasm::Runtime::new(Some(
+            cfg.agent.data_dir.join("wasm-cache"),
+        ))?)
+    } else {
+        None
+    };
     let mut sources = JoinSet::new();
     for (name, source) in &cfg.sources {
         let tx = stream_inputs[source.stream(name)].clone();
@@ -88,6 +95,13 @@ pub async fn run(
                     stop.clone(),
                     metrics.clone(),
                 ));
+            }
+            SourceConfig::Wasm(w) => {
+                let runtime = runtime.clone().context("wasm runtime")?;
+                let (name, w, stop, metrics) =
+                    (name.clone(), w.clone(), stop.clone(), metrics.clone());
+                sources
+                    .spawn_blocking(move || wasm::run_source(name, w, runtime, tx, stop, metrics));
             }
         }
     }

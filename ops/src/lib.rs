@@ -23,8 +23,10 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -82,9 +84,14 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
 }
 
-/// Something that renders the Prometheus text exposition.
+/// What the HTTP endpoint shows: the Prometheus text exposition, and health.
 pub trait RenderMetrics: Send + Sync + 'static {
     fn render(&self) -> String;
+
+    /// `Err(reasons)` turns `/health` into a 503 with the reasons in the body.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Serve `/metrics` and `/health` in the background; returns the bound address.
@@ -94,6 +101,7 @@ pub async fn serve_api(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let health = metrics.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -111,7 +119,21 @@ pub async fn serve_api(
                 }
             }),
         )
-        .route("/health", get(|| async { "ok\n" }));
+        .route(
+            "/health",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    match h.health() {
+                        Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                        Err(reasons) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("unhealthy\n{reasons}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -31,6 +32,15 @@ class Bins:
             if not p.exists():
                 raise RuntimeError(f"{p} is missing: build with `cargo build --bins` or set SLUICE_BIN_DIR")
         return b
+
+
+def plugin_path(name: str) -> pathlib.Path:
+    """A connector component built from plugins/ (scripts/test.sh builds them)."""
+    d = pathlib.Path(os.environ.get("SLUICE_PLUGIN_DIR", REPO / "plugins" / "target" / "wasm32-wasip2" / "release"))
+    p = d / f"{name}.wasm"
+    if not p.exists():
+        raise RuntimeError(f"{p} is missing: build plugins/ (scripts/test.sh does) or set SLUICE_PLUGIN_DIR")
+    return p
 
 
 def make_certs(bins: Bins, d: pathlib.Path, agents: list[str]) -> None:
@@ -263,6 +273,29 @@ class Agent:
     def wait(self, timeout=120) -> int:
         assert self.proc
         return self.proc.wait(timeout)
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as r:
+            return parse_metrics(r.read().decode())
+
+    def wait_api(self, timeout=30) -> "Agent":
+        """Wait until the agent's HTTP endpoint answers."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc and self.proc.alive(), self.proc.output() if self.proc else "not started"
+            try:
+                self.metrics()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("agent API did not come up:\n" + self.proc.output())
+
+    def health(self) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/health", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def reference(self, source: str, out: pathlib.Path) -> list[dict]:
         """The rows the source generates, produced independently by `sluice-agent simulate`."""

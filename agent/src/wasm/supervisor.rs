@@ -1,0 +1,204 @@
+//! Runs a wasm source: polls it, restarts it with exponential backoff when it fails, and
+//! gives up (marking it failed, with the reason) after too many failures in a window.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use tokio::sync::{mpsc, watch};
+use wasmtime::component::Component;
+
+use super::instance::{Failure, Instance, Sandbox};
+use super::{Runtime, WasmSourceConfig, arrow};
+use crate::metrics::Metrics;
+
+/// How a session of one instance ended.
+enum End {
+    /// The plugin said it is finished.
+    Finished,
+    /// The agent is stopping, or nobody reads the output any more.
+    Stopped,
+}
+
+/// Run the source until it finishes, fails for good, or `stop` fires. Blocking: call it on
+/// a thread of its own. Returns the rows produced.
+pub fn run_source(
+    name: String,
+    cfg: WasmSourceConfig,
+    runtime: Arc<Runtime>,
+    out: mpsc::Sender<RecordBatch>,
+    stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<u64> {
+    let plugin: Arc<str> = name.as_str().into();
+    let (component, info) = match runtime.load(&cfg.plugin) {
+        Ok(x) => x,
+        Err(e) => {
+            let reason = format!("cannot load {}: {e:#}", cfg.plugin.display());
+            tracing::error!(plugin = %plugin, "{reason}; plugin failed");
+            metrics.plugin_failed(&plugin, &reason);
+            return Ok(0);
+        }
+    };
+    tracing::info!(plugin = %plugin, sha256 = %info.digest, from_cache = info.cached, "loaded plugin");
+    let mut s = Supervisor {
+        plugin,
+        config_json: cfg.config_json(),
+        sandbox: Sandbox::from_config(&cfg),
+        cfg,
+        runtime,
+        component,
+        out,
+        stop,
+        metrics,
+        checkpoint: None,
+        schema: None,
+        rows: 0,
+    };
+    s.run();
+    Ok(s.rows)
+}
+
+struct Supervisor {
+    plugin: Arc<str>,
+    cfg: WasmSourceConfig,
+    config_json: String,
+    sandbox: Sandbox,
+    runtime: Arc<Runtime>,
+    component: Component,
+    out: mpsc::Sender<RecordBatch>,
+    stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    /// Checkpoint after the last batch handed on; a restart resumes from it.
+    checkpoint: Option<String>,
+    /// The schema declared by the first instance; later instances must declare the same.
+    schema: Option<SchemaRef>,
+    rows: u64,
+}
+
+impl Supervisor {
+    fn run(&mut self) {
+        let mut failures: VecDeque<Instant> = VecDeque::new();
+        let mut backoff = self.cfg.restart_backoff_initial;
+        let mut restarts = 0u32;
+        loop {
+            let failure = match self.session() {
+                Ok(End::Finished) => {
+                    tracing::info!(plugin = %self.plugin, rows = self.rows, "plugin finished");
+                    return;
+                }
+                Ok(End::Stopped) => return,
+                Err(f) => f,
+            };
+            self.metrics.plugin_failure(&self.plugin, failure.reason());
+            let now = Instant::now();
+            failures.push_back(now);
+            while failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > self.cfg.failure_window)
+            {
+                failures.pop_front();
+            }
+            if failures.len() >= self.cfg.max_failures as usize {
+                let reason = format!(
+                    "{failure} ({} failures within {:?})",
+                    failures.len(),
+                    self.cfg.failure_window
+                );
+                tracing::error!(plugin = %self.plugin, "plugin failed for good: {reason}");
+                self.metrics.plugin_failed(&self.plugin, &reason);
+                return;
+            }
+            restarts += 1;
+            tracing::warn!(
+                plugin = %self.plugin,
+                reason = failure.reason(),
+                "plugin {:?}: {failure}; restarting in {backoff:?} (restart {restarts})",
+                &*self.plugin
+            );
+            if !self.sleep(backoff) {
+                return;
+            }
+            self.metrics.plugin_restart(&self.plugin);
+            backoff = (backoff * 2).min(self.cfg.restart_backoff_max);
+        }
+    }
+
+    /// One instance, from instantiation until it finishes, fails or is stopped.
+    fn session(&mut self) -> Result<End, Failure> {
+        let mut inst = Instance::new(
+            &self.runtime,
+            &self.component,
+            self.plugin.clone(),
+            &self.sandbox,
+        )?;
+        let cols = inst.open(&self.config_json, self.checkpoint.as_deref())?;
+        let schema = arrow::schema(&cols).map_err(|e| Failure::Plugin {
+            call: "open",
+            message: format!("unusable schema: {e}"),
+        })?;
+        match &self.schema {
+            None => self.schema = Some(schema.clone()),
+            Some(first) if *first != schema => {
+                return Err(Failure::Plugin {
+                    call: "open",
+                    message: "declared a different schema than before the restart".into(),
+                });
+            }
+            Some(_) => {}
+        }
+        loop {
+            if *self.stop.borrow() {
+                return Ok(End::Stopped);
+            }
+            let started = Instant::now();
+            let result = inst.poll(self.cfg.max_rows);
+            self.metrics
+                .plugin_call(&self.plugin, started.elapsed().as_secs_f64());
+            let result = result?;
+            let mut got_rows = false;
+            if let Some(batch) = result.batch {
+                let batch = arrow::to_record_batch(&schema, batch).map_err(Failure::BadBatch)?;
+                if batch.num_rows() > self.cfg.max_rows as usize {
+                    return Err(Failure::BadBatch(format!(
+                        "{} rows returned for max_rows {}",
+                        batch.num_rows(),
+                        self.cfg.max_rows
+                    )));
+                }
+                if batch.num_rows() > 0 {
+                    got_rows = true;
+                    let n = batch.num_rows() as u64;
+                    if self.out.blocking_send(batch).is_err() {
+                        return Ok(End::Stopped);
+                    }
+                    self.rows += n;
+                    self.metrics.source_rows(&self.plugin, n);
+                }
+            }
+            if let Some(c) = result.checkpoint {
+                self.checkpoint = Some(c);
+            }
+            if result.finished {
+                return Ok(End::Finished);
+            }
+            if !got_rows && !self.sleep(self.cfg.poll_interval) {
+                return Ok(End::Stopped);
+            }
+        }
+    }
+
+    /// Sleep unless stopped first; false when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if *self.stop.borrow() {
+                return false;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        !*self.stop.borrow()
+    }
+}

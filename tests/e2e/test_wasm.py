@@ -1,0 +1,122 @@
+"""WebAssembly connectors, built from source in plugins/, landing in bronze; and hostile
+plugins that must not hurt the agent or the healthy connectors beside them."""
+
+import hashlib
+import time
+
+from harness import Agent, Processor, plugin_path, read_duckdb, read_pyiceberg
+
+START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, as in plugins/examples/counter
+
+
+def expected_counter_row(i: int, devices: int = 100) -> dict:
+    """The counter connector's row i, computed independently of the plugin."""
+    temp = None if i % 97 == 0 else 20.0 + ((i * 7919) % 1000) / 100.0
+    return {"ts_us": START_US + i * 1000, "seq": i, "device": f"dev-{i % devices:04d}",
+            "temp": temp, "ok": i % 10 != 0}
+
+
+def counter(total=None, mode="columns", **extra) -> dict:
+    cfg = {"mode": mode, "devices": 100}
+    if total is not None:
+        cfg["total"] = total
+    return {"type": "wasm", "plugin": str(plugin_path("counter")), "max_rows": 4096,
+            "poll_interval": "20ms", **extra, "config": cfg}
+
+
+def check_counter_rows(rows: list[dict], n: int) -> None:
+    assert len(rows) == n
+    by_seq = {r["seq"]: r for r in rows}
+    assert sorted(by_seq) == list(range(n)), "each row exactly once"
+    for i in list(range(0, n, max(1, n // 500))) + [n - 1, 97, 194]:
+        want, got = expected_counter_row(i), by_seq[i]
+        ts = got["ts"]
+        got_us = int(ts.timestamp() * 1_000_000) if hasattr(ts, "timestamp") else ts
+        assert got_us == want["ts_us"], i
+        assert (got["device"], got["temp"], got["ok"]) == (want["device"], want["temp"], want["ok"]), i
+
+
+def test_typed_and_json_connectors_land_in_bronze(bins, certs, workdir):
+    proc = Processor(bins, certs, workdir).start()
+    try:
+        agent = Agent(bins, certs, workdir, proc, {
+            "typed": counter(total=30_000, mode="columns"),
+            "jsonl": counter(total=20_000, mode="json"),
+        }).start()
+        assert agent.wait(180) == 0, agent.proc.output()
+        check_counter_rows(read_pyiceberg(proc, "bronze.typed"), 30_000)
+        check_counter_rows(read_duckdb(proc, "bronze.jsonl"), 20_000)
+        # Compiled once, cached by content hash: another agent start does not recompile.
+        digest = hashlib.sha256(plugin_path("counter").read_bytes()).hexdigest()
+        cached = list((workdir / "sluice-agent-data" / "wasm-cache").glob(f"{digest}-*.cwasm"))
+        assert len(cached) == 1, cached
+        again = Agent(bins, certs, workdir, proc, {"again": counter(total=10)}, agent_id="edge-02").start()
+        assert again.wait(60) == 0, again.proc.output()
+        assert "from_cache=true" in again.proc.output()
+    finally:
+        proc.stop()
+
+
+HOSTILE = {
+    # name: (component, expected failure reason, words the error names)
+    "spin": ("hostile_spin", "timeout", "time budget"),
+    "membomb": ("hostile_membomb", "memory", "memory cap of 32 MiB"),
+    "trap": ("hostile_trap", "trap", "deliberate panic"),
+    "wrongschema": ("hostile_wrong_schema", "bad_batch", "1 columns but the plugin declared 2"),
+    "badjson": ("hostile_bad_json", "bad_batch", "invalid JSON lines"),
+    "snoop": ("hostile_snoop", "plugin_error", "cannot read /etc/hostname"),
+}
+
+
+def test_hostile_plugins_fail_alone(bins, certs, workdir):
+    limits = {"call_timeout": "300ms", "memory_limit": "32MiB", "restart_backoff_initial": "100ms",
+              "restart_backoff_max": "200ms", "max_failures": 3, "failure_window": "1m", "poll_interval": "20ms"}
+    sources = {"healthy": counter(mode="columns", max_rows=2000)}
+    for name, (component, _, _) in HOSTILE.items():
+        src = {"type": "wasm", "plugin": str(plugin_path(component)), **limits}
+        if name == "snoop":
+            src["config"] = {"path": "/etc/hostname"}
+        sources[name] = src
+    proc = Processor(bins, certs, workdir).start()
+    agent = Agent(bins, certs, workdir, proc, sources).start().wait_api()
+    try:
+        # Every hostile plugin fails 3 times, then is given up on; the agent stays up.
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            m = agent.metrics()
+            if all(m.get(f'sluice_agent_plugin_failed{{plugin="{n}"}}', 0) == 1 for n in HOSTILE):
+                break
+            assert agent.proc.alive(), agent.proc.output()
+            time.sleep(0.5)
+        m = agent.metrics()
+        for name, (_, reason, _) in HOSTILE.items():
+            assert m.get(f'sluice_agent_plugin_failed{{plugin="{name}"}}') == 1, name
+            assert m.get(f'sluice_agent_plugin_failures_total{{plugin="{name}",reason="{reason}"}}') == 3, \
+                (name, {k: v for k, v in m.items() if name in k})
+            assert m.get(f'sluice_agent_plugin_restarts_total{{plugin="{name}"}}') == 2, name
+        assert m.get('sluice_agent_plugin_failed{plugin="healthy"}', 0) == 0
+
+        status, body = agent.health()
+        assert status == 503, body
+        log = agent.proc.output()
+        for name, (_, _, words) in HOSTILE.items():
+            assert f'plugin "{name}" failed' in body, body
+            assert words in body, (name, body)
+            assert words in log, (name, words)
+
+        # The healthy connector kept flowing the whole time.
+        flowing = m.get('sluice_agent_acked_rows_total{stream="healthy"}', 0)
+        time.sleep(1.5)
+        assert agent.metrics().get('sluice_agent_acked_rows_total{stream="healthy"}', 0) > flowing
+        assert agent.proc.stop(timeout=60) == 0, agent.proc.output()
+
+        # Every row the healthy connector produced landed exactly once.
+        rows = read_pyiceberg(proc, "bronze.healthy")
+        check_counter_rows(rows, len(rows))
+        assert len(rows) > 10_000
+        # The trap plugin's good batches (2 per instance, 3 rows each) landed too.
+        assert len(read_pyiceberg(proc, "bronze.trap")) == 3 * 2 * 3
+    finally:
+        if agent.proc:
+            agent.proc.kill()
+        proc.stop()
