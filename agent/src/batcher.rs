@@ -13,6 +13,22 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
+/// Rows from a source, with the source's checkpoint after them (if it checkpoints).
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub batch: RecordBatch,
+    pub checkpoint: Option<String>,
+}
+
+impl From<RecordBatch> for Chunk {
+    fn from(batch: RecordBatch) -> Self {
+        Chunk {
+            batch,
+            checkpoint: None,
+        }
+    }
+}
+
 /// A batch ready to ship: Arrow IPC bytes plus what the envelope needs.
 #[derive(Debug, Clone)]
 pub struct ReadyBatch {
@@ -21,6 +37,9 @@ pub struct ReadyBatch {
     pub schema_fingerprint: u64,
     /// When the batch was cut, microseconds since the Unix epoch.
     pub created_at_us: i64,
+    /// Checkpoint of the last chunk in the batch: resuming from it yields exactly the rows
+    /// after this batch.
+    pub checkpoint: Option<String>,
 }
 
 /// Limits at which a batch is cut; the first one reached wins.
@@ -36,7 +55,7 @@ struct Accumulator {
     /// Schema of the stream, from its first chunk.
     schema: Option<SchemaRef>,
     limits: Limits,
-    chunks: VecDeque<RecordBatch>,
+    chunks: VecDeque<Chunk>,
     rows: usize,
     bytes: usize,
     /// When the oldest buffered row arrived.
@@ -45,17 +64,17 @@ struct Accumulator {
 
 impl Accumulator {
     /// Buffer a chunk; a chunk whose schema differs from the stream's is refused.
-    fn push(&mut self, chunk: RecordBatch) -> Result<(), SchemaRef> {
-        if chunk.num_rows() == 0 {
+    fn push(&mut self, chunk: Chunk) -> Result<(), SchemaRef> {
+        if chunk.batch.num_rows() == 0 {
             return Ok(());
         }
         match &self.schema {
-            None => self.schema = Some(chunk.schema()),
-            Some(s) if *s != chunk.schema() => return Err(s.clone()),
+            None => self.schema = Some(chunk.batch.schema()),
+            Some(s) if *s != chunk.batch.schema() => return Err(s.clone()),
             Some(_) => {}
         }
-        self.rows += chunk.num_rows();
-        self.bytes += chunk.get_array_memory_size();
+        self.rows += chunk.batch.num_rows();
+        self.bytes += chunk.batch.get_array_memory_size();
         self.oldest.get_or_insert_with(Instant::now);
         self.chunks.push_back(chunk);
         Ok(())
@@ -67,31 +86,43 @@ impl Accumulator {
     }
 
     /// Take up to `max_rows` rows from the front (all of them if the size limit was hit
-    /// before the row limit).
-    fn take(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+    /// before the row limit). A chunk that carries a checkpoint is never split: its
+    /// checkpoint is only true after its last row, so the batch is cut before it instead
+    /// (or takes it whole, when it is the first chunk).
+    fn take(&mut self) -> Result<Option<(RecordBatch, Option<String>)>, ArrowError> {
         if self.rows == 0 {
             return Ok(None);
         }
         let mut want = self.rows.min(self.limits.max_rows);
         let mut parts = Vec::new();
+        let mut checkpoint = None;
         while want > 0 {
             let Some(chunk) = self.chunks.pop_front() else {
                 break;
             };
-            let n = chunk.num_rows();
-            let size = chunk.get_array_memory_size();
-            if n <= want {
-                want -= n;
+            let n = chunk.batch.num_rows();
+            let size = chunk.batch.get_array_memory_size();
+            if n <= want || (chunk.checkpoint.is_some() && parts.is_empty()) {
+                want = want.saturating_sub(n);
                 self.rows -= n;
                 self.bytes = self.bytes.saturating_sub(size);
-                parts.push(chunk);
+                if chunk.checkpoint.is_some() {
+                    checkpoint = chunk.checkpoint;
+                }
+                parts.push(chunk.batch);
+            } else if chunk.checkpoint.is_some() {
+                self.chunks.push_front(chunk);
+                break;
             } else {
-                parts.push(chunk.slice(0, want));
-                let rest = chunk.slice(want, n - want);
+                parts.push(chunk.batch.slice(0, want));
+                let rest = chunk.batch.slice(want, n - want);
                 let moved = size * want / n;
                 self.rows -= want;
                 self.bytes = self.bytes.saturating_sub(moved);
-                self.chunks.push_front(rest);
+                self.chunks.push_front(Chunk {
+                    batch: rest,
+                    checkpoint: None,
+                });
                 want = 0;
             }
         }
@@ -109,7 +140,7 @@ impl Accumulator {
             },
             (_, Some(schema)) => arrow_select::concat::concat_batches(schema, &parts)?,
         };
-        Ok(Some(batch))
+        Ok(Some((batch, checkpoint)))
     }
 }
 
@@ -117,7 +148,7 @@ impl Accumulator {
 pub async fn run(
     stream: Arc<str>,
     limits: Limits,
-    mut input: mpsc::Receiver<RecordBatch>,
+    mut input: mpsc::Receiver<Chunk>,
     output: mpsc::Sender<ReadyBatch>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ArrowError> {
@@ -129,24 +160,26 @@ pub async fn run(
         bytes: 0,
         oldest: None,
     };
-    let emit = |batch: RecordBatch| -> Result<ReadyBatch, ArrowError> {
-        let ipc = sluice_protocol::encode_batch(&batch)?;
-        let fingerprint = sluice_protocol::schema_fingerprint(&batch.schema());
-        let rows = batch.num_rows() as u32;
-        metrics.batch_cut(&stream, rows, ipc.len());
-        Ok(ReadyBatch {
-            ipc: Bytes::from(ipc),
-            rows,
-            schema_fingerprint: fingerprint,
-            created_at_us: chrono::Utc::now().timestamp_micros(),
-        })
-    };
+    let emit =
+        |(batch, checkpoint): (RecordBatch, Option<String>)| -> Result<ReadyBatch, ArrowError> {
+            let ipc = sluice_protocol::encode_batch(&batch)?;
+            let fingerprint = sluice_protocol::schema_fingerprint(&batch.schema());
+            let rows = batch.num_rows() as u32;
+            metrics.batch_cut(&stream, rows, ipc.len());
+            Ok(ReadyBatch {
+                ipc: Bytes::from(ipc),
+                rows,
+                schema_fingerprint: fingerprint,
+                created_at_us: chrono::Utc::now().timestamp_micros(),
+                checkpoint,
+            })
+        };
     loop {
         let deadline = acc.oldest.map(|t| t + limits.max_age);
         tokio::select! {
             chunk = input.recv() => match chunk {
                 Some(chunk) => {
-                    let rows = chunk.num_rows() as u64;
+                    let rows = chunk.batch.num_rows() as u64;
                     if let Err(expected) = acc.push(chunk) {
                         tracing::error!(
                             stream = %stream,
@@ -221,7 +254,7 @@ mod tests {
             .to_vec()
     }
 
-    async fn drive(limits: Limits, chunks: Vec<RecordBatch>) -> Vec<ReadyBatch> {
+    async fn drive(limits: Limits, chunks: Vec<Chunk>) -> Vec<ReadyBatch> {
         let (tx, rx) = mpsc::channel(16);
         let (otx, mut orx) = mpsc::channel(1024);
         let task = tokio::spawn(run(
@@ -250,7 +283,15 @@ mod tests {
             max_bytes: usize::MAX,
             max_age: Duration::from_secs(3600),
         };
-        let out = drive(limits, vec![chunk(0, 70), chunk(70, 70), chunk(140, 75)]).await;
+        let out = drive(
+            limits,
+            vec![
+                chunk(0, 70).into(),
+                chunk(70, 70).into(),
+                chunk(140, 75).into(),
+            ],
+        )
+        .await;
         let sizes: Vec<u32> = out.iter().map(|b| b.rows).collect();
         assert_eq!(sizes, vec![100, 100, 15]);
         let all: Vec<i64> = out.iter().flat_map(values).collect();
@@ -264,11 +305,55 @@ mod tests {
             max_bytes: 4096,
             max_age: Duration::from_secs(3600),
         };
-        let out = drive(limits, (0..10).map(|i| chunk(i * 1000, 1000)).collect()).await;
+        let out = drive(
+            limits,
+            (0..10).map(|i| chunk(i * 1000, 1000).into()).collect(),
+        )
+        .await;
         // Each 1000-row chunk is ~8 KB, over the limit on its own: one batch per chunk.
         assert_eq!(out.len(), 10);
         let all: Vec<i64> = out.iter().flat_map(values).collect();
         assert_eq!(all, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn never_splits_a_checkpointed_chunk() {
+        let limits = Limits {
+            max_rows: 100,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        };
+        let with = |from, n, c: &str| Chunk {
+            batch: chunk(from, n),
+            checkpoint: Some(c.to_string()),
+        };
+        let out = drive(
+            limits,
+            vec![
+                with(0, 60, "a"),
+                with(60, 60, "b"),
+                with(120, 150, "c"),
+                with(270, 10, "d"),
+            ],
+        )
+        .await;
+        let cut: Vec<(u32, Option<&str>)> = out
+            .iter()
+            .map(|b| (b.rows, b.checkpoint.as_deref()))
+            .collect();
+        // "b" would overflow the first batch, so it starts the second; "c" is bigger than a
+        // batch and goes whole; every batch ends on a chunk boundary with its checkpoint.
+        assert_eq!(
+            cut,
+            vec![
+                (60, Some("a")),
+                (60, Some("b")),
+                (150, Some("c")),
+                (10, Some("d"))
+            ]
+        );
+        let all: Vec<i64> = out.iter().flat_map(values).collect();
+        assert_eq!(all, (0..280).collect::<Vec<_>>());
     }
 
     #[tokio::test(start_paused = true)]
@@ -287,7 +372,7 @@ mod tests {
             otx,
             Arc::new(Metrics::default()),
         ));
-        tx.send(chunk(0, 5)).await.expect("send");
+        tx.send(chunk(0, 5).into()).await.expect("send");
         let first = tokio::time::timeout(Duration::from_millis(500), orx.recv())
             .await
             .expect("cut by age within the limit")

@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::batcher::{self, Limits};
+use crate::batcher::{self, Chunk, Limits};
 use crate::config::{AgentConfig, SinkConfig, SourceConfig};
 use crate::metrics::Metrics;
 use crate::shipper::QuicShipper;
@@ -45,8 +45,10 @@ pub async fn run(
     };
 
     // One batcher and one lane per stream; sources of a stream share its batcher.
-    let mut stream_inputs: IndexMap<String, mpsc::Sender<arrow_array::RecordBatch>> =
-        IndexMap::new();
+    let mut stream_inputs: IndexMap<String, mpsc::Sender<Chunk>> = IndexMap::new();
+    // Per stream, the checkpoint the lake holds, learnt from the lane's first Welcome:
+    // checkpointing sources wait for it before they start.
+    let mut resume: IndexMap<String, watch::Receiver<Option<Option<String>>>> = IndexMap::new();
     let mut batchers = JoinSet::new();
     let mut lanes = JoinSet::new();
     for (name, source) in &cfg.sources {
@@ -64,11 +66,13 @@ pub async fn run(
             batch_tx,
             metrics.clone(),
         ));
+        let (resume_tx, resume_rx) = watch::channel(None);
         lanes.spawn(
             shipper
                 .clone()
-                .run_lane(stream_name, batch_rx, stop.clone()),
+                .run_lane(stream_name, batch_rx, resume_tx, stop.clone()),
         );
+        resume.insert(stream.clone(), resume_rx);
         stream_inputs.insert(stream, chunk_tx);
     }
 
@@ -98,10 +102,12 @@ pub async fn run(
             }
             SourceConfig::Wasm(w) => {
                 let runtime = runtime.clone().context("wasm runtime")?;
+                let resume = resume[source.stream(name)].clone();
                 let (name, w, stop, metrics) =
                     (name.clone(), w.clone(), stop.clone(), metrics.clone());
-                sources
-                    .spawn_blocking(move || wasm::run_source(name, w, runtime, tx, stop, metrics));
+                sources.spawn_blocking(move || {
+                    wasm::run_source(name, w, runtime, tx, resume, stop, metrics)
+                });
             }
         }
     }

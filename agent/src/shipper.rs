@@ -137,6 +137,7 @@ impl QuicShipper {
         self: Arc<Self>,
         stream: Arc<str>,
         mut input: mpsc::Receiver<ReadyBatch>,
+        resume: watch::Sender<Option<Option<String>>>,
         mut stop: watch::Receiver<bool>,
     ) -> LaneSummary {
         let mut lane = Lane {
@@ -155,7 +156,7 @@ impl QuicShipper {
             if drain_deadline.is_none() && *stop.borrow() {
                 drain_deadline = Some(Instant::now() + self.cfg.drain_timeout);
             }
-            let session = self.session(&mut lane, &mut input, &mut backoff);
+            let session = self.session(&mut lane, &mut input, &resume, &mut backoff);
             let result = match drain_deadline {
                 Some(d) => match tokio::time::timeout_at(d, session).await {
                     Ok(r) => r,
@@ -217,6 +218,7 @@ impl QuicShipper {
         &self,
         lane: &mut Lane,
         input: &mut mpsc::Receiver<ReadyBatch>,
+        resume: &watch::Sender<Option<Option<String>>>,
         backoff: &mut Duration,
     ) -> Result<(), LaneError> {
         let conn = match self.connection().await {
@@ -252,6 +254,15 @@ impl QuicShipper {
         };
         *backoff = self.cfg.backoff_initial;
         lane.resume_after(welcome.committed_seq, &self.metrics);
+        // The first Welcome tells checkpointing sources where the lake left off.
+        resume.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(welcome.checkpoint.clone());
+                true
+            } else {
+                false
+            }
+        });
         tracing::debug!(
             stream = %lane.stream,
             committed_seq = welcome.committed_seq,
@@ -328,6 +339,7 @@ impl QuicShipper {
                 schema_fingerprint: b.schema_fingerprint,
                 created_at_us: b.created_at_us,
                 rows: b.rows,
+                checkpoint: b.checkpoint.clone(),
             },
             ipc: b.ipc.clone(),
         });

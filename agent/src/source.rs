@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::batcher::Chunk;
 use crate::metrics::Metrics;
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -14,7 +14,7 @@ use crate::simulator::{Simulator, SimulatorConfig};
 pub async fn run_simulator(
     name: String,
     cfg: SimulatorConfig,
-    out: mpsc::Sender<RecordBatch>,
+    out: mpsc::Sender<Chunk>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<u64> {
@@ -50,7 +50,7 @@ pub async fn run_simulator(
         };
         let rows = chunk.num_rows() as u64;
         tokio::select! {
-            sent = out.send(chunk) => {
+            sent = out.send(chunk.into()) => {
                 if sent.is_err() {
                     break;
                 }

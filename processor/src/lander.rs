@@ -57,7 +57,7 @@ enum Msg {
     Mark {
         agent: String,
         stream: String,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<(u64, Option<String>), String>>,
     },
     Flush(oneshot::Sender<()>),
 }
@@ -93,8 +93,13 @@ impl Lander {
         })
     }
 
-    /// Highest committed sequence for an agent's stream (0 if none).
-    pub async fn committed_mark(&self, agent: &str, stream: &str) -> Result<u64, String> {
+    /// Highest committed sequence for an agent's stream (0 if none), and the source
+    /// checkpoint committed with it.
+    pub async fn committed_mark(
+        &self,
+        agent: &str,
+        stream: &str,
+    ) -> Result<(u64, Option<String>), String> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Mark {
@@ -128,6 +133,7 @@ enum ColumnSource {
 struct Pending {
     agent: String,
     seq: u64,
+    checkpoint: Option<String>,
     created_at_us: i64,
     batch: RecordBatch,
     reply: oneshot::Sender<Verdict>,
@@ -201,18 +207,19 @@ impl LanderTask {
         }
     }
 
-    async fn mark(&mut self, agent: &str, stream: &str) -> Result<u64, String> {
+    async fn mark(&mut self, agent: &str, stream: &str) -> Result<(u64, Option<String>), String> {
+        let of = |m: &Marks| (m.get(agent), m.checkpoint(agent).map(str::to_string));
         if let Some(t) = self.tables.get(stream) {
-            return Ok(t.committed.get(agent));
+            return Ok(of(&t.committed));
         }
         match lake::load_if_exists(self.catalog.as_ref(), &self.cfg.namespace, stream).await {
             Ok(Some(table)) => {
                 let state = self.new_state(stream, table).map_err(|e| e.to_string())?;
-                let mark = state.committed.get(agent);
+                let mark = of(&state.committed);
                 self.tables.insert(stream.to_string(), state);
                 Ok(mark)
             }
-            Ok(None) => Ok(0),
+            Ok(None) => Ok((0, None)),
             Err(e) => Err(format!(
                 "cannot load table {}.{stream}: {e}",
                 self.cfg.namespace
@@ -325,6 +332,7 @@ impl LanderTask {
         state.pending.push(Pending {
             agent: env.agent.clone(),
             seq: env.seq,
+            checkpoint: env.checkpoint.clone(),
             created_at_us: env.created_at_us,
             batch,
             reply: req.reply,
@@ -387,7 +395,7 @@ impl LanderTask {
         state.pending_since = None;
         let mut marks = Marks::default();
         for p in &batches {
-            marks.raise(&p.agent, p.seq);
+            marks.record(&p.agent, p.seq, p.checkpoint.as_deref());
         }
         let job = CommitJob {
             catalog: self.catalog.clone(),

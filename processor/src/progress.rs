@@ -11,12 +11,18 @@ use iceberg::table::Table;
 
 /// Summary key prefix for per-agent sequence marks.
 pub const SEQ_PREFIX: &str = "sluice.seq.";
+/// Summary key prefix for per-agent source checkpoints.
+pub const CHECKPOINT_PREFIX: &str = "sluice.ckpt.";
 /// Summary key carrying the commit's unique id.
 pub const COMMIT_ID_KEY: &str = "sluice.commit-id";
 
-/// Highest committed sequence per agent, for one table.
+/// Highest committed sequence per agent, and the source checkpoint committed with it, for
+/// one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Marks(HashMap<String, u64>);
+pub struct Marks {
+    seqs: HashMap<String, u64>,
+    checkpoints: HashMap<String, String>,
+}
 
 impl Marks {
     /// Read the marks from a table: the maximum per agent over the current snapshot and its
@@ -33,11 +39,16 @@ impl Marks {
                     && let Ok(seq) = v.parse::<u64>()
                 {
                     marks.raise(agent, seq);
+                } else if let Some(agent) = k.strip_prefix(CHECKPOINT_PREFIX) {
+                    marks
+                        .checkpoints
+                        .entry(agent.to_string())
+                        .or_insert_with(|| v.clone());
                 }
             }
             // Commits carry every mark forward, so one snapshot is normally enough; keep
             // walking only through snapshots that carried none (written by other tools).
-            if !marks.0.is_empty() {
+            if !marks.seqs.is_empty() {
                 break;
             }
             next = snap
@@ -49,24 +60,43 @@ impl Marks {
 
     /// The committed mark of `agent` (0 if none).
     pub fn get(&self, agent: &str) -> u64 {
-        self.0.get(agent).copied().unwrap_or(0)
+        self.seqs.get(agent).copied().unwrap_or(0)
+    }
+
+    /// The checkpoint committed with `agent`'s highest batch, if its source checkpoints.
+    pub fn checkpoint(&self, agent: &str) -> Option<&str> {
+        self.checkpoints.get(agent).map(String::as_str)
     }
 
     /// Raise `agent`'s mark to `seq` if higher.
     pub fn raise(&mut self, agent: &str, seq: u64) {
-        let e = self.0.entry(agent.to_string()).or_insert(0);
+        let e = self.seqs.entry(agent.to_string()).or_insert(0);
         *e = (*e).max(seq);
+    }
+
+    /// Record the batch `seq` of `agent` with its checkpoint (batches arrive in order, so
+    /// the last checkpoint recorded belongs to the highest sequence).
+    pub fn record(&mut self, agent: &str, seq: u64, checkpoint: Option<&str>) {
+        self.raise(agent, seq);
+        if let Some(c) = checkpoint {
+            self.checkpoints.insert(agent.to_string(), c.to_string());
+        }
     }
 
     /// True if every mark of `other` is covered by `self`.
     pub fn covers(&self, other: &Marks) -> bool {
-        other.0.iter().all(|(a, s)| self.get(a) >= *s)
+        other.seqs.iter().all(|(a, s)| self.get(a) >= *s)
     }
 
-    /// Marks of both, maximum per agent.
+    /// Marks of both, maximum per agent; a newer mark brings its checkpoint along.
     pub fn merged(&self, other: &Marks) -> Marks {
         let mut m = self.clone();
-        for (a, s) in &other.0 {
+        for (a, s) in &other.seqs {
+            if *s > m.get(a)
+                && let Some(c) = other.checkpoints.get(a)
+            {
+                m.checkpoints.insert(a.clone(), c.clone());
+            }
             m.raise(a, *s);
         }
         m
@@ -74,10 +104,15 @@ impl Marks {
 
     /// Snapshot summary properties for these marks.
     pub fn to_properties(&self) -> HashMap<String, String> {
-        self.0
+        let seqs = self
+            .seqs
             .iter()
-            .map(|(a, s)| (format!("{SEQ_PREFIX}{a}"), s.to_string()))
-            .collect()
+            .map(|(a, s)| (format!("{SEQ_PREFIX}{a}"), s.to_string()));
+        let checkpoints = self
+            .checkpoints
+            .iter()
+            .map(|(a, c)| (format!("{CHECKPOINT_PREFIX}{a}"), c.clone()));
+        seqs.chain(checkpoints).collect()
     }
 }
 
@@ -101,5 +136,19 @@ mod tests {
         assert!(!a.covers(&b));
         let props = m.to_properties();
         assert_eq!(props["sluice.seq.x"], "7");
+
+        // Checkpoints travel with the highest sequence.
+        let mut c = Marks::default();
+        c.record("x", 3, Some("offset=30"));
+        c.record("x", 4, None);
+        assert_eq!(c.checkpoint("x"), Some("offset=30"));
+        let mut newer = Marks::default();
+        newer.record("x", 9, Some("offset=90"));
+        assert_eq!(c.merged(&newer).checkpoint("x"), Some("offset=90"));
+        assert_eq!(newer.merged(&c).checkpoint("x"), Some("offset=90"));
+        assert_eq!(
+            c.merged(&newer).to_properties()["sluice.ckpt.x"],
+            "offset=90"
+        );
     }
 }

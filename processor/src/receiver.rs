@@ -159,7 +159,7 @@ impl Receiver {
                 certified: peer.to_string(),
             });
         }
-        let committed = self
+        let (committed, checkpoint) = self
             .lander
             .committed_mark(&hello.agent, &hello.stream)
             .await
@@ -169,6 +169,7 @@ impl Receiver {
             &Frame::Welcome(Welcome {
                 stream: hello.stream.clone(),
                 committed_seq: committed,
+                checkpoint,
             }),
         )
         .await?;

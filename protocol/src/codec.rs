@@ -15,6 +15,18 @@ pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.put_slice(&s.as_bytes()[..end]);
 }
 
+/// An optional long string: flag byte, then u32 length and UTF-8 bytes.
+pub(crate) fn put_opt_long_str(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => buf.put_u8(0),
+        Some(s) => {
+            buf.put_u8(1);
+            buf.put_u32(s.len().min(u32::MAX as usize) as u32);
+            buf.put_slice(&s.as_bytes()[..s.len().min(u32::MAX as usize)]);
+        }
+    }
+}
+
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
 }
@@ -63,6 +75,26 @@ impl<'a> Reader<'a> {
         let len = self.u16(what)? as usize;
         let bytes = self.bytes(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| ProtocolError::InvalidUtf8 { what })
+    }
+
+    pub(crate) fn opt_long_str(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Option<String>, ProtocolError> {
+        match self.u8(what)? {
+            0 => Ok(None),
+            1 => {
+                let len = self.u32(what)? as usize;
+                let bytes = self.bytes(len, what)?;
+                String::from_utf8(bytes.to_vec())
+                    .map(Some)
+                    .map_err(|_| ProtocolError::InvalidUtf8 { what })
+            }
+            other => Err(ProtocolError::InvalidField {
+                field: what,
+                reason: format!("presence flag {other}"),
+            }),
+        }
     }
 
     pub(crate) fn bytes(

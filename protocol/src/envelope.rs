@@ -1,7 +1,7 @@
 use bytes::BufMut;
 
 use crate::ProtocolError;
-use crate::codec::{Reader, put_str};
+use crate::codec::{Reader, put_opt_long_str, put_str};
 
 /// Metadata that travels with every batch.
 ///
@@ -22,6 +22,10 @@ pub struct Envelope {
     pub created_at_us: i64,
     /// Number of rows in the batch.
     pub rows: u32,
+    /// The source's checkpoint after this batch (opaque), if its source checkpoints. The
+    /// processor commits it with the batch and hands it back in `Welcome`, so a restarted
+    /// source resumes exactly after what the lake holds.
+    pub checkpoint: Option<String>,
 }
 
 impl Envelope {
@@ -32,6 +36,7 @@ impl Envelope {
         buf.put_u64(self.schema_fingerprint);
         buf.put_i64(self.created_at_us);
         buf.put_u32(self.rows);
+        put_opt_long_str(buf, self.checkpoint.as_deref());
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, ProtocolError> {
@@ -42,6 +47,7 @@ impl Envelope {
             schema_fingerprint: r.u64("envelope schema fingerprint")?,
             created_at_us: r.i64("envelope created_at")?,
             rows: r.u32("envelope rows")?,
+            checkpoint: r.opt_long_str("envelope checkpoint")?,
         };
         validate_name("agent", &env.agent)?;
         validate_name("stream", &env.stream)?;

@@ -1,7 +1,7 @@
 use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::codec::{Reader, put_str};
+use crate::codec::{Reader, put_opt_long_str, put_str};
 use crate::envelope::validate_name;
 use crate::{Envelope, ProtocolError};
 
@@ -47,6 +47,8 @@ pub struct Hello {
 pub struct Welcome {
     pub stream: String,
     pub committed_seq: u64,
+    /// The checkpoint committed with that batch, if the stream's source checkpoints.
+    pub checkpoint: Option<String>,
 }
 
 /// One batch: envelope plus Arrow IPC bytes (decoded by the receiver, see [`crate::decode_batch`]).
@@ -108,6 +110,7 @@ impl Frame {
             Frame::Welcome(w) => {
                 put_str(&mut buf, &w.stream);
                 buf.put_u64(w.committed_seq);
+                put_opt_long_str(&mut buf, w.checkpoint.as_deref());
             }
             Frame::Batch(b) => b.envelope.encode(&mut buf),
             Frame::Ack(a) => {
@@ -152,6 +155,7 @@ impl Frame {
                 let w = Welcome {
                     stream: r.str("welcome stream")?,
                     committed_seq: r.u64("welcome committed_seq")?,
+                    checkpoint: r.opt_long_str("welcome checkpoint")?,
                 };
                 r.finish()?;
                 Frame::Welcome(w)
@@ -294,6 +298,7 @@ mod tests {
             Frame::Welcome(Welcome {
                 stream: "cpu".into(),
                 committed_seq: 42,
+                checkpoint: Some("offset=1024".into()),
             }),
             Frame::Batch(BatchFrame {
                 envelope: Envelope {
@@ -303,6 +308,7 @@ mod tests {
                     schema_fingerprint: 0xdead_beef,
                     created_at_us: 1_700_000_000_000_000,
                     rows: 3,
+                    checkpoint: None,
                 },
                 ipc: Bytes::from_static(b"ipc-bytes"),
             }),
@@ -391,6 +397,7 @@ mod tests {
             schema_fingerprint: 1,
             created_at_us: 0,
             rows: 0,
+            checkpoint: Some("c".into()),
         };
         let f = Frame::Batch(BatchFrame {
             envelope: env.clone(),

@@ -120,3 +120,71 @@ def test_hostile_plugins_fail_alone(bins, certs, workdir):
         if agent.proc:
             agent.proc.kill()
         proc.stop()
+
+
+def write_log(path, first: int, n: int) -> None:
+    with open(path, "a") as f:
+        for i in range(first, first + n):
+            if i % 1000 == 999:
+                f.write(f"unstructured line {i} without a timestamp\n")
+            else:
+                level = ("INFO", "WARN", "ERROR")[i % 3]
+                f.write(f"2026-01-01T00:{(i // 60) % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z {level} request {i} done\n")
+
+
+def expected_log_rows(path) -> dict[int, str]:
+    rows, pos = {}, 0
+    with open(path, "rb") as f:
+        for line in f:
+            rows[pos] = line.decode().rstrip("\n")
+            pos += len(line)
+    return rows
+
+
+def test_file_tail_resumes_exactly_after_agent_kill(bins, certs, workdir):
+    logs = workdir / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    write_log(log, 0, 300_000)
+    source = {"type": "wasm", "plugin": str(plugin_path("file_tail")), "allow_dirs": [str(logs)],
+              "max_rows": 1000, "poll_interval": "50ms", "config": {"path": str(log)}}
+    committed = 'sluice_processor_committed_rows_total{table="bronze.tail"}'
+    proc = Processor(bins, certs, workdir).start()
+    agent = Agent(bins, certs, workdir, proc, {"tail": source}).start()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.metrics().get(committed, 0) == 0:
+            time.sleep(0.05)
+        at_kill = proc.metrics().get(committed, 0)
+        agent.proc.kill()
+        assert 0 < at_kill < 300_000, f"the kill must land mid-file ({at_kill} rows committed)"
+
+        # Restart, and keep writing while it catches up.
+        agent = Agent(bins, certs, workdir, proc, {"tail": source}).start()
+        write_log(log, 300_000, 50_000)
+        total = 350_000
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.metrics().get(committed, 0) < total:
+            assert agent.proc.alive(), agent.proc.output()
+            time.sleep(0.2)
+        time.sleep(1.0)  # nothing more may arrive
+        assert agent.proc.stop(timeout=60) == 0, agent.proc.output()
+        assert "resuming from the lake's checkpoint" in agent.proc.output()
+
+        rows = read_pyiceberg(proc, "bronze.tail")
+        want = expected_log_rows(log)
+        offsets = [r["offset"] for r in rows]
+        assert len(offsets) == len(set(offsets)), f"{len(offsets) - len(set(offsets))} lines landed twice"
+        assert set(offsets) == set(want), f"{len(set(want) - set(offsets))} lines lost"
+        for r in rows[:: len(rows) // 300]:
+            line = want[r["offset"]]
+            if line.startswith("unstructured"):
+                assert (r["message"], r["level"], r["ts"]) == (line, None, None)
+            else:
+                ts, level, message = line.split(" ", 2)
+                assert (r["level"], r["message"]) == (level, message)
+                assert r["ts"].isoformat().replace("+00:00", "Z").startswith(ts[:19])
+    finally:
+        if agent.proc:
+            agent.proc.kill()
+        proc.stop()

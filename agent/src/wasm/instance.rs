@@ -171,7 +171,11 @@ impl Instance {
     /// `open(config, checkpoint)` → declared columns.
     pub fn open(&mut self, config: &str, checkpoint: Option<&str>) -> Result<Vec<Column>, Failure> {
         self.arm();
-        match self.bindings.call_open(&mut self.store, config, checkpoint) {
+        match self
+            .bindings
+            .sluice_plugin_connector()
+            .call_open(&mut self.store, config, checkpoint)
+        {
             Ok(Ok(cols)) => Ok(cols),
             Ok(Err(message)) => Err(Failure::Plugin {
                 call: "open",
@@ -184,7 +188,11 @@ impl Instance {
     /// `poll(max_rows)`.
     pub fn poll(&mut self, max_rows: u32) -> Result<PollResult, Failure> {
         self.arm();
-        match self.bindings.call_poll(&mut self.store, max_rows) {
+        match self
+            .bindings
+            .sluice_plugin_connector()
+            .call_poll(&mut self.store, max_rows)
+        {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(message)) => Err(Failure::Plugin {
                 call: "poll",

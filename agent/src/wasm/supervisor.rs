@@ -5,13 +5,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use tokio::sync::{mpsc, watch};
 use wasmtime::component::Component;
 
 use super::instance::{Failure, Instance, Sandbox};
 use super::{Runtime, WasmSourceConfig, arrow};
+use crate::batcher::Chunk;
 use crate::metrics::Metrics;
 
 /// How a session of one instance ended.
@@ -28,7 +28,8 @@ pub fn run_source(
     name: String,
     cfg: WasmSourceConfig,
     runtime: Arc<Runtime>,
-    out: mpsc::Sender<RecordBatch>,
+    out: mpsc::Sender<Chunk>,
+    resume: watch::Receiver<Option<Option<String>>>,
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<u64> {
@@ -43,6 +44,18 @@ pub fn run_source(
         }
     };
     tracing::info!(plugin = %plugin, sha256 = %info.digest, from_cache = info.cached, "loaded plugin");
+    // Start from what the lake has committed for this stream: wait for the processor's
+    // answer before opening the plugin.
+    let checkpoint = loop {
+        if let Some(c) = resume.borrow().clone() {
+            break c;
+        }
+        if *stop.borrow() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    tracing::info!(plugin = %plugin, checkpoint = ?checkpoint, "resuming from the lake's checkpoint");
     let mut s = Supervisor {
         plugin,
         config_json: cfg.config_json(),
@@ -53,7 +66,7 @@ pub fn run_source(
         out,
         stop,
         metrics,
-        checkpoint: None,
+        checkpoint,
         schema: None,
         rows: 0,
     };
@@ -68,7 +81,7 @@ struct Supervisor {
     sandbox: Sandbox,
     runtime: Arc<Runtime>,
     component: Component,
-    out: mpsc::Sender<RecordBatch>,
+    out: mpsc::Sender<Chunk>,
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     /// Checkpoint after the last batch handed on; a restart resumes from it.
@@ -159,6 +172,9 @@ impl Supervisor {
                 .plugin_call(&self.plugin, started.elapsed().as_secs_f64());
             let result = result?;
             let mut got_rows = false;
+            if let Some(c) = &result.checkpoint {
+                self.checkpoint = Some(c.clone());
+            }
             if let Some(batch) = result.batch {
                 let batch = arrow::to_record_batch(&schema, batch).map_err(Failure::BadBatch)?;
                 if batch.num_rows() > self.cfg.max_rows as usize {
@@ -171,15 +187,16 @@ impl Supervisor {
                 if batch.num_rows() > 0 {
                     got_rows = true;
                     let n = batch.num_rows() as u64;
-                    if self.out.blocking_send(batch).is_err() {
+                    let chunk = Chunk {
+                        batch,
+                        checkpoint: self.checkpoint.clone(),
+                    };
+                    if self.out.blocking_send(chunk).is_err() {
                         return Ok(End::Stopped);
                     }
                     self.rows += n;
                     self.metrics.source_rows(&self.plugin, n);
                 }
-            }
-            if let Some(c) = result.checkpoint {
-                self.checkpoint = Some(c);
             }
             if result.finished {
                 return Ok(End::Finished);

@@ -228,7 +228,7 @@ macro_rules! export_source {
     ($ty:ty) => {
         struct __SluiceSourceExport;
 
-        impl $crate::bindings::Guest for __SluiceSourceExport {
+        impl $crate::bindings::exports::sluice::plugin::connector::Guest for __SluiceSourceExport {
             fn open(
                 config: ::std::string::String,
                 checkpoint: ::std::option::Option<::std::string::String>,
