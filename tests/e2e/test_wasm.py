@@ -188,3 +188,40 @@ def test_file_tail_resumes_exactly_after_agent_kill(bins, certs, workdir):
         if agent.proc:
             agent.proc.kill()
         proc.stop()
+
+
+def test_host_metrics_reads_only_a_granted_proc(bins, certs, workdir):
+    metrics = {"type": "wasm", "plugin": str(plugin_path("host_metrics")), "allow_dirs": ["/proc"],
+               "poll_interval": "20ms", "config": {"interval_ms": 100}}
+    denied = {"type": "wasm", "plugin": str(plugin_path("host_metrics")), "max_failures": 1,
+              "config": {"interval_ms": 100}}
+    proc = Processor(bins, certs, workdir).start()
+    agent = Agent(bins, certs, workdir, proc, {"hostm": metrics, "nogrant": denied}).start().wait_api()
+    try:
+        deadline = time.time() + 90  # includes compiling the component in a debug build
+        while time.time() < deadline:
+            m = agent.metrics()
+            if m.get('sluice_agent_plugin_failed{plugin="nogrant"}') == 1 and \
+                    m.get('sluice_agent_source_rows_total{source="hostm"}', 0) >= 12:
+                break
+            time.sleep(0.2)
+        status, body = agent.health()
+        assert status == 503 and 'plugin "nogrant" failed' in body and "is /proc granted" in body, body
+        assert agent.proc.stop(timeout=60) == 0, agent.proc.output()
+        rows = read_duckdb(proc, "bronze.hostm")
+        assert len(rows) >= 10, len(rows)
+        mem_total = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal:")).split()[1])
+        host = open("/proc/sys/kernel/hostname").read().strip()
+        for r in rows:
+            assert r["host"] == host and r["mem_total_kb"] == mem_total
+            assert 0 < r["mem_available_kb"] <= mem_total
+            shares = r["cpu_user"] + r["cpu_system"] + r["cpu_idle"]
+            assert all(0 <= r[k] <= 1 for k in ("cpu_user", "cpu_system", "cpu_idle")) and shares <= 1.0001
+            assert min(r["load1"], r["load5"], r["load15"]) >= 0
+        stamps = sorted(r["ts"] for r in rows)
+        gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+        assert min(gaps) >= 0.09, "one sample per interval"
+    finally:
+        if agent.proc:
+            agent.proc.kill()
+        proc.stop()
