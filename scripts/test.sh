@@ -22,11 +22,9 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 
-step "wasm connectors (plugins/, wasm32-wasip2)"
-rustup target add wasm32-wasip2 >/dev/null
-(cd plugins && cargo build --release --locked --target wasm32-wasip2)
-PLUGIN_TARGET_DIR="$(cd plugins && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-export SLUICE_PLUGIN_DIR="$PLUGIN_TARGET_DIR/wasm32-wasip2/release"
+step "wasm connectors (plugins/: Rust, Python, JavaScript)"
+export SLUICE_PLUGIN_DIR="$TARGET_DIR/plugins"
+PATH="$VENV/bin:$PATH" plugins/build.sh "$SLUICE_PLUGIN_DIR"
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

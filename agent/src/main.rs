@@ -123,7 +123,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     tracing::info!(agent = %cfg.agent.id, sources = cfg.sources.len(), "agent starting");
-    let summary = pipeline::run(cfg, metrics, stop_rx).await?;
+    let summary = pipeline::run(cfg, metrics.clone(), stop_rx).await?;
     tracing::info!(
         rows = summary.rows_generated,
         batches_acked = summary.batches_acked,
@@ -131,6 +131,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         batches_abandoned = summary.batches_abandoned,
         "agent finished"
     );
+    if let Err(failed) = sluice_ops::RenderMetrics::health(metrics.as_ref()) {
+        anyhow::bail!("finished with failed plugins:\n{failed}");
+    }
     if summary.batches_abandoned > 0 {
         anyhow::bail!(
             "{} batches were still unacknowledged when the drain timeout passed",

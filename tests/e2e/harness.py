@@ -36,10 +36,10 @@ class Bins:
 
 def plugin_path(name: str) -> pathlib.Path:
     """A connector component built from plugins/ (scripts/test.sh builds them)."""
-    d = pathlib.Path(os.environ.get("SLUICE_PLUGIN_DIR", REPO / "plugins" / "target" / "wasm32-wasip2" / "release"))
-    p = d / f"{name}.wasm"
+    d = pathlib.Path(os.environ.get("SLUICE_PLUGIN_DIR", REPO / "plugins" / "dist"))
+    p = (d / f"{name}.wasm").resolve()
     if not p.exists():
-        raise RuntimeError(f"{p} is missing: build plugins/ (scripts/test.sh does) or set SLUICE_PLUGIN_DIR")
+        raise RuntimeError(f"{p} is missing: run plugins/build.sh or set SLUICE_PLUGIN_DIR")
     return p
 
 

@@ -225,3 +225,36 @@ def test_host_metrics_reads_only_a_granted_proc(bins, certs, workdir):
         if agent.proc:
             agent.proc.kill()
         proc.stop()
+
+
+def expected_sensor_row(i: int, sensors: int = 10) -> dict:
+    """Row i of the Python and JavaScript example connectors, computed independently."""
+    return {"ts_us": START_US + i * 1_000_000, "seq": i, "sensor": f"s-{i % sensors:03d}",
+            "reading": None if i % 50 == 0 else (i * 37 % 1000) / 10}
+
+
+def test_python_and_javascript_connectors_land_in_bronze(bins, certs, workdir):
+    def src(component, total):
+        return {"type": "wasm", "plugin": str(plugin_path(component)), "memory_limit": "256MiB",
+                "call_timeout": "10s", "max_rows": 2000, "config": {"total": total, "sensors": 10}}
+
+    proc = Processor(bins, certs, workdir).start()
+    try:
+        agent = Agent(bins, certs, workdir, proc, {
+            "py_sensors": src("python_sensors", 12_000),  # JSON lines
+            "js_sensors": src("js_sensors", 15_000),  # typed columns
+        }).start()
+        assert agent.wait(300) == 0, agent.proc.output()
+        log = agent.proc.output()
+        assert "python sensors starting at row 0" in log and "js sensors starting at row 0" in log
+        for table, n, reader in (("bronze.py_sensors", 12_000, read_pyiceberg),
+                                 ("bronze.js_sensors", 15_000, read_duckdb)):
+            rows = reader(proc, table)
+            assert sorted(r["seq"] for r in rows) == list(range(n)), table
+            for r in rows:
+                want = expected_sensor_row(r["seq"])
+                ts = r["ts"]
+                assert int(ts.timestamp()) * 1_000_000 == want["ts_us"], (table, r)
+                assert (r["sensor"], r["reading"]) == (want["sensor"], want["reading"]), (table, r)
+    finally:
+        proc.stop()

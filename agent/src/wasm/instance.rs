@@ -125,7 +125,9 @@ impl Instance {
 
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stderr(stderr.clone())
+        // Guest output (panics, tracebacks) is kept to explain a failure.
+        wasi.stdout(stderr.clone())
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -245,7 +247,8 @@ fn classify(
 }
 
 /// What the guest said last on stderr: a Rust panic's message (the lines after
-/// "panicked at"), or else its last line; runtime hints ("note: run with ...") skipped.
+/// "panicked at"), or else its last three lines; runtime hints ("note: run with ...")
+/// skipped.
 fn guest_message(stderr: &str) -> Option<String> {
     let lines: Vec<&str> = stderr
         .lines()
@@ -260,7 +263,9 @@ fn guest_message(stderr: &str) -> Option<String> {
             msg
         });
     }
-    lines.last().map(|l| l.to_string())
+    // Otherwise the last few lines (for Python: the exception before the runtime's note).
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    (!tail.is_empty()).then(|| tail.join(" | "))
 }
 
 fn first_line(s: &str) -> &str {

@@ -170,10 +170,11 @@ pub fn check(
         .exports(&runtime.engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    for want in ["open", "poll"] {
-        anyhow::ensure!(
-            exports.iter().any(|e| e == want),
-            "{} does not implement the sluice:plugin/source world: it exports no `{want}` (exports: {})",
+    let want = "sluice:plugin/connector@0.1.0";
+    if !exports.iter().any(|e| e == want) {
+        anyhow::bail!(
+            "{} does not implement the sluice:plugin/source world: it exports no `{want}` \
+             (exports: {})",
             path.display(),
             if exports.is_empty() {
                 "none".to_string()

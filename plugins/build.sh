@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Build every connector in plugins/ into one directory of components (default: plugins/dist):
+#   Rust (cargo, wasm32-wasip2), Python (componentize-py, from PyPI; must be on PATH) and
+#   JavaScript (componentize-js, from npm; preview2-shim is pinned to 0.17.5 because with
+#   0.26 componentize-js cannot read the WIT files; `npm install` rather than `npm ci`: npm refuses
+#   `ci` when a lock file lacks optional packages of other platforms).
+set -euo pipefail
+cd "$(dirname "$0")"
+OUT="${1:-$PWD/dist}"
+mkdir -p "$OUT"
+
+rustup target add wasm32-wasip2 >/dev/null
+cargo build --release --locked --target wasm32-wasip2
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+cp "$TARGET_DIR"/wasm32-wasip2/release/*.wasm "$OUT/"
+
+for dir in python/*/; do
+  name="$(basename "$dir")"
+  (cd "$dir" && componentize-py -d ../../../wit -w source componentize app -o "$OUT/python_$name.wasm")
+done
+
+for dir in js/*/; do
+  name="$(basename "$dir")"
+  # componentize-js reads the WIT from inside the project (its file access is sandboxed).
+  rm -rf "$dir/wit" && cp -r ../wit "$dir/wit"
+  (cd "$dir" && npm install --no-audit --no-fund --loglevel=error \
+    && npx componentize-js app.js --wit wit --world-name source -d http -d fetch-event -o "$OUT/js_$name.wasm")
+done
+ls -l "$OUT"
