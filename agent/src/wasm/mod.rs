@@ -1,6 +1,7 @@
 //! WebAssembly connectors: components written against `wit/plugin.wit`, run in a sandbox.
 
 mod arrow;
+pub mod bench;
 mod instance;
 mod runtime;
 mod supervisor;

@@ -1,0 +1,114 @@
+//! `sluice-agent plugin bench`: rows per second through a connector on one core, next to
+//! the native simulator producing rows of the same shape, and the cost of one call.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::instance::{Instance, Sandbox};
+use super::{Runtime, arrow};
+use crate::simulator::{Simulator, SimulatorConfig};
+
+/// One measured path.
+pub struct Figure {
+    pub name: &'static str,
+    pub rows: u64,
+    pub elapsed: Duration,
+}
+
+impl Figure {
+    pub fn rows_per_sec(&self) -> f64 {
+        self.rows as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Everything the bench measured.
+pub struct Report {
+    pub native: Figure,
+    pub typed: Figure,
+    pub json: Figure,
+    /// Mean duration of a `poll` returning a single row.
+    pub call_overhead: Duration,
+}
+
+/// The native baseline: the simulator generating the counter connector's five columns.
+const NATIVE: &str = r#"
+    seed = 1
+    entities = 100
+    rate = 1000
+    start_time = "2026-01-01T00:00:00Z"
+    [fields]
+    ts = { type = "timestamp" }
+    seq = { type = "sequence", start = 0 }
+    device = { type = "entity", prefix = "dev-" }
+    temp = { type = "uniform", min = 20.0, max = 30.0 }
+    ok = { type = "choice", values = [true, false], weights = [9, 1] }
+"#;
+
+/// Run the three paths for `rows` rows each, `batch` rows per call.
+pub fn run(
+    runtime: &Runtime,
+    path: &std::path::Path,
+    rows: u64,
+    batch: u32,
+) -> anyhow::Result<Report> {
+    let native_cfg: SimulatorConfig = toml::from_str(NATIVE)?;
+    let mut sim = Simulator::new(&native_cfg);
+    let started = Instant::now();
+    let mut produced = 0u64;
+    while produced < rows {
+        let b = sim
+            .next_chunk(batch as usize)?
+            .ok_or_else(|| anyhow::anyhow!("simulator ended early"))?;
+        produced += b.num_rows() as u64;
+    }
+    let native = Figure {
+        name: "native simulator",
+        rows: produced,
+        elapsed: started.elapsed(),
+    };
+
+    let (component, _) = runtime.load(path)?;
+    let sandbox = Sandbox {
+        memory_limit: 512 << 20,
+        call_timeout: Duration::from_secs(30),
+        allow_dirs: Vec::new(),
+        allow_env: Vec::new(),
+    };
+    let through =
+        |name: &'static str, mode: &str, per_call: u32, total: u64| -> anyhow::Result<Figure> {
+            let mut inst = Instance::new(runtime, &component, Arc::from("bench"), &sandbox)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let config = format!(r#"{{"mode": "{mode}", "devices": 100}}"#);
+            let schema = arrow::schema(
+                &inst
+                    .open(&config, None)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let started = Instant::now();
+            let mut n = 0u64;
+            while n < total {
+                let r = inst.poll(per_call).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let batch = r
+                    .batch
+                    .ok_or_else(|| anyhow::anyhow!("plugin returned no batch"))?;
+                n += arrow::to_record_batch(&schema, batch)
+                    .map_err(|e| anyhow::anyhow!(e))?
+                    .num_rows() as u64;
+            }
+            Ok(Figure {
+                name,
+                rows: n,
+                elapsed: started.elapsed(),
+            })
+        };
+    let typed = through("wasm, typed columns", "columns", batch, rows)?;
+    let json = through("wasm, JSON lines", "json", batch, rows / 4)?;
+    let calls = through("single-row calls", "columns", 1, 20_000)?;
+    Ok(Report {
+        native,
+        typed,
+        json,
+        call_overhead: calls.elapsed / calls.rows.max(1) as u32,
+    })
+}
