@@ -81,6 +81,17 @@ enum PluginCommand {
         #[arg(long, default_value = "{}")]
         config: String,
     },
+    /// Create a connector project that builds and passes `plugin check` as generated.
+    New {
+        /// Language of the connector.
+        #[arg(long, value_enum)]
+        lang: wasm::scaffold::Lang,
+        /// Name of the connector (and its directory).
+        name: String,
+        /// Where to create the directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Measure rows/s on one core: the native simulator, then a connector built like
     /// plugins/examples/counter on its typed-column and JSON-lines paths, and the cost of a
     /// call.
@@ -114,6 +125,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Plugin {
             command: PluginCommand::Bench { file, rows, batch },
         } => plugin_bench(file, rows, batch),
+        Command::Plugin {
+            command: PluginCommand::New { lang, name, dir },
+        } => {
+            let (root, build) = wasm::scaffold::create(lang, &name, &dir)?;
+            println!(
+                "created {}
+build it with:
+  cd {} && {build}",
+                root.display(),
+                root.display()
+            );
+            Ok(())
+        }
         Command::Simulate {
             config,
             source,

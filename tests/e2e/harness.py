@@ -27,7 +27,7 @@ class Bins:
     @staticmethod
     def from_env() -> "Bins":
         d = pathlib.Path(os.environ.get("SLUICE_BIN_DIR", REPO / "target" / "debug"))
-        b = Bins(d / "sluice-agent", d / "sluice-processor")
+        b = Bins((d / "sluice-agent").resolve(), (d / "sluice-processor").resolve())
         for p in (b.agent, b.processor):
             if not p.exists():
                 raise RuntimeError(f"{p} is missing: build with `cargo build --bins` or set SLUICE_BIN_DIR")

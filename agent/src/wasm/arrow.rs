@@ -37,7 +37,7 @@ pub fn schema(columns: &[Column]) -> Result<SchemaRef, String> {
             ColumnType::Float64 => DataType::Float64,
             ColumnType::Utf8 => DataType::Utf8,
             ColumnType::TimestampMicros => {
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
             }
         };
         fields.push(Field::new(&c.name, ty, c.nullable));
@@ -129,7 +129,8 @@ fn from_columns(schema: &SchemaRef, columns: Vec<TypedColumn>) -> Result<RecordB
                 Arc::new(BooleanArray::new(BooleanBuffer::from(v), nulls))
             }
             (ColumnValues::TimestampMicros(v), DataType::Timestamp(_, _)) => Arc::new(
-                TimestampMicrosecondArray::new(ScalarBuffer::from(v), nulls).with_timezone("UTC"),
+                TimestampMicrosecondArray::new(ScalarBuffer::from(v), nulls)
+                    .with_timezone("+00:00"),
             ),
             (ColumnValues::Utf8(s), DataType::Utf8) => {
                 if s.data.len() > i32::MAX as usize {

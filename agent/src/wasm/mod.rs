@@ -4,6 +4,7 @@ mod arrow;
 pub mod bench;
 mod instance;
 mod runtime;
+pub mod scaffold;
 mod supervisor;
 
 use std::path::PathBuf;
