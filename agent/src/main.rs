@@ -185,7 +185,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 
 fn validate(path: PathBuf) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&path)?;
-    println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
+    let mut runtime = None;
     for (name, source) in &cfg.sources {
         match source {
             SourceConfig::Simulator(sim) => {
@@ -197,13 +197,22 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
                     println!("    {}: {}", f.name(), f.data_type());
                 }
             }
-            SourceConfig::Wasm(w) => println!(
-                "  source {name} (wasm {}) -> stream {}",
-                w.plugin.display(),
-                source.stream(name)
-            ),
+            SourceConfig::Wasm(w) => {
+                println!(
+                    "  source {name} (wasm {}) -> stream {}",
+                    w.plugin.display(),
+                    source.stream(name)
+                );
+                // Compile it, so a wrong path or a file that is no component shows now.
+                let runtime = runtime.get_or_insert_with(|| wasm::Runtime::new(None));
+                let runtime = runtime.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                runtime
+                    .load(&w.plugin)
+                    .with_context(|| format!("sources.{name}.plugin"))?;
+            }
         }
     }
+    println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
     Ok(())
 }
 

@@ -61,3 +61,19 @@ def test_missing_certificate_is_a_clear_error(bins, certs, workdir):
     r = run([str(bins.processor), "serve", "--config", str(path)])
     assert r.returncode != 0
     assert "nope.pem" in r.stderr
+
+
+def test_validate_loads_wasm_plugins(bins, workdir):
+    cfg = {
+        "agent": {"id": "edge-01"},
+        "sink": {"type": "quic", "endpoint": "127.0.0.1:1", "ca": "a", "cert": "b", "key": "c"},
+        "sources": {"tail": {"type": "wasm", "plugin": str(workdir / "missing.wasm")}},
+    }
+    path = workdir / "wasm.toml"
+    write_toml(path, cfg)
+    r = run([str(bins.agent), "validate", "--config", str(path)])
+    assert r.returncode != 0 and "sources.tail.plugin" in r.stderr and "missing.wasm" in r.stderr, r.stderr
+    assert "OK" not in r.stdout
+    (workdir / "missing.wasm").write_text("not a component")
+    r = run([str(bins.agent), "validate", "--config", str(path)])
+    assert r.returncode != 0 and "is not a valid WebAssembly component" in r.stderr, r.stderr
