@@ -165,7 +165,7 @@ pub async fn run(
             let ipc = sluice_protocol::encode_batch(&batch)?;
             let fingerprint = sluice_protocol::schema_fingerprint(&batch.schema());
             let rows = batch.num_rows() as u32;
-            metrics.batch_cut(&stream, rows, ipc.len());
+            metrics.batch_cut(&stream);
             Ok(ReadyBatch {
                 ipc: Bytes::from(ipc),
                 rows,

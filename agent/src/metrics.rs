@@ -171,7 +171,7 @@ impl Metrics {
             .inc_by(rows);
     }
 
-    pub fn batch_cut(&self, s: &str, _rows: u32, _bytes: usize) {
+    pub fn batch_cut(&self, s: &str) {
         self.batches_cut.get_or_create(&stream(s)).inc();
     }
 

@@ -31,8 +31,6 @@ pub enum LaneError {
     Connect { addr: SocketAddr, reason: String },
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("write failed: {0}")]
-    Write(#[from] quinn::WriteError),
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
     #[error("processor did not answer the lane handshake within {0:?}")]

@@ -157,6 +157,14 @@ struct TableState {
     waiting_duplicates: Vec<(String, u64, oneshot::Sender<Verdict>)>,
 }
 
+impl TableState {
+    /// Enough is waiting to commit now rather than at the next interval.
+    fn over_threshold(&self, cfg: &LanderConfig) -> bool {
+        self.pending_rows >= cfg.commit_max_rows
+            || self.pending_bytes as u64 >= cfg.commit_max_bytes.as_u64()
+    }
+}
+
 struct CommitDone {
     stream: String,
     table: Table,
@@ -337,9 +345,7 @@ impl LanderTask {
             batch,
             reply: req.reply,
         });
-        if state.pending_rows >= self.cfg.commit_max_rows
-            || state.pending_bytes as u64 >= self.cfg.commit_max_bytes.as_u64()
-        {
+        if state.over_threshold(&self.cfg) {
             self.start_commit(&stream);
         }
     }
@@ -445,9 +451,7 @@ impl LanderTask {
             let _ = reply.send(Verdict::Duplicate);
         }
         tracing::debug!(table = %state.name, rows = done.rows, bytes = done.bytes, "committed");
-        let more = state.pending_rows >= self.cfg.commit_max_rows
-            || state.pending_bytes as u64 >= self.cfg.commit_max_bytes.as_u64()
-            || !self.flush_waiters.is_empty();
+        let more = state.over_threshold(&self.cfg) || !self.flush_waiters.is_empty();
         if more {
             self.start_commit(&done.stream);
         }

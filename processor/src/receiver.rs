@@ -39,10 +39,6 @@ enum LaneError {
     IdentityMismatch { claimed: String, certified: String },
     #[error("lander unavailable: {0}")]
     Lander(String),
-    #[error("write failed: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
 }
 
 impl LaneError {
@@ -53,7 +49,6 @@ impl LaneError {
             LaneError::WrongAgent { .. } => "wrong_agent",
             LaneError::IdentityMismatch { .. } => "identity_mismatch",
             LaneError::Lander(_) => "lander",
-            LaneError::Write(_) | LaneError::Connection(_) => "io",
         }
     }
 }

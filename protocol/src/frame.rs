@@ -266,21 +266,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &Frame,
 ) -> Result<(), ProtocolError> {
-    let head = frame.encode_head();
     match frame {
+        // A batch's IPC payload is written as is, not copied behind its header.
         Frame::Batch(b) => {
+            let head = frame.encode_head();
             let mut first = Vec::with_capacity(HEADER_LEN + head.len());
             first.extend_from_slice(&header(frame.kind(), head.len() + b.ipc.len()));
             first.extend_from_slice(&head);
             writer.write_all(&first).await?;
             writer.write_all(&b.ipc).await?;
         }
-        _ => {
-            let mut out = Vec::with_capacity(HEADER_LEN + head.len());
-            out.extend_from_slice(&header(frame.kind(), head.len()));
-            out.extend_from_slice(&head);
-            writer.write_all(&out).await?;
-        }
+        _ => writer.write_all(&frame.to_bytes()).await?,
     }
     Ok(())
 }
