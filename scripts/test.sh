@@ -35,5 +35,10 @@ cargo build --workspace --bins --locked
 step "cargo nextest (unit and integration tests)"
 cargo nextest run --workspace --locked --no-fail-fast
 
+step "cargo build -p sluice-agent (as shipped: without the processor's unified features)"
+# The workspace build enables features (e.g. arrow's time-zone database) that the agent
+# alone does not have; the end-to-end tests run the agent exactly as it is shipped.
+cargo build -p sluice-agent --bins --locked
+
 step "end-to-end tests (pytest)"
 SLUICE_BIN_DIR="$TARGET_DIR/debug" "$VENV/bin/python" -m pytest tests/e2e -v -p no:cacheprovider "$@"

@@ -85,7 +85,7 @@ pub fn bronze_arrow_schema(user: &ArrowSchema) -> ArrowSchema {
     fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
     fields.push(Field::new(
         INGESTED_AT_COLUMN,
-        DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+        DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into())),
         false,
     ));
     ArrowSchema::new(fields)
@@ -95,7 +95,7 @@ pub fn bronze_arrow_schema(user: &ArrowSchema) -> ArrowSchema {
 pub fn normalize_type(t: &DataType) -> DataType {
     match t {
         DataType::Timestamp(_, Some(_)) => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+            DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into()))
         }
         DataType::Timestamp(_, None) => DataType::Timestamp(TimeUnit::Microsecond, None),
         other => other.clone(),

@@ -672,7 +672,8 @@ fn to_table_batch(
     )));
     columns.push(Arc::new(Int64Array::from_value(req.envelope.seq as i64, n)));
     columns.push(Arc::new(
-        TimestampMicrosecondArray::from_value(req.received_at_us, n).with_timezone("+00:00"),
+        TimestampMicrosecondArray::from_value(req.received_at_us, n)
+            .with_timezone(sluice_protocol::UTC),
     ));
     RecordBatch::try_new(schema.clone(), columns)
 }

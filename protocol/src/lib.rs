@@ -27,6 +27,11 @@ pub use frame::{
 };
 pub use ipc::{decode_batch, encode_batch, schema_fingerprint};
 
+/// The zone every Sluice timestamp carries, spelled as an offset: Iceberg's `timestamptz`
+/// maps to it, and unlike `"UTC"` it needs no time-zone database, which a lean agent build
+/// (arrow without `chrono-tz`) does not have.
+pub const UTC: &str = "+00:00";
+
 /// ALPN protocol id negotiated on QUIC connections between agent and processor.
 pub const ALPN: &[u8] = b"sluice/1";
 

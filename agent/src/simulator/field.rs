@@ -207,7 +207,7 @@ impl FieldSpec {
     pub fn arrow_field(&self, name: &str) -> Field {
         let ty = match self {
             FieldSpec::Timestamp {} => {
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+                DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into()))
             }
             FieldSpec::Sequence { .. } | FieldSpec::Poisson { .. } => DataType::Int64,
             FieldSpec::Entity { .. } | FieldSpec::Fake { .. } => DataType::Utf8,
@@ -297,7 +297,8 @@ impl FieldGenerator {
         let n = ctx.len;
         Ok(match self {
             FieldGenerator::Timestamp => Arc::new(
-                TimestampMicrosecondArray::from(ctx.event_time_us.clone()).with_timezone("UTC"),
+                TimestampMicrosecondArray::from(ctx.event_time_us.clone())
+                    .with_timezone(sluice_protocol::UTC),
             ),
             FieldGenerator::Sequence { start } => {
                 let first = *start + ctx.first as i64;

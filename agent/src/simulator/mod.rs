@@ -341,6 +341,22 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_carry_the_offset_zone() {
+        // "UTC" would need arrow's chrono-tz feature, which a standalone agent build lacks
+        // (the workspace build hides that by unifying features with the processor's).
+        let cfg = config(SAMPLE);
+        assert_eq!(
+            cfg.schema().field(0).data_type(),
+            &arrow_schema::DataType::Timestamp(
+                arrow_schema::TimeUnit::Microsecond,
+                Some(sluice_protocol::UTC.into())
+            )
+        );
+        let batch = generate(&cfg, 2, 2).remove(0);
+        assert_eq!(batch.schema(), cfg.schema());
+    }
+
+    #[test]
     fn simulated_clock_spaces_events_by_rate() {
         let cfg = config(SAMPLE);
         let batch = generate(&cfg, 3, 3).remove(0);

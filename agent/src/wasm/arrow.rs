@@ -37,7 +37,7 @@ pub fn schema(columns: &[Column]) -> Result<SchemaRef, String> {
             ColumnType::Float64 => DataType::Float64,
             ColumnType::Utf8 => DataType::Utf8,
             ColumnType::TimestampMicros => {
-                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+                DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into()))
             }
         };
         fields.push(Field::new(&c.name, ty, c.nullable));
@@ -130,7 +130,7 @@ fn from_columns(schema: &SchemaRef, columns: Vec<TypedColumn>) -> Result<RecordB
             }
             (ColumnValues::TimestampMicros(v), DataType::Timestamp(_, _)) => Arc::new(
                 TimestampMicrosecondArray::new(ScalarBuffer::from(v), nulls)
-                    .with_timezone("+00:00"),
+                    .with_timezone(sluice_protocol::UTC),
             ),
             (ColumnValues::Utf8(s), DataType::Utf8) => {
                 if s.data.len() > i32::MAX as usize {
