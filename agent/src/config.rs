@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::simulator::SimulatorConfig;
-use crate::wasm::WasmSourceConfig;
+use crate::wasm::{WasmSourceConfig, WasmTransformConfig};
 
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub sink: SinkConfig,
     #[serde(deserialize_with = "crate::tagged::map")]
     pub sources: IndexMap<String, SourceConfig>,
+    /// Transforms, applied to the sources that list them.
+    #[serde(default, deserialize_with = "crate::tagged::map")]
+    pub transforms: IndexMap<String, TransformConfig>,
 }
 
 /// `[agent]`: identity of this agent.
@@ -172,6 +175,21 @@ impl SourceConfig {
             SourceConfig::Wasm(w) => w.stream.as_deref().unwrap_or(source_name),
         }
     }
+
+    /// Names of the transforms applied to this source's rows, in order.
+    pub fn transforms(&self) -> &[String] {
+        match self {
+            SourceConfig::Simulator(s) => &s.transforms,
+            SourceConfig::Wasm(w) => &w.transforms,
+        }
+    }
+}
+
+/// `[transforms.NAME]`: one transform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformConfig {
+    Wasm(WasmTransformConfig),
 }
 
 impl AgentConfig {
@@ -239,17 +257,38 @@ impl AgentConfig {
         if self.sources.is_empty() {
             return Err(Invalid::new("sources", "at least one source is required"));
         }
+        for (name, TransformConfig::Wasm(t)) in &self.transforms {
+            sluice_protocol::validate_name("transform", name)
+                .map_err(|e| Invalid::new(format!("transforms.{name}"), e.to_string()))?;
+            t.validate(&format!("transforms.{name}"))?;
+        }
         let mut schemas: IndexMap<&str, (&str, Option<arrow_schema::SchemaRef>)> = IndexMap::new();
         for (name, source) in &self.sources {
             let key = format!("sources.{name}");
             let stream = source.stream(name);
             sluice_protocol::validate_name("stream", stream)
                 .map_err(|e| Invalid::new(format!("{key}.stream"), e.to_string()))?;
-            // A wasm source's schema is known only once it runs, so it gets its own stream.
+            let mut seen = std::collections::HashSet::new();
+            for t in source.transforms() {
+                if !self.transforms.contains_key(t) {
+                    return Err(Invalid::new(
+                        format!("{key}.transforms"),
+                        format!("no transform named {t:?} (define it as [transforms.{t}])"),
+                    ));
+                }
+                if !seen.insert(t) {
+                    return Err(Invalid::new(
+                        format!("{key}.transforms"),
+                        format!("{t:?} is listed twice"),
+                    ));
+                }
+            }
+            // The schema of a wasm source, or of any source's transformed rows, is known only
+            // once it runs, so such a source gets its own stream.
             let schema = match source {
                 SourceConfig::Simulator(sim) => {
                     sim.validate(&key)?;
-                    Some(sim.schema())
+                    source.transforms().is_empty().then(|| sim.schema())
                 }
                 SourceConfig::Wasm(w) => {
                     w.validate(&key)?;
@@ -262,7 +301,8 @@ impl AgentConfig {
                 return Err(Invalid::new(
                     key,
                     format!(
-                        "feeds stream {stream:?} already fed by source {other:?}; a wasm source needs a stream of its own"
+                        "feeds stream {stream:?} already fed by source {other:?}; a wasm source, \
+                         or a source with transforms, needs a stream of its own"
                     ),
                 ));
             }
@@ -291,6 +331,9 @@ impl AgentConfig {
             if let SourceConfig::Wasm(w) = source {
                 w.resolve_paths(base);
             }
+        }
+        for TransformConfig::Wasm(t) in self.transforms.values_mut() {
+            t.resolve_paths(base);
         }
         let SinkConfig::Quic(q) = &mut self.sink;
         for p in [&mut q.ca, &mut q.cert, &mut q.key] {

@@ -14,13 +14,15 @@ mod wasm;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_ops::LogFormat;
 use tokio::sync::watch;
 
-use crate::config::{AgentConfig, SourceConfig};
+use crate::config::{AgentConfig, SourceConfig, TransformConfig};
+use crate::wasm::PluginSettings;
 
 /// Sluice edge agent: runs sources, batches their records into Arrow and ships them to a
 /// Sluice processor over QUIC.
@@ -72,14 +74,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Check that a component implements the sluice:plugin/source world; print its schema
-    /// and the interfaces (capabilities) it imports.
+    /// Check that a component implements the sluice:plugin source or transform world;
+    /// print its schema and the interfaces (capabilities) it imports.
     Check {
         /// The component file.
         file: PathBuf,
         /// The plugin's config, as JSON, handed to `open`.
         #[arg(long, default_value = "{}")]
         config: String,
+        /// For a transform: its input columns, as `name:type,...` (boolean, int64, float64,
+        /// utf8, timestamp-micros); then its output schema is shown.
+        #[arg(long)]
+        input: Option<String>,
     },
     /// Create a connector project that builds and passes `plugin check` as generated.
     New {
@@ -120,8 +126,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config } => run(config).await,
         Command::Validate { config } => validate(config),
         Command::Plugin {
-            command: PluginCommand::Check { file, config },
-        } => plugin_check(file, config),
+            command:
+                PluginCommand::Check {
+                    file,
+                    config,
+                    input,
+                },
+        } => plugin_check(file, config, input),
         Command::Plugin {
             command: PluginCommand::Bench { file, rows, batch },
         } => plugin_bench(file, rows, batch),
@@ -186,30 +197,60 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 fn validate(path: PathBuf) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&path)?;
     let mut runtime = None;
+    let mut runtime = || -> anyhow::Result<Arc<wasm::Runtime>> {
+        match &mut runtime {
+            Some(r) => Ok(Arc::clone(r)),
+            None => Ok(Arc::clone(runtime.insert(wasm::Runtime::new(None)?))),
+        }
+    };
+    // Compile every plugin, so a wrong path or a file that is no component shows now, and
+    // follow each source's rows through its transforms to the schema its stream lands.
     for (name, source) in &cfg.sources {
-        match source {
+        let mut schema = match source {
             SourceConfig::Simulator(sim) => {
-                println!(
-                    "  source {name} (simulator) -> stream {}",
-                    source.stream(name)
-                );
-                for f in sim.schema().fields() {
-                    println!("    {}: {}", f.name(), f.data_type());
-                }
+                println!("  source {name} (simulator)");
+                Some(Arc::new(sim.schema().as_ref().clone()))
             }
             SourceConfig::Wasm(w) => {
-                println!(
-                    "  source {name} (wasm {}) -> stream {}",
-                    w.plugin.display(),
-                    source.stream(name)
-                );
-                // Compile it, so a wrong path or a file that is no component shows now.
-                let runtime = runtime.get_or_insert_with(|| wasm::Runtime::new(None));
-                let runtime = runtime.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                runtime
+                println!("  source {name} (wasm {})", w.plugin.display());
+                let runtime = runtime()?;
+                let (component, _) = runtime
                     .load(&w.plugin)
                     .with_context(|| format!("sources.{name}.plugin"))?;
+                match wasm::kind(&runtime, &component) {
+                    Ok(wasm::PluginKind::Source) => {}
+                    Ok(wasm::PluginKind::Transform) => anyhow::bail!(
+                        "sources.{name}.plugin: {} is a transform, not a source",
+                        w.plugin.display()
+                    ),
+                    Err(e) => anyhow::bail!("sources.{name}.plugin: {}: {e}", w.plugin.display()),
+                }
+                None
             }
+        };
+        for t in source.transforms() {
+            let TransformConfig::Wasm(tc) = &cfg.transforms[t];
+            println!("    | transform {t} (wasm {})", tc.plugin.display());
+            let rt = runtime()?;
+            let report = wasm::check(&rt, &tc.plugin, &tc.config_json(), schema.as_deref())
+                .with_context(|| format!("transforms.{t}.plugin"))?;
+            if report.kind != wasm::PluginKind::Transform {
+                anyhow::bail!(
+                    "transforms.{t}.plugin: {} is a {}, not a transform",
+                    tc.plugin.display(),
+                    report.kind
+                );
+            }
+            schema = report.schema;
+        }
+        println!("    -> stream {}", source.stream(name));
+        match schema {
+            Some(schema) => {
+                for f in schema.fields() {
+                    println!("         {}: {}", f.name(), f.data_type());
+                }
+            }
+            None => println!("         (schema declared by the plugin when it starts)"),
         }
     }
     println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
@@ -243,18 +284,36 @@ fn plugin_bench(file: PathBuf, rows: u64, batch: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin_check(file: PathBuf, config: String) -> anyhow::Result<()> {
+fn plugin_check(file: PathBuf, config: String, input: Option<String>) -> anyhow::Result<()> {
+    let input = input
+        .map(|spec| wasm::schema_from_spec(&spec))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
     let runtime = wasm::Runtime::new(None)?;
-    let report = wasm::check(&runtime, &file, &config)?;
+    let report = wasm::check(&runtime, &file, &config, input.as_ref())?;
     println!(
-        "{}: OK, implements sluice:plugin/source@0.1.0",
-        file.display()
+        "{}: OK, implements sluice:plugin/{}@0.1.0",
+        file.display(),
+        report.kind
     );
     println!("  sha256: {}", report.digest);
-    println!("  schema:");
-    for f in report.schema.fields() {
-        let null = if f.is_nullable() { "" } else { " not null" };
-        println!("    {}: {}{null}", f.name(), f.data_type());
+    match &report.schema {
+        Some(schema) => {
+            println!(
+                "  {}:",
+                match report.kind {
+                    wasm::PluginKind::Source => "schema",
+                    wasm::PluginKind::Transform => "output schema",
+                }
+            );
+            for f in schema.fields() {
+                let null = if f.is_nullable() { "" } else { " not null" };
+                println!("    {}: {}{null}", f.name(), f.data_type());
+            }
+        }
+        None => {
+            println!("  output schema: depends on the input; pass --input name:type,... to see it")
+        }
     }
     println!("  imports (capabilities it may ask for; granted only by config):");
     for i in &report.imports {

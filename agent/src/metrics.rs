@@ -54,6 +54,8 @@ pub struct Metrics {
     plugin_failures: Family<PluginReasonLabels, Counter>,
     plugin_restarts: Family<PluginLabels, Counter>,
     plugin_failed: Family<PluginLabels, Gauge>,
+    transform_rows_in: Family<PluginLabels, Counter>,
+    transform_rows_out: Family<PluginLabels, Counter>,
     /// Plugins that gave up, with the reason (reported by `/health`).
     failed_plugins: Mutex<BTreeMap<String, String>>,
 }
@@ -81,6 +83,8 @@ impl Default for Metrics {
             plugin_failures: Family::default(),
             plugin_restarts: Family::default(),
             plugin_failed: Family::default(),
+            transform_rows_in: Family::default(),
+            transform_rows_out: Family::default(),
             failed_plugins: Mutex::default(),
             registry: Registry::default(),
         };
@@ -149,6 +153,16 @@ impl Default for Metrics {
             "plugin_failed",
             "1 when a plugin failed too often and is no longer restarted",
             m.plugin_failed.clone(),
+        );
+        registry.register(
+            "transform_input_rows",
+            "Rows handed to each transform (label plugin = source/transform)",
+            m.transform_rows_in.clone(),
+        );
+        registry.register(
+            "transform_output_rows",
+            "Rows each transform returned (fewer when it filters)",
+            m.transform_rows_out.clone(),
         );
         Self { registry, ..m }
     }
@@ -221,6 +235,14 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn transform_rows(&self, plugin: &str, rows_in: u64, rows_out: u64) {
+        let l = PluginLabels {
+            plugin: plugin.into(),
+        };
+        self.transform_rows_in.get_or_create(&l).inc_by(rows_in);
+        self.transform_rows_out.get_or_create(&l).inc_by(rows_out);
     }
 
     pub fn plugin_restart(&self, plugin: &str) {

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::batcher::{self, Chunk, Limits};
-use crate::config::{AgentConfig, SinkConfig, SourceConfig};
+use crate::config::{AgentConfig, SinkConfig, SourceConfig, TransformConfig};
 use crate::metrics::Metrics;
 use crate::shipper::QuicShipper;
 use crate::{source, tls, wasm};
@@ -79,7 +79,7 @@ pub async fn run(
     let needs_wasm = cfg
         .sources
         .values()
-        .any(|s| matches!(s, SourceConfig::Wasm(_)));
+        .any(|s| matches!(s, SourceConfig::Wasm(_)) || !s.transforms().is_empty());
     let runtime = if needs_wasm {
         Some(wasm::Runtime::new(Some(
             cfg.agent.data_dir.join("wasm-cache"),
@@ -88,8 +88,35 @@ pub async fn run(
         None
     };
     let mut sources = JoinSet::new();
+    let mut chains = JoinSet::new();
     for (name, source) in &cfg.sources {
-        let tx = stream_inputs[source.stream(name)].clone();
+        let mut tx = stream_inputs[source.stream(name)].clone();
+        if !source.transforms().is_empty() {
+            // Source → its transforms → the stream's batcher.
+            let stages = source
+                .transforms()
+                .iter()
+                .map(|t| {
+                    let TransformConfig::Wasm(cfg) = &cfg.transforms[t];
+                    wasm::TransformStage {
+                        name: t.clone(),
+                        cfg: cfg.clone(),
+                    }
+                })
+                .collect();
+            let (chain_tx, chain_rx) = mpsc::channel(2);
+            let runtime = runtime.clone().context("wasm runtime")?;
+            let (name, stream, stop, metrics) = (
+                name.clone(),
+                source.stream(name).to_string(),
+                stop.clone(),
+                metrics.clone(),
+            );
+            chains.spawn_blocking(move || {
+                wasm::run_transforms(name, stream, stages, runtime, chain_rx, tx, stop, metrics)
+            });
+            tx = chain_tx;
+        }
         match source {
             SourceConfig::Simulator(sim) => {
                 sources.spawn(source::run_simulator(
@@ -117,6 +144,9 @@ pub async fn run(
     let mut summary = RunSummary::default();
     while let Some(r) = sources.join_next().await {
         summary.rows_generated += r.context("source task panicked")??;
+    }
+    while let Some(r) = chains.join_next().await {
+        r.context("transform task panicked")??;
     }
     while let Some(r) = batchers.join_next().await {
         r.context("batcher task panicked")?

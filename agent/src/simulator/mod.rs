@@ -30,6 +30,9 @@ pub struct SimulatorConfig {
     /// Stream to feed; defaults to the source name.
     #[serde(default)]
     pub stream: Option<String>,
+    /// Transforms applied to this source's rows, in order (`[transforms.NAME]`).
+    #[serde(default)]
+    pub transforms: Vec<String>,
     /// Events per second across all entities; absent means as fast as the pipeline takes.
     #[serde(default)]
     pub rate: Option<f64>,

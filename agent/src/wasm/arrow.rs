@@ -1,17 +1,20 @@
-//! Plugin batches → Arrow: typed columns (Arrow layout, bulk copies only) and JSON lines
-//! (decoded with `arrow-json` against the declared schema).
+//! Plugin batches ↔ Arrow. Into Arrow: typed columns (Arrow layout, bulk copies only) and
+//! JSON lines (decoded with `arrow-json` against the declared schema). Out of Arrow (the
+//! input of a transform): typed columns, again by bulk copies.
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::bindings::sluice::plugin::types::{
-    Batch, Column, ColumnType, ColumnValues, TypedColumn,
+    Batch, Column, ColumnType, ColumnValues, TypedColumn, Utf8Values,
 };
 
 /// The Arrow schema for a plugin's declared columns, or why the declaration is unusable.
@@ -43,6 +46,117 @@ pub fn schema(columns: &[Column]) -> Result<SchemaRef, String> {
         fields.push(Field::new(&c.name, ty, c.nullable));
     }
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The plugin columns for an Arrow schema (the input of a transform), or the field whose
+/// type has no plugin equivalent.
+pub fn columns(schema: &Schema) -> Result<Vec<Column>, String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = match f.data_type() {
+                DataType::Boolean => ColumnType::Boolean,
+                DataType::Int64 => ColumnType::Int64,
+                DataType::Float64 => ColumnType::Float64,
+                DataType::Utf8 => ColumnType::Utf8,
+                DataType::Timestamp(TimeUnit::Microsecond, _) => ColumnType::TimestampMicros,
+                other => {
+                    return Err(format!(
+                        "column {:?} has type {other}, which plugins cannot receive",
+                        f.name()
+                    ));
+                }
+            };
+            Ok(Column {
+                name: f.name().clone(),
+                type_: ty,
+                nullable: f.is_nullable(),
+            })
+        })
+        .collect()
+}
+
+/// A schema written as `name:type,...` (types as in the WIT: boolean, int64, float64, utf8,
+/// timestamp-micros), every column nullable; for `plugin check --input`.
+pub fn schema_from_spec(spec: &str) -> Result<Schema, String> {
+    let mut cols = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, ty) = part
+            .split_once(':')
+            .ok_or_else(|| format!("{part:?} is not name:type"))?;
+        let type_ = match ty.trim() {
+            "boolean" | "bool" => ColumnType::Boolean,
+            "int64" => ColumnType::Int64,
+            "float64" => ColumnType::Float64,
+            "utf8" | "string" => ColumnType::Utf8,
+            "timestamp-micros" | "timestamp" => ColumnType::TimestampMicros,
+            other => {
+                return Err(format!(
+                    "unknown type {other:?} for {name:?} (boolean, int64, float64, utf8, timestamp-micros)"
+                ));
+            }
+        };
+        cols.push(Column {
+            name: name.trim().to_string(),
+            type_,
+            nullable: true,
+        });
+    }
+    Ok(schema(&cols)?.as_ref().clone())
+}
+
+/// A record batch as typed columns, for a transform's `apply`.
+pub fn to_wit(batch: &RecordBatch) -> Result<Batch, String> {
+    let mut out = Vec::with_capacity(batch.num_columns());
+    for (array, field) in batch.columns().iter().zip(batch.schema().fields()) {
+        let values = match array.data_type() {
+            DataType::Boolean => {
+                ColumnValues::Boolean(array.as_boolean().values().iter().collect())
+            }
+            DataType::Int64 => {
+                ColumnValues::Int64(array.as_primitive::<Int64Type>().values().to_vec())
+            }
+            DataType::Float64 => {
+                ColumnValues::Float64(array.as_primitive::<Float64Type>().values().to_vec())
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => ColumnValues::TimestampMicros(
+                array
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .values()
+                    .to_vec(),
+            ),
+            DataType::Utf8 => {
+                let s = array.as_string::<i32>();
+                // A sliced array's offsets start past 0: rebase them onto the copied bytes.
+                let offsets = s.value_offsets();
+                let first = offsets.first().copied().unwrap_or(0);
+                let last = offsets.last().copied().unwrap_or(0);
+                Utf8Values {
+                    offsets: offsets.iter().map(|o| (o - first) as u32).collect(),
+                    data: s.value_data()[first as usize..last as usize].to_vec(),
+                }
+                .into()
+            }
+            other => {
+                return Err(format!(
+                    "column {:?} has type {other}, which plugins cannot receive",
+                    field.name()
+                ));
+            }
+        };
+        out.push(TypedColumn {
+            values,
+            validity: array.logical_nulls().map(|n| n.iter().collect()),
+        });
+    }
+    Ok(Batch::Columns(out))
+}
+
+impl From<Utf8Values> for ColumnValues {
+    fn from(v: Utf8Values) -> Self {
+        ColumnValues::Utf8(v)
+    }
 }
 
 /// Turn a plugin batch into a record batch of `schema`, checking everything.
@@ -276,6 +390,80 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("non-null"), "{err}");
         assert!(schema_err("_x").contains("reserved"));
+    }
+
+    #[test]
+    fn arrow_to_typed_columns_and_back_is_lossless_even_for_slices() {
+        let cols = vec![
+            Column {
+                name: "ts".into(),
+                type_: ColumnType::TimestampMicros,
+                nullable: false,
+            },
+            Column {
+                name: "n".into(),
+                type_: ColumnType::Int64,
+                nullable: true,
+            },
+            Column {
+                name: "x".into(),
+                type_: ColumnType::Float64,
+                nullable: true,
+            },
+            Column {
+                name: "s".into(),
+                type_: ColumnType::Utf8,
+                nullable: true,
+            },
+            Column {
+                name: "b".into(),
+                type_: ColumnType::Boolean,
+                nullable: true,
+            },
+        ];
+        let schema = schema(&cols).expect("schema");
+        let lines: String = (0..50)
+            .map(|i| {
+                let s = if i % 7 == 0 {
+                    "null".to_string()
+                } else {
+                    format!("\"v{i}é\"")
+                };
+                let n = if i % 5 == 0 {
+                    "null".to_string()
+                } else {
+                    i.to_string()
+                };
+                format!(
+                    "{{\"ts\":{},\"n\":{n},\"x\":{},\"s\":{s},\"b\":{}}}\n",
+                    1_000_000 + i,
+                    i as f64 / 3.0,
+                    i % 2 == 0
+                )
+            })
+            .collect();
+        let batch = to_record_batch(&schema, Batch::JsonLines(lines)).expect("json");
+        let names = |c: &[Column]| -> Vec<(String, ColumnType, bool)> {
+            c.iter()
+                .map(|c| (c.name.clone(), c.type_, c.nullable))
+                .collect()
+        };
+        assert_eq!(names(&columns(&schema).expect("columns")), names(&cols));
+        for (offset, len) in [(0, 50), (13, 20), (49, 1), (10, 0)] {
+            let slice = batch.slice(offset, len);
+            let back = to_record_batch(&schema, to_wit(&slice).expect("to wit")).expect("back");
+            assert_eq!(back, slice, "slice {offset}+{len}");
+        }
+    }
+
+    #[test]
+    fn input_spec_parses_and_refuses_unknown_types() {
+        let s = schema_from_spec("ts:timestamp, host:utf8,up:boolean").expect("spec");
+        assert_eq!(s.fields().len(), 3);
+        assert_eq!(s.field(1).data_type(), &DataType::Utf8);
+        let err = schema_from_spec("x:decimal").unwrap_err();
+        assert!(err.contains("unknown type \"decimal\""), "{err}");
+        assert!(schema_from_spec("x").unwrap_err().contains("name:type"));
     }
 
     fn schema_err(name: &str) -> String {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::bindings::Source;
 use super::instance::{Instance, Sandbox};
 use super::{Runtime, arrow};
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -76,8 +77,9 @@ pub fn run(
     };
     let through =
         |name: &'static str, mode: &str, per_call: u32, total: u64| -> anyhow::Result<Figure> {
-            let mut inst = Instance::new(runtime, &component, Arc::from("bench"), &sandbox)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut inst =
+                Instance::<Source>::new(runtime, &component, Arc::from("bench"), &sandbox)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             let config = format!(r#"{{"mode": "{mode}", "devices": 100}}"#);
             let schema = arrow::schema(
                 &inst

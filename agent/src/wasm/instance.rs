@@ -9,10 +9,9 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::WasmSourceConfig;
-use super::bindings::Source;
 use super::bindings::sluice::plugin::host::Host;
-use super::bindings::sluice::plugin::types::{Column, Level, PollResult};
+use super::bindings::sluice::plugin::types::{Batch, Column, Level, PollResult};
+use super::bindings::{Source, Transform};
 use super::runtime::{EPOCH_TICK, Runtime};
 
 /// What a connector may do and use.
@@ -24,17 +23,6 @@ pub struct Sandbox {
     pub allow_dirs: Vec<std::path::PathBuf>,
     /// Environment variables passed through (only those set on the host).
     pub allow_env: Vec<String>,
-}
-
-impl Sandbox {
-    pub fn from_config(cfg: &WasmSourceConfig) -> Self {
-        Self {
-            memory_limit: usize::try_from(cfg.memory_limit.as_u64()).unwrap_or(usize::MAX),
-            call_timeout: cfg.call_timeout,
-            allow_dirs: cfg.allow_dirs.clone(),
-            allow_env: cfg.allow_env.clone(),
-        }
-    }
 }
 
 /// Per-store state.
@@ -102,15 +90,44 @@ impl Failure {
     }
 }
 
-/// A live instance of a source connector.
-pub struct Instance {
+/// A world a plugin implements: `Source` or `Transform`.
+pub trait World: Sized {
+    fn instantiate(
+        store: &mut Store<State>,
+        component: &Component,
+        linker: &Linker<State>,
+    ) -> wasmtime::Result<Self>;
+}
+
+impl World for Source {
+    fn instantiate(
+        store: &mut Store<State>,
+        component: &Component,
+        linker: &Linker<State>,
+    ) -> wasmtime::Result<Self> {
+        Source::instantiate(store, component, linker)
+    }
+}
+
+impl World for Transform {
+    fn instantiate(
+        store: &mut Store<State>,
+        component: &Component,
+        linker: &Linker<State>,
+    ) -> wasmtime::Result<Self> {
+        Transform::instantiate(store, component, linker)
+    }
+}
+
+/// A live instance of a plugin of world `W`.
+pub struct Instance<W> {
     store: Store<State>,
-    bindings: Source,
+    bindings: W,
     sandbox: Sandbox,
     stderr: MemoryOutputPipe,
 }
 
-impl Instance {
+impl<W: World> Instance<W> {
     /// Instantiate `component` in a fresh store.
     pub fn new(
         runtime: &Runtime,
@@ -121,6 +138,7 @@ impl Instance {
         let inst = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
         let mut linker: Linker<State> = Linker::new(&runtime.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(inst)?;
+        // Both worlds import the same interfaces (`host`), so one linker setup serves both.
         Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
 
         let stderr = MemoryOutputPipe::new(64 * 1024);
@@ -160,7 +178,7 @@ impl Instance {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(budget_ticks(sandbox.call_timeout));
-        let bindings = Source::instantiate(&mut store, component, &linker)
+        let bindings = W::instantiate(&mut store, component, &linker)
             .map_err(|e| classify(e, "instantiate", sandbox, &stderr))?;
         Ok(Self {
             store,
@@ -170,43 +188,66 @@ impl Instance {
         })
     }
 
+    fn arm(&mut self) {
+        self.store
+            .set_epoch_deadline(budget_ticks(self.sandbox.call_timeout));
+    }
+
+    /// Turn a call's outcome into the plugin's answer or a classified failure.
+    fn outcome<T>(
+        &self,
+        call: &'static str,
+        r: wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, Failure> {
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(message)) => Err(Failure::Plugin { call, message }),
+            Err(e) => Err(classify(e, call, &self.sandbox, &self.stderr)),
+        }
+    }
+}
+
+impl Instance<Source> {
     /// `open(config, checkpoint)` → declared columns.
     pub fn open(&mut self, config: &str, checkpoint: Option<&str>) -> Result<Vec<Column>, Failure> {
         self.arm();
-        match self
-            .bindings
-            .sluice_plugin_connector()
-            .call_open(&mut self.store, config, checkpoint)
-        {
-            Ok(Ok(cols)) => Ok(cols),
-            Ok(Err(message)) => Err(Failure::Plugin {
-                call: "open",
-                message,
-            }),
-            Err(e) => Err(classify(e, "open", &self.sandbox, &self.stderr)),
-        }
+        let r =
+            self.bindings
+                .sluice_plugin_connector()
+                .call_open(&mut self.store, config, checkpoint);
+        self.outcome("open", r)
     }
 
     /// `poll(max_rows)`.
     pub fn poll(&mut self, max_rows: u32) -> Result<PollResult, Failure> {
         self.arm();
-        match self
+        let r = self
             .bindings
             .sluice_plugin_connector()
-            .call_poll(&mut self.store, max_rows)
-        {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(message)) => Err(Failure::Plugin {
-                call: "poll",
-                message,
-            }),
-            Err(e) => Err(classify(e, "poll", &self.sandbox, &self.stderr)),
-        }
+            .call_poll(&mut self.store, max_rows);
+        self.outcome("poll", r)
+    }
+}
+
+impl Instance<Transform> {
+    /// `open(config, input columns)` → output columns.
+    pub fn open(&mut self, config: &str, input: &[Column]) -> Result<Vec<Column>, Failure> {
+        self.arm();
+        let r = self
+            .bindings
+            .sluice_plugin_transformer()
+            .call_open(&mut self.store, config, input);
+        self.outcome("open", r)
     }
 
-    fn arm(&mut self) {
-        self.store
-            .set_epoch_deadline(budget_ticks(self.sandbox.call_timeout));
+    /// `apply(batch)` → the transformed batch.
+    pub fn apply(&mut self, batch: &Batch) -> Result<Batch, Failure> {
+        self.arm();
+        let r = self
+            .bindings
+            .sluice_plugin_transformer()
+            .call_apply(&mut self.store, batch);
+        self.outcome("apply", r)
     }
 }
 

@@ -1,6 +1,7 @@
-//! Write a Sluice source connector in Rust.
+//! Write Sluice plugins in Rust: source connectors and transforms.
 //!
-//! Implement [`Source`] — `open` returns the schema, `poll` returns a batch — and export it:
+//! A source implements [`Source`] — `open` returns the schema, `poll` returns a batch — and
+//! exports it:
 //!
 //! ```ignore
 //! use sluice_plugin::{Batch, Column, ColumnType, Poll, Source, TypedColumn};
@@ -23,8 +24,31 @@
 //! sluice_plugin::export_source!(Counter);
 //! ```
 //!
+//! A transform implements [`Transform`] — `open` maps the input schema to the output
+//! schema, `apply` maps [`Rows`] to a batch — and exports it with [`export_transform!`]:
+//!
+//! ```ignore
+//! use sluice_plugin::{Batch, Column, Rows, Transform};
+//!
+//! struct DropDebug;
+//!
+//! impl Transform for DropDebug {
+//!     fn open(_config: &str, input: &[Column]) -> Result<(Self, Vec<Column>), String> {
+//!         Ok((DropDebug, input.to_vec()))
+//!     }
+//!     fn apply(&mut self, rows: Rows) -> Result<Batch, String> {
+//!         let level = rows.column("level")?;
+//!         let keep: Vec<bool> = (0..rows.len()).map(|i| level.str(i) != Some("debug")).collect();
+//!         Ok(rows.filter(&keep)?.into_batch())
+//!     }
+//! }
+//!
+//! sluice_plugin::export_transform!(DropDebug);
+//! ```
+//!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` file is a
-//! component the agent runs with `type = "wasm"`.
+//! component the agent runs with `type = "wasm"` under `[sources.NAME]` or
+//! `[transforms.NAME]`.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -38,7 +62,27 @@ pub mod bindings {
         export_macro_name: "__export_source_world",
         default_bindings_module: "sluice_plugin::bindings",
     });
+
+    /// The `transform` world, sharing the `types` and `host` interfaces generated above.
+    /// (Each world's exports are described only by its export macro, so a component built
+    /// with this crate exports just the world it invokes the macro of.)
+    pub mod transform {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "transform",
+            pub_export_macro: true,
+            export_macro_name: "__export_transform_world",
+            default_bindings_module: "sluice_plugin::bindings::transform",
+            with: {
+                "sluice:plugin/types@0.1.0": crate::bindings::sluice::plugin::types,
+                "sluice:plugin/host@0.1.0": crate::bindings::sluice::plugin::host,
+            },
+        });
+    }
 }
+
+mod rows;
+pub use rows::{ColumnRef, Rows};
 
 use bindings::sluice::plugin::types::{
     Batch as WitBatch, ColumnValues, PollResult, TypedColumn as WitTypedColumn, Utf8Values,
@@ -65,7 +109,7 @@ impl Column {
 }
 
 /// One column of values, in the declared column's type.
-pub struct TypedColumn(WitTypedColumn);
+pub struct TypedColumn(pub(crate) WitTypedColumn);
 
 impl TypedColumn {
     fn of(values: ColumnValues) -> Self {
@@ -92,6 +136,23 @@ impl TypedColumn {
         Self::of(ColumnValues::TimestampMicros(values))
     }
 
+    /// Strings with nulls (`None`).
+    pub fn utf8_opt<'a, I>(values: I) -> Self
+    where
+        I: IntoIterator<Item = Option<&'a str>>,
+    {
+        let mut validity = Vec::new();
+        let col = Self::utf8(values.into_iter().map(|v| {
+            validity.push(v.is_some());
+            v.unwrap_or("")
+        }));
+        if validity.iter().all(|v| *v) {
+            col
+        } else {
+            col.with_validity(validity)
+        }
+    }
+
     /// Strings, packed into one buffer plus offsets (no per-string copy on the host side).
     pub fn utf8<I, S>(values: I) -> Self
     where
@@ -115,7 +176,7 @@ impl TypedColumn {
 }
 
 /// A batch of rows.
-pub struct Batch(WitBatch);
+pub struct Batch(pub(crate) WitBatch);
 
 impl Batch {
     /// One JSON object per line; the agent decodes them against the declared schema.
@@ -184,6 +245,16 @@ pub trait Source: Sized + 'static {
     fn poll(&mut self, max_rows: u32) -> Result<Poll, String>;
 }
 
+/// A transform: maps each batch of its source's rows to a batch (filter, enrich, redact).
+pub trait Transform: Sized + 'static {
+    /// Start from the config (the transform's TOML table as JSON) and the input columns;
+    /// return the transform and its output columns.
+    fn open(config: &str, input: &[Column]) -> Result<(Self, Vec<Column>), String>;
+
+    /// Map one batch of input rows to output rows, in the declared output columns.
+    fn apply(&mut self, rows: Rows) -> Result<Batch, String>;
+}
+
 /// Log through the agent (tagged with the plugin's name there).
 pub fn log(level: Level, message: &str) {
     bindings::sluice::plugin::host::log(level, message);
@@ -220,6 +291,78 @@ pub fn __poll<T: Source>(max_rows: u32) -> Result<PollResult, String> {
         checkpoint: poll.checkpoint,
         finished: poll.finished,
     })
+}
+
+struct TransformState<T> {
+    transform: T,
+    input: std::rc::Rc<[Column]>,
+}
+
+#[doc(hidden)]
+pub fn __transform_open<T: Transform>(
+    config: String,
+    input: Vec<Column>,
+) -> Result<Vec<Column>, String> {
+    let (transform, output) = T::open(&config, &input)?;
+    let state = TransformState {
+        transform,
+        input: input.into(),
+    };
+    STATE.with(|s| *s.borrow_mut() = Some(Box::new(state)));
+    Ok(output)
+}
+
+#[doc(hidden)]
+pub fn __transform_apply<T: Transform>(input: WitBatch) -> Result<WitBatch, String> {
+    let mut boxed = STATE
+        .with(|s| s.borrow_mut().take())
+        .ok_or_else(|| "apply called before open".to_string())?;
+    let result = match boxed.downcast_mut::<TransformState<T>>() {
+        Some(state) => match input {
+            WitBatch::Columns(columns) => {
+                Rows::new(state.input.clone(), columns).and_then(|rows| state.transform.apply(rows))
+            }
+            WitBatch::JsonLines(_) => Err("the agent sent JSON lines to a transform".into()),
+        },
+        None => Err("internal error: state of another type".to_string()),
+    };
+    STATE.with(|s| *s.borrow_mut() = Some(boxed));
+    result.map(|b| b.0)
+}
+
+/// Export a [`Transform`] implementation as the component's `transform` world.
+#[macro_export]
+macro_rules! export_transform {
+    ($ty:ty) => {
+        struct __SluiceTransformExport;
+
+        impl $crate::bindings::transform::exports::sluice::plugin::transformer::Guest
+            for __SluiceTransformExport
+        {
+            fn open(
+                config: ::std::string::String,
+                input: ::std::vec::Vec<$crate::Column>,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::Column>,
+                ::std::string::String,
+            > {
+                $crate::__transform_open::<$ty>(config, input)
+            }
+
+            fn apply(
+                input: $crate::bindings::sluice::plugin::types::Batch,
+            ) -> ::std::result::Result<
+                $crate::bindings::sluice::plugin::types::Batch,
+                ::std::string::String,
+            > {
+                $crate::__transform_apply::<$ty>(input)
+            }
+        }
+
+        $crate::bindings::transform::__export_transform_world!(
+            __SluiceTransformExport with_types_in $crate::bindings::transform
+        );
+    };
 }
 
 /// Export a [`Source`] implementation as the component's `source` world.

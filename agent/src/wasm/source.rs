@@ -1,7 +1,6 @@
 //! Runs a wasm source: polls it, restarts it with exponential backoff when it fails, and
 //! gives up (marking it failed, with the reason) after too many failures in a window.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +8,10 @@ use arrow_schema::SchemaRef;
 use tokio::sync::{mpsc, watch};
 use wasmtime::component::Component;
 
+use super::bindings::Source;
 use super::instance::{Failure, Instance, Sandbox};
-use super::{Runtime, WasmSourceConfig, arrow};
+use super::restart::{self, Restarts};
+use super::{PluginSettings, Runtime, WasmSourceConfig, arrow};
 use crate::batcher::Chunk;
 use crate::metrics::Metrics;
 
@@ -59,7 +60,7 @@ pub fn run_source(
     let mut s = Supervisor {
         plugin,
         config_json: cfg.config_json(),
-        sandbox: Sandbox::from_config(&cfg),
+        sandbox: cfg.sandbox(),
         cfg,
         runtime,
         component,
@@ -93,9 +94,7 @@ struct Supervisor {
 
 impl Supervisor {
     fn run(&mut self) {
-        let mut failures: VecDeque<Instant> = VecDeque::new();
-        let mut backoff = self.cfg.restart_backoff_initial;
-        let mut restarts = 0u32;
+        let mut restarts = Restarts::new(self.cfg.policy());
         loop {
             let failure = match self.session() {
                 Ok(End::Finished) => {
@@ -106,42 +105,32 @@ impl Supervisor {
                 Err(f) => f,
             };
             self.metrics.plugin_failure(&self.plugin, failure.reason());
-            let now = Instant::now();
-            failures.push_back(now);
-            while failures
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > self.cfg.failure_window)
-            {
-                failures.pop_front();
-            }
-            if failures.len() >= self.cfg.max_failures as usize {
-                let reason = format!(
-                    "{failure} ({} failures within {:?})",
-                    failures.len(),
-                    self.cfg.failure_window
-                );
-                tracing::error!(plugin = %self.plugin, "plugin failed for good: {reason}");
-                self.metrics.plugin_failed(&self.plugin, &reason);
-                return;
-            }
-            restarts += 1;
+            let next = match restarts.failed(&failure) {
+                Ok(next) => next,
+                Err(reason) => {
+                    tracing::error!(plugin = %self.plugin, "plugin failed for good: {reason}");
+                    self.metrics.plugin_failed(&self.plugin, &reason);
+                    return;
+                }
+            };
             tracing::warn!(
                 plugin = %self.plugin,
                 reason = failure.reason(),
-                "plugin {:?}: {failure}; restarting in {backoff:?} (restart {restarts})",
-                &*self.plugin
+                "plugin {:?}: {failure}; restarting in {:?} (restart {})",
+                &*self.plugin,
+                next.delay,
+                next.number
             );
-            if !self.sleep(backoff) {
+            if !restart::sleep(next.delay, &self.stop) {
                 return;
             }
             self.metrics.plugin_restart(&self.plugin);
-            backoff = (backoff * 2).min(self.cfg.restart_backoff_max);
         }
     }
 
     /// One instance, from instantiation until it finishes, fails or is stopped.
     fn session(&mut self) -> Result<End, Failure> {
-        let mut inst = Instance::new(
+        let mut inst = Instance::<Source>::new(
             &self.runtime,
             &self.component,
             self.plugin.clone(),
@@ -201,21 +190,9 @@ impl Supervisor {
             if result.finished {
                 return Ok(End::Finished);
             }
-            if !got_rows && !self.sleep(self.cfg.poll_interval) {
+            if !got_rows && !restart::sleep(self.cfg.poll_interval, &self.stop) {
                 return Ok(End::Stopped);
             }
         }
-    }
-
-    /// Sleep unless stopped first; false when stopped.
-    fn sleep(&self, d: Duration) -> bool {
-        let until = Instant::now() + d;
-        while Instant::now() < until {
-            if *self.stop.borrow() {
-                return false;
-            }
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-        }
-        !*self.stop.borrow()
     }
 }

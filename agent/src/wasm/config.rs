@@ -1,0 +1,261 @@
+//! Config of wasm plugins: `[sources.NAME] type = "wasm"` and `[transforms.NAME] type = "wasm"`.
+//!
+//! Both kinds share the sandbox and restart settings; they are declared in each struct
+//! (serde cannot combine `flatten` with `deny_unknown_fields`) and checked by one function.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use super::instance::Sandbox;
+use super::restart::RestartPolicy;
+use crate::config::Invalid;
+
+/// `[sources.NAME] type = "wasm"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmSourceConfig {
+    /// The component file (`.wasm`).
+    pub plugin: PathBuf,
+    /// Stream to feed; defaults to the source name. A wasm source has its stream to itself.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Transforms applied to this source's rows, in order (`[transforms.NAME]`).
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    /// Most rows asked for per `poll` call.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u32,
+    /// Wait this long after a poll that returned nothing.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Memory cap of the instance.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+    /// Time budget of each call into the plugin.
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Host directories the plugin may read (mounted read-only at the same path).
+    #[serde(default)]
+    pub allow_dirs: Vec<PathBuf>,
+    /// Environment variables the plugin may see (their host values).
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// First restart delay after a failure; doubles up to `restart_backoff_max`.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub restart_backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    /// This many failures within `failure_window` mark the plugin failed (no more restarts).
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_failure_window", with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// The plugin's own settings, handed to `open` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// `[transforms.NAME] type = "wasm"`: a plugin of the `transform` world, applied to the
+/// rows of every source that lists it in `transforms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmTransformConfig {
+    /// The component file (`.wasm`).
+    pub plugin: PathBuf,
+    /// What happens to a batch the transform fails on.
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    #[serde(default)]
+    pub allow_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub restart_backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_failure_window", with = "humantime_serde")]
+    pub failure_window: Duration,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// `on_error` of a transform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Restart the transform and retry the same batch: nothing is lost, and a batch that
+    /// keeps failing stops its source (backpressure) once the transform is marked failed.
+    #[default]
+    Retry,
+    /// Restart the transform and drop the batch, counted in `lost_rows` with the reason.
+    Drop,
+}
+
+fn default_max_rows() -> u32 {
+    8192
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_memory_limit() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_failure_window() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The settings every plugin has, borrowed from either config.
+struct Common<'a> {
+    memory_limit: ByteSize,
+    call_timeout: Duration,
+    allow_dirs: &'a [PathBuf],
+    allow_env: &'a [String],
+    policy: RestartPolicy,
+    config: &'a toml::Table,
+}
+
+macro_rules! common {
+    ($cfg:expr) => {{
+        let c = $cfg;
+        Common {
+            memory_limit: c.memory_limit,
+            call_timeout: c.call_timeout,
+            allow_dirs: &c.allow_dirs,
+            allow_env: &c.allow_env,
+            policy: RestartPolicy {
+                backoff_initial: c.restart_backoff_initial,
+                backoff_max: c.restart_backoff_max,
+                max_failures: c.max_failures,
+                failure_window: c.failure_window,
+            },
+            config: &c.config,
+        }
+    }};
+}
+
+impl Common<'_> {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
+        if self.memory_limit.as_u64() < 1 << 20 {
+            return Err(Invalid::new(
+                format!("{key}.memory_limit"),
+                "must be at least 1 MiB",
+            ));
+        }
+        if self.call_timeout < Duration::from_millis(20) {
+            return Err(Invalid::new(
+                format!("{key}.call_timeout"),
+                "must be at least 20ms",
+            ));
+        }
+        if self.policy.max_failures == 0 {
+            return Err(Invalid::new(
+                format!("{key}.max_failures"),
+                "must be at least 1",
+            ));
+        }
+        if self.policy.backoff_initial.is_zero()
+            || self.policy.backoff_initial > self.policy.backoff_max
+        {
+            return Err(Invalid::new(
+                format!("{key}.restart_backoff_initial"),
+                "must be greater than zero and at most restart_backoff_max",
+            ));
+        }
+        Ok(())
+    }
+
+    fn sandbox(&self) -> Sandbox {
+        Sandbox {
+            memory_limit: usize::try_from(self.memory_limit.as_u64()).unwrap_or(usize::MAX),
+            call_timeout: self.call_timeout,
+            allow_dirs: self.allow_dirs.to_vec(),
+            allow_env: self.allow_env.to_vec(),
+        }
+    }
+}
+
+/// Make relative paths relative to the config file's directory.
+fn resolve_paths(base: &Path, plugin: &mut PathBuf, allow_dirs: &mut [PathBuf]) {
+    for p in std::iter::once(plugin).chain(allow_dirs.iter_mut()) {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+/// What the supervisors need from either config.
+pub trait PluginSettings {
+    fn plugin(&self) -> &Path;
+    fn sandbox(&self) -> Sandbox;
+    fn policy(&self) -> RestartPolicy;
+    /// The plugin's settings as the JSON `open` receives.
+    fn config_json(&self) -> String;
+}
+
+macro_rules! settings {
+    ($ty:ty) => {
+        impl PluginSettings for $ty {
+            fn plugin(&self) -> &Path {
+                &self.plugin
+            }
+            fn sandbox(&self) -> Sandbox {
+                common!(self).sandbox()
+            }
+            fn policy(&self) -> RestartPolicy {
+                common!(self).policy
+            }
+            fn config_json(&self) -> String {
+                serde_json::to_string(common!(self).config).unwrap_or_else(|_| "{}".into())
+            }
+        }
+
+        impl $ty {
+            /// Make relative paths relative to the config file's directory.
+            pub fn resolve_paths(&mut self, base: &Path) {
+                resolve_paths(base, &mut self.plugin, &mut self.allow_dirs);
+            }
+        }
+    };
+}
+
+settings!(WasmSourceConfig);
+settings!(WasmTransformConfig);
+
+impl WasmSourceConfig {
+    pub fn validate(&self, key: &str) -> Result<(), Invalid> {
+        if self.max_rows == 0 {
+            return Err(Invalid::new(
+                format!("{key}.max_rows"),
+                "must be at least 1",
+            ));
+        }
+        common!(self).validate(key)
+    }
+}
+
+impl WasmTransformConfig {
+    pub fn validate(&self, key: &str) -> Result<(), Invalid> {
+        common!(self).validate(key)
+    }
+}
