@@ -28,6 +28,7 @@ PATH="$VENV/bin:$PATH" plugins/build.sh "$SLUICE_PLUGIN_DIR"
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+(cd plugins && cargo clippy --release --target wasm32-wasip2 --all-targets --locked -- -D warnings)
 
 step "cargo build (debug binaries)"
 cargo build --workspace --bins --locked

@@ -132,8 +132,8 @@ impl Counter {
     fn row(&self, i: u64) -> (i64, &str, Option<f64>, bool) {
         let ts = START_US + i as i64 * 1000;
         let device = &self.names[(i % self.devices) as usize];
-        let temp = (i % 97 != 0).then(|| 20.0 + ((i * 7919) % 1000) as f64 / 100.0);
-        (ts, device, temp, i % 10 != 0)
+        let temp = (!i.is_multiple_of(97)).then(|| 20.0 + ((i * 7919) % 1000) as f64 / 100.0);
+        (ts, device, temp, !i.is_multiple_of(10))
     }
 }
 

@@ -85,17 +85,21 @@ impl Transform for Redact {
         };
         for c in &cfg.keep {
             let col = find(&c.column, "keep")?;
-            let ok = match (&c.value, col.type_, c.op) {
-                (_, _, Op::IsNull | Op::NotNull) => true,
-                (serde_json::Value::Bool(_), ColumnType::Boolean, Op::Eq | Op::Ne) => true,
-                (serde_json::Value::String(_), ColumnType::Utf8, _) => true,
-                (
-                    serde_json::Value::Number(_),
-                    ColumnType::Int64 | ColumnType::Float64 | ColumnType::TimestampMicros,
-                    _,
-                ) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (&c.value, col.type_, c.op),
+                (_, _, Op::IsNull | Op::NotNull)
+                    | (
+                        serde_json::Value::Bool(_),
+                        ColumnType::Boolean,
+                        Op::Eq | Op::Ne
+                    )
+                    | (serde_json::Value::String(_), ColumnType::Utf8, _)
+                    | (
+                        serde_json::Value::Number(_),
+                        ColumnType::Int64 | ColumnType::Float64 | ColumnType::TimestampMicros,
+                        _,
+                    )
+            );
             if !ok {
                 return Err(format!(
                     "keep: cannot compare column {:?} with {}",
