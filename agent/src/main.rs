@@ -232,15 +232,14 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
             let TransformConfig::Wasm(tc) = &cfg.transforms[t];
             println!("    | transform {t} (wasm {})", tc.plugin.display());
             let rt = runtime()?;
-            let report = wasm::check(&rt, &tc.plugin, &tc.config_json(), schema.as_deref())
-                .with_context(|| format!("transforms.{t}.plugin"))?;
-            if report.kind != wasm::PluginKind::Transform {
-                anyhow::bail!(
-                    "transforms.{t}.plugin: {} is a {}, not a transform",
-                    tc.plugin.display(),
-                    report.kind
-                );
-            }
+            let report = wasm::check(
+                &rt,
+                &tc.plugin,
+                &tc.config_json(),
+                schema.as_deref(),
+                Some(wasm::PluginKind::Transform),
+            )
+            .with_context(|| format!("transforms.{t}.plugin"))?;
             schema = report.schema;
         }
         println!("    -> stream {}", source.stream(name));
@@ -290,7 +289,7 @@ fn plugin_check(file: PathBuf, config: String, input: Option<String>) -> anyhow:
         .transpose()
         .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
     let runtime = wasm::Runtime::new(None)?;
-    let report = wasm::check(&runtime, &file, &config, input.as_ref())?;
+    let report = wasm::check(&runtime, &file, &config, input.as_ref(), None)?;
     println!(
         "{}: OK, implements sluice:plugin/{}@0.1.0",
         file.display(),

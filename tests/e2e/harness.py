@@ -95,6 +95,11 @@ def write_toml(path: pathlib.Path, doc: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    """Run a short command to completion, capturing its output."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+
 class Proc:
     """A child process whose output goes to a log file; killed at the end of the test."""
 
@@ -237,7 +242,7 @@ class Agent:
     """`sluice-agent run` against a processor."""
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, processor: Processor,
-                 sources: dict, agent_id="edge-01", batch=None, sink=None):
+                 sources: dict, agent_id="edge-01", batch=None, sink=None, transforms=None):
         self.bins = bins
         self.work = work
         self.agent_id = agent_id
@@ -261,6 +266,7 @@ class Agent:
                     **(sink or {}),
                 },
                 "sources": sources,
+                **({"transforms": transforms} if transforms else {}),
             },
         )
         self.proc: Proc | None = None

@@ -1,12 +1,6 @@
 """Malformed configs are refused with an error that names the key."""
 
-import subprocess
-
-from harness import Processor, write_toml
-
-
-def run(args):
-    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+from harness import Processor, run, write_toml
 
 
 def test_agent_config_errors_name_the_key(bins, certs, workdir):

@@ -94,14 +94,15 @@ pub struct CheckReport {
     pub schema: Option<arrow_schema::SchemaRef>,
 }
 
-/// Load a component, check it implements the `source` or the `transform` world, open it
-/// with `config` (a transform with the `input` columns, when given) and report its schema
-/// and the interfaces it imports.
+/// Load a component, check it implements the `source` or the `transform` world (the one
+/// `want`ed, when given), open it with `config` (a transform with the `input` columns, when
+/// given) and report its schema and the interfaces it imports.
 pub fn check(
     runtime: &Runtime,
     path: &std::path::Path,
     config: &str,
     input: Option<&arrow_schema::Schema>,
+    want: Option<PluginKind>,
 ) -> anyhow::Result<CheckReport> {
     let (component, info) = runtime.load(path)?;
     let ty = component.component_type();
@@ -110,6 +111,11 @@ pub fn check(
         .map(|(name, _)| name.to_string())
         .collect();
     let kind = kind(runtime, &component).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(want) = want
+        && want != kind
+    {
+        anyhow::bail!("{} is a {kind}, not a {want}", path.display());
+    }
     let sandbox = instance::Sandbox {
         memory_limit: 256 << 20,
         call_timeout: Duration::from_secs(10),
