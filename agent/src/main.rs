@@ -110,6 +110,10 @@ enum PluginCommand {
         /// Rows per call.
         #[arg(long, default_value_t = 8192)]
         batch: u32,
+        /// Also measure a transform built like plugins/examples/redact
+        /// (plugins/dist/redact.wasm).
+        #[arg(long)]
+        transform: Option<PathBuf>,
     },
 }
 
@@ -134,8 +138,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
         } => plugin_check(file, config, input),
         Command::Plugin {
-            command: PluginCommand::Bench { file, rows, batch },
-        } => plugin_bench(file, rows, batch),
+            command:
+                PluginCommand::Bench {
+                    file,
+                    rows,
+                    batch,
+                    transform,
+                },
+        } => plugin_bench(file, rows, batch, transform),
         Command::Plugin {
             command: PluginCommand::New { lang, name, dir },
         } => {
@@ -256,7 +266,12 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin_bench(file: PathBuf, rows: u64, batch: u32) -> anyhow::Result<()> {
+fn plugin_bench(
+    file: PathBuf,
+    rows: u64,
+    batch: u32,
+    transform: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let runtime = wasm::Runtime::new(None)?;
     let r = wasm::bench::run(&runtime, &file, rows, batch)?;
     let native = r.native.rows_per_sec();
@@ -277,6 +292,16 @@ fn plugin_bench(file: PathBuf, rows: u64, batch: u32) -> anyhow::Result<()> {
         "  per-call overhead       {:>9.2} µs (poll returning one row)",
         r.call_overhead.as_secs_f64() * 1e6
     );
+    if let Some(t) = transform {
+        let f = wasm::bench::transform(&runtime, &t, rows, batch)?;
+        println!(
+            "  {:<22} {:>12.0} rows/s in  ({} rows in {:.2} s; keep 90%, hash a string, add a column)",
+            f.name,
+            f.rows_per_sec(),
+            f.rows,
+            f.elapsed.as_secs_f64()
+        );
+    }
     println!(
         "  targets: typed >= 2,000,000 rows/s and within 1.5x of native; JSON lines >= 300,000 rows/s"
     );

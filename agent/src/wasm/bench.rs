@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bindings::Source;
+use super::bindings::{Source, Transform};
 use super::instance::{Instance, Sandbox};
 use super::{Runtime, arrow};
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -69,12 +69,7 @@ pub fn run(
     };
 
     let (component, _) = runtime.load(path)?;
-    let sandbox = Sandbox {
-        memory_limit: 512 << 20,
-        call_timeout: Duration::from_secs(30),
-        allow_dirs: Vec::new(),
-        allow_env: Vec::new(),
-    };
+    let sandbox = bench_sandbox();
     let through =
         |name: &'static str, mode: &str, per_call: u32, total: u64| -> anyhow::Result<Figure> {
             let mut inst =
@@ -112,5 +107,53 @@ pub fn run(
         typed,
         json,
         call_overhead: calls.elapsed / calls.rows.max(1) as u32,
+    })
+}
+
+fn bench_sandbox() -> Sandbox {
+    Sandbox {
+        memory_limit: 512 << 20,
+        call_timeout: Duration::from_secs(30),
+        allow_dirs: Vec::new(),
+        allow_env: Vec::new(),
+    }
+}
+
+/// Rows per second through a transform built like plugins/examples/redact (keep `ok` rows,
+/// hash `device`, add a column), fed the native simulator's batches: Arrow → typed columns
+/// → `apply` → Arrow, the whole path a transformed chunk takes in the agent.
+pub fn transform(
+    runtime: &Runtime,
+    path: &std::path::Path,
+    rows: u64,
+    batch: u32,
+) -> anyhow::Result<Figure> {
+    let native_cfg: SimulatorConfig = toml::from_str(NATIVE)?;
+    let mut sim = Simulator::new(&native_cfg);
+    let input = sim
+        .next_chunk(batch as usize)?
+        .ok_or_else(|| anyhow::anyhow!("simulator produced nothing"))?;
+    let (component, _) = runtime.load(path)?;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+    let mut inst =
+        Instance::<Transform>::new(runtime, &component, Arc::from("bench"), &bench_sandbox())
+            .map_err(|e| err(&e))?;
+    let config = r#"{"keep": [{"column": "ok", "op": "==", "value": true}],
+        "hash": ["device"], "salt": "bench", "add": {"site": "bench"}}"#;
+    let columns = arrow::columns(&input.schema()).map_err(|e| err(&e))?;
+    let output =
+        arrow::schema(&inst.open(config, &columns).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < rows {
+        let wit = arrow::to_wit(&input).map_err(|e| err(&e))?;
+        let out = inst.apply(&wit).map_err(|e| err(&e))?;
+        arrow::to_record_batch(&output, out).map_err(|e| err(&e))?;
+        n += input.num_rows() as u64;
+    }
+    Ok(Figure {
+        name: "wasm transform",
+        rows: n,
+        elapsed: started.elapsed(),
     })
 }
