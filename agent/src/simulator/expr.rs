@@ -612,13 +612,12 @@ fn check_binary(op: &str, a: Type, b: Type) -> Result<(BinOp, Type), String> {
     let ty = match bin {
         BinOp::Or | BinOp::And if a == Type::Bool && b == Type::Bool => Type::Bool,
         BinOp::Or | BinOp::And => return bad(),
-        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-            if a == b || (a.numeric() && b.numeric()) {
-                Type::Bool
-            } else {
-                return bad();
-            }
+        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+            if a == b || (a.numeric() && b.numeric()) =>
+        {
+            Type::Bool
         }
+        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => return bad(),
         BinOp::Div if a.numeric() && b.numeric() => Type::Float,
         _ if a == Type::Int && b == Type::Int => Type::Int,
         _ if a.numeric() && b.numeric() => Type::Float,
