@@ -10,6 +10,8 @@
 mod expr;
 mod fake_value;
 mod field;
+#[allow(dead_code)]
+mod scenario;
 
 use std::sync::Arc;
 use std::time::Duration;
