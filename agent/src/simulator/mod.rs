@@ -7,6 +7,8 @@
 
 // Used by the scenario engine being built on top of it (issue 4).
 #[allow(dead_code)]
+mod anomaly;
+#[allow(dead_code)]
 mod expr;
 mod fake_value;
 mod field;
