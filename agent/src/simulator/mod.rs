@@ -14,6 +14,8 @@ mod fake_value;
 mod field;
 #[allow(dead_code)]
 mod scenario;
+#[allow(dead_code)]
+mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
