@@ -168,11 +168,14 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
-    /// The stream this source feeds (defaults to the source's name).
-    pub fn stream<'a>(&'a self, source_name: &'a str) -> &'a str {
+    /// The streams this source feeds: one (defaulting to the source's name), or a
+    /// scenario's streams.
+    pub fn streams(&self, source_name: &str) -> Vec<String> {
         match self {
-            SourceConfig::Simulator(s) => s.stream.as_deref().unwrap_or(source_name),
-            SourceConfig::Wasm(w) => w.stream.as_deref().unwrap_or(source_name),
+            SourceConfig::Simulator(s) => s.stream_names(source_name),
+            SourceConfig::Wasm(w) => {
+                vec![w.stream.clone().unwrap_or_else(|| source_name.to_string())]
+            }
         }
     }
 
@@ -204,13 +207,14 @@ impl AgentConfig {
             path: path.to_owned(),
             message,
         })?;
+        // Paths first: validation reads scenario files.
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
         cfg.validate().map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             key: e.key,
             message: e.message,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
         Ok(cfg)
     }
 
@@ -262,12 +266,10 @@ impl AgentConfig {
                 .map_err(|e| Invalid::new(format!("transforms.{name}"), e.to_string()))?;
             t.validate(&format!("transforms.{name}"))?;
         }
-        let mut schemas: IndexMap<&str, (&str, Option<arrow_schema::SchemaRef>)> = IndexMap::new();
+        let mut schemas: IndexMap<String, (&str, Option<arrow_schema::SchemaRef>)> =
+            IndexMap::new();
         for (name, source) in &self.sources {
             let key = format!("sources.{name}");
-            let stream = source.stream(name);
-            sluice_protocol::validate_name("stream", stream)
-                .map_err(|e| Invalid::new(format!("{key}.stream"), e.to_string()))?;
             let mut seen = std::collections::HashSet::new();
             for t in source.transforms() {
                 if !self.transforms.contains_key(t) {
@@ -285,39 +287,59 @@ impl AgentConfig {
             }
             // The schema of a wasm source, or of any source's transformed rows, is known only
             // once it runs, so such a source gets its own stream.
-            let schema = match source {
+            let streams: Vec<(String, Option<arrow_schema::SchemaRef>)> = match source {
                 SourceConfig::Simulator(sim) => {
                     sim.validate(&key)?;
-                    source.transforms().is_empty().then(|| sim.schema())
+                    let names = sim.stream_names(name);
+                    if names.len() > 1 && !source.transforms().is_empty() {
+                        return Err(Invalid::new(
+                            format!("{key}.transforms"),
+                            "transforms apply to single-stream sources; this scenario has several streams",
+                        ));
+                    }
+                    let schemas = sim.schemas();
+                    names
+                        .into_iter()
+                        .zip(schemas)
+                        .map(|(n, s)| (n, source.transforms().is_empty().then_some(s)))
+                        .collect()
                 }
                 SourceConfig::Wasm(w) => {
                     w.validate(&key)?;
-                    None
+                    source
+                        .streams(name)
+                        .into_iter()
+                        .map(|n| (n, None))
+                        .collect()
                 }
             };
-            if let Some((other, other_schema)) = schemas.get(stream)
-                && (schema.is_none() || other_schema.is_none())
-            {
-                return Err(Invalid::new(
-                    key,
-                    format!(
-                        "feeds stream {stream:?} already fed by source {other:?}; a wasm source, \
-                         or a source with transforms, needs a stream of its own"
-                    ),
-                ));
-            }
-            // Sources sharing a stream share one batcher, so they must agree on the schema.
-            if let Some((other, other_schema)) = schemas.get(stream) {
-                if *other_schema != schema {
+            for (stream, schema) in streams {
+                sluice_protocol::validate_name("stream", &stream)
+                    .map_err(|e| Invalid::new(format!("{key}.stream"), e.to_string()))?;
+                if let Some((other, other_schema)) = schemas.get(&stream)
+                    && (schema.is_none() || other_schema.is_none())
+                {
                     return Err(Invalid::new(
                         key,
                         format!(
-                            "feeds stream {stream:?} with a different schema than source {other:?}"
+                            "feeds stream {stream:?} already fed by source {other:?}; a wasm source, \
+                             or a source with transforms, needs a stream of its own"
                         ),
                     ));
                 }
-            } else {
-                schemas.insert(stream, (name, schema));
+                // Sources sharing a stream share one batcher, so they must agree on the schema.
+                if let Some((other, other_schema)) = schemas.get(&stream) {
+                    if *other_schema != schema {
+                        return Err(Invalid::new(
+                            key,
+                            format!(
+                                "feeds stream {stream:?} with a different schema than source {other:?}"
+                            ),
+                        ));
+                    }
+                } else {
+                    schemas.insert(stream, (name, schema));
+                }
             }
         }
         Ok(())
@@ -328,8 +350,9 @@ impl AgentConfig {
             self.agent.data_dir = base.join(&self.agent.data_dir);
         }
         for source in self.sources.values_mut() {
-            if let SourceConfig::Wasm(w) = source {
-                w.resolve_paths(base);
+            match source {
+                SourceConfig::Wasm(w) => w.resolve_paths(base),
+                SourceConfig::Simulator(s) => s.resolve_paths(base),
             }
         }
         for TransformConfig::Wasm(t) in self.transforms.values_mut() {
@@ -380,7 +403,7 @@ load = { type = "normal", mean = 40.0, stddev = 10.0 }
         assert_eq!(cfg.batch.max_rows, 65_536);
         let SinkConfig::Quic(q) = &cfg.sink;
         assert_eq!(q.window, 16);
-        assert_eq!(cfg.sources["cpu"].stream("cpu"), "cpu");
+        assert_eq!(cfg.sources["cpu"].streams("cpu"), ["cpu"]);
     }
 
     #[test]

@@ -5,13 +5,13 @@ mod config;
 mod metrics;
 mod pipeline;
 mod shipper;
+mod simulate;
 mod simulator;
 mod source;
 mod tagged;
 mod tls;
 mod wasm;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,21 +55,9 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Generate a simulator source's rows locally as JSON lines, without shipping them.
-    Simulate {
-        /// Agent config file (TOML) holding the source.
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Name of the simulator source (`[sources.NAME]`).
-        #[arg(short, long)]
-        source: String,
-        /// Rows to generate (defaults to the source's `total`).
-        #[arg(long)]
-        rows: Option<u64>,
-        /// Output file, or `-` for standard output.
-        #[arg(short, long, default_value = "-")]
-        out: PathBuf,
-    },
+    /// Run a simulation scenario (or an agent's simulator source) as fast as possible into
+    /// JSON lines or Parquet, without shipping anything.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,12 +147,7 @@ build it with:
             );
             Ok(())
         }
-        Command::Simulate {
-            config,
-            source,
-            rows,
-            out,
-        } => simulate(config, source, rows, out),
+        Command::Simulate(args) => simulate::run(args),
     }
 }
 
@@ -216,10 +199,18 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
     // Compile every plugin, so a wrong path or a file that is no component shows now, and
     // follow each source's rows through its transforms to the schema its stream lands.
     for (name, source) in &cfg.sources {
-        let mut schema = match source {
+        let mut streams: Vec<(String, Option<arrow_schema::SchemaRef>)> = match source {
             SourceConfig::Simulator(sim) => {
-                println!("  source {name} (simulator)");
-                Some(Arc::new(sim.schema().as_ref().clone()))
+                match &sim.scenario {
+                    Some(file) => {
+                        println!("  source {name} (simulator, scenario {})", file.display())
+                    }
+                    None => println!("  source {name} (simulator)"),
+                }
+                sim.stream_names(name)
+                    .into_iter()
+                    .zip(sim.schemas().into_iter().map(Some))
+                    .collect()
             }
             SourceConfig::Wasm(w) => {
                 println!("  source {name} (wasm {})", w.plugin.display());
@@ -235,31 +226,40 @@ fn validate(path: PathBuf) -> anyhow::Result<()> {
                     ),
                     Err(e) => anyhow::bail!("sources.{name}.plugin: {}: {e}", w.plugin.display()),
                 }
-                None
+                source
+                    .streams(name)
+                    .into_iter()
+                    .map(|s| (s, None))
+                    .collect()
             }
         };
+        // Validation allows transforms on single-stream sources only.
         for t in source.transforms() {
             let TransformConfig::Wasm(tc) = &cfg.transforms[t];
             println!("    | transform {t} (wasm {})", tc.plugin.display());
             let rt = runtime()?;
-            let report = wasm::check(
-                &rt,
-                &tc.plugin,
-                &tc.config_json(),
-                schema.as_deref(),
-                Some(wasm::PluginKind::Transform),
-            )
-            .with_context(|| format!("transforms.{t}.plugin"))?;
-            schema = report.schema;
-        }
-        println!("    -> stream {}", source.stream(name));
-        match schema {
-            Some(schema) => {
-                for f in schema.fields() {
-                    println!("         {}: {}", f.name(), f.data_type());
-                }
+            for (_, schema) in &mut streams {
+                let report = wasm::check(
+                    &rt,
+                    &tc.plugin,
+                    &tc.config_json(),
+                    schema.as_deref(),
+                    Some(wasm::PluginKind::Transform),
+                )
+                .with_context(|| format!("transforms.{t}.plugin"))?;
+                *schema = report.schema;
             }
-            None => println!("         (schema declared by the plugin when it starts)"),
+        }
+        for (stream, schema) in streams {
+            println!("    -> stream {stream}");
+            match schema {
+                Some(schema) => {
+                    for f in schema.fields() {
+                        println!("         {}: {}", f.name(), f.data_type());
+                    }
+                }
+                None => println!("         (schema declared by the plugin when it starts)"),
+            }
         }
     }
     println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
@@ -343,39 +343,5 @@ fn plugin_check(file: PathBuf, config: String, input: Option<String>) -> anyhow:
     for i in &report.imports {
         println!("    {i}");
     }
-    Ok(())
-}
-
-fn simulate(path: PathBuf, source: String, rows: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
-    let cfg = AgentConfig::load(&path)?;
-    let SourceConfig::Simulator(sim_cfg) = cfg
-        .sources
-        .get(&source)
-        .with_context(|| format!("no source named {source:?} in {}", path.display()))?
-    else {
-        anyhow::bail!("source {source:?} is not a simulator source");
-    };
-    let mut sim_cfg = sim_cfg.clone();
-    sim_cfg.total = rows.or(sim_cfg.total);
-    let Some(total) = sim_cfg.total else {
-        anyhow::bail!("source {source:?} has no `total`: pass --rows");
-    };
-    let mut sim = simulator::Simulator::new(&sim_cfg);
-    let sink: Box<dyn Write> = if out.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(
-            std::fs::File::create(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?,
-        )
-    };
-    let mut writer = arrow_json::LineDelimitedWriter::new(std::io::BufWriter::new(sink));
-    while let Some(chunk) = sim.next_chunk(sim_cfg.chunk_rows)? {
-        writer.write(&chunk)?;
-    }
-    writer.finish()?;
-    let mut inner = writer.into_inner();
-    inner.flush()?;
-    eprintln!("generated {total} rows from source {source:?}");
     Ok(())
 }

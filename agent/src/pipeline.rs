@@ -51,8 +51,7 @@ pub async fn run(
     let mut resume: IndexMap<String, watch::Receiver<Option<Option<String>>>> = IndexMap::new();
     let mut batchers = JoinSet::new();
     let mut lanes = JoinSet::new();
-    for (name, source) in &cfg.sources {
-        let stream = source.stream(name).to_string();
+    for stream in cfg.sources.iter().flat_map(|(n, s)| s.streams(n)) {
         if stream_inputs.contains_key(&stream) {
             continue;
         }
@@ -90,7 +89,9 @@ pub async fn run(
     let mut sources = JoinSet::new();
     let mut chains = JoinSet::new();
     for (name, source) in &cfg.sources {
-        let mut tx = stream_inputs[source.stream(name)].clone();
+        let streams = source.streams(name);
+        let mut txs: Vec<mpsc::Sender<Chunk>> =
+            streams.iter().map(|s| stream_inputs[s].clone()).collect();
         if !source.transforms().is_empty() {
             // Source → its transforms → the stream's batcher.
             let stages = source
@@ -104,32 +105,35 @@ pub async fn run(
                     }
                 })
                 .collect();
+            // Validation allows transforms on single-stream sources only.
             let (chain_tx, chain_rx) = mpsc::channel(2);
             let runtime = runtime.clone().context("wasm runtime")?;
+            let tx = txs.remove(0);
             let (name, stream, stop, metrics) = (
                 name.clone(),
-                source.stream(name).to_string(),
+                streams[0].clone(),
                 stop.clone(),
                 metrics.clone(),
             );
             chains.spawn_blocking(move || {
                 wasm::run_transforms(name, stream, stages, runtime, chain_rx, tx, stop, metrics)
             });
-            tx = chain_tx;
+            txs = vec![chain_tx];
         }
         match source {
             SourceConfig::Simulator(sim) => {
                 sources.spawn(source::run_simulator(
                     name.clone(),
                     sim.clone(),
-                    tx,
+                    txs,
                     stop.clone(),
                     metrics.clone(),
                 ));
             }
             SourceConfig::Wasm(w) => {
                 let runtime = runtime.clone().context("wasm runtime")?;
-                let resume = resume[source.stream(name)].clone();
+                let resume = resume[&streams[0]].clone();
+                let tx = txs.remove(0);
                 let (name, w, stop, metrics) =
                     (name.clone(), w.clone(), stop.clone(), metrics.clone());
                 sources.spawn_blocking(move || {

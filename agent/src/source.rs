@@ -1,4 +1,4 @@
-//! Running sources: each source task produces Arrow chunks into its stream's batcher.
+//! Running sources: each source task produces Arrow chunks into its streams' batchers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,57 +8,63 @@ use tokio::time::Instant;
 
 use crate::batcher::Chunk;
 use crate::metrics::Metrics;
-use crate::simulator::{Simulator, SimulatorConfig};
+use crate::simulator::{Pace, SimulatorConfig, Step};
 
-/// Run a simulator source until its total is reached or `stop` fires.
+/// Paced sources wake at most this often, so high rates come in chunks, not single rows.
+const MIN_WAKE: Duration = Duration::from_millis(10);
+
+/// Run a simulator source until its streams end or `stop` fires. `out` holds one sender
+/// per stream of the source, in the scenario's stream order.
 pub async fn run_simulator(
     name: String,
     cfg: SimulatorConfig,
-    out: mpsc::Sender<Chunk>,
+    out: Vec<mpsc::Sender<Chunk>>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<u64> {
-    let mut sim = Simulator::new(&cfg);
+    let mut sim = cfg
+        .simulation(1)
+        .map_err(|e| anyhow::anyhow!("source {name:?}: {e}"))?;
     let started = Instant::now();
-    // Paced sources produce at most ~100 chunks a second, so high rates stay cheap.
-    let min_chunk = cfg
-        .rate
-        .map(|r| ((r / 100.0).ceil() as usize).clamp(1, cfg.chunk_rows))
-        .unwrap_or(cfg.chunk_rows);
+    // The simulated clock runs from the scenario's start (or now) at wall-clock speed.
+    let clock_start = sim.start_us();
+    let mut produced = 0u64;
     loop {
         if *stop.borrow() {
             break;
         }
-        let want = match cfg.rate {
-            None => cfg.chunk_rows,
-            Some(rate) => {
-                let due = Simulator::due(rate, started.elapsed()).saturating_sub(sim.produced());
-                if (due as usize) < min_chunk && sim.remaining().is_none_or(|r| r > due) {
-                    let at = sim.produced() + min_chunk as u64;
-                    let wake = started + Duration::from_secs_f64(at as f64 / rate);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(wake) => {}
-                        _ = stop.changed() => {}
+        let now = match cfg.pace {
+            Pace::Realtime => Some(clock_start + started.elapsed().as_micros() as i64),
+            Pace::Fast => None,
+        };
+        match sim.step(cfg.chunk_rows, now)? {
+            Step::Done => break,
+            Step::Wait(t) => {
+                let due = Duration::from_micros(u64::try_from(t - clock_start).unwrap_or(0));
+                let wake = (started + due).max(Instant::now() + MIN_WAKE);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            Step::Rows { stream, batch } => {
+                let rows = batch.num_rows() as u64;
+                let Some(tx) = out.get(stream) else {
+                    anyhow::bail!("source {name:?}: no channel for stream {stream}");
+                };
+                tokio::select! {
+                    sent = tx.send(batch.into()) => {
+                        if sent.is_err() {
+                            break;
+                        }
                     }
-                    continue;
+                    _ = stop.changed() => break,
                 }
-                (due as usize).min(cfg.chunk_rows)
+                produced += rows;
+                metrics.source_rows(&name, rows);
             }
-        };
-        let Some(chunk) = sim.next_chunk(want)? else {
-            break;
-        };
-        let rows = chunk.num_rows() as u64;
-        tokio::select! {
-            sent = out.send(chunk.into()) => {
-                if sent.is_err() {
-                    break;
-                }
-            }
-            _ = stop.changed() => break,
         }
-        metrics.source_rows(&name, rows);
     }
-    tracing::info!(source = %name, rows = sim.produced(), "source finished");
-    Ok(sim.produced())
+    tracing::info!(source = %name, rows = produced, "source finished");
+    Ok(produced)
 }

@@ -41,6 +41,16 @@ pub enum FakeKind {
     HttpPath,
     /// `GET`, `POST`, ... weighted towards `GET`.
     HttpMethod,
+    /// `https://host.example/path`, with a query string now and then.
+    Url,
+    /// A domain name, e.g. `acme-lab.io`.
+    Domain,
+    /// One to three sentences of lorem ipsum.
+    Lorem,
+    /// A device vendor and model, e.g. `Sensirion SHT45`.
+    DeviceModel,
+    /// An HTTP status code (int64), weighted like real traffic: mostly 200.
+    HttpStatus,
 }
 
 const SITES: [&str; 6] = [
@@ -59,7 +69,47 @@ const METHODS: [(&str, u32); 5] = [
     ("PATCH", 2),
 ];
 
+const TLDS: [&str; 6] = ["com", "io", "net", "org", "dev", "example"];
+const DEVICES: [(&str, &[&str]); 5] = [
+    ("Sensirion", &["SHT45", "SCD41", "SPS30"]),
+    ("Bosch", &["BME680", "BMP390"]),
+    ("Raspberry Pi", &["4 Model B", "5", "Zero 2 W"]),
+    ("Siemens", &["S7-1200", "S7-1500"]),
+    ("Advantech", &["UNO-2271G", "WISE-4050"]),
+];
+/// HTTP status codes with the weights of a healthy web service.
+pub const HTTP_STATUSES: [(i64, u32); 10] = [
+    (200, 820),
+    (201, 30),
+    (204, 20),
+    (301, 15),
+    (304, 40),
+    (400, 15),
+    (401, 10),
+    (404, 35),
+    (500, 10),
+    (503, 5),
+];
+
 impl FakeKind {
+    /// An HTTP status code drawn with [`HTTP_STATUSES`]' weights.
+    pub fn http_status(rng: &mut Xoshiro256PlusPlus) -> i64 {
+        let total: u32 = HTTP_STATUSES.iter().map(|(_, w)| w).sum();
+        let mut pick = rng.random_range(0..total);
+        for (code, w) in HTTP_STATUSES {
+            if pick < w {
+                return code;
+            }
+            pick -= w;
+        }
+        200
+    }
+
+    /// Whether values are integers rather than strings.
+    pub fn is_int(self) -> bool {
+        self == FakeKind::HttpStatus
+    }
+
     /// Append one value to `out`, drawing from `rng`.
     pub fn write(self, rng: &mut Xoshiro256PlusPlus, out: &mut String) {
         let s: String = match self {
@@ -111,6 +161,44 @@ impl FakeKind {
                 let _ = write!(out, "/{a}/{b}/{id}");
                 return;
             }
+            FakeKind::Domain | FakeKind::Url => {
+                let a: String = Word().fake_with_rng(rng);
+                let b: String = Word().fake_with_rng(rng);
+                let tld = TLDS[rng.random_range(0..TLDS.len())];
+                if self == FakeKind::Domain {
+                    let _ = write!(out, "{a}-{b}.{tld}");
+                    return;
+                }
+                let p: String = Word().fake_with_rng(rng);
+                let id: u32 = rng.random_range(1..100_000);
+                let _ = write!(out, "https://{a}-{b}.{tld}/{p}/{id}");
+                if rng.random_range(0..4) == 0 {
+                    let q: String = Word().fake_with_rng(rng);
+                    let _ = write!(out, "?q={q}");
+                }
+                return;
+            }
+            FakeKind::Lorem => {
+                let n = rng.random_range(1..4);
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    let s: String = Sentence(4..12).fake_with_rng(rng);
+                    out.push_str(&s);
+                }
+                return;
+            }
+            FakeKind::DeviceModel => {
+                let (vendor, models) = DEVICES[rng.random_range(0..DEVICES.len())];
+                let model = models[rng.random_range(0..models.len())];
+                let _ = write!(out, "{vendor} {model}");
+                return;
+            }
+            FakeKind::HttpStatus => {
+                let _ = write!(out, "{}", Self::http_status(rng));
+                return;
+            }
             FakeKind::HttpMethod => {
                 let total: u32 = METHODS.iter().map(|(_, w)| w).sum();
                 let mut pick = rng.random_range(0..total);
@@ -145,6 +233,9 @@ mod tests {
             FakeKind::Uuid,
             FakeKind::Email,
             FakeKind::HttpMethod,
+            FakeKind::Url,
+            FakeKind::Lorem,
+            FakeKind::DeviceModel,
         ] {
             let (mut x, mut y) = (String::new(), String::new());
             kind.write(&mut a, &mut x);
@@ -158,6 +249,7 @@ mod tests {
                 }
                 FakeKind::Email => assert!(x.contains('@'), "{x}"),
                 FakeKind::Hostname => assert!(x.ends_with(".internal"), "{x}"),
+                FakeKind::Url => assert!(x.starts_with("https://"), "{x}"),
                 _ => assert!(!x.is_empty()),
             }
         }

@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
-    UInt32Array,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
 };
-use arrow_schema::{ArrowError, DataType, Field, TimeUnit};
+use arrow_schema::{ArrowError, DataType, TimeUnit};
+use indexmap::IndexMap;
 use rand::SeedableRng;
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use rand::rngs::Xoshiro256PlusPlus;
-use rand_distr::{LogNormal, Normal, Poisson, Uniform};
+use rand_distr::{LogNormal, Normal, Poisson, StandardNormal, Uniform};
 use serde::Deserialize;
 
 use super::FakeKind;
@@ -53,17 +54,59 @@ impl Scalar {
 pub enum FieldSpec {
     /// Event time (wall clock, or the simulated clock when `start_time` is set).
     Timestamp {},
-    /// A counter over the source's events: `start`, `start + 1`, ...
+    /// A counter over the stream's events (`per = "entity"`: over each entity's events):
+    /// `start`, `start + 1`, ...
     Sequence {
         #[serde(default = "one")]
         start: i64,
+        #[serde(default)]
+        per: Per,
     },
-    /// The entity's id: `prefix` + zero-padded entity index.
+    /// The entity's id (from its set's `id` pattern); with `prefix` and/or `width`:
+    /// `prefix` + the zero-padded entity index.
     Entity {
-        #[serde(default = "entity_prefix")]
-        prefix: String,
-        #[serde(default = "four")]
-        width: usize,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        width: Option<usize>,
+    },
+    /// An attribute of the event's entity (`[entities.NAME.attributes]`).
+    Attribute { name: String },
+    /// A field of the parent event (child streams).
+    Parent { field: String },
+    /// A value computed from the row's other fields (see `expr.rs`).
+    Expr { expr: String },
+    /// Per entity, a value that wanders: each event adds Normal(0, `step`) and pulls back
+    /// towards `mean` by `mean_reversion` (0..1) of the distance, within `[min, max]`.
+    RandomWalk {
+        start: f64,
+        step: f64,
+        #[serde(default)]
+        min: Option<f64>,
+        #[serde(default)]
+        max: Option<f64>,
+        #[serde(default)]
+        mean_reversion: f64,
+        #[serde(default)]
+        mean: Option<f64>,
+    },
+    /// `mean` plus daily and weekly cosine waves (peaking at `peak_hour` and on
+    /// `peak_weekday`, 0 = Monday), a linear trend per day since the start, and Normal
+    /// noise.
+    Seasonal {
+        mean: f64,
+        #[serde(default)]
+        daily: f64,
+        #[serde(default)]
+        weekly: f64,
+        #[serde(default = "default_peak_hour")]
+        peak_hour: f64,
+        #[serde(default = "default_peak_weekday")]
+        peak_weekday: f64,
+        #[serde(default)]
+        trend_per_day: f64,
+        #[serde(default)]
+        noise: f64,
     },
     /// The same value in every row.
     Constant { value: Scalar },
@@ -119,11 +162,11 @@ pub enum FieldSpec {
 fn one() -> i64 {
     1
 }
-fn four() -> usize {
-    4
+fn default_peak_hour() -> f64 {
+    14.0
 }
-fn entity_prefix() -> String {
-    "entity-".into()
+fn default_peak_weekday() -> f64 {
+    2.0
 }
 
 impl FieldSpec {
@@ -195,33 +238,112 @@ impl FieldSpec {
                     }
                 }
             }
-            FieldSpec::Entity { width, .. } if *width > 20 => {
+            FieldSpec::Entity { width: Some(w), .. } if *w > 20 => {
                 return Err("width must be at most 20".into());
+            }
+            FieldSpec::RandomWalk {
+                start,
+                step,
+                min,
+                max,
+                mean_reversion,
+                mean,
+            } => {
+                finite("start", *start)?;
+                if !(step.is_finite() && *step > 0.0) {
+                    return Err(format!("step must be > 0, got {step}"));
+                }
+                if !(0.0..=1.0).contains(mean_reversion) {
+                    return Err(format!(
+                        "mean_reversion must be within 0..1, got {mean_reversion}"
+                    ));
+                }
+                if let Some(m) = mean {
+                    finite("mean", *m)?;
+                }
+                if let (Some(lo), Some(hi)) = (min, max)
+                    && lo >= hi
+                {
+                    return Err(format!("min ({lo}) must be below max ({hi})"));
+                }
+            }
+            FieldSpec::Seasonal {
+                mean,
+                daily,
+                weekly,
+                peak_hour,
+                peak_weekday,
+                trend_per_day,
+                noise,
+            } => {
+                for (k, v) in [
+                    ("mean", mean),
+                    ("daily", daily),
+                    ("weekly", weekly),
+                    ("trend_per_day", trend_per_day),
+                ] {
+                    finite(k, *v)?;
+                }
+                if !(noise.is_finite() && *noise >= 0.0) {
+                    return Err(format!("noise must be >= 0, got {noise}"));
+                }
+                if !(0.0..24.0).contains(peak_hour) {
+                    return Err(format!("peak_hour must be within 0..24, got {peak_hour}"));
+                }
+                if !(0.0..7.0).contains(peak_weekday) {
+                    return Err(format!(
+                        "peak_weekday must be within 0..7 (0 = Monday), got {peak_weekday}"
+                    ));
+                }
+            }
+            FieldSpec::Expr { expr } if expr.trim().is_empty() => {
+                return Err("expr must not be empty".into());
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// The Arrow field this spec produces. Generated columns never hold nulls.
-    pub fn arrow_field(&self, name: &str) -> Field {
-        let ty = match self {
+    /// The Arrow type of the values, when the spec alone says it (attributes, parent fields
+    /// and expressions take theirs from what they refer to).
+    pub fn data_type(&self) -> Option<DataType> {
+        Some(match self {
             FieldSpec::Timestamp {} => {
                 DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into()))
             }
             FieldSpec::Sequence { .. } | FieldSpec::Poisson { .. } => DataType::Int64,
-            FieldSpec::Entity { .. } | FieldSpec::Fake { .. } => DataType::Utf8,
+            FieldSpec::Entity { .. } => DataType::Utf8,
+            FieldSpec::Fake { fake, .. } if fake.is_int() => DataType::Int64,
+            FieldSpec::Fake { .. } => DataType::Utf8,
             FieldSpec::Constant { value } => value.data_type(),
             FieldSpec::Uniform { integer: true, .. } => DataType::Int64,
-            FieldSpec::Uniform { .. } | FieldSpec::Normal { .. } | FieldSpec::Lognormal { .. } => {
-                DataType::Float64
-            }
+            FieldSpec::Uniform { .. }
+            | FieldSpec::Normal { .. }
+            | FieldSpec::Lognormal { .. }
+            | FieldSpec::RandomWalk { .. }
+            | FieldSpec::Seasonal { .. } => DataType::Float64,
             FieldSpec::Choice { values, .. } => values
                 .first()
                 .map(Scalar::data_type)
                 .unwrap_or(DataType::Utf8),
-        };
-        Field::new(name, ty, false)
+            FieldSpec::Attribute { .. } | FieldSpec::Parent { .. } | FieldSpec::Expr { .. } => {
+                return None;
+            }
+        })
+    }
+
+    /// Whether the value can be drawn once per entity (an entity attribute).
+    pub fn is_attribute_kind(&self) -> bool {
+        matches!(
+            self,
+            FieldSpec::Constant { .. }
+                | FieldSpec::Uniform { .. }
+                | FieldSpec::Normal { .. }
+                | FieldSpec::Lognormal { .. }
+                | FieldSpec::Poisson { .. }
+                | FieldSpec::Choice { .. }
+                | FieldSpec::Fake { .. }
+        )
     }
 
     fn per(&self) -> Per {
@@ -231,29 +353,38 @@ impl FieldSpec {
             | FieldSpec::Lognormal { per, .. }
             | FieldSpec::Poisson { per, .. }
             | FieldSpec::Choice { per, .. }
-            | FieldSpec::Fake { per, .. } => *per,
+            | FieldSpec::Fake { per, .. }
+            | FieldSpec::Sequence { per, .. } => *per,
             _ => Per::Event,
         }
     }
 }
 
-/// What a generator needs to know about the chunk being generated.
-pub(crate) struct ChunkContext {
-    /// Index of the chunk's first event.
+/// What a generator needs to know about the events of the chunk being generated.
+pub(crate) struct ChunkContext<'a> {
+    /// Index (in the stream) of the chunk's first event.
     pub first: u64,
-    pub len: usize,
-    pub entities: u32,
-    pub event_time_us: Vec<i64>,
+    pub times: &'a [i64],
+    pub entities: &'a [u32],
+    /// Child streams: the parent fields the chunk's events carry, one row per event.
+    pub parent: Option<&'a RecordBatch>,
 }
 
-impl ChunkContext {
-    fn entity_indices(&self) -> UInt32Array {
-        let e = u64::from(self.entities);
-        (0..self.len as u64)
-            .map(|i| ((self.first + i) % e) as u32)
-            .collect::<Vec<_>>()
-            .into()
+impl ChunkContext<'_> {
+    fn len(&self) -> usize {
+        self.times.len()
     }
+
+    fn entity_indices(&self) -> UInt32Array {
+        UInt32Array::from(self.entities.to_vec())
+    }
+}
+
+/// An entity set's values: ids and attributes, one entry per entity.
+pub(crate) struct EntityValues {
+    pub count: u32,
+    pub ids: ArrayRef,
+    pub attributes: IndexMap<String, ArrayRef>,
 }
 
 /// Generates one column, chunk after chunk.
@@ -261,31 +392,94 @@ pub(crate) enum FieldGenerator {
     Timestamp,
     Sequence {
         start: i64,
+        /// `per = "entity"`: the next value of each entity.
+        per_entity: Option<Vec<i64>>,
     },
-    /// Values drawn once per entity, picked by entity index.
+    /// Values fixed per entity, picked by entity index.
     PerEntity(ArrayRef),
+    Parent(String),
     Constant(Scalar),
     Draw(Draw),
+    Walk(Walk),
+    Seasonal(Seasonal),
+    /// Computed from the other columns by the stream (expressions).
+    Derived,
 }
 
 impl FieldGenerator {
-    pub(crate) fn new(name: &str, spec: &FieldSpec, seed: u64, entities: u32) -> Self {
+    /// `seed` is the stream's; `start_us` the simulated clock's start.
+    pub(crate) fn new(
+        name: &str,
+        spec: &FieldSpec,
+        seed: u64,
+        entities: &EntityValues,
+        start_us: i64,
+    ) -> Self {
+        let seed = stream_seed(seed, name);
         match spec {
             FieldSpec::Timestamp {} => FieldGenerator::Timestamp,
-            FieldSpec::Sequence { start } => FieldGenerator::Sequence { start: *start },
-            FieldSpec::Entity { prefix, width } => FieldGenerator::PerEntity(Arc::new(
-                (0..entities)
-                    .map(|i| format!("{prefix}{i:0width$}"))
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .map(Some)
-                    .collect::<StringArray>(),
-            )),
+            FieldSpec::Sequence { start, per } => FieldGenerator::Sequence {
+                start: *start,
+                per_entity: (*per == Per::Entity).then(|| vec![*start; entities.count as usize]),
+            },
+            FieldSpec::Entity {
+                prefix: None,
+                width: None,
+            } => FieldGenerator::PerEntity(entities.ids.clone()),
+            FieldSpec::Entity { prefix, width } => {
+                let prefix = prefix.as_deref().unwrap_or("entity-");
+                let width = width.unwrap_or(4);
+                FieldGenerator::PerEntity(Arc::new(StringArray::from_iter_values(
+                    (0..entities.count).map(|i| format!("{prefix}{i:0width$}")),
+                )))
+            }
+            FieldSpec::Attribute { name } => {
+                FieldGenerator::PerEntity(entities.attributes.get(name).cloned().unwrap_or_else(
+                    || Arc::new(StringArray::from(vec![""; entities.count as usize])),
+                ))
+            }
+            FieldSpec::Parent { field } => FieldGenerator::Parent(field.clone()),
+            FieldSpec::Expr { .. } => FieldGenerator::Derived,
             FieldSpec::Constant { value } => FieldGenerator::Constant(value.clone()),
+            FieldSpec::RandomWalk {
+                start,
+                step,
+                min,
+                max,
+                mean_reversion,
+                mean,
+            } => FieldGenerator::Walk(Walk {
+                state: vec![*start; entities.count as usize],
+                rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+                step: *step,
+                min: min.unwrap_or(f64::NEG_INFINITY),
+                max: max.unwrap_or(f64::INFINITY),
+                revert: *mean_reversion,
+                mean: mean.unwrap_or(*start),
+            }),
+            FieldSpec::Seasonal {
+                mean,
+                daily,
+                weekly,
+                peak_hour,
+                peak_weekday,
+                trend_per_day,
+                noise,
+            } => FieldGenerator::Seasonal(Seasonal {
+                rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+                mean: *mean,
+                daily: *daily,
+                weekly: *weekly,
+                peak_hour: *peak_hour,
+                peak_weekday: *peak_weekday,
+                trend_per_day: *trend_per_day,
+                noise: *noise,
+                start_us,
+            }),
             _ => {
-                let mut draw = Draw::new(spec, stream_seed(seed, name));
+                let mut draw = Draw::new(spec, seed);
                 if spec.per() == Per::Entity {
-                    FieldGenerator::PerEntity(draw.draw(entities as usize))
+                    FieldGenerator::PerEntity(draw.draw(entities.count as usize))
                 } else {
                     FieldGenerator::Draw(draw)
                 }
@@ -293,20 +487,42 @@ impl FieldGenerator {
         }
     }
 
-    pub(crate) fn generate(&mut self, ctx: &ChunkContext) -> Result<ArrayRef, ArrowError> {
-        let n = ctx.len;
-        Ok(match self {
+    /// The column for the chunk's events; none for derived columns.
+    pub(crate) fn generate(
+        &mut self,
+        ctx: &ChunkContext<'_>,
+    ) -> Result<Option<ArrayRef>, ArrowError> {
+        let n = ctx.len();
+        Ok(Some(match self {
             FieldGenerator::Timestamp => Arc::new(
-                TimestampMicrosecondArray::from(ctx.event_time_us.clone())
+                TimestampMicrosecondArray::from(ctx.times.to_vec())
                     .with_timezone(sluice_protocol::UTC),
             ),
-            FieldGenerator::Sequence { start } => {
+            FieldGenerator::Sequence {
+                start,
+                per_entity: None,
+            } => {
                 let first = *start + ctx.first as i64;
                 Arc::new(Int64Array::from_iter_values(first..first + n as i64))
             }
+            FieldGenerator::Sequence {
+                per_entity: Some(next),
+                ..
+            } => Arc::new(Int64Array::from_iter_values(ctx.entities.iter().map(|e| {
+                let v = next[*e as usize];
+                next[*e as usize] += 1;
+                v
+            }))),
             FieldGenerator::PerEntity(values) => {
                 arrow_select::take::take(values.as_ref(), &ctx.entity_indices(), None)?
             }
+            FieldGenerator::Parent(field) => ctx
+                .parent
+                .and_then(|p| p.column_by_name(field))
+                .cloned()
+                .ok_or_else(|| {
+                    ArrowError::InvalidArgumentError(format!("parent field {field:?} missing"))
+                })?,
             FieldGenerator::Constant(v) => match v {
                 Scalar::Bool(b) => Arc::new(BooleanArray::from(vec![*b; n])),
                 Scalar::Int(i) => Arc::new(Int64Array::from_value(*i, n)),
@@ -317,12 +533,82 @@ impl FieldGenerator {
                 ))),
             },
             FieldGenerator::Draw(d) => d.draw(n),
-        })
+            FieldGenerator::Walk(w) => Arc::new(Float64Array::from(w.next(ctx.entities))),
+            FieldGenerator::Seasonal(s) => Arc::new(Float64Array::from(s.values(ctx.times))),
+            FieldGenerator::Derived => return Ok(None),
+        }))
+    }
+}
+
+/// Per-entity random walks with mean reversion.
+pub(crate) struct Walk {
+    state: Vec<f64>,
+    rng: Xoshiro256PlusPlus,
+    step: f64,
+    min: f64,
+    max: f64,
+    revert: f64,
+    mean: f64,
+}
+
+impl Walk {
+    fn next(&mut self, entities: &[u32]) -> Vec<f64> {
+        entities
+            .iter()
+            .map(|e| {
+                let x = &mut self.state[*e as usize];
+                let z: f64 = StandardNormal.sample(&mut self.rng);
+                *x =
+                    (*x + self.revert * (self.mean - *x) + self.step * z).clamp(self.min, self.max);
+                *x
+            })
+            .collect()
+    }
+}
+
+/// Daily and weekly waves, a trend and noise.
+pub(crate) struct Seasonal {
+    rng: Xoshiro256PlusPlus,
+    mean: f64,
+    daily: f64,
+    weekly: f64,
+    peak_hour: f64,
+    peak_weekday: f64,
+    trend_per_day: f64,
+    noise: f64,
+    start_us: i64,
+}
+
+const US_PER_DAY: f64 = 86_400_000_000.0;
+
+impl Seasonal {
+    fn values(&mut self, times: &[i64]) -> Vec<f64> {
+        use std::f64::consts::TAU;
+        times
+            .iter()
+            .map(|t| {
+                let days = *t as f64 / US_PER_DAY;
+                let hour = days.rem_euclid(1.0) * 24.0;
+                // Days since the Unix epoch, a Thursday: weekday 0 = Monday.
+                let weekday = (days + 3.0).rem_euclid(7.0);
+                let noise = if self.noise > 0.0 {
+                    let z: f64 = StandardNormal.sample(&mut self.rng);
+                    z * self.noise
+                } else {
+                    0.0
+                };
+                self.mean
+                    + self.daily * (TAU * (hour - self.peak_hour) / 24.0).cos()
+                    + self.weekly * (TAU * (weekday - self.peak_weekday) / 7.0).cos()
+                    + self.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY
+                    + noise
+            })
+            .collect()
     }
 }
 
 /// Each field gets its own random stream so adding a field does not change the others.
-fn stream_seed(seed: u64, name: &str) -> u64 {
+pub(crate) fn stream_seed(seed: u64, name: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
     for b in name.bytes() {
         h ^= u64::from(b);
@@ -449,6 +735,9 @@ impl Draw {
                 arrow_select::take::take(values.as_ref(), &idx, None)
                     .unwrap_or_else(|_| values.slice(0, 0))
             }
+            Dist::Fake(kind) if kind.is_int() => Arc::new(Int64Array::from_iter_values(
+                (0..n).map(|_| FakeKind::http_status(rng)),
+            )),
             Dist::Fake(kind) => {
                 let mut b = StringBuilder::with_capacity(n, n * 16);
                 let mut s = String::with_capacity(64);

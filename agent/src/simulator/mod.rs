@@ -1,54 +1,73 @@
-//! The built-in telemetry simulator: typed fields drawn from distributions and `fake` values,
-//! generated column by column straight into Arrow arrays.
+//! The built-in telemetry simulator: scenarios of entities and related streams, with
+//! realistic values, anomalies and late events, generated column by column straight into
+//! Arrow arrays (docs/SIMULATION.md).
 //!
-//! Determinism: every field draws from its own random stream, seeded from the source seed
-//! and the field name, and rows are generated in order. The same config and seed therefore
-//! produce the same rows whatever the chunk size or pacing.
+//! A simulator source either names a scenario file (`scenario = "fleet.toml"`) or declares
+//! one stream inline (`fields`, `rate`, `entities`, ...); both run on the same engine.
 
-// Used by the scenario engine being built on top of it (issue 4).
-#[allow(dead_code)]
 mod anomaly;
-#[allow(dead_code)]
+mod engine;
 mod expr;
 mod fake_value;
 mod field;
-#[allow(dead_code)]
 mod scenario;
-#[allow(dead_code)]
 mod schedule;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
-use arrow_array::RecordBatch;
-use arrow_schema::{ArrowError, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+pub use engine::{RunOptions, Scenario, Simulation, Step};
 pub use fake_value::FakeKind;
 pub use field::FieldSpec;
+pub use scenario::{ScenarioError, ScenarioSpec, line_of};
 
 use crate::config::Invalid;
-use field::FieldGenerator;
+use scenario::{EntitySpec, RateKind, RateSpec, StreamSpec};
+
+/// How a simulator source paces its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pace {
+    /// The simulated clock runs at wall-clock speed from its start.
+    #[default]
+    Realtime,
+    /// As fast as the pipeline takes (backfill).
+    Fast,
+}
 
 /// `[sources.NAME] type = "simulator"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorConfig {
-    /// Stream to feed; defaults to the source name.
+    /// A scenario file: its streams become this source's streams. Otherwise the source is
+    /// one stream declared inline by the keys below.
+    #[serde(default)]
+    pub scenario: Option<PathBuf>,
+    /// Scenario sources: prefix of the agent stream names (default: none, the scenario's
+    /// stream names as they are).
+    #[serde(default)]
+    pub stream_prefix: Option<String>,
+    /// Inline sources: the stream to feed; defaults to the source name.
     #[serde(default)]
     pub stream: Option<String>,
     /// Transforms applied to this source's rows, in order (`[transforms.NAME]`).
     #[serde(default)]
     pub transforms: Vec<String>,
+    #[serde(default)]
+    pub pace: Pace,
     /// Events per second across all entities; absent means as fast as the pipeline takes.
     #[serde(default)]
     pub rate: Option<f64>,
-    /// Stop after this many events; absent means run until the agent stops.
+    /// Stop each stream after this many events; absent means run until the agent stops
+    /// (or the scenario's `end`).
     #[serde(default)]
     pub total: Option<u64>,
-    /// Seed of every random draw.
+    /// Seed of every random draw (inline sources; a scenario has its own).
     #[serde(default)]
     pub seed: u64,
     /// Number of simulated entities (hosts, devices, ...); rows cycle through them.
@@ -61,9 +80,11 @@ pub struct SimulatorConfig {
     /// Largest chunk generated at once (the batcher still cuts batches by its own limits).
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
-    /// Columns, in order.
-    #[serde(deserialize_with = "crate::tagged::map")]
+    /// Inline sources: the columns, in order.
+    #[serde(default, deserialize_with = "crate::tagged::map")]
     pub fields: IndexMap<String, FieldSpec>,
+    #[serde(skip)]
+    compiled: OnceLock<Arc<Scenario>>,
 }
 
 fn default_entities() -> u32 {
@@ -74,8 +95,42 @@ fn default_chunk_rows() -> usize {
 }
 
 impl SimulatorConfig {
-    /// Check values that serde cannot; `key` is this source's config path.
+    /// Check values that serde cannot; `key` is this source's config path. Compiles the
+    /// scenario (reading its file), so that every error shows at load.
     pub fn validate(&self, key: &str) -> Result<(), Invalid> {
+        if self.chunk_rows == 0 {
+            return Err(Invalid::new(
+                format!("{key}.chunk_rows"),
+                "must be at least 1",
+            ));
+        }
+        if self.scenario.is_some() {
+            for (k, set) in [
+                ("fields", !self.fields.is_empty()),
+                ("rate", self.rate.is_some()),
+                ("start_time", self.start_time.is_some()),
+                ("stream", self.stream.is_some()),
+                ("seed", self.seed != 0),
+                ("entities", self.entities != 1),
+            ] {
+                if set {
+                    return Err(Invalid::new(
+                        format!("{key}.{k}"),
+                        "is set by the scenario file, not here",
+                    ));
+                }
+            }
+        } else {
+            self.validate_inline(key)?;
+        }
+        self.scenario().map(|_| ()).map_err(|e| match e {
+            CompileError::Inline(i) => i,
+            CompileError::File(e) => Invalid::new(format!("{key}.scenario"), e.to_string()),
+        })?;
+        Ok(())
+    }
+
+    fn validate_inline(&self, key: &str) -> Result<(), Invalid> {
         if let Some(rate) = self.rate
             && !(rate.is_finite() && rate > 0.0)
         {
@@ -90,12 +145,6 @@ impl SimulatorConfig {
                 "must be at least 1",
             ));
         }
-        if self.chunk_rows == 0 {
-            return Err(Invalid::new(
-                format!("{key}.chunk_rows"),
-                "must be at least 1",
-            ));
-        }
         if self.start_time.is_some() && self.rate.is_none() {
             return Err(Invalid::new(
                 format!("{key}.start_time"),
@@ -105,7 +154,7 @@ impl SimulatorConfig {
         if self.fields.is_empty() {
             return Err(Invalid::new(
                 format!("{key}.fields"),
-                "at least one field is required",
+                "at least one field is required (or a `scenario` file)",
             ));
         }
         for (name, spec) in &self.fields {
@@ -121,118 +170,182 @@ impl SimulatorConfig {
         Ok(())
     }
 
-    /// The Arrow schema of the rows this source produces.
+    /// Make a relative scenario path relative to the config file's directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(p) = &mut self.scenario
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+    }
+
+    /// The compiled scenario (compiled once).
+    pub fn scenario(&self) -> Result<Arc<Scenario>, CompileError> {
+        if let Some(s) = self.compiled.get() {
+            return Ok(s.clone());
+        }
+        let compiled = Arc::new(match &self.scenario {
+            Some(path) => {
+                let (spec, text) = ScenarioSpec::load(path).map_err(CompileError::File)?;
+                Scenario::compile(&spec, false).map_err(|e| {
+                    CompileError::File(ScenarioError::Invalid {
+                        path: path.clone(),
+                        line: scenario::line_of(&text, &e.key),
+                        key: e.key,
+                        message: e.message,
+                    })
+                })?
+            }
+            None => Scenario::compile(&self.inline_spec(), true).map_err(|e| {
+                // Keys of the one inline stream are this source's keys.
+                let key = e
+                    .key
+                    .strip_prefix(&format!("streams.{INLINE}."))
+                    .unwrap_or(&e.key)
+                    .to_string();
+                CompileError::Inline(Invalid::new(key, e.message))
+            })?,
+        });
+        let _ = self.compiled.set(compiled.clone());
+        Ok(compiled)
+    }
+
+    /// This config with its compiled scenario forgotten (after changing it).
+    pub fn recompiled(mut self) -> Self {
+        self.compiled = OnceLock::new();
+        self
+    }
+
+    /// The one-stream scenario an inline source declares.
+    fn inline_spec(&self) -> ScenarioSpec {
+        let mut entities = IndexMap::new();
+        entities.insert(
+            INLINE.to_string(),
+            EntitySpec {
+                count: self.entities.max(1),
+                id: Some("entity-{index:04}".into()),
+                attributes: IndexMap::new(),
+            },
+        );
+        let rate = self.rate.map(|r| RateSpec {
+            kind: RateKind::Constant,
+            per_second: Some(r / f64::from(self.entities.max(1))),
+            per_minute: None,
+            per_hour: None,
+            every: None,
+            peak_hour: None,
+            trough: None,
+            weekend: None,
+        });
+        let mut streams = IndexMap::new();
+        streams.insert(
+            INLINE.to_string(),
+            StreamSpec {
+                entity: Some(INLINE.into()),
+                rate,
+                parent: None,
+                late: None,
+                fields: self.fields.clone(),
+                anomalies: Vec::new(),
+            },
+        );
+        ScenarioSpec {
+            seed: self.seed,
+            start: self.start_time,
+            end: None,
+            entities,
+            streams,
+        }
+    }
+
+    /// The agent streams this source feeds, in the scenario's stream order.
+    pub fn stream_names(&self, source_name: &str) -> Vec<String> {
+        match (&self.scenario, self.scenario()) {
+            (Some(_), Ok(s)) => s
+                .stream_names()
+                .map(|n| format!("{}{n}", self.stream_prefix.as_deref().unwrap_or("")))
+                .collect(),
+            (Some(_), Err(_)) => Vec::new(),
+            (None, _) => vec![
+                self.stream
+                    .clone()
+                    .unwrap_or_else(|| source_name.to_string()),
+            ],
+        }
+    }
+
+    /// The schema of each stream, in [`Self::stream_names`] order.
+    pub fn schemas(&self) -> Vec<SchemaRef> {
+        match self.scenario() {
+            Ok(s) => (0..s.stream_names().count()).map(|i| s.schema(i)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The schema of an inline source's stream.
+    #[cfg(test)]
     pub fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.fields
-                .iter()
-                .map(|(name, spec)| spec.arrow_field(name))
-                .collect::<Vec<_>>(),
+        self.schemas()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Arc::new(arrow_schema::Schema::empty()))
+    }
+
+    /// A run of this source: bounded by `total`, clock starting now unless the scenario
+    /// says when.
+    pub fn simulation(&self, threads: usize) -> Result<Simulation, CompileError> {
+        Ok(Simulation::new(
+            self.scenario()?,
+            RunOptions {
+                start_us: Utc::now().timestamp_micros(),
+                rows: self.total,
+                end_us: None,
+                threads,
+            },
         ))
     }
 }
 
-/// Generates the rows of one simulator source, chunk by chunk.
-pub struct Simulator {
-    schema: SchemaRef,
-    fields: Vec<FieldGenerator>,
-    entities: u32,
-    /// Index of the next event.
-    next: u64,
-    total: Option<u64>,
-    clock: Clock,
-}
+/// The stream (and entity set) name of an inline source's one-stream scenario.
+const INLINE: &str = "inline";
 
-/// Where event time comes from.
-#[derive(Debug, Clone, Copy)]
-enum Clock {
-    Wall,
-    Simulated { start_us: i64, step_us: f64 },
-}
-
-impl Simulator {
-    /// Build a simulator from a validated config.
-    pub fn new(cfg: &SimulatorConfig) -> Self {
-        let clock = match (cfg.start_time, cfg.rate) {
-            (Some(start), Some(rate)) => Clock::Simulated {
-                start_us: start.timestamp_micros(),
-                step_us: 1e6 / rate,
-            },
-            _ => Clock::Wall,
-        };
-        Self {
-            schema: cfg.schema(),
-            fields: cfg
-                .fields
-                .iter()
-                .map(|(name, spec)| FieldGenerator::new(name, spec, cfg.seed, cfg.entities))
-                .collect(),
-            entities: cfg.entities,
-            next: 0,
-            total: cfg.total,
-            clock,
-        }
-    }
-
-    /// Events generated so far.
-    pub fn produced(&self) -> u64 {
-        self.next
-    }
-
-    /// Events still to generate, if the source is bounded.
-    pub fn remaining(&self) -> Option<u64> {
-        self.total.map(|t| t.saturating_sub(self.next))
-    }
-
-    /// Generate the next `n` events (fewer if the source's total is reached).
-    pub fn next_chunk(&mut self, n: usize) -> Result<Option<RecordBatch>, ArrowError> {
-        let n = match self.remaining() {
-            Some(0) => return Ok(None),
-            Some(r) => n.min(usize::try_from(r).unwrap_or(usize::MAX)),
-            None => n,
-        };
-        if n == 0 {
-            return Ok(None);
-        }
-        let ctx = field::ChunkContext {
-            first: self.next,
-            len: n,
-            entities: self.entities,
-            event_time_us: self.event_times(n),
-        };
-        let columns = self
-            .fields
-            .iter_mut()
-            .map(|f| f.generate(&ctx))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.next += n as u64;
-        RecordBatch::try_new(self.schema.clone(), columns).map(Some)
-    }
-
-    fn event_times(&self, n: usize) -> Vec<i64> {
-        match self.clock {
-            Clock::Wall => {
-                let now = Utc::now().timestamp_micros();
-                vec![now; n]
-            }
-            Clock::Simulated { start_us, step_us } => (0..n as u64)
-                .map(|i| start_us + (((self.next + i) as f64) * step_us).round() as i64)
-                .collect(),
-        }
-    }
-
-    /// How many events are due `elapsed` after the source started, at `rate` per second.
-    pub fn due(rate: f64, elapsed: Duration) -> u64 {
-        (rate * elapsed.as_secs_f64()).floor() as u64
-    }
+/// Why a simulator source's scenario cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{}: {}", .0.key, .0.message)]
+    Inline(Invalid),
+    #[error(transparent)]
+    File(ScenarioError),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use arrow_array::RecordBatch;
+
     fn config(text: &str) -> SimulatorConfig {
         toml::from_str(text).expect("valid simulator config")
+    }
+
+    fn run(cfg: &SimulatorConfig, rows: Option<u64>, threads: usize) -> Simulation {
+        Simulation::new(
+            cfg.scenario().expect("compiles"),
+            RunOptions {
+                start_us: 0,
+                rows,
+                end_us: None,
+                threads,
+            },
+        )
+    }
+
+    fn chunk(sim: &mut Simulation, n: usize) -> Option<RecordBatch> {
+        match sim.step(n, None).expect("step") {
+            Step::Rows { batch, .. } => Some(batch),
+            Step::Done => None,
+            Step::Wait(_) => panic!("no clock was given"),
+        }
     }
 
     const SAMPLE: &str = r#"
@@ -256,19 +369,9 @@ mod tests {
         up = { type = "constant", value = true }
     "#;
 
-    fn generate(cfg: &SimulatorConfig, rows: usize, chunk: usize) -> Vec<RecordBatch> {
-        let mut sim = Simulator::new(cfg);
-        let mut out = Vec::new();
-        let mut left = rows;
-        while left > 0 {
-            let b = sim
-                .next_chunk(chunk.min(left))
-                .expect("chunk")
-                .expect("rows");
-            left -= b.num_rows();
-            out.push(b);
-        }
-        out
+    fn generate(cfg: &SimulatorConfig, rows: usize, size: usize) -> Vec<RecordBatch> {
+        let mut sim = run(cfg, Some(rows as u64), 1);
+        std::iter::from_fn(|| chunk(&mut sim, size)).collect()
     }
 
     #[test]
@@ -288,17 +391,11 @@ mod tests {
     fn total_bounds_the_source() {
         let mut cfg = config(SAMPLE);
         cfg.total = Some(25);
-        let mut sim = Simulator::new(&cfg);
-        assert_eq!(
-            sim.next_chunk(10).expect("ok").expect("rows").num_rows(),
-            10
-        );
-        assert_eq!(
-            sim.next_chunk(100).expect("ok").expect("rows").num_rows(),
-            15
-        );
-        assert!(sim.next_chunk(100).expect("ok").is_none());
-        assert_eq!(sim.produced(), 25);
+        let mut sim = cfg.simulation(1).expect("compiles");
+        assert_eq!(chunk(&mut sim, 10).expect("rows").num_rows(), 10);
+        assert_eq!(chunk(&mut sim, 100).expect("rows").num_rows(), 15);
+        assert!(chunk(&mut sim, 100).is_none());
+        assert_eq!(sim.rows_emitted(), 25);
     }
 
     #[test]

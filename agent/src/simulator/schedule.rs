@@ -68,7 +68,8 @@ impl Rate {
         })
     }
 
-    /// Constant rate of `per_second` events per entity (the inline simulator's rate).
+    /// Constant rate of `per_second` events per entity.
+    #[cfg(test)]
     pub(crate) fn constant(per_second: f64) -> Self {
         Self {
             kind: RateKind::Constant,
@@ -227,11 +228,6 @@ impl Arrivals {
                 label,
             };
         }
-    }
-
-    /// Where the stream's clock started.
-    pub(crate) fn start_us(&self) -> i64 {
-        self.start_us
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::bindings::{Source, Transform};
 use super::instance::{Instance, Sandbox};
 use super::{Runtime, arrow};
-use crate::simulator::{Simulator, SimulatorConfig};
+use crate::simulator::{SimulatorConfig, Step};
 
 /// One measured path.
 pub struct Figure {
@@ -52,15 +52,11 @@ pub fn run(
     rows: u64,
     batch: u32,
 ) -> anyhow::Result<Report> {
-    let native_cfg: SimulatorConfig = toml::from_str(NATIVE)?;
-    let mut sim = Simulator::new(&native_cfg);
     let started = Instant::now();
     let mut produced = 0u64;
+    let mut sim = native()?;
     while produced < rows {
-        let b = sim
-            .next_chunk(batch as usize)?
-            .ok_or_else(|| anyhow::anyhow!("simulator ended early"))?;
-        produced += b.num_rows() as u64;
+        produced += next_native(&mut sim, batch)?.num_rows() as u64;
     }
     let native = Figure {
         name: "native simulator",
@@ -110,6 +106,22 @@ pub fn run(
     })
 }
 
+/// The simulator producing the counter connector's columns, unbounded.
+fn native() -> anyhow::Result<crate::simulator::Simulation> {
+    let cfg: SimulatorConfig = toml::from_str(NATIVE)?;
+    cfg.simulation(1).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn next_native(
+    sim: &mut crate::simulator::Simulation,
+    batch: u32,
+) -> anyhow::Result<arrow_array::RecordBatch> {
+    match sim.step(batch as usize, None)? {
+        Step::Rows { batch, .. } => Ok(batch),
+        _ => anyhow::bail!("the simulator ended early"),
+    }
+}
+
 fn bench_sandbox() -> Sandbox {
     Sandbox {
         memory_limit: 512 << 20,
@@ -128,11 +140,7 @@ pub fn transform(
     rows: u64,
     batch: u32,
 ) -> anyhow::Result<Figure> {
-    let native_cfg: SimulatorConfig = toml::from_str(NATIVE)?;
-    let mut sim = Simulator::new(&native_cfg);
-    let input = sim
-        .next_chunk(batch as usize)?
-        .ok_or_else(|| anyhow::anyhow!("simulator produced nothing"))?;
+    let input = next_native(&mut native()?, batch)?;
     let (component, _) = runtime.load(path)?;
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
     let mut inst =
