@@ -154,13 +154,13 @@ impl FieldAnomaly {
     }
 
     /// Change `values` (one per event) where the anomaly is active and mark those events in
-    /// `labels` (first anomaly wins the label).
+    /// `labels` (bit `label` of each event's label mask).
     pub(crate) fn apply(
         &mut self,
         values: &mut [f64],
         times: &[i64],
         entities: &[u32],
-        labels: &mut [u16],
+        labels: &mut [u64],
     ) {
         for i in 0..values.len() {
             let (e, t) = (entities[i], times[i]);
@@ -181,9 +181,7 @@ impl FieldAnomaly {
                         }
                         AnomalyKind::Dropout | AnomalyKind::Burst => {}
                     }
-                    if labels[i] == 0 {
-                        labels[i] = self.label + 1;
-                    }
+                    labels[i] |= 1u64 << self.label;
                 }
                 None => self.last[e as usize] = Some(values[i]),
             }
@@ -222,7 +220,7 @@ mod tests {
         let s = spec("type = \"spike\"\nat = \"1970-01-01T00:00:00.000010Z\"\nmagnitude = 5.0");
         let mut a = FieldAnomaly::new(&s, 0, 0, 1, 1);
         let mut values = vec![1.0; 6];
-        let mut labels = vec![0u16; 6];
+        let mut labels = vec![0u64; 6];
         a.apply(&mut values, &[0, 5, 12, 13, 20, 30], &[0; 6], &mut labels);
         assert_eq!(values, [1.0, 1.0, 6.0, 1.0, 1.0, 1.0]);
         assert_eq!(labels, [0, 0, 1, 0, 0, 0]);
@@ -233,7 +231,7 @@ mod tests {
         let s = spec("type = \"stuck\"\nat = \"1970-01-01T00:00:00.000010Z\"\nduration = \"10us\"");
         let mut a = FieldAnomaly::new(&s, 0, 0, 1, 1);
         let mut values = vec![1.0, 2.0, 3.0, 4.0, 5.0];
-        let mut labels = vec![0u16; 5];
+        let mut labels = vec![0u64; 5];
         a.apply(&mut values, &[0, 9, 10, 15, 20], &[0; 5], &mut labels);
         assert_eq!(values, [1.0, 2.0, 2.0, 2.0, 5.0]);
         assert_eq!(labels, [0, 0, 1, 1, 0]);
@@ -243,7 +241,7 @@ mod tests {
         );
         let mut a = FieldAnomaly::new(&s, 0, 0, 1, 1);
         let mut values = vec![10.0; 2];
-        let mut labels = vec![0u16; 2];
+        let mut labels = vec![0u64; 2];
         let hour = 3_600_000_000;
         a.apply(&mut values, &[hour, 2 * hour], &[0; 2], &mut labels);
         assert_eq!(values, [12.0, 14.0]);
@@ -255,7 +253,7 @@ mod tests {
         let mut a = FieldAnomaly::new(&s, 0, 0, 10, 3);
         let n = 200_000;
         let mut values = vec![0.0; n];
-        let mut labels = vec![0u16; n];
+        let mut labels = vec![0u64; n];
         let times: Vec<i64> = (0..n as i64).collect();
         let entities: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
         a.apply(&mut values, &times, &entities, &mut labels);

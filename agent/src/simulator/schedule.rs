@@ -24,8 +24,8 @@ const US_PER_DAY: i64 = 86_400_000_000;
 pub(crate) struct Event {
     pub time_us: i64,
     pub entity: u32,
-    /// 1 + index of the event-level anomaly that labels it; 0 for none.
-    pub label: u16,
+    /// Bit `i` set: anomaly `i` of the stream labels this event.
+    pub label: u64,
 }
 
 /// A checked rate, in events per microsecond per entity.
@@ -98,8 +98,8 @@ struct Clock {
     /// Random rates: time of the next event, µs as f64 to accumulate small gaps exactly.
     t: f64,
     rng: Xoshiro256PlusPlus,
-    /// 1 + index of a dropout that swallowed events just before; labels the next event.
-    after_dropout: u16,
+    /// Dropouts (as label bits) that swallowed events just before; they label the next one.
+    after_dropout: u64,
 }
 
 /// An event-level anomaly of a stream.
@@ -200,12 +200,10 @@ impl Arrivals {
             for a in &mut self.anomalies {
                 if a.trigger.check(e, t, &mut clock.rng).is_some() {
                     match a.kind {
-                        AnomalyKind::Dropout => dropped = a.label + 1,
+                        AnomalyKind::Dropout => dropped |= 1u64 << a.label,
                         AnomalyKind::Burst => {
                             factor *= a.factor;
-                            if label == 0 {
-                                label = a.label + 1;
-                            }
+                            label |= 1u64 << a.label;
                         }
                         _ => {}
                     }
@@ -214,14 +212,10 @@ impl Arrivals {
             let next = advance(&rate, clock, self.start_us, factor);
             self.heap.push(Reverse((next, e)));
             if dropped != 0 {
-                clock.after_dropout = dropped;
+                clock.after_dropout |= dropped;
                 continue;
             }
-            if label == 0 {
-                label = std::mem::take(&mut clock.after_dropout);
-            } else {
-                clock.after_dropout = 0;
-            }
+            label |= std::mem::take(&mut clock.after_dropout);
             return Event {
                 time_us: t,
                 entity: e,
