@@ -584,24 +584,29 @@ const US_PER_DAY: f64 = 86_400_000_000.0;
 impl Seasonal {
     fn values(&mut self, times: &[i64]) -> Vec<f64> {
         use std::f64::consts::TAU;
+        const US_PER_HOUR: f64 = 3_600_000_000.0;
+        const DAY: i64 = 86_400_000_000;
         times
             .iter()
             .map(|t| {
-                let days = *t as f64 / US_PER_DAY;
-                let hour = days.rem_euclid(1.0) * 24.0;
-                // Days since the Unix epoch, a Thursday: weekday 0 = Monday.
-                let weekday = (days + 3.0).rem_euclid(7.0);
-                let noise = if self.noise > 0.0 {
+                let mut v = self.mean;
+                if self.daily != 0.0 {
+                    let hour = t.rem_euclid(DAY) as f64 / US_PER_HOUR;
+                    v += self.daily * (TAU * (hour - self.peak_hour) / 24.0).cos();
+                }
+                if self.weekly != 0.0 {
+                    // The Unix epoch was a Thursday: weekday 0 = Monday.
+                    let weekday = (t + 3 * DAY).rem_euclid(7 * DAY) as f64 / (DAY as f64);
+                    v += self.weekly * (TAU * (weekday - self.peak_weekday) / 7.0).cos();
+                }
+                if self.trend_per_day != 0.0 {
+                    v += self.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY;
+                }
+                if self.noise > 0.0 {
                     let z: f64 = StandardNormal.sample(&mut self.rng);
-                    z * self.noise
-                } else {
-                    0.0
-                };
-                self.mean
-                    + self.daily * (TAU * (hour - self.peak_hour) / 24.0).cos()
-                    + self.weekly * (TAU * (weekday - self.peak_weekday) / 7.0).cos()
-                    + self.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY
-                    + noise
+                    v += z * self.noise;
+                }
+                v
             })
             .collect()
     }

@@ -117,8 +117,11 @@ pub(crate) struct Arrivals {
     clocks: Vec<Clock>,
     heap: BinaryHeap<Reverse<(i64, u32)>>,
     anomalies: Vec<EventAnomaly>,
-    /// Unpaced streams (no rate): the next entity, round robin.
-    next_entity: u32,
+    /// Constant rates without event anomalies: the gap between consecutive events of the
+    /// merged stream (entities take turns), so no heap is needed.
+    periodic: Option<f64>,
+    /// Periodic and unpaced streams: index of the next event (entity = index mod count).
+    next_index: u64,
     entities: u32,
 }
 
@@ -150,7 +153,10 @@ impl Arrivals {
             })
             .collect();
         let mut heap = BinaryHeap::new();
-        if let Some(rate) = rate {
+        let periodic = rate
+            .filter(|r| r.kind == RateKind::Constant && anomalies.is_empty())
+            .map(|r| 1.0 / (r.per_us * f64::from(entities)));
+        if let Some(rate) = rate.filter(|_| periodic.is_none()) {
             for (e, c) in clocks.iter_mut().enumerate() {
                 let t = first_time(&rate, c, start_us);
                 heap.push(Reverse((t, e as u32)));
@@ -162,21 +168,38 @@ impl Arrivals {
             clocks,
             heap,
             anomalies,
-            next_entity: 0,
+            periodic,
+            next_index: 0,
             entities,
         }
     }
 
+    fn periodic_time(&self, step_us: f64) -> i64 {
+        self.start_us + (self.next_index as f64 * step_us).round() as i64
+    }
+
     /// Time of the next event, if the stream is paced.
     pub(crate) fn peek_time(&self) -> Option<i64> {
+        if let Some(step) = self.periodic {
+            return Some(self.periodic_time(step));
+        }
         self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
     /// The next event. Unpaced streams get `now_us` as the time.
     pub(crate) fn next(&mut self, now_us: i64) -> Event {
+        let entity = (self.next_index % u64::from(self.entities)) as u32;
+        if let Some(step) = self.periodic {
+            let time_us = self.periodic_time(step);
+            self.next_index += 1;
+            return Event {
+                time_us,
+                entity,
+                label: 0,
+            };
+        }
         let Some(rate) = self.rate else {
-            let entity = self.next_entity;
-            self.next_entity = (self.next_entity + 1) % self.entities;
+            self.next_index += 1;
             return Event {
                 time_us: now_us,
                 entity,
