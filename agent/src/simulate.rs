@@ -296,6 +296,7 @@ fn progress_bar(args: &SimulateArgs, total: Option<u64>) -> ProgressBar {
 /// One stream's output file.
 enum Output {
     Json(arrow_json::LineDelimitedWriter<BufWriter<Box<dyn Write>>>),
+    #[cfg(feature = "parquet")]
     Parquet(Box<parquet::arrow::ArrowWriter<File>>),
 }
 
@@ -310,6 +311,14 @@ impl Output {
         let p = Path::new(path);
         let file = File::create(p).with_context(|| format!("cannot create {path}"))?;
         match p.extension().and_then(|e| e.to_str()) {
+            #[cfg(not(feature = "parquet"))]
+            Some("parquet") => {
+                let _ = schema;
+                anyhow::bail!(
+                    "{path}: this sluice-agent was built without Parquet output (feature `parquet`)"
+                )
+            }
+            #[cfg(feature = "parquet")]
             Some("parquet") => {
                 let props = parquet::file::properties::WriterProperties::builder()
                     .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
@@ -331,6 +340,7 @@ impl Output {
     fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
         match self {
             Output::Json(w) => w.write(batch)?,
+            #[cfg(feature = "parquet")]
             Output::Parquet(w) => w.write(batch)?,
         }
         Ok(())
@@ -342,6 +352,7 @@ impl Output {
                 w.finish()?;
                 w.into_inner().flush()?;
             }
+            #[cfg(feature = "parquet")]
             Output::Parquet(w) => {
                 w.close()?;
             }
