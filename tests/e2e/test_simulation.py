@@ -152,3 +152,15 @@ def test_scenario_source_lands_related_streams(bins, certs, workdir):
                    and orders[p["order_id"]]["customer_id"] == p["customer_id"] for p in payments)
     finally:
         proc.stop()
+
+
+def test_example_agent_configs_validate(bins):
+    """The shipped examples stay true to the code (agent-plugins.toml needs built plugins and
+    is checked by the wasm tests' configs instead)."""
+    for name in ("agent.toml", "agent-scenario.toml"):
+        r = subprocess.run([str(bins.agent), "validate", "--config", str(REPO / "examples" / name)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (name, r.stderr)
+    r = subprocess.run([str(bins.agent), "validate", "--config", str(REPO / "examples" / "agent-scenario.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert "-> stream fleet_cpu" in r.stdout and "-> stream fleet_logs" in r.stdout and "_anomaly" in r.stdout
