@@ -99,6 +99,16 @@ pub async fn serve_api(
     listen: SocketAddr,
     metrics: Arc<dyn RenderMetrics>,
 ) -> std::io::Result<SocketAddr> {
+    serve_api_with(listen, metrics, Router::new()).await
+}
+
+/// Serve `/metrics`, `/health` and the binary's own `routes` in the background; returns the
+/// bound address.
+pub async fn serve_api_with(
+    listen: SocketAddr,
+    metrics: Arc<dyn RenderMetrics>,
+    routes: Router,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let health = metrics.clone();
@@ -133,7 +143,8 @@ pub async fn serve_api(
                     }
                 }
             }),
-        );
+        )
+        .merge(routes);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");

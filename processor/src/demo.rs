@@ -130,7 +130,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     server.lander.flush().await;
     let elapsed = started.elapsed();
 
-    let ctx = query::session(server.catalog.clone(), cfg.catalog_name()).await?;
+    let ctx = query::session(
+        server.catalog.clone(),
+        cfg.catalog_name(),
+        &query::AsOf::default(),
+    )
+    .await?;
     let tables = server
         .catalog
         .list_tables(&NamespaceIdent::new(cfg.lander.namespace.clone()))
@@ -143,8 +148,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             cfg.lander.namespace,
             t.name()
         );
-        let n = query::run(&ctx, &sql)
+        let n = query::run(&ctx, &sql, None)
             .await?
+            .0
             .first()
             .and_then(|b| {
                 b.column(0)
@@ -160,7 +166,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
                   round(avg(cpu), 1) AS avg_cpu, round(max(cpu), 1) AS max_cpu \
                   FROM bronze.host_metrics GROUP BY region ORDER BY region";
     println!("\n{sample}");
-    println!("{}", query::pretty(&query::run(&ctx, sample).await?)?);
+    println!(
+        "{}",
+        query::pretty(&query::run(&ctx, sample, None).await?.0)?
+    );
     println!(
         "\nwarehouse: {}\ncatalog:   {} (catalog name {:?})",
         cfg.warehouse().display(),

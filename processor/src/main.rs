@@ -1,6 +1,7 @@
 //! `sluice-processor`: receives batches from Sluice agents and lands them exactly once in
 //! bronze Apache Iceberg tables.
 
+mod api;
 mod certs;
 mod config;
 mod demo;
@@ -21,6 +22,14 @@ use clap::{Parser, Subcommand};
 use sluice_ops::LogFormat;
 
 use crate::config::ProcessorConfig;
+
+/// How `query` prints its result.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum QueryFormat {
+    Table,
+    Json,
+    Csv,
+}
 
 /// Sluice processor: receives Arrow batches from agents over QUIC and lands them exactly
 /// once in bronze Apache Iceberg tables.
@@ -58,8 +67,26 @@ enum Command {
         /// Processor config file (TOML) naming the catalog.
         #[arg(short, long)]
         config: PathBuf,
-        /// The SQL statement; tables are `bronze.<stream>`.
+        /// The SQL statement; tables are `<namespace>.<table>`, e.g. `bronze.<stream>`.
         sql: String,
+        /// Read every table as it was at this time (RFC 3339, or epoch milliseconds).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Read these tables at these snapshots: `bronze.cpu=SNAPSHOT_ID,...`.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+    },
+    /// List the lake's tables with rows, data files, bytes, snapshots and last commit.
+    Tables {
+        /// Processor config file (TOML) naming the catalog.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the end-to-end demo: processor + agent on loopback, then row counts and a query.
     Demo {
@@ -148,13 +175,56 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Query { config, sql } => {
+        Command::Query {
+            config,
+            sql,
+            as_of,
+            snapshot,
+            format,
+        } => {
+            let as_of = query::AsOf::parse(as_of.as_deref(), snapshot.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
             let cfg = ProcessorConfig::load(&config)?;
             let catalog =
                 lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
                     .await?;
-            let ctx = query::session(catalog, cfg.catalog_name()).await?;
-            println!("{}", query::pretty(&query::run(&ctx, &sql).await?)?);
+            let ctx = query::session(catalog, cfg.catalog_name(), &as_of).await?;
+            let (batches, _) = query::run(&ctx, &sql, None).await?;
+            match format {
+                QueryFormat::Table => println!("{}", query::pretty(&batches)?),
+                QueryFormat::Json => println!("{}", query::json_rows(&batches)?),
+                QueryFormat::Csv => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&query::csv(&batches)?)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Tables { config, json } => {
+            let cfg = ProcessorConfig::load(&config)?;
+            let catalog =
+                lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
+                    .await?;
+            let tables = query::tables(catalog.as_ref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tables)?);
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:>12} {:>7} {:>14} {:>9}  last commit",
+                "table", "rows", "files", "bytes", "snapshots"
+            );
+            for t in tables {
+                println!(
+                    "{:<32} {:>12} {:>7} {:>14} {:>9}  {}",
+                    t.table,
+                    t.rows,
+                    t.data_files,
+                    t.bytes,
+                    t.snapshots,
+                    t.last_commit.as_deref().unwrap_or("-")
+                );
+            }
             Ok(())
         }
         Command::Demo {

@@ -1,31 +1,255 @@
-//! SQL over the lake with DataFusion (`sluice-processor query`, the demo's sample query).
+//! SQL over the lake with DataFusion: `sluice-processor query`, `/api/query`, table stats for
+//! `/api/tables`, and time travel (every table as of a time, or a table at a snapshot).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use iceberg::Catalog;
-use iceberg_datafusion::IcebergCatalogProvider;
+use iceberg::table::Table;
+use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
+use serde::Serialize;
+
+/// Which version of the tables a query reads.
+#[derive(Debug, Clone, Default)]
+pub struct AsOf {
+    /// Every table as of this time (ms since the epoch): its last snapshot at or before it.
+    pub time_ms: Option<i64>,
+    /// These tables (`namespace.table`) at these snapshot ids.
+    pub snapshots: HashMap<String, i64>,
+}
+
+impl AsOf {
+    pub fn is_current(&self) -> bool {
+        self.time_ms.is_none() && self.snapshots.is_empty()
+    }
+
+    /// Parse `--as-of` (RFC 3339, or milliseconds since the epoch) and `--snapshot
+    /// ns.table=ID` pairs (comma-separated).
+    pub fn parse(time: Option<&str>, snapshots: Option<&str>) -> Result<Self, String> {
+        let time_ms = time
+            .map(|t| {
+                t.parse::<i64>().or_else(|_| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|d| d.timestamp_millis())
+                        .map_err(|e| {
+                            format!("as_of {t:?}: not RFC 3339 or epoch milliseconds ({e})")
+                        })
+                })
+            })
+            .transpose()?;
+        let mut pins = HashMap::new();
+        for pair in snapshots
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (table, id) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("snapshot {pair:?}: write namespace.table=SNAPSHOT_ID"))?;
+            let id = id
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("snapshot {pair:?}: {id:?} is not a snapshot id"))?;
+            pins.insert(table.trim().to_string(), id);
+        }
+        Ok(Self {
+            time_ms,
+            snapshots: pins,
+        })
+    }
+}
 
 /// A session where the lake's tables are `<catalog>.<namespace>.<table>`, with the catalog
-/// also the default so `bronze.cpu` works.
-pub async fn session(catalog: Arc<dyn Catalog>, name: &str) -> anyhow::Result<SessionContext> {
+/// also the default so `bronze.cpu` works. Tables are read as of `as_of`.
+pub async fn session(
+    catalog: Arc<dyn Catalog>,
+    name: &str,
+    as_of: &AsOf,
+) -> anyhow::Result<SessionContext> {
     let config = datafusion::prelude::SessionConfig::new()
         .with_default_catalog_and_schema(name, "bronze")
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
-    let provider = IcebergCatalogProvider::try_new(catalog).await?;
-    ctx.register_catalog(name, Arc::new(provider));
+    if as_of.is_current() {
+        let provider = IcebergCatalogProvider::try_new(catalog).await?;
+        ctx.register_catalog(name, Arc::new(provider));
+        return Ok(ctx);
+    }
+    // Time travel: a fixed catalog of every table pinned to its snapshot.
+    let pinned = MemoryCatalogProvider::new();
+    let mut unknown: Vec<&String> = as_of.snapshots.keys().collect();
+    for ns in catalog.list_namespaces(None).await? {
+        let schema = Arc::new(MemorySchemaProvider::new());
+        for ident in catalog.list_tables(&ns).await? {
+            let table = catalog.load_table(&ident).await?;
+            let full = qualified(&ident);
+            unknown.retain(|u| **u != full);
+            let snapshot = match as_of.snapshots.get(&full) {
+                Some(id) => {
+                    if table.metadata().snapshot_by_id(*id).is_none() {
+                        anyhow::bail!("table {full} has no snapshot {id}");
+                    }
+                    Some(*id)
+                }
+                None => as_of.time_ms.map_or_else(
+                    || table.metadata().current_snapshot_id(),
+                    |t| snapshot_at(&table, t),
+                ),
+            };
+            let provider: Arc<dyn datafusion::catalog::TableProvider> = match snapshot {
+                Some(id) => Arc::new(
+                    IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await?,
+                ),
+                // The table had no rows yet then.
+                None => {
+                    let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+                        table.metadata().current_schema(),
+                    )?);
+                    Arc::new(MemTable::try_new(arrow, vec![vec![]])?)
+                }
+            };
+            schema.register_table(ident.name().to_string(), provider)?;
+        }
+        pinned.register_schema(&ns.to_url_string(), schema)?;
+    }
+    if let Some(t) = unknown.first() {
+        anyhow::bail!("no table named {t}");
+    }
+    ctx.register_catalog(name, Arc::new(pinned));
     Ok(ctx)
 }
 
-/// Run one statement and collect the result.
-pub async fn run(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+/// The table's snapshot current at `time_ms`: the last entry of its history at or before it.
+pub fn snapshot_at(table: &Table, time_ms: i64) -> Option<i64> {
+    table
+        .metadata()
+        .history()
+        .iter()
+        .filter(|h| h.timestamp_ms <= time_ms)
+        .max_by_key(|h| h.timestamp_ms)
+        .map(|h| h.snapshot_id)
+}
+
+fn qualified(ident: &TableIdent) -> String {
+    format!("{}.{}", ident.namespace().to_url_string(), ident.name())
+}
+
+/// Run one statement and collect at most `limit` rows; true when rows were left out.
+pub async fn run(
+    ctx: &SessionContext,
+    sql: &str,
+    limit: Option<usize>,
+) -> anyhow::Result<(Vec<RecordBatch>, bool)> {
     let df = ctx.sql(sql).await?;
-    Ok(df.collect().await?)
+    let Some(limit) = limit else {
+        return Ok((df.collect().await?, false));
+    };
+    // One more row than allowed tells whether the result was cut.
+    let batches = df.limit(0, Some(limit + 1))?.collect().await?;
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if total <= limit {
+        return Ok((batches, false));
+    }
+    let mut left = limit;
+    let cut = batches
+        .into_iter()
+        .filter_map(|b| {
+            let n = b.num_rows().min(left);
+            left -= n;
+            (n > 0).then(|| b.slice(0, n))
+        })
+        .collect();
+    Ok((cut, true))
 }
 
 /// Render batches as a text table.
 pub fn pretty(batches: &[RecordBatch]) -> anyhow::Result<String> {
     Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string())
+}
+
+/// Render batches as CSV with a header line.
+pub fn csv(batches: &[RecordBatch]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut w = datafusion::arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut out);
+        for b in batches {
+            w.write(b)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Rows as JSON objects (one per row, keys = column names).
+pub fn json_rows(batches: &[RecordBatch]) -> anyhow::Result<serde_json::Value> {
+    let mut buf = Vec::new();
+    {
+        let mut w = datafusion::arrow::json::ArrayWriter::new(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    Ok(serde_json::from_slice(&buf)?)
+}
+
+/// What `/api/tables` says about a table.
+#[derive(Debug, Serialize)]
+pub struct TableStats {
+    pub table: String,
+    pub rows: u64,
+    pub data_files: u64,
+    pub bytes: u64,
+    pub snapshots: usize,
+    pub current_snapshot_id: Option<i64>,
+    /// Time of the last commit (RFC 3339), if any.
+    pub last_commit: Option<String>,
+    pub last_commit_ms: Option<i64>,
+}
+
+/// Stats of every table of every namespace, from their current snapshots' summaries.
+pub async fn tables(catalog: &dyn Catalog) -> anyhow::Result<Vec<TableStats>> {
+    let mut out = Vec::new();
+    let mut namespaces = catalog.list_namespaces(None).await?;
+    namespaces.sort_by_key(NamespaceIdent::to_url_string);
+    for ns in namespaces {
+        let mut idents = catalog.list_tables(&ns).await?;
+        idents.sort_by(|a, b| a.name().cmp(b.name()));
+        for ident in idents {
+            let table = catalog.load_table(&ident).await?;
+            let meta = table.metadata();
+            let current = meta.current_snapshot();
+            let total = |key: &str| {
+                current
+                    .and_then(|s| s.summary().additional_properties.get(key))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let last_ms = current.map(|s| s.timestamp_ms());
+            out.push(TableStats {
+                table: qualified(&ident),
+                rows: total("total-records"),
+                data_files: total("total-data-files"),
+                bytes: total("total-files-size"),
+                snapshots: meta.snapshots().len(),
+                current_snapshot_id: meta.current_snapshot_id(),
+                last_commit: last_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                last_commit_ms: last_ms,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -47,9 +47,13 @@ impl Server {
 
         let api_addr = match &cfg.api {
             Some(api) => Some(
-                sluice_ops::serve_api(api.listen, metrics.clone())
-                    .await
-                    .with_context(|| format!("cannot listen on api.listen {}", api.listen))?,
+                sluice_ops::serve_api_with(
+                    api.listen,
+                    metrics.clone(),
+                    crate::api::router(catalog.clone(), cfg.catalog_name()),
+                )
+                .await
+                .with_context(|| format!("cannot listen on api.listen {}", api.listen))?,
             ),
             None => None,
         };

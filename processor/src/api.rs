@@ -1,0 +1,162 @@
+//! The processor's query API, served next to `/metrics` and `/health`:
+//!
+//! - `GET|POST /api/query` — SQL over the lake; `sql` in the query string or the body (plain
+//!   text, or JSON `{"sql": ...}`); `format=json` (default) or `csv`; `limit` rows (default
+//!   10,000); time travel with `as_of` (RFC 3339 or epoch ms) and/or
+//!   `snapshot=ns.table=ID,...`.
+//! - `GET /api/tables` — every table with rows, files, bytes, snapshots, last commit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use iceberg::Catalog;
+use serde::Deserialize;
+
+use crate::query::{self, AsOf};
+
+/// Rows returned when the request does not say.
+const DEFAULT_LIMIT: usize = 10_000;
+/// The most rows a request may ask for.
+const MAX_LIMIT: usize = 1_000_000;
+/// A query running longer is cancelled.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct Api {
+    catalog: Arc<dyn Catalog>,
+    name: String,
+}
+
+/// The `/api` routes over `catalog` (named `name` in SQL).
+pub fn router(catalog: Arc<dyn Catalog>, name: &str) -> Router {
+    Router::new()
+        .route("/api/query", get(query_get).post(query_post))
+        .route("/api/tables", get(tables))
+        .with_state(Api {
+            catalog,
+            name: name.to_string(),
+        })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    sql: Option<String>,
+    format: Option<String>,
+    limit: Option<usize>,
+    as_of: Option<String>,
+    snapshot: Option<String>,
+}
+
+async fn query_get(State(api): State<Api>, Query(p): Query<Params>) -> Response {
+    run(api, p).await
+}
+
+async fn query_post(State(api): State<Api>, Query(mut p): Query<Params>, body: String) -> Response {
+    let body = body.trim();
+    if body.starts_with('{') {
+        match serde_json::from_str::<Params>(body) {
+            Ok(b) => {
+                p.sql = b.sql.or(p.sql);
+                p.format = b.format.or(p.format);
+                p.limit = b.limit.or(p.limit);
+                p.as_of = b.as_of.or(p.as_of);
+                p.snapshot = b.snapshot.or(p.snapshot);
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
+        }
+    } else if !body.is_empty() {
+        p.sql = Some(body.to_string());
+    }
+    run(api, p).await
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn run(api: Api, p: Params) -> Response {
+    let Some(sql) = p.sql.filter(|s| !s.trim().is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "no SQL: pass `sql`".into());
+    };
+    let csv = match p.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(f) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format {f:?}: use json or csv"),
+            );
+        }
+    };
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be within 1..={MAX_LIMIT}"),
+        );
+    }
+    let as_of = match AsOf::parse(p.as_of.as_deref(), p.snapshot.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let started = Instant::now();
+    let result = tokio::time::timeout(QUERY_TIMEOUT, async {
+        let ctx = query::session(api.catalog.clone(), &api.name, &as_of).await?;
+        query::run(&ctx, &sql, Some(limit)).await
+    })
+    .await;
+    let (batches, truncated) = match result {
+        Ok(Ok(r)) => r,
+        // Planning and execution errors are the caller's SQL, or a table that is not there.
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("query took longer than {QUERY_TIMEOUT:?}"),
+            );
+        }
+    };
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if csv {
+        return match query::csv(&batches) {
+            Ok(body) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        };
+    }
+    let rows = match query::json_rows(&batches) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    };
+    let columns: Vec<serde_json::Value> = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| serde_json::json!({ "name": f.name(), "type": f.data_type().to_string() }))
+                .collect()
+        })
+        .unwrap_or_default();
+    let row_count = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    axum::Json(serde_json::json!({
+        "columns": columns,
+        "rows": rows,
+        "row_count": row_count,
+        "truncated": truncated,
+        "elapsed_ms": elapsed_ms,
+    }))
+    .into_response()
+}
+
+async fn tables(State(api): State<Api>) -> Response {
+    match query::tables(api.catalog.as_ref()).await {
+        Ok(t) => axum::Json(serde_json::json!({ "tables": t })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    }
+}
