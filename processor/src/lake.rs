@@ -4,8 +4,21 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::config::Compression;
 use iceberg::spec::TableProperties;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
@@ -157,4 +170,83 @@ pub fn table_arrow_schema(table: &Table) -> Result<SchemaRef, iceberg::Error> {
     Ok(Arc::new(iceberg::arrow::schema_to_arrow_schema(
         table.metadata().current_schema(),
     )?))
+}
+
+/// Write `batches` (in the table's schema) as Parquet data files of `table`, named
+/// `<prefix>-…` so that writers never collide; files of at most `target_size` bytes
+/// (default: the Iceberg default, 512 MiB). A failed write removes what it wrote.
+pub async fn write_data_files(
+    table: &Table,
+    batches: &[RecordBatch],
+    prefix: &str,
+    compression: Compression,
+    target_size: Option<usize>,
+) -> Result<Vec<DataFile>, iceberg::Error> {
+    let props = WriterProperties::builder()
+        .set_compression(match compression {
+            Compression::Zstd => {
+                ParquetCompression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
+            }
+            Compression::Snappy => ParquetCompression::SNAPPY,
+            Compression::Lz4 => ParquetCompression::LZ4_RAW,
+            Compression::None => ParquetCompression::UNCOMPRESSED,
+        })
+        .build();
+    let location = DefaultLocationGenerator::new(table.metadata())?;
+    let names = RecordingNames {
+        inner: DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet),
+        issued: Arc::default(),
+    };
+    let issued = names.issued.clone();
+    let parquet = ParquetWriterBuilder::new(props, table.metadata().current_schema().clone());
+    let rolling = match target_size {
+        Some(size) => RollingFileWriterBuilder::new(
+            parquet,
+            size,
+            table.file_io().clone(),
+            location.clone(),
+            names,
+        ),
+        None => RollingFileWriterBuilder::new_with_default_file_size(
+            parquet,
+            table.file_io().clone(),
+            location.clone(),
+            names,
+        ),
+    };
+    let result = async {
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
+        for b in batches {
+            writer.write(b.clone()).await?;
+        }
+        writer.close().await
+    }
+    .await;
+    if result.is_err() {
+        let files: Vec<String> = issued.lock().map(|v| v.clone()).unwrap_or_default();
+        for name in files {
+            let path = location.generate_location(None, &name);
+            if let Err(e) = table.file_io().delete(&path).await {
+                tracing::warn!(table = %table.identifier(), %path, "cannot remove a partly written file: {e}");
+            }
+        }
+    }
+    result
+}
+
+/// File names of one write, remembering every name handed out.
+#[derive(Clone)]
+struct RecordingNames {
+    inner: DefaultFileNameGenerator,
+    issued: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FileNameGenerator for RecordingNames {
+    fn generate_file_name(&self) -> String {
+        let name = self.inner.generate_file_name();
+        if let Ok(mut v) = self.issued.lock() {
+            v.push(name.clone());
+        }
+        name
+    }
 }

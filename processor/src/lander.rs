@@ -11,19 +11,9 @@ use std::time::Duration;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Schema as ArrowSchema, SchemaRef};
-use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
-};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, ErrorKind};
-use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use sluice_protocol::Envelope;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -544,74 +534,17 @@ impl CommitJob {
         commit_id: uuid::Uuid,
         attempt: u32,
     ) -> Result<Vec<iceberg::spec::DataFile>, iceberg::Error> {
-        let props = WriterProperties::builder()
-            .set_compression(match self.compression {
-                Compression::Zstd => {
-                    ParquetCompression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
-                }
-                Compression::Snappy => ParquetCompression::SNAPPY,
-                Compression::Lz4 => ParquetCompression::LZ4_RAW,
-                Compression::None => ParquetCompression::UNCOMPRESSED,
-            })
-            .build();
-        let location = DefaultLocationGenerator::new(table.metadata())?;
-        // Unique per commit attempt (writers' default names collide across writers), and
-        // recorded, so a failed attempt can remove what it half wrote.
-        let names = RecordingNames {
-            inner: DefaultFileNameGenerator::new(
-                format!("{commit_id}-{attempt}"),
-                None,
-                DataFileFormat::Parquet,
-            ),
-            issued: Arc::default(),
-        };
-        let issued = names.issued.clone();
-        let parquet = ParquetWriterBuilder::new(props, table.metadata().current_schema().clone());
-        let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-            parquet,
-            table.file_io().clone(),
-            location.clone(),
-            names,
-        );
-        let result = async {
-            let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
-            for b in batches {
-                writer.write(b.clone()).await?;
-            }
-            writer.close().await
-        }
-        .await;
-        if result.is_err() {
-            let files: Vec<String> = issued.lock().map(|v| v.clone()).unwrap_or_default();
-            for name in files {
-                let path = location.generate_location(None, &name);
-                if let Err(e) = table.file_io().delete(&path).await {
-                    tracing::warn!(table = %self.name, %path, "cannot remove a partly written file: {e}");
-                }
-            }
-        }
-        result
+        lake::write_data_files(
+            table,
+            batches,
+            &format!("{commit_id}-{attempt}"),
+            self.compression,
+            None,
+        )
+        .await
     }
 }
 
-/// File names of one commit attempt, remembering every name handed out.
-#[derive(Clone)]
-struct RecordingNames {
-    inner: DefaultFileNameGenerator,
-    issued: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl FileNameGenerator for RecordingNames {
-    fn generate_file_name(&self) -> String {
-        let name = self.inner.generate_file_name();
-        if let Ok(mut v) = self.issued.lock() {
-            v.push(name.clone());
-        }
-        name
-    }
-}
-
-/// Work out how a batch schema maps onto the table schema, or why it cannot.
 fn map_columns(batch: &ArrowSchema, table: &SchemaRef) -> Result<Vec<ColumnSource>, String> {
     let lake_columns = [
         lake::AGENT_COLUMN,
