@@ -3,6 +3,7 @@
 
 mod api;
 mod certs;
+mod compaction;
 mod config;
 mod demo;
 mod lake;
@@ -11,6 +12,7 @@ mod metrics;
 mod progress;
 mod query;
 mod receiver;
+mod rewrite;
 mod server;
 mod tls;
 
@@ -22,6 +24,24 @@ use clap::{Parser, Subcommand};
 use sluice_ops::LogFormat;
 
 use crate::config::ProcessorConfig;
+
+/// What `maintain` does.
+#[derive(Debug, Subcommand)]
+enum MaintainTask {
+    /// Bin-pack small data files into files of the target size (one `replace` snapshot per
+    /// bin; history is kept).
+    Compact {
+        /// Only this table (`namespace.table`); default: every table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Size of the files written.
+        #[arg(long, default_value = "128MiB")]
+        target_file_size: bytesize::ByteSize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 /// How `query` prints its result.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -78,6 +98,14 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
         format: QueryFormat,
+    },
+    /// Table maintenance on demand: compaction (more to come).
+    Maintain {
+        /// Processor config file (TOML) naming the catalog.
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        task: MaintainTask,
     },
     /// List the lake's tables with rows, data files, bytes, snapshots and last commit.
     Tables {
@@ -200,6 +228,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Maintain { config, task } => maintain(config, task).await,
         Command::Tables { config, json } => {
             let cfg = ProcessorConfig::load(&config)?;
             let catalog =
@@ -251,4 +280,75 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping: committing buffered batches");
     server.shutdown().await;
     Ok(())
+}
+
+async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cfg = ProcessorConfig::load(&config)?;
+    let catalog =
+        lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse()).await?;
+    let swap = rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
+        .await
+        .context("cannot open the catalog database")?;
+    match task {
+        MaintainTask::Compact {
+            table,
+            target_file_size,
+            json,
+        } => {
+            let tables = match table {
+                Some(t) => vec![
+                    iceberg::TableIdent::from_strs(t.split('.'))
+                        .with_context(|| format!("--table {t:?}: write namespace.table"))?,
+                ],
+                None => compaction::all_tables(catalog.as_ref()).await?,
+            };
+            let opts = compaction::CompactionOptions::new(
+                target_file_size.as_u64(),
+                cfg.lander.compression,
+            );
+            let mut reports = Vec::new();
+            for ident in tables {
+                let bar = indicatif::ProgressBar::new(0);
+                if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                }
+                if let Ok(style) =
+                    indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} bins")
+                {
+                    bar.set_style(style);
+                }
+                bar.set_message(format!("{}.{}", ident.namespace().join("."), ident.name()));
+                let progress = |done: usize, total: usize| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                };
+                let report = compaction::compact(catalog.as_ref(), &swap, &ident, &opts, &progress)
+                    .await
+                    .with_context(|| format!("compacting {}", bar.message()))?;
+                bar.finish_and_clear();
+                if !json {
+                    let secs = report.elapsed_ms as f64 / 1000.0;
+                    println!(
+                        "{}: {} -> {} data files ({} rewritten into {}, {} rows, {:.1} MB read, {:.1} MB written, {:.1} MB/s, {} conflicts retried)",
+                        report.table,
+                        report.files_before,
+                        report.files_after,
+                        report.files_rewritten,
+                        report.files_written,
+                        report.rows_rewritten,
+                        report.bytes_read as f64 / 1e6,
+                        report.bytes_written as f64 / 1e6,
+                        report.bytes_read as f64 / 1e6 / secs.max(1e-9),
+                        report.conflicts
+                    );
+                }
+                reports.push(report);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            Ok(())
+        }
+    }
 }

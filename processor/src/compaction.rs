@@ -1,0 +1,303 @@
+//! Compaction: bin-pack a table's small data files (per partition) into files of about the
+//! target size, and commit the swap as one `replace` snapshot (see `rewrite.rs`). History is
+//! kept: older snapshots still read the old files until they are expired.
+//!
+//! Safety: the rows read back from each bin are counted against the manifests' record
+//! counts before anything is written, and the written files against the rows read, before
+//! the commit. A commit that loses a race is retried on the new table state (the bins are
+//! planned again); it is never reported as done.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use iceberg::spec::{DataFile, Operation};
+use iceberg::table::Table;
+use iceberg::{Catalog, TableIdent};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::config::Compression;
+use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
+
+/// How compaction packs files.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionOptions {
+    /// Size of the files written, and the most a bin holds.
+    pub target_file_size: u64,
+    /// Files at least this big are left alone (default: three quarters of the target).
+    pub small_file_size: u64,
+    pub compression: Compression,
+}
+
+impl CompactionOptions {
+    pub fn new(target_file_size: u64, compression: Compression) -> Self {
+        Self {
+            target_file_size,
+            small_file_size: target_file_size / 4 * 3,
+            compression,
+        }
+    }
+}
+
+/// What one compaction of one table did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CompactionReport {
+    pub table: String,
+    pub files_before: usize,
+    pub files_after: usize,
+    pub files_rewritten: usize,
+    pub files_written: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub rows_rewritten: u64,
+    /// Commits that lost a race and were retried.
+    pub conflicts: u32,
+    pub elapsed_ms: u64,
+}
+
+/// Why compaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactionError {
+    #[error("{file}: {read} rows read back but the manifest says {expected}; not compacting")]
+    CountMismatch {
+        file: String,
+        read: u64,
+        expected: u64,
+    },
+    #[error("wrote {written} rows for {read} read; not committing")]
+    WriteMismatch { written: u64, read: u64 },
+    #[error("gave up after {0} conflicting commits")]
+    TooManyConflicts(u32),
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+    #[error(transparent)]
+    Iceberg(#[from] iceberg::Error),
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// Bins of small files (paths and sizes), each worth rewriting into fewer files.
+pub fn plan(files: &[DataFile], opts: &CompactionOptions) -> Vec<Vec<DataFile>> {
+    // Files of different partitions never share a bin (the tables have one partition spec).
+    let mut by_partition: BTreeMap<String, Vec<&DataFile>> = BTreeMap::new();
+    for f in files {
+        if f.file_size_in_bytes() < opts.small_file_size {
+            by_partition
+                .entry(format!("{:?}", f.partition()))
+                .or_default()
+                .push(f);
+        }
+    }
+    let mut bins = Vec::new();
+    for (_, mut small) in by_partition {
+        // First fit decreasing: big files first, each into the first bin it fits.
+        small.sort_by_key(|f| std::cmp::Reverse(f.file_size_in_bytes()));
+        let mut open: Vec<(u64, Vec<DataFile>)> = Vec::new();
+        for f in small {
+            let size = f.file_size_in_bytes();
+            match open
+                .iter_mut()
+                .find(|(used, _)| used + size <= opts.target_file_size)
+            {
+                Some((used, bin)) => {
+                    *used += size;
+                    bin.push(f.clone());
+                }
+                None => open.push((size, vec![f.clone()])),
+            }
+        }
+        bins.extend(open.into_iter().map(|(_, b)| b).filter(|b| b.len() >= 2));
+    }
+    bins
+}
+
+/// Compact `ident` until no bin is left; `progress` hears (bins done, bins planned).
+pub async fn compact(
+    catalog: &dyn Catalog,
+    swap: &CatalogSwap,
+    ident: &TableIdent,
+    opts: &CompactionOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<CompactionReport, CompactionError> {
+    const MAX_CONFLICTS: u32 = 20;
+    let started = Instant::now();
+    let mut report = CompactionReport {
+        table: format!("{}.{}", ident.namespace().join("."), ident.name()),
+        ..Default::default()
+    };
+    let mut table = catalog.load_table(ident).await?;
+    report.files_before = rewrite::live_files(&table).await?.len();
+    loop {
+        let files = rewrite::live_files(&table).await?;
+        let bins = plan(&files, opts);
+        if bins.is_empty() {
+            report.files_after = files.len();
+            break;
+        }
+        let total = bins.len();
+        let mut lost = false;
+        for (i, bin) in bins.into_iter().enumerate() {
+            progress(i, total);
+            match compact_bin(&table, swap, &bin, opts, &mut report).await {
+                Ok(()) => {}
+                Err(CompactionError::Rewrite(RewriteError::Conflict)) => {
+                    report.conflicts += 1;
+                    tracing::info!(table = %report.table, "compaction commit lost a race; planning again");
+                    if report.conflicts >= MAX_CONFLICTS {
+                        return Err(CompactionError::TooManyConflicts(report.conflicts));
+                    }
+                    lost = true;
+                }
+                Err(e) => return Err(e),
+            }
+            table = catalog.load_table(ident).await?;
+            if lost {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(report.conflicts))).await;
+                break;
+            }
+            progress(i + 1, total);
+        }
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Rewrite one bin into new files and commit the swap.
+async fn compact_bin(
+    table: &Table,
+    swap: &CatalogSwap,
+    bin: &[DataFile],
+    opts: &CompactionOptions,
+    report: &mut CompactionReport,
+) -> Result<(), CompactionError> {
+    let schema = crate::lake::table_arrow_schema(table)?;
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0u64;
+    let mut bytes_read = 0u64;
+    for f in bin {
+        let data: Bytes = table.file_io().new_input(f.file_path())?.read().await?;
+        bytes_read += data.len() as u64;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)?
+            .with_batch_size(64 * 1024)
+            .build()?;
+        let mut read = 0u64;
+        for b in reader {
+            let b = b?;
+            read += b.num_rows() as u64;
+            // Same columns, in the table's schema (with its field ids) for the writer.
+            batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+        }
+        if read != f.record_count() {
+            return Err(CompactionError::CountMismatch {
+                file: f.file_path().to_string(),
+                read,
+                expected: f.record_count(),
+            });
+        }
+        rows += read;
+    }
+    let prefix = format!("compact-{}", uuid::Uuid::now_v7());
+    let written = crate::lake::write_data_files(
+        table,
+        &batches,
+        &prefix,
+        opts.compression,
+        Some(usize::try_from(opts.target_file_size).unwrap_or(usize::MAX)),
+    )
+    .await?;
+    let written_rows: u64 = written.iter().map(DataFile::record_count).sum();
+    let cleanup = |files: Vec<DataFile>| async move {
+        for f in files {
+            if let Err(e) = table.file_io().delete(f.file_path()).await {
+                tracing::warn!(
+                    path = f.file_path(),
+                    "cannot remove an uncommitted compacted file: {e}"
+                );
+            }
+        }
+    };
+    if written_rows != rows {
+        cleanup(written).await;
+        return Err(CompactionError::WriteMismatch {
+            written: written_rows,
+            read: rows,
+        });
+    }
+    let bytes_written: u64 = written.iter().map(DataFile::file_size_in_bytes).sum();
+    let n_written = written.len();
+    let replace = Replace {
+        remove: bin
+            .iter()
+            .map(|f| f.file_path().to_string())
+            .collect::<HashSet<_>>(),
+        add: written.clone(),
+        operation: Operation::Replace,
+        properties: [("sluice.compaction".to_string(), prefix)]
+            .into_iter()
+            .collect(),
+    };
+    if let Err(e) = rewrite::commit(swap, table, &replace).await {
+        cleanup(written).await;
+        return Err(e.into());
+    }
+    report.files_rewritten += bin.len();
+    report.files_written += n_written;
+    report.bytes_read += bytes_read;
+    report.bytes_written += bytes_written;
+    report.rows_rewritten += rows;
+    Ok(())
+}
+
+/// Every table of every namespace.
+pub async fn all_tables(catalog: &dyn Catalog) -> Result<Vec<TableIdent>, iceberg::Error> {
+    let mut out = Vec::new();
+    for ns in catalog.list_namespaces(None).await? {
+        out.extend(catalog.list_tables(&ns).await?);
+    }
+    out.sort_by_key(|t| (t.namespace().join("."), t.name().to_string()));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat, Struct};
+
+    fn file(path: &str, size: u64) -> DataFile {
+        DataFileBuilder::default()
+            .content(DataContentType::Data)
+            .file_path(path.to_string())
+            .file_format(DataFileFormat::Parquet)
+            .file_size_in_bytes(size)
+            .record_count(size / 10)
+            .partition(Struct::empty())
+            .partition_spec_id(0)
+            .build()
+            .expect("data file")
+    }
+
+    #[test]
+    fn bins_pack_small_files_up_to_the_target() {
+        let opts = CompactionOptions::new(100, Compression::Zstd);
+        let files: Vec<DataFile> = [10, 20, 30, 40, 50, 60, 80, 95, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| file(&format!("f{i}"), *s))
+            .collect();
+        let bins = plan(&files, &opts);
+        // 80 and 95 are not small (>= 75); the rest packs first-fit decreasing.
+        let sizes: Vec<Vec<u64>> = bins
+            .iter()
+            .map(|b| b.iter().map(DataFile::file_size_in_bytes).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![60, 40], vec![50, 30, 20], vec![10, 5]]);
+        for b in &bins {
+            assert!(b.iter().map(DataFile::file_size_in_bytes).sum::<u64>() <= 100);
+        }
+        // One small file alone is not worth a rewrite.
+        assert!(plan(&[file("a", 10), file("b", 90)], &opts).is_empty());
+    }
+}
