@@ -114,7 +114,8 @@ pub fn plan(files: &[DataFile], opts: &CompactionOptions) -> Vec<Vec<DataFile>> 
     bins
 }
 
-/// Compact `ident` until no bin is left; `progress` hears (bins done, bins planned).
+/// Compact the small files `ident` has now (files landing meanwhile wait for the next run);
+/// `progress` hears (bins done, bins planned).
 pub async fn compact(
     catalog: &dyn Catalog,
     swap: &CatalogSwap,
@@ -129,10 +130,20 @@ pub async fn compact(
         ..Default::default()
     };
     let mut table = catalog.load_table(ident).await?;
-    report.files_before = rewrite::live_files(&table).await?.len();
+    let initial: HashSet<String> = rewrite::live_files(&table)
+        .await?
+        .iter()
+        .map(|f| f.file_path().to_string())
+        .collect();
+    report.files_before = initial.len();
     loop {
         let files = rewrite::live_files(&table).await?;
-        let bins = plan(&files, opts);
+        let candidates: Vec<DataFile> = files
+            .iter()
+            .filter(|f| initial.contains(f.file_path()))
+            .cloned()
+            .collect();
+        let bins = plan(&candidates, opts);
         if bins.is_empty() {
             report.files_after = files.len();
             break;
