@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod lake;
 mod lander;
+mod maintenance;
 mod metrics;
 mod progress;
 mod query;
@@ -38,6 +39,30 @@ enum MaintainTask {
         #[arg(long, default_value = "128MiB")]
         target_file_size: bytesize::ByteSize,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Expire snapshots older than a duration, keeping the last few (metadata only; the
+    /// current snapshot, which carries the progress tokens, is always kept).
+    Expire {
+        #[arg(long)]
+        table: Option<String>,
+        /// Expire snapshots older than this.
+        #[arg(long, default_value = "5d", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Keep at least this many snapshots per branch.
+        #[arg(long, default_value_t = 10)]
+        retain_last: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete files no snapshot references any more, older than a safety window.
+    Orphans {
+        #[arg(long)]
+        table: Option<String>,
+        /// Leave files younger than this (a commit in flight may own them).
+        #[arg(long, default_value = "3d", value_parser = humantime::parse_duration)]
+        older_than: Duration,
         #[arg(long)]
         json: bool,
     },
@@ -99,7 +124,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
         format: QueryFormat,
     },
-    /// Table maintenance on demand: compaction (more to come).
+    /// Table maintenance on demand: compaction, snapshot expiry, orphan-file cleanup.
     Maintain {
         /// Processor config file (TOML) naming the catalog.
         #[arg(short, long)]
@@ -290,19 +315,78 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
     let swap = rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
         .await
         .context("cannot open the catalog database")?;
-    match task {
-        MaintainTask::Compact {
-            table,
-            target_file_size,
-            json,
-        } => {
-            let tables = match table {
+    let tables = |table: Option<String>| {
+        let catalog = catalog.clone();
+        async move {
+            anyhow::Ok(match table {
                 Some(t) => vec![
                     iceberg::TableIdent::from_strs(t.split('.'))
                         .with_context(|| format!("--table {t:?}: write namespace.table"))?,
                 ],
                 None => compaction::all_tables(catalog.as_ref()).await?,
-            };
+            })
+        }
+    };
+    match task {
+        MaintainTask::Expire {
+            table,
+            older_than,
+            retain_last,
+            json,
+        } => {
+            let mut reports = Vec::new();
+            for ident in tables(table).await? {
+                let r = maintenance::expire(catalog.as_ref(), &ident, older_than, retain_last)
+                    .await
+                    .with_context(|| format!("expiring snapshots of {ident}"))?;
+                if !json {
+                    println!(
+                        "{}: {} -> {} snapshots",
+                        r.table, r.snapshots_before, r.snapshots_after
+                    );
+                }
+                reports.push(r);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            Ok(())
+        }
+        MaintainTask::Orphans {
+            table,
+            older_than,
+            json,
+        } => {
+            let mut reports = Vec::new();
+            for ident in tables(table).await? {
+                let r = maintenance::remove_orphans(catalog.as_ref(), &ident, older_than)
+                    .await
+                    .with_context(|| format!("removing orphan files of {ident}"))?;
+                if !json {
+                    println!(
+                        "{}: {} files, {} referenced, {} orphans removed ({:.1} MB), {} younger than {:?} kept",
+                        r.table,
+                        r.files_seen,
+                        r.referenced,
+                        r.deleted,
+                        r.bytes_deleted as f64 / 1e6,
+                        r.too_young,
+                        older_than
+                    );
+                }
+                reports.push(r);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            Ok(())
+        }
+        MaintainTask::Compact {
+            table,
+            target_file_size,
+            json,
+        } => {
+            let tables = tables(table).await?;
             let opts = compaction::CompactionOptions::new(
                 target_file_size.as_u64(),
                 cfg.lander.compression,

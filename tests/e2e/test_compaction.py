@@ -55,6 +55,25 @@ def test_compaction_keeps_rows_and_history(bins, certs, workdir):
         r = maintain(bins, proc, "compact", "--table", "bronze.telemetry", "--json")
         assert r.returncode == 0 and json.loads(r.stdout)[0]["files_rewritten"] == 0, r.stdout + r.stderr
 
+        # Expire the history, then remove what nothing references any more.
+        r = maintain(bins, proc, "expire", "--older-than", "0s", "--retain-last", "1", "--json")
+        assert r.returncode == 0, r.stderr
+        expired = json.loads(r.stdout)[0]
+        assert expired["snapshots_after"] == 1 < expired["snapshots_before"], expired
+        parquet_before = list(proc.warehouse.rglob("*.parquet"))
+        assert len(parquet_before) == files_before + 1
+        r = maintain(bins, proc, "orphans", "--older-than", "0s", "--json")
+        assert r.returncode == 0, r.stderr
+        orphans = json.loads(r.stdout)[0]
+        assert orphans["deleted"] >= files_before, orphans
+        assert len(list(proc.warehouse.rglob("*.parquet"))) == 1
+        for reader in (read_pyiceberg, read_duckdb):
+            rows = reader(proc, "bronze.telemetry")
+            assert len(rows) == n and checksum(rows, COLUMNS + ["_agent", "_seq"]) == want, reader.__name__
+        # A safety window keeps young files.
+        r = maintain(bins, proc, "orphans", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)[0]["deleted"] == 0, r.stdout
+
         # Landing continues on top of the compacted table, exactly once: a new run of the
         # (non-replaying) simulator lands its 45,000 rows after the carried-over mark.
         agent2 = Agent(bins, certs, workdir, proc,

@@ -1,0 +1,175 @@
+//! Snapshot expiry and orphan-file cleanup.
+//!
+//! Expiry rewrites metadata only (the `iceberg` crate's `expire_snapshots` action, committed
+//! through the catalog's compare-and-swap like every commit). The current snapshot is never
+//! expired, and it carries every progress token and model watermark forward (see
+//! `rewrite.rs`), so expiry cannot lose one. Orphan cleanup then deletes files under the
+//! table's location that no remaining snapshot or metadata file references, and only those
+//! older than a safety window, so files of a commit in flight are never touched.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use iceberg::spec::{ManifestContentType, ManifestList};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableIdent};
+
+/// What expiry did to one table.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ExpireReport {
+    pub table: String,
+    pub snapshots_before: usize,
+    pub snapshots_after: usize,
+}
+
+/// Expire snapshots older than `older_than`, keeping at least `retain_last` per branch.
+pub async fn expire(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    older_than: Duration,
+    retain_last: usize,
+) -> Result<ExpireReport, iceberg::Error> {
+    let table = catalog.load_table(ident).await?;
+    let before = table.metadata().snapshots().len();
+    let cutoff = chrono::Utc::now().timestamp_millis()
+        - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+    let mut report = ExpireReport {
+        table: name(ident),
+        snapshots_before: before,
+        snapshots_after: before,
+    };
+    if before <= retain_last.max(1) {
+        return Ok(report);
+    }
+    let tx = Transaction::new(&table);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(cutoff)
+        .retain_last(retain_last.max(1))
+        .apply(tx)?;
+    let table = tx.commit(catalog).await?;
+    report.snapshots_after = table.metadata().snapshots().len();
+    Ok(report)
+}
+
+/// What orphan cleanup did to one table.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct OrphanReport {
+    pub table: String,
+    pub files_seen: usize,
+    pub referenced: usize,
+    pub deleted: usize,
+    pub bytes_deleted: u64,
+    /// Unreferenced files left because they are younger than the safety window.
+    pub too_young: usize,
+}
+
+/// Delete files under the table's location that nothing references and that are older than
+/// `older_than`. Local warehouses only (the path must be a `file://` location).
+pub async fn remove_orphans(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    older_than: Duration,
+) -> Result<OrphanReport, anyhow::Error> {
+    let table = catalog.load_table(ident).await?;
+    let root = local_path(table.metadata().location())?;
+    let referenced = referenced_files(&table).await?;
+    let mut report = OrphanReport {
+        table: name(ident),
+        referenced: referenced.len(),
+        ..Default::default()
+    };
+    let now = SystemTime::now();
+    for path in walk(&root)? {
+        report.files_seen += 1;
+        let url = format!("file://{}", path.display());
+        if referenced.contains(&url) || referenced.contains(&path.display().to_string()) {
+            continue;
+        }
+        let meta = std::fs::metadata(&path)?;
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if age < older_than {
+            report.too_young += 1;
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        report.deleted += 1;
+        report.bytes_deleted += meta.len();
+        tracing::debug!(table = %report.table, path = %path.display(), "removed orphan file");
+    }
+    Ok(report)
+}
+
+/// Every file the table's metadata reaches: metadata files (current and logged), manifest
+/// lists of the remaining snapshots, their manifests, and the data files alive in them.
+async fn referenced_files(table: &Table) -> Result<HashSet<String>, iceberg::Error> {
+    let meta = table.metadata();
+    let io = table.file_io();
+    let mut out = HashSet::new();
+    if let Some(current) = table.metadata_location() {
+        out.insert(current.to_string());
+    }
+    for log in meta.metadata_log() {
+        out.insert(log.metadata_file.clone());
+    }
+    for snapshot in meta.snapshots() {
+        out.insert(snapshot.manifest_list().to_string());
+        let bytes = io.new_input(snapshot.manifest_list())?.read().await?;
+        let list = ManifestList::parse_with_version(&bytes, meta.format_version())?;
+        for mf in list.entries() {
+            out.insert(mf.manifest_path.clone());
+            if mf.content != ManifestContentType::Data {
+                continue;
+            }
+            for e in mf.load_manifest(io).await?.entries() {
+                if e.is_alive() {
+                    out.insert(e.data_file().file_path().to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn local_path(location: &str) -> anyhow::Result<PathBuf> {
+    match location.strip_prefix("file://") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None if location.starts_with('/') => Ok(PathBuf::from(location)),
+        None => anyhow::bail!(
+            "orphan cleanup lists files on local warehouses only; {location} is not one"
+        ),
+    }
+}
+
+fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                dirs.push(entry.path());
+            } else if ty.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn name(ident: &TableIdent) -> String {
+    format!("{}.{}", ident.namespace().join("."), ident.name())
+}
