@@ -4,6 +4,10 @@
 //! Run: `cargo build --release --bins && target/release/sluice-bench [ROWS]`
 //! (ROWS defaults to 5,000,000). The binaries are taken from the directory of this one.
 //!
+//! `sluice-bench compaction [ROWS]` lands ROWS (default 3,000,000) in many small commits,
+//! stops the processor, runs `sluice-processor maintain compact` and prints its throughput
+//! (MB of data files read and rewritten per second).
+//!
 //! Prints rows/s and MB/s (Arrow IPC bytes) from agent start to the last commit, and the
 //! p50/p99 time from batch creation on the agent to its Iceberg commit (read off the
 //! processor's latency histogram, whose buckets are 25% apart).
@@ -115,9 +119,28 @@ fn counter(metrics: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A number in a flat JSON report: the value after `"key":`.
+fn json_number(json: &str, key: &str) -> f64 {
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} not in {json}"));
+    json[at + key.len() + 3..]
+        .trim_start()
+        .split(|c: char| c == ',' || c == '\n' || c == '}')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
+}
+
 fn main() {
-    let rows: u64 = match std::env::args().nth(1) {
-        Some(a) => a.parse().expect("usage: sluice-bench [ROWS]"),
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let compaction = args.first().is_some_and(|a| a == "compaction");
+    if compaction {
+        args.remove(0);
+    }
+    let rows: u64 = match args.first() {
+        Some(a) => a.parse().expect("usage: sluice-bench [compaction] [ROWS]"),
+        None if compaction => 3_000_000,
         None => 5_000_000,
     };
     let exe = std::env::current_exe().expect("current exe");
@@ -155,7 +178,10 @@ key = "certs/server.key"
 ca = "certs/ca.pem"
 [api]
 listen = "{api}"
-"#
+[lander]
+commit_interval = "{commit_interval}"
+"#,
+            commit_interval = if compaction { "100ms" } else { "1s" },
         ),
     )
     .expect("processor config");
@@ -166,7 +192,7 @@ listen = "{api}"
 [agent]
 id = "bench"
 [batch]
-max_rows = 65536
+max_rows = {batch_rows}
 max_bytes = "16MiB"
 max_age = "200ms"
 [sink]
@@ -194,12 +220,13 @@ battery = {{ type = "uniform", min = 0.0, max = 1.0 }}
 rssi = {{ type = "uniform", min = -120, max = -30, integer = true }}
 errors = {{ type = "poisson", lambda = 0.2 }}
 status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 1] }}
-"#
+"#,
+            batch_rows = if compaction { 20_000 } else { 65_536 },
         ),
     )
     .expect("agent config");
 
-    let _processor = Kill(
+    let processor = Kill(
         Command::new(&processor_bin)
             .args(["serve", "--config"])
             .arg(dir.path().join("processor.toml"))
@@ -217,6 +244,52 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    if compaction {
+        let status = Command::new(&agent_bin)
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.toml"))
+            .env("RUST_LOG", "warn")
+            .status()
+            .expect("run agent");
+        assert!(status.success(), "agent failed");
+        drop(processor);
+        println!("compaction bench: {rows} rows of 10-column telemetry landed in small commits");
+        let out = Command::new(&processor_bin)
+            .args(["maintain", "--config"])
+            .arg(dir.path().join("processor.toml"))
+            .args(["compact", "--json"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run maintain compact");
+        assert!(
+            out.status.success(),
+            "compaction failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        let read = json_number(&report, "bytes_read");
+        let written = json_number(&report, "bytes_written");
+        let ms = json_number(&report, "elapsed_ms");
+        println!(
+            "  data files          {:>12.0} -> {:.0}",
+            json_number(&report, "files_before"),
+            json_number(&report, "files_after")
+        );
+        println!(
+            "  rows rewritten      {:>12.0}",
+            json_number(&report, "rows_rewritten")
+        );
+        println!("  read                {:>12.1} MB", read / 1e6);
+        println!("  written             {:>12.1} MB", written / 1e6);
+        println!("  elapsed             {:>12.2} s", ms / 1e3);
+        println!(
+            "  throughput          {:>12.1} MB/s read and rewritten",
+            read / 1e6 / (ms / 1e3)
+        );
+        println!("  target              >= 100 MB/s per core");
+        return;
+    }
+    let _processor = processor;
     println!(
         "pipeline bench: {rows} rows of 10-column telemetry, agent -> QUIC -> processor -> bronze"
     );

@@ -6,7 +6,16 @@ import pathlib
 
 import pytest
 
+import harness
 from harness import Bins, make_certs
+
+
+@pytest.fixture(autouse=True)
+def reap():
+    """Kill every process the test started, whether it passed or failed."""
+    yield
+    while harness.RUNNING:
+        harness.RUNNING.pop().kill()
 
 
 @pytest.fixture(scope="session")

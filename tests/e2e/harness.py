@@ -100,6 +100,10 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=30)
 
 
+# Every child process a test starts; the `reap` fixture kills what is left when it ends.
+RUNNING: list["Proc"] = []
+
+
 class Proc:
     """A child process whose output goes to a log file; killed at the end of the test."""
 
@@ -108,6 +112,7 @@ class Proc:
         self.log_path = log
         self.log = open(log, "ab")
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        RUNNING.append(self)
 
     def alive(self) -> bool:
         return self.p.poll() is None

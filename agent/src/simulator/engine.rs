@@ -951,12 +951,15 @@ impl Simulation {
         match &mut run.source {
             Source::Root(arrivals) => {
                 while events.len() < want {
-                    let t = arrivals.peek_time().unwrap_or(wall);
+                    // Unpaced streams have no schedule: their events happen now, whatever
+                    // the clock the caller runs against.
+                    let paced = arrivals.peek_time();
+                    let t = paced.unwrap_or(wall);
                     if t >= end {
                         run.ended = true;
                         break;
                     }
-                    if now_us.is_some_and(|n| t > n) {
+                    if paced.is_some() && now_us.is_some_and(|n| t > n) {
                         break;
                     }
                     events.push(arrivals.next(wall));
@@ -1676,6 +1679,37 @@ mod tests {
             .count();
         assert_eq!(dropouts, 4);
         assert_eq!(b.num_rows(), 20 * 6 * 360 - 4 * 120);
+    }
+
+    #[test]
+    fn unpaced_streams_run_against_a_clock_without_waiting() {
+        let text = r#"
+            [streams.s]
+            [streams.s.fields]
+            ts = { type = "timestamp" }
+            n = { type = "sequence" }
+        "#;
+        let spec: ScenarioSpec = toml::from_str(text).expect("parses");
+        let sc = Arc::new(Scenario::compile(&spec, true).expect("compiles unpaced"));
+        let mut sim = Simulation::new(
+            sc,
+            RunOptions {
+                start_us: 0,
+                rows: Some(10_000),
+                end_us: None,
+                threads: 1,
+            },
+        );
+        // A clock far behind the wall clock must not stall an unpaced stream.
+        let mut rows = 0;
+        for _ in 0..100 {
+            match sim.step(1000, Some(0)).expect("step") {
+                Step::Rows { batch, .. } => rows += batch.num_rows(),
+                Step::Done => break,
+                Step::Wait(t) => panic!("an unpaced stream waited for {t}"),
+            }
+        }
+        assert_eq!(rows, 10_000);
     }
 
     #[test]
