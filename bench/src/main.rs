@@ -126,7 +126,7 @@ fn json_number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} not in {json}"));
     json[at + key.len() + 3..]
         .trim_start()
-        .split(|c: char| c == ',' || c == '\n' || c == '}')
+        .split([',', '\n', '}'])
         .next()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
