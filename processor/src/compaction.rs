@@ -17,6 +17,7 @@ use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::concat;
 use crate::config::Compression;
 use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
 
@@ -27,6 +28,9 @@ pub struct CompactionOptions {
     pub target_file_size: u64,
     /// Files at least this big are left alone (default: three quarters of the target).
     pub small_file_size: u64,
+    /// Bins whose row groups average at least this size are merged by copying the row
+    /// groups' encoded bytes; smaller row groups are decoded and re-encoded into large ones.
+    pub copy_row_group_size: u64,
     pub compression: Compression,
 }
 
@@ -35,6 +39,7 @@ impl CompactionOptions {
         Self {
             target_file_size,
             small_file_size: target_file_size / 4 * 3,
+            copy_row_group_size: 4 << 20,
             compression,
         }
     }
@@ -51,6 +56,9 @@ pub struct CompactionReport {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub rows_rewritten: u64,
+    /// Bins merged by copying encoded row groups (the others were re-encoded).
+    pub bins_copied: usize,
+    pub bins_reencoded: usize,
     /// Commits that lost a race and were retried.
     pub conflicts: u32,
     pub elapsed_ms: u64,
@@ -184,41 +192,24 @@ async fn compact_bin(
     opts: &CompactionOptions,
     report: &mut CompactionReport,
 ) -> Result<(), CompactionError> {
-    let schema = crate::lake::table_arrow_schema(table)?;
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    let mut rows = 0u64;
-    let mut bytes_read = 0u64;
+    let mut inputs: Vec<Bytes> = Vec::with_capacity(bin.len());
     for f in bin {
-        let data: Bytes = table.file_io().new_input(f.file_path())?.read().await?;
-        bytes_read += data.len() as u64;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)?
-            .with_batch_size(64 * 1024)
-            .build()?;
-        let mut read = 0u64;
-        for b in reader {
-            let b = b?;
-            read += b.num_rows() as u64;
-            // Same columns, in the table's schema (with its field ids) for the writer.
-            batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
-        }
-        if read != f.record_count() {
-            return Err(CompactionError::CountMismatch {
-                file: f.file_path().to_string(),
-                read,
-                expected: f.record_count(),
-            });
-        }
-        rows += read;
+        inputs.push(table.file_io().new_input(f.file_path())?.read().await?);
     }
+    let bytes_read: u64 = inputs.iter().map(|b| b.len() as u64).sum();
     let prefix = format!("compact-{}", uuid::Uuid::now_v7());
-    let written = crate::lake::write_data_files(
-        table,
-        &batches,
-        &prefix,
-        opts.compression,
-        Some(usize::try_from(opts.target_file_size).unwrap_or(usize::MAX)),
-    )
-    .await?;
+    let copied = concat::row_groups(bin, &inputs, opts.copy_row_group_size)?;
+    let (written, rows) = match copied {
+        Some(merged) => {
+            report.bins_copied += 1;
+            let rows = merged.rows;
+            (vec![concat::write(table, merged, &prefix).await?], rows)
+        }
+        None => {
+            report.bins_reencoded += 1;
+            reencode(table, bin, inputs, opts, &prefix).await?
+        }
+    };
     let written_rows: u64 = written.iter().map(DataFile::record_count).sum();
     let cleanup = |files: Vec<DataFile>| async move {
         for f in files {
@@ -260,6 +251,48 @@ async fn compact_bin(
     report.bytes_written += bytes_written;
     report.rows_rewritten += rows;
     Ok(())
+}
+
+/// Decode the bin's rows (counted against the manifests) and write them as new files.
+async fn reencode(
+    table: &Table,
+    bin: &[DataFile],
+    inputs: Vec<Bytes>,
+    opts: &CompactionOptions,
+    prefix: &str,
+) -> Result<(Vec<DataFile>, u64), CompactionError> {
+    let schema = crate::lake::table_arrow_schema(table)?;
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0u64;
+    for (f, data) in bin.iter().zip(inputs) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)?
+            .with_batch_size(64 * 1024)
+            .build()?;
+        let mut read = 0u64;
+        for b in reader {
+            let b = b?;
+            read += b.num_rows() as u64;
+            // Same columns, in the table's schema (with its field ids) for the writer.
+            batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+        }
+        if read != f.record_count() {
+            return Err(CompactionError::CountMismatch {
+                file: f.file_path().to_string(),
+                read,
+                expected: f.record_count(),
+            });
+        }
+        rows += read;
+    }
+    let written = crate::lake::write_data_files(
+        table,
+        &batches,
+        prefix,
+        opts.compression,
+        Some(usize::try_from(opts.target_file_size).unwrap_or(usize::MAX)),
+    )
+    .await?;
+    Ok((written, rows))
 }
 
 /// Every table of every namespace.

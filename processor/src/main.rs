@@ -4,6 +4,7 @@
 mod api;
 mod certs;
 mod compaction;
+mod concat;
 mod config;
 mod demo;
 mod lake;
@@ -38,6 +39,10 @@ enum MaintainTask {
         /// Size of the files written.
         #[arg(long, default_value = "128MiB")]
         target_file_size: bytesize::ByteSize,
+        /// Merge bins whose row groups average more than this by copying the encoded row
+        /// groups; smaller ones are decoded and re-encoded into larger row groups.
+        #[arg(long, default_value = "4MiB")]
+        copy_row_groups_above: bytesize::ByteSize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -384,13 +389,17 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
         MaintainTask::Compact {
             table,
             target_file_size,
+            copy_row_groups_above,
             json,
         } => {
             let tables = tables(table).await?;
-            let opts = compaction::CompactionOptions::new(
-                target_file_size.as_u64(),
-                cfg.lander.compression,
-            );
+            let opts = compaction::CompactionOptions {
+                copy_row_group_size: copy_row_groups_above.as_u64(),
+                ..compaction::CompactionOptions::new(
+                    target_file_size.as_u64(),
+                    cfg.lander.compression,
+                )
+            };
             let mut reports = Vec::new();
             for ident in tables {
                 let bar = indicatif::ProgressBar::new(0);
@@ -414,12 +423,14 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
                 if !json {
                     let secs = report.elapsed_ms as f64 / 1000.0;
                     println!(
-                        "{}: {} -> {} data files ({} rewritten into {}, {} rows, {:.1} MB read, {:.1} MB written, {:.1} MB/s, {} conflicts retried)",
+                        "{}: {} -> {} data files ({} rewritten into {}; bins copied {}, re-encoded {}; {} rows, {:.1} MB read, {:.1} MB written, {:.1} MB/s, {} conflicts retried)",
                         report.table,
                         report.files_before,
                         report.files_after,
                         report.files_rewritten,
                         report.files_written,
+                        report.bins_copied,
+                        report.bins_reencoded,
                         report.rows_rewritten,
                         report.bytes_read as f64 / 1e6,
                         report.bytes_written as f64 / 1e6,
