@@ -134,6 +134,20 @@ pub async fn commit(
     let tag = uuid::Uuid::now_v7();
     let mut written: Vec<String> = Vec::new();
 
+    // A new data manifest of this commit, recorded for cleanup should the commit fail.
+    let new_manifest = |n: usize, written: &mut Vec<String>| {
+        let path = format!("{dir}/{tag}-m{n}.avro");
+        written.push(path.clone());
+        Ok::<_, iceberg::Error>(
+            ManifestWriterBuilder::new(
+                file_io.new_output(&path)?,
+                Some(snapshot_id),
+                schema.clone(),
+                spec.clone(),
+            )
+            .build_v2_data(),
+        )
+    };
     let result = async {
         let bytes = file_io.new_input(current.manifest_list())?.read().await?;
         let list = ManifestList::parse_with_version(&bytes, meta.format_version())?;
@@ -153,15 +167,7 @@ pub async fn commit(
                 manifests.push(mf.clone());
                 continue;
             }
-            let path = format!("{dir}/{tag}-m{}.avro", manifests.len());
-            written.push(path.clone());
-            let mut w = ManifestWriterBuilder::new(
-                file_io.new_output(&path)?,
-                Some(snapshot_id),
-                schema.clone(),
-                spec.clone(),
-            )
-            .build_v2_data();
+            let mut w = new_manifest(manifests.len(), &mut written)?;
             for e in manifest.entries().iter().filter(|e| e.is_alive()) {
                 let data_seq = e.sequence_number.unwrap_or(0);
                 let file = e.data_file().clone();
@@ -184,15 +190,7 @@ pub async fn commit(
             return Err(RewriteError::Missing(missing.clone()));
         }
         if !replace.add.is_empty() {
-            let path = format!("{dir}/{tag}-m{}.avro", manifests.len());
-            written.push(path.clone());
-            let mut w = ManifestWriterBuilder::new(
-                file_io.new_output(&path)?,
-                Some(snapshot_id),
-                schema.clone(),
-                spec.clone(),
-            )
-            .build_v2_data();
+            let mut w = new_manifest(manifests.len(), &mut written)?;
             for file in &replace.add {
                 w.add_file(file.clone(), seq)?;
             }

@@ -15,13 +15,19 @@ def maintain(bins, proc, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def land_in_small_files(bins, certs, workdir, n: int) -> Processor:
+    """A processor whose bronze.telemetry holds `n` rows in many small commits."""
+    proc = Processor(bins, certs, workdir, commit_interval="100ms").start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=20_000)},
+                  batch={"max_rows": 500, "max_age": "50ms"}).start()
+    assert agent.wait(180) == 0, agent.proc.output()
+    return proc
+
+
 def test_compaction_keeps_rows_and_history(bins, certs, workdir):
     n = 40_000
-    proc = Processor(bins, certs, workdir, commit_interval="100ms").start()
+    proc = land_in_small_files(bins, certs, workdir, n)
     try:
-        agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=20_000)},
-                      batch={"max_rows": 500, "max_age": "50ms"}).start()
-        assert agent.wait(180) == 0, agent.proc.output()
         table = pyiceberg_table(proc, "bronze.telemetry")
         files_before = len(table.inspect.files())
         previous = table.current_snapshot()
@@ -126,11 +132,8 @@ def test_compaction_by_copying_row_groups(bins, certs, workdir):
     """Bins of files with large row groups are merged without re-encoding: same rows, and
     metrics (counts, bounds) that let readers prune."""
     n = 40_000
-    proc = Processor(bins, certs, workdir, commit_interval="100ms").start()
+    proc = land_in_small_files(bins, certs, workdir, n)
     try:
-        agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=20_000)},
-                      batch={"max_rows": 500, "max_age": "50ms"}).start()
-        assert agent.wait(180) == 0, agent.proc.output()
         table = pyiceberg_table(proc, "bronze.telemetry")
         files_before = table.inspect.files().to_pylist()
         assert len(files_before) >= 10
