@@ -11,12 +11,13 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use indexmap::IndexMap;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -56,8 +57,8 @@ struct StreamPlan {
     origin: Origin,
     late: Option<Late>,
     fields: Vec<(String, FieldSpec)>,
-    /// Expressions in evaluation order, with their column index.
-    exprs: Vec<(usize, Expr)>,
+    /// Expressions in evaluation order: column index, expression, columns it reads.
+    exprs: Vec<(usize, Expr, Vec<usize>)>,
     /// Field anomalies: (index in `anomalies`, column index).
     field_anomalies: Vec<(u16, usize)>,
     anomalies: Vec<AnomalySpec>,
@@ -413,7 +414,7 @@ fn compile_stream(
         types.push(ty);
     }
     // Expressions, in an order where what they read is known first.
-    let mut exprs: Vec<(usize, Expr)> = Vec::new();
+    let mut exprs: Vec<(usize, Expr, Vec<usize>)> = Vec::new();
     let mut pending: Vec<usize> = (0..s.fields.len())
         .filter(|i| types[*i].is_none())
         .collect();
@@ -433,7 +434,13 @@ fn compile_stream(
             match Expr::compile(expr, &lookup) {
                 Ok(e) => {
                     types[i] = Some(arrow_type(e.ty()));
-                    exprs.push((i, e));
+                    // Compiling found every input among the fields.
+                    let reads = e
+                        .inputs()
+                        .iter()
+                        .filter_map(|n| s.fields.get_index_of(n))
+                        .collect();
+                    exprs.push((i, e, reads));
                     progressed = true;
                 }
                 Err(m) => {
@@ -1210,15 +1217,16 @@ impl Simulation {
             a.apply(&mut values, &times, &entities, &mut labels);
             columns[a.field] = Some(Arc::new(Float64Array::from(values)));
         }
-        for (col, expr) in &plan.exprs {
-            let inputs: Vec<ArrayRef> = expr
-                .inputs()
+        for (col, expr, reads) in &plan.exprs {
+            let inputs: Vec<ArrayRef> = reads
                 .iter()
-                .map(|n| {
-                    let i = plan.fields.iter().position(|(f, _)| f == n).unwrap_or(0);
-                    columns[i]
-                        .clone()
-                        .ok_or_else(|| ArrowError::ComputeError(format!("{n} is not computed yet")))
+                .map(|i| {
+                    columns[*i].clone().ok_or_else(|| {
+                        ArrowError::ComputeError(format!(
+                            "{} is not computed yet",
+                            plan.fields[*i].0
+                        ))
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             columns[*col] = Some(evaluate(expr, &inputs, events.len()));
@@ -1265,59 +1273,50 @@ fn evaluate(expr: &Expr, inputs: &[ArrayRef], n: usize) -> ArrayRef {
         }
         results.push(if null { None } else { expr.eval(&row) });
     }
+    let results = results.into_iter();
     match expr.ty() {
-        Type::Int => {
-            let mut b = Int64Builder::with_capacity(n);
-            for r in results {
-                b.append_option(match r {
+        Type::Int => Arc::new(
+            results
+                .map(|r| match r {
                     Some(Value::Int(i)) => Some(i),
                     _ => None,
-                });
-            }
-            Arc::new(b.finish())
-        }
-        Type::Float => {
-            let mut b = Float64Builder::with_capacity(n);
-            for r in results {
-                b.append_option(match r {
+                })
+                .collect::<Int64Array>(),
+        ),
+        Type::Float => Arc::new(
+            results
+                .map(|r| match r {
                     Some(Value::Float(f)) => Some(f),
                     Some(Value::Int(i)) => Some(i as f64),
                     _ => None,
-                });
-            }
-            Arc::new(b.finish())
-        }
-        Type::Bool => {
-            let mut b = BooleanBuilder::with_capacity(n);
-            for r in results {
-                b.append_option(match r {
+                })
+                .collect::<Float64Array>(),
+        ),
+        Type::Bool => Arc::new(
+            results
+                .map(|r| match r {
                     Some(Value::Bool(x)) => Some(x),
                     _ => None,
-                });
-            }
-            Arc::new(b.finish())
-        }
-        Type::Str => {
-            let mut b = StringBuilder::with_capacity(n, n * 8);
-            for r in results {
-                match r {
-                    Some(Value::Str(s)) => b.append_value(s),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        Type::Time => {
-            let mut b =
-                TimestampMicrosecondBuilder::with_capacity(n).with_timezone(sluice_protocol::UTC);
-            for r in results {
-                b.append_option(match r {
+                })
+                .collect::<BooleanArray>(),
+        ),
+        Type::Str => Arc::new(
+            results
+                .map(|r| match r {
+                    Some(Value::Str(x)) => Some(x),
+                    _ => None,
+                })
+                .collect::<StringArray>(),
+        ),
+        Type::Time => Arc::new(
+            results
+                .map(|r| match r {
                     Some(Value::Time(t)) => Some(t),
                     _ => None,
-                });
-            }
-            Arc::new(b.finish())
-        }
+                })
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone(sluice_protocol::UTC),
+        ),
     }
 }
 
