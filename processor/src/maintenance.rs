@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use iceberg::spec::{ManifestContentType, ManifestList};
+use iceberg::spec::ManifestContentType;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
@@ -120,8 +120,7 @@ async fn referenced_files(table: &Table) -> Result<HashSet<String>, iceberg::Err
     }
     for snapshot in meta.snapshots() {
         out.insert(snapshot.manifest_list().to_string());
-        let bytes = io.new_input(snapshot.manifest_list())?.read().await?;
-        let list = ManifestList::parse_with_version(&bytes, meta.format_version())?;
+        let list = crate::rewrite::manifest_list(table, snapshot).await?;
         for mf in list.entries() {
             out.insert(mf.manifest_path.clone());
             if mf.content != ManifestContentType::Data {

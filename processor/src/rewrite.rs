@@ -149,8 +149,7 @@ pub async fn commit(
         )
     };
     let result = async {
-        let bytes = file_io.new_input(current.manifest_list())?.read().await?;
-        let list = ManifestList::parse_with_version(&bytes, meta.format_version())?;
+        let list = manifest_list(table, current).await?;
         let mut manifests: Vec<ManifestFile> = Vec::new();
         let mut removed: Vec<DataFile> = Vec::new();
         for mf in list.entries() {
@@ -315,8 +314,7 @@ pub async fn live_files(table: &Table) -> Result<Vec<DataFile>, iceberg::Error> 
         return Ok(Vec::new());
     };
     let file_io = table.file_io();
-    let bytes = file_io.new_input(current.manifest_list())?.read().await?;
-    let list = ManifestList::parse_with_version(&bytes, meta.format_version())?;
+    let list = manifest_list(table, current).await?;
     let mut out = Vec::new();
     for mf in list.entries() {
         if mf.content != ManifestContentType::Data {
@@ -329,4 +327,17 @@ pub async fn live_files(table: &Table) -> Result<Vec<DataFile>, iceberg::Error> 
         }
     }
     Ok(out)
+}
+
+/// The manifest list of one of the table's snapshots.
+pub async fn manifest_list(
+    table: &Table,
+    snapshot: &Snapshot,
+) -> Result<ManifestList, iceberg::Error> {
+    let bytes = table
+        .file_io()
+        .new_input(snapshot.manifest_list())?
+        .read()
+        .await?;
+    ManifestList::parse_with_version(&bytes, table.metadata().format_version())
 }
