@@ -57,18 +57,28 @@ pub struct SimulateArgs {
     pub bench: bool,
 }
 
-/// The numeric benchmark: a timestamp, a sequence and eight numeric fields.
-const BENCH_NUMERIC: &str = r#"
+/// A benchmark scenario: 1,000 devices, events at `rate`, with these `fields`.
+fn bench_scenario(rate: &str, fields: &str) -> String {
+    format!(
+        r#"
 seed = 1
 start = "2026-01-01T00:00:00Z"
 [entities.dev]
 count = 1000
 [streams.telemetry]
 entity = "dev"
-rate = { type = "constant", every = "1s" }
+rate = {rate}
 [streams.telemetry.fields]
-ts = { type = "timestamp" }
-seq = { type = "sequence" }
+ts = {{ type = "timestamp" }}
+seq = {{ type = "sequence" }}
+{fields}"#
+    )
+}
+
+const EVERY_SECOND: &str = r#"{ type = "constant", every = "1s" }"#;
+
+/// Eight numeric fields (with the timestamp and sequence: ten columns).
+const NUMERIC_FIELDS: &str = r#"
 temp = { type = "normal", mean = 21.0, stddev = 2.0 }
 humidity = { type = "seasonal", mean = 50.0, daily = 10.0, noise = 1.0 }
 pressure = { type = "uniform", min = 980.0, max = 1040.0 }
@@ -79,18 +89,8 @@ level = { type = "uniform", min = 0, max = 100, integer = true }
 ok = { type = "choice", values = [true, false], weights = [9, 1] }
 "#;
 
-/// The string benchmark: the same shape with four `fake` string fields drawn per event.
-const BENCH_STRINGS: &str = r#"
-seed = 1
-start = "2026-01-01T00:00:00Z"
-[entities.dev]
-count = 1000
-[streams.telemetry]
-entity = "dev"
-rate = { type = "constant", every = "1s" }
-[streams.telemetry.fields]
-ts = { type = "timestamp" }
-seq = { type = "sequence" }
+/// Five `fake` fields drawn per event (four strings and an HTTP status) and three numbers.
+const FAKE_FIELDS: &str = r#"
 host = { type = "fake", fake = "hostname" }
 ip = { type = "fake", fake = "ipv4" }
 path = { type = "fake", fake = "http_path" }
@@ -104,16 +104,24 @@ temp = { type = "normal", mean = 21.0, stddev = 2.0 }
 /// `simulate --bench`: rows/s on one thread for each benchmark scenario.
 pub fn bench(rows: u64, batch: usize) -> anyhow::Result<()> {
     println!("one core, {batch} rows per chunk, straight into Arrow record batches");
-    let poisson = BENCH_NUMERIC.replace(
-        "{ type = \"constant\", every = \"1s\" }",
-        "{ type = \"poisson\", per_second = 1.0 }",
-    );
     for (name, text, target) in [
-        ("10 numeric columns", BENCH_NUMERIC, Some(5_000_000.0)),
-        ("with 5 fake columns", BENCH_STRINGS, Some(1_000_000.0)),
-        ("numeric, Poisson times", poisson.as_str(), None),
+        (
+            "10 numeric columns",
+            bench_scenario(EVERY_SECOND, NUMERIC_FIELDS),
+            Some(5_000_000.0),
+        ),
+        (
+            "with 5 fake columns",
+            bench_scenario(EVERY_SECOND, FAKE_FIELDS),
+            Some(1_000_000.0),
+        ),
+        (
+            "numeric, Poisson times",
+            bench_scenario(r#"{ type = "poisson", per_second = 1.0 }"#, NUMERIC_FIELDS),
+            None,
+        ),
     ] {
-        let spec: ScenarioSpec = toml::from_str(text)?;
+        let spec: ScenarioSpec = toml::from_str(&text)?;
         let scenario = Arc::new(
             Scenario::compile(&spec, false)
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?,
