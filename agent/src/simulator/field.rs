@@ -90,24 +90,8 @@ pub enum FieldSpec {
         #[serde(default)]
         mean: Option<f64>,
     },
-    /// `mean` plus daily and weekly cosine waves (peaking at `peak_hour` and on
-    /// `peak_weekday`, 0 = Monday), a linear trend per day since the start, and Normal
-    /// noise.
-    Seasonal {
-        mean: f64,
-        #[serde(default)]
-        daily: f64,
-        #[serde(default)]
-        weekly: f64,
-        #[serde(default = "default_peak_hour")]
-        peak_hour: f64,
-        #[serde(default = "default_peak_weekday")]
-        peak_weekday: f64,
-        #[serde(default)]
-        trend_per_day: f64,
-        #[serde(default)]
-        noise: f64,
-    },
+    /// Daily and weekly waves, a trend and noise.
+    Seasonal(SeasonalSpec),
     /// The same value in every row.
     Constant { value: Scalar },
     /// Uniform in `[min, max)`; `integer = true` gives whole numbers in `[min, max]`.
@@ -162,6 +146,59 @@ pub enum FieldSpec {
 fn one() -> i64 {
     1
 }
+/// `mean` plus daily and weekly cosine waves (peaking at `peak_hour` and on `peak_weekday`,
+/// 0 = Monday), a linear trend per day since the start, and Normal noise.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeasonalSpec {
+    mean: f64,
+    #[serde(default)]
+    daily: f64,
+    #[serde(default)]
+    weekly: f64,
+    #[serde(default = "default_peak_hour")]
+    peak_hour: f64,
+    #[serde(default = "default_peak_weekday")]
+    peak_weekday: f64,
+    #[serde(default)]
+    trend_per_day: f64,
+    #[serde(default)]
+    noise: f64,
+}
+
+impl SeasonalSpec {
+    fn validate(&self) -> Result<(), String> {
+        for (k, v) in [
+            ("mean", self.mean),
+            ("daily", self.daily),
+            ("weekly", self.weekly),
+            ("trend_per_day", self.trend_per_day),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("{k} must be a finite number"));
+            }
+        }
+        let Self {
+            noise,
+            peak_hour,
+            peak_weekday,
+            ..
+        } = *self;
+        if !(noise.is_finite() && noise >= 0.0) {
+            return Err(format!("noise must be >= 0, got {noise}"));
+        }
+        if !(0.0..24.0).contains(&peak_hour) {
+            return Err(format!("peak_hour must be within 0..24, got {peak_hour}"));
+        }
+        if !(0.0..7.0).contains(&peak_weekday) {
+            return Err(format!(
+                "peak_weekday must be within 0..7 (0 = Monday), got {peak_weekday}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_peak_hour() -> f64 {
     14.0
 }
@@ -267,35 +304,7 @@ impl FieldSpec {
                     return Err(format!("min ({lo}) must be below max ({hi})"));
                 }
             }
-            FieldSpec::Seasonal {
-                mean,
-                daily,
-                weekly,
-                peak_hour,
-                peak_weekday,
-                trend_per_day,
-                noise,
-            } => {
-                for (k, v) in [
-                    ("mean", mean),
-                    ("daily", daily),
-                    ("weekly", weekly),
-                    ("trend_per_day", trend_per_day),
-                ] {
-                    finite(k, *v)?;
-                }
-                if !(noise.is_finite() && *noise >= 0.0) {
-                    return Err(format!("noise must be >= 0, got {noise}"));
-                }
-                if !(0.0..24.0).contains(peak_hour) {
-                    return Err(format!("peak_hour must be within 0..24, got {peak_hour}"));
-                }
-                if !(0.0..7.0).contains(peak_weekday) {
-                    return Err(format!(
-                        "peak_weekday must be within 0..7 (0 = Monday), got {peak_weekday}"
-                    ));
-                }
-            }
+            FieldSpec::Seasonal(spec) => spec.validate()?,
             FieldSpec::Expr { expr } if expr.trim().is_empty() => {
                 return Err("expr must not be empty".into());
             }
@@ -321,7 +330,7 @@ impl FieldSpec {
             | FieldSpec::Normal { .. }
             | FieldSpec::Lognormal { .. }
             | FieldSpec::RandomWalk { .. }
-            | FieldSpec::Seasonal { .. } => DataType::Float64,
+            | FieldSpec::Seasonal(_) => DataType::Float64,
             FieldSpec::Choice { values, .. } => values
                 .first()
                 .map(Scalar::data_type)
@@ -457,23 +466,9 @@ impl FieldGenerator {
                 revert: *mean_reversion,
                 mean: mean.unwrap_or(*start),
             }),
-            FieldSpec::Seasonal {
-                mean,
-                daily,
-                weekly,
-                peak_hour,
-                peak_weekday,
-                trend_per_day,
-                noise,
-            } => FieldGenerator::Seasonal(Seasonal {
+            FieldSpec::Seasonal(spec) => FieldGenerator::Seasonal(Seasonal {
                 rng: Xoshiro256PlusPlus::seed_from_u64(seed),
-                mean: *mean,
-                daily: *daily,
-                weekly: *weekly,
-                peak_hour: *peak_hour,
-                peak_weekday: *peak_weekday,
-                trend_per_day: *trend_per_day,
-                noise: *noise,
+                spec: *spec,
                 start_us,
             }),
             _ => {
@@ -569,13 +564,7 @@ impl Walk {
 /// Daily and weekly waves, a trend and noise.
 pub(crate) struct Seasonal {
     rng: Xoshiro256PlusPlus,
-    mean: f64,
-    daily: f64,
-    weekly: f64,
-    peak_hour: f64,
-    peak_weekday: f64,
-    trend_per_day: f64,
-    noise: f64,
+    spec: SeasonalSpec,
     start_us: i64,
 }
 
@@ -589,22 +578,23 @@ impl Seasonal {
         times
             .iter()
             .map(|t| {
-                let mut v = self.mean;
-                if self.daily != 0.0 {
+                let s = &self.spec;
+                let mut v = s.mean;
+                if s.daily != 0.0 {
                     let hour = t.rem_euclid(DAY) as f64 / US_PER_HOUR;
-                    v += self.daily * (TAU * (hour - self.peak_hour) / 24.0).cos();
+                    v += s.daily * (TAU * (hour - s.peak_hour) / 24.0).cos();
                 }
-                if self.weekly != 0.0 {
+                if s.weekly != 0.0 {
                     // The Unix epoch was a Thursday: weekday 0 = Monday.
                     let weekday = (t + 3 * DAY).rem_euclid(7 * DAY) as f64 / (DAY as f64);
-                    v += self.weekly * (TAU * (weekday - self.peak_weekday) / 7.0).cos();
+                    v += s.weekly * (TAU * (weekday - s.peak_weekday) / 7.0).cos();
                 }
-                if self.trend_per_day != 0.0 {
-                    v += self.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY;
+                if s.trend_per_day != 0.0 {
+                    v += s.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY;
                 }
-                if self.noise > 0.0 {
+                if s.noise > 0.0 {
                     let z: f64 = StandardNormal.sample(&mut self.rng);
-                    v += z * self.noise;
+                    v += z * s.noise;
                 }
                 v
             })
