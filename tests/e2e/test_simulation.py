@@ -105,24 +105,20 @@ def test_bad_scenarios_name_file_line_and_key(bins, workdir):
         (text.replace("magnitude = 25.0", "magnitude = 25.0\nper_hour = 1.0"),
          "streams.readings.anomalies.0.per_hour", "does not apply to a spike"),
     ]
-    lines = text.splitlines()
     for i, (bad, key, words) in enumerate(cases):
         path = workdir / f"bad{i}.toml"
         path.write_text(bad)
         r = simulate(bins, path, "--rows", 10, "--out", workdir / "x.jsonl", check=False)
         assert r.returncode != 0
         assert str(path) in r.stderr and key in r.stderr and words in r.stderr, r.stderr
-        # The line number points at the key's line.
+        # The line number points at the line where the key is written.
         line = int(r.stderr.split(f"{path}:")[1].split(":")[0])
-        leaf = key.split(".")[-1]
-        if not leaf.isdigit():
-            assert leaf in bad.splitlines()[line - 1] or "[[" in bad.splitlines()[line - 1], (line, r.stderr)
+        assert bad.splitlines()[line - 1].lstrip().startswith(key.split(".")[-1]), (line, r.stderr)
     # A TOML syntax error and an unknown key are named too.
     path = workdir / "syntax.toml"
     path.write_text(text.replace("count = 500", "count = 500\ncolour = 3"))
     r = simulate(bins, path, "--rows", 10, check=False)
     assert r.returncode != 0 and "colour" in r.stderr and "line" in r.stderr, r.stderr
-    assert len(lines) > 10
 
 
 def test_scenario_source_lands_related_streams(bins, certs, workdir):
