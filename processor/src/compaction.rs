@@ -15,10 +15,10 @@ use bytes::Bytes;
 use iceberg::spec::{DataFile, Operation};
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::concat;
 use crate::config::Compression;
+use crate::locks::CommitLocks;
 use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
 
 /// How compaction packs files.
@@ -67,12 +67,8 @@ pub struct CompactionReport {
 /// Why compaction failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CompactionError {
-    #[error("{file}: {read} rows read back but the manifest says {expected}; not compacting")]
-    CountMismatch {
-        file: String,
-        read: u64,
-        expected: u64,
-    },
+    #[error("not compacting: {0}")]
+    Read(#[from] crate::lake::ReadError),
     #[error("wrote {written} rows for {read} read; not committing")]
     WriteMismatch { written: u64, read: u64 },
     #[error("gave up after {0} conflicting commits")]
@@ -127,6 +123,7 @@ pub fn plan(files: &[DataFile], opts: &CompactionOptions) -> Vec<Vec<DataFile>> 
 pub async fn compact(
     catalog: &dyn Catalog,
     swap: &CatalogSwap,
+    locks: &CommitLocks,
     ident: &TableIdent,
     opts: &CompactionOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
@@ -160,9 +157,11 @@ pub async fn compact(
         let mut lost = false;
         for (i, bin) in bins.into_iter().enumerate() {
             progress(i, total);
-            match compact_bin(&table, swap, &bin, opts, &mut report).await {
+            match compact_bin(catalog, &table, swap, locks, &bin, opts, &mut report).await {
                 Ok(()) => {}
-                Err(CompactionError::Rewrite(RewriteError::Conflict)) => {
+                Err(CompactionError::Rewrite(
+                    RewriteError::Conflict | RewriteError::Missing(_),
+                )) => {
                     report.conflicts += 1;
                     tracing::info!(table = %report.table, "compaction commit lost a race; planning again");
                     if report.conflicts >= MAX_CONFLICTS {
@@ -186,8 +185,10 @@ pub async fn compact(
 
 /// Rewrite one bin into new files and commit the swap.
 async fn compact_bin(
+    catalog: &dyn Catalog,
     table: &Table,
     swap: &CatalogSwap,
+    locks: &CommitLocks,
     bin: &[DataFile],
     opts: &CompactionOptions,
     report: &mut CompactionReport,
@@ -241,9 +242,20 @@ async fn compact_bin(
             .into_iter()
             .collect(),
     };
-    if let Err(e) = rewrite::commit(swap, table, &replace).await {
+    // Under the table's lock, on its latest state: the lander may have appended since the
+    // bin was read, which the replacement keeps (it removes only the bin's files).
+    let committed = {
+        let _lock = locks.lock(&report.table).await;
+        match catalog.load_table(table.identifier()).await {
+            Ok(latest) => rewrite::commit(swap, &latest, &replace)
+                .await
+                .map_err(CompactionError::from),
+            Err(e) => Err(e.into()),
+        }
+    };
+    if let Err(e) = committed {
         cleanup(written).await;
-        return Err(e.into());
+        return Err(e);
     }
     report.files_rewritten += bin.len();
     report.files_written += n_written;
@@ -263,27 +275,10 @@ async fn reencode(
 ) -> Result<(Vec<DataFile>, u64), CompactionError> {
     let schema = crate::lake::table_arrow_schema(table)?;
     let mut batches: Vec<RecordBatch> = Vec::new();
-    let mut rows = 0u64;
     for (f, data) in bin.iter().zip(inputs) {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)?
-            .with_batch_size(64 * 1024)
-            .build()?;
-        let mut read = 0u64;
-        for b in reader {
-            let b = b?;
-            read += b.num_rows() as u64;
-            // Same columns, in the table's schema (with its field ids) for the writer.
-            batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
-        }
-        if read != f.record_count() {
-            return Err(CompactionError::CountMismatch {
-                file: f.file_path().to_string(),
-                read,
-                expected: f.record_count(),
-            });
-        }
-        rows += read;
+        batches.extend(crate::lake::decode_data_file(&schema, f, data)?);
     }
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     let written = crate::lake::write_data_files(
         table,
         &batches,

@@ -46,11 +46,12 @@ pub fn row_groups<'a>(
     for (f, m) in bin.iter().zip(&metas) {
         let rows = m.file_metadata().num_rows() as u64;
         if rows != f.record_count() {
-            return Err(CompactionError::CountMismatch {
+            return Err(crate::lake::ReadError::CountMismatch {
                 file: f.file_path().to_string(),
                 read: rows,
                 expected: f.record_count(),
-            });
+            }
+            .into());
         }
     }
     let groups: usize = metas.iter().map(|m| m.num_row_groups()).sum();

@@ -1,5 +1,6 @@
 //! Processor configuration: TOML, validated when loaded; unknown keys are errors.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use serde::Deserialize;
+
+use crate::models::{ModelConfig, ModelGraph};
 
 /// The whole processor config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,6 +24,11 @@ pub struct ProcessorConfig {
     pub api: Option<sluice_ops::ApiConfig>,
     #[serde(default)]
     pub lander: LanderConfig,
+    /// SQL models, keyed by target table (`silver.cpu`).
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
 }
 
 /// `[processor]`.
@@ -29,12 +37,51 @@ pub struct ProcessorConfig {
 pub struct ProcessorSection {
     /// Root of everything the processor keeps on disk by default (catalog, warehouse).
     pub data_dir: PathBuf,
+    /// How often models with `schedule = "on_change"` look for new input snapshots.
+    #[serde(with = "humantime_serde")]
+    pub model_poll_interval: Duration,
 }
 
 impl Default for ProcessorSection {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            model_poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `[maintenance]`: compaction, snapshot expiry and orphan cleanup run by `serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Run maintenance inside `serve` (`sluice-processor maintain` works either way).
+    pub enabled: bool,
+    /// Time between maintenance passes over every table (the first one comes after it).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Compaction writes files of about this size and packs smaller ones.
+    pub target_file_size: ByteSize,
+    /// Snapshots older than this are expired (never the current one, nor one a model
+    /// still reads from).
+    #[serde(with = "humantime_serde")]
+    pub expire_older_than: Duration,
+    /// Keep at least this many snapshots.
+    pub retain_last: usize,
+    /// Unreferenced files older than this are deleted (local warehouses).
+    #[serde(with = "humantime_serde")]
+    pub orphans_older_than: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(600),
+            target_file_size: ByteSize::mib(128),
+            expire_older_than: Duration::from_secs(5 * 24 * 3600),
+            retain_last: 10,
+            orphans_older_than: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }
@@ -143,6 +190,20 @@ impl ProcessorConfig {
         if let Some(name) = &self.catalog.name {
             sluice_protocol::validate_name("catalog.name", name).context("catalog.name")?;
         }
+        if self.processor.model_poll_interval.is_zero() {
+            bail!("processor.model_poll_interval: must be greater than zero");
+        }
+        let m = &self.maintenance;
+        if m.interval.is_zero() {
+            bail!("maintenance.interval: must be greater than zero");
+        }
+        if m.target_file_size.as_u64() < 1024 * 1024 {
+            bail!("maintenance.target_file_size: must be at least 1 MiB");
+        }
+        if m.retain_last == 0 {
+            bail!("maintenance.retain_last: must be at least 1");
+        }
+        self.model_graph()?;
         Ok(())
     }
 
@@ -177,6 +238,11 @@ impl ProcessorConfig {
             .warehouse
             .clone()
             .unwrap_or_else(|| self.processor.data_dir.join("warehouse"))
+    }
+
+    /// The models, checked and in run order.
+    pub fn model_graph(&self) -> anyhow::Result<ModelGraph> {
+        ModelGraph::build(&self.models, &self.lander.namespace)
     }
 
     pub fn catalog_name(&self) -> &str {

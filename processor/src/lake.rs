@@ -122,24 +122,50 @@ pub async fn load_or_create(
     name: &str,
     user: &ArrowSchema,
 ) -> Result<Table, iceberg::Error> {
+    create_if_missing(
+        catalog,
+        ns,
+        name,
+        &bronze_arrow_schema(user),
+        &[("sluice.layer", "bronze")],
+    )
+    .await
+}
+
+/// Load `ns.name`, or create it (unpartitioned, Parquet) with the columns of `arrow` and
+/// these extra table properties.
+pub async fn create_if_missing(
+    catalog: &dyn Catalog,
+    ns: &str,
+    name: &str,
+    arrow: &ArrowSchema,
+    properties: &[(&str, &str)],
+) -> Result<Table, iceberg::Error> {
     let ident = TableIdent::new(NamespaceIdent::new(ns.to_string()), name.to_string());
     if catalog.table_exists(&ident).await? {
         return catalog.load_table(&ident).await;
     }
-    let arrow = bronze_arrow_schema(user);
-    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow)?;
+    ensure_namespace(catalog, ns).await?;
+    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(arrow)?;
+    let mut props: HashMap<String, String> = [
+        // Writers retry commits themselves, re-reading progress tokens each time.
+        (
+            TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
+            "0".to_string(),
+        ),
+        ("write.format.default".to_string(), "parquet".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    props.extend(
+        properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let creation = TableCreation::builder()
         .name(name.to_string())
         .schema(schema)
-        .properties([
-            // The lander retries commits itself, re-reading progress tokens each time.
-            (
-                TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
-                "0".to_string(),
-            ),
-            ("write.format.default".to_string(), "parquet".to_string()),
-            ("sluice.layer".to_string(), "bronze".to_string()),
-        ])
+        .properties(props)
         .build();
     match catalog.create_table(&ident.namespace, creation).await {
         Ok(t) => {
@@ -232,6 +258,65 @@ pub async fn write_data_files(
         }
     }
     result
+}
+
+/// Why a data file could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{file}: {read} rows read back but the manifest says {expected}")]
+    CountMismatch {
+        file: String,
+        read: u64,
+        expected: u64,
+    },
+    #[error(transparent)]
+    Iceberg(#[from] iceberg::Error),
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// Decode one data file's bytes into batches of `schema` (the table's, with field ids),
+/// checking the rows against the manifest's record count.
+pub fn decode_data_file(
+    schema: &SchemaRef,
+    file: &DataFile,
+    data: bytes::Bytes,
+) -> Result<Vec<RecordBatch>, ReadError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    let mut batches = Vec::new();
+    let mut read = 0u64;
+    for b in reader {
+        let b = b?;
+        read += b.num_rows() as u64;
+        // Our tables do not evolve their schema: the file's columns are the table's.
+        batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+    }
+    if read != file.record_count() {
+        return Err(ReadError::CountMismatch {
+            file: file.file_path().to_string(),
+            read,
+            expected: file.record_count(),
+        });
+    }
+    Ok(batches)
+}
+
+/// Read data files of `table` into batches of its schema (counts checked).
+pub async fn read_data_files(
+    table: &Table,
+    files: &[DataFile],
+) -> Result<Vec<RecordBatch>, ReadError> {
+    let schema = table_arrow_schema(table)?;
+    let mut out = Vec::new();
+    for f in files {
+        let data = table.file_io().new_input(f.file_path())?.read().await?;
+        out.extend(decode_data_file(&schema, f, data)?);
+    }
+    Ok(out)
 }
 
 /// File names of one write, remembering every name handed out.

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{Compression, LanderConfig};
 use crate::lake;
+use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
 use crate::progress::{COMMIT_ID_KEY, Marks};
 
@@ -60,13 +61,19 @@ pub struct Lander {
 
 impl Lander {
     /// Start the lander task.
-    pub fn start(catalog: Arc<dyn Catalog>, cfg: LanderConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        catalog: Arc<dyn Catalog>,
+        cfg: LanderConfig,
+        metrics: Arc<Metrics>,
+        locks: CommitLocks,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let task = LanderTask {
             catalog,
             cfg,
             metrics,
+            locks,
             tables: HashMap::new(),
             done_tx,
             flush_waiters: Vec::new(),
@@ -168,6 +175,7 @@ struct LanderTask {
     catalog: Arc<dyn Catalog>,
     cfg: LanderConfig,
     metrics: Arc<Metrics>,
+    locks: CommitLocks,
     tables: HashMap<String, TableState>,
     done_tx: mpsc::UnboundedSender<CommitDone>,
     flush_waiters: Vec<oneshot::Sender<()>>,
@@ -399,6 +407,7 @@ impl LanderTask {
             name: state.name.clone(),
             compression: self.cfg.compression,
             metrics: self.metrics.clone(),
+            locks: self.locks.clone(),
         };
         let done_tx = self.done_tx.clone();
         let stream = stream.to_string();
@@ -456,6 +465,7 @@ struct CommitJob {
     name: String,
     compression: Compression,
     metrics: Arc<Metrics>,
+    locks: CommitLocks,
 }
 
 impl CommitJob {
@@ -505,14 +515,18 @@ impl CommitJob {
         commit_id: uuid::Uuid,
         attempt: u32,
     ) -> Result<Table, iceberg::Error> {
+        if files.is_none() {
+            *files = Some(self.write_files(table, batches, commit_id, attempt).await?);
+        }
+        // Compaction and model commits of this process wait while the lander commits.
+        let _lock = self.locks.lock(&self.name).await;
+        // Under the lock the table cannot move in this process: start from its latest state.
+        *table = self.catalog.load_table(table.identifier()).await?;
         let current = Marks::from_table(table);
         if attempt > 1 && current.covers(marks) {
             // An earlier attempt reported failure but did commit: never append twice.
             tracing::warn!(table = %self.name, "earlier commit attempt had succeeded; not repeating it");
             return Ok(table.clone());
-        }
-        if files.is_none() {
-            *files = Some(self.write_files(table, batches, commit_id, attempt).await?);
         }
         let data_files = files.clone().unwrap_or_default();
         let mut props = current.merged(marks).to_properties();

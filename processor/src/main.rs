@@ -9,8 +9,10 @@ mod config;
 mod demo;
 mod lake;
 mod lander;
+mod locks;
 mod maintenance;
 mod metrics;
+mod models;
 mod progress;
 mod query;
 mod receiver;
@@ -68,6 +70,29 @@ enum MaintainTask {
         /// Leave files younger than this (a commit in flight may own them).
         #[arg(long, default_value = "3d", value_parser = humantime::parse_duration)]
         older_than: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `models` does.
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// List the models in run order: mode, schedule, inputs, rows, and input snapshots not
+    /// yet read.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run models once, in dependency order, each until it has caught up with its inputs.
+    Run {
+        /// Only these models (repeatable); default: all.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Drop the models' target and quarantine tables first and rebuild them from the
+        /// inputs (after a schema change, or when a watermark's snapshot has expired).
+        #[arg(long)]
+        rebuild: bool,
         #[arg(long)]
         json: bool,
     },
@@ -136,6 +161,14 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         task: MaintainTask,
+    },
+    /// Run or list the SQL models (silver and gold tables) of a config.
+    Models {
+        /// Processor config file (TOML) with `[models.NAME]` sections.
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: ModelsCommand,
     },
     /// List the lake's tables with rows, data files, bytes, snapshots and last commit.
     Tables {
@@ -259,6 +292,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Maintain { config, task } => maintain(config, task).await,
+        Command::Models { config, command } => run_models(config, command).await,
         Command::Tables { config, json } => {
             let cfg = ProcessorConfig::load(&config)?;
             let catalog =
@@ -320,6 +354,7 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
     let swap = rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
         .await
         .context("cannot open the catalog database")?;
+    let locks = locks::CommitLocks::default();
     let tables = |table: Option<String>| {
         let catalog = catalog.clone();
         async move {
@@ -340,10 +375,22 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
             json,
         } => {
             let mut reports = Vec::new();
+            let pins = maintenance::model_pins(catalog.as_ref()).await?;
             for ident in tables(table).await? {
-                let r = maintenance::expire(catalog.as_ref(), &ident, older_than, retain_last)
-                    .await
-                    .with_context(|| format!("expiring snapshots of {ident}"))?;
+                let pinned = pins
+                    .get(&format!("{}.{}", ident.namespace().join("."), ident.name()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let r = maintenance::expire(
+                    catalog.as_ref(),
+                    &locks,
+                    &ident,
+                    older_than,
+                    retain_last,
+                    pinned,
+                )
+                .await
+                .with_context(|| format!("expiring snapshots of {ident}"))?;
                 if !json {
                     println!(
                         "{}: {} -> {} snapshots",
@@ -416,9 +463,10 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
                 };
-                let report = compaction::compact(catalog.as_ref(), &swap, &ident, &opts, &progress)
-                    .await
-                    .with_context(|| format!("compacting {}", bar.message()))?;
+                let report =
+                    compaction::compact(catalog.as_ref(), &swap, &locks, &ident, &opts, &progress)
+                        .await
+                        .with_context(|| format!("compacting {}", bar.message()))?;
                 bar.finish_and_clear();
                 if !json {
                     let secs = report.elapsed_ms as f64 / 1000.0;
@@ -439,6 +487,120 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
                     );
                 }
                 reports.push(report);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run_models(config: PathBuf, command: ModelsCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cfg = ProcessorConfig::load(&config)?;
+    let graph = cfg.model_graph()?;
+    let catalog =
+        lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse()).await?;
+    match command {
+        ModelsCommand::List { json } => {
+            let rows = models::describe(catalog.as_ref(), &graph).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<28} {:<12} {:<14} {:>12} {:>8}  inputs",
+                "model", "mode", "schedule", "rows", "pending"
+            );
+            for r in rows {
+                println!(
+                    "{:<28} {:<12} {:<14} {:>12} {:>8}  {}",
+                    r.model,
+                    r.mode,
+                    r.schedule,
+                    r.rows.map_or("-".to_string(), |n| n.to_string()),
+                    r.pending_snapshots,
+                    r.inputs.join(", ")
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Run {
+            models: only,
+            rebuild,
+            json,
+        } => {
+            for name in &only {
+                if graph.get(name).is_none() {
+                    anyhow::bail!("--model {name}: no such model in {}", config.display());
+                }
+            }
+            let selected: Vec<&models::Model> = graph
+                .order
+                .iter()
+                .filter(|m| only.is_empty() || only.contains(&m.name))
+                .collect();
+            let runner = models::Runner {
+                catalog: catalog.clone(),
+                catalog_name: cfg.catalog_name().to_string(),
+                bronze: cfg.lander.namespace.clone(),
+                swap: rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
+                    .await
+                    .context("cannot open the catalog database")?,
+                locks: locks::CommitLocks::default(),
+                compression: cfg.lander.compression,
+                metrics: metrics::Metrics::new(),
+            };
+            if rebuild {
+                for m in &selected {
+                    models::drop_tables(catalog.as_ref(), m).await?;
+                }
+            }
+            let mut reports = Vec::new();
+            for m in selected {
+                let bar = indicatif::ProgressBar::new_spinner();
+                if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                }
+                let mut total = models::RunReport {
+                    model: m.name.clone(),
+                    ..Default::default()
+                };
+                loop {
+                    bar.set_message(format!(
+                        "{}: {} runs, {} rows in, {} out",
+                        m.name, total.snapshots_read, total.input_rows, total.output_rows
+                    ));
+                    bar.tick();
+                    let r = runner
+                        .run(m)
+                        .await
+                        .with_context(|| format!("model {}", m.name))?;
+                    total.absorb(&r);
+                    if !r.more {
+                        break;
+                    }
+                }
+                bar.finish_and_clear();
+                if !json {
+                    println!(
+                        "{}: {} ({} input snapshots, {} rows in, {} rows out, {} quarantined{}) in {:.2} s",
+                        total.model,
+                        total.outcome,
+                        total.snapshots_read,
+                        total.input_rows,
+                        total.output_rows,
+                        total.quarantined_rows,
+                        if total.failed_rules.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {:?}", total.failed_rules)
+                        },
+                        total.elapsed_ms as f64 / 1000.0
+                    );
+                }
+                reports.push(total);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -7,7 +7,7 @@
 //! table's location that no remaining snapshot or metadata file references, and only those
 //! older than a safety window, so files of a commit in flight are never touched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +15,8 @@ use iceberg::spec::ManifestContentType;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
+
+use crate::locks::CommitLocks;
 
 /// What expiry did to one table.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -24,17 +26,42 @@ pub struct ExpireReport {
     pub snapshots_after: usize,
 }
 
-/// Expire snapshots older than `older_than`, keeping at least `retain_last` per branch.
+/// Snapshots that models still read from, per input table (`namespace.table`): the
+/// watermarks recorded in every table's current snapshot.
+pub async fn model_pins(
+    catalog: &dyn Catalog,
+) -> Result<HashMap<String, Vec<i64>>, iceberg::Error> {
+    let mut pins: HashMap<String, Vec<i64>> = HashMap::new();
+    for ident in crate::compaction::all_tables(catalog).await? {
+        let table = catalog.load_table(&ident).await?;
+        for (input, snapshot) in crate::models::watermarks(Some(&table)) {
+            pins.entry(input).or_default().push(snapshot);
+        }
+    }
+    Ok(pins)
+}
+
+/// Expire snapshots older than `older_than`, keeping at least `retain_last` per branch,
+/// and every snapshot from the oldest of `pinned` on (a model's watermark and what came
+/// after it, which the model has yet to read).
 pub async fn expire(
     catalog: &dyn Catalog,
+    locks: &CommitLocks,
     ident: &TableIdent,
     older_than: Duration,
     retain_last: usize,
+    pinned: &[i64],
 ) -> Result<ExpireReport, iceberg::Error> {
+    let _lock = locks.lock(&name(ident)).await;
     let table = catalog.load_table(ident).await?;
     let before = table.metadata().snapshots().len();
-    let cutoff = chrono::Utc::now().timestamp_millis()
+    let mut cutoff = chrono::Utc::now().timestamp_millis()
         - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+    for id in pinned {
+        if let Some(s) = table.metadata().snapshot_by_id(*id) {
+            cutoff = cutoff.min(s.timestamp_ms());
+        }
+    }
     let mut report = ExpireReport {
         table: name(ident),
         snapshots_before: before,
@@ -171,4 +198,116 @@ fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn name(ident: &TableIdent) -> String {
     format!("{}.{}", ident.namespace().join("."), ident.name())
+}
+
+/// Maintenance run by `serve`: every `interval`, each table is compacted, its old snapshots
+/// expired and its orphan files removed. Commits take the table's commit lock, so they
+/// queue behind the lander and the models instead of racing them.
+pub struct Scheduled {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Everything a maintenance pass needs.
+#[derive(Clone)]
+pub struct Upkeep {
+    pub catalog: std::sync::Arc<dyn Catalog>,
+    pub swap: crate::rewrite::CatalogSwap,
+    pub locks: CommitLocks,
+    pub cfg: crate::config::MaintenanceConfig,
+    pub compression: crate::config::Compression,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Scheduled {
+    pub fn start(upkeep: Upkeep) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(upkeep.cfg.interval) => {}
+                    _ = stopped.changed() => return,
+                }
+                if let Err(e) = upkeep.pass(&stopped).await {
+                    tracing::error!("maintenance pass failed: {e:#}");
+                }
+            }
+        });
+        Self { stop, handle }
+    }
+
+    /// Stop after the task in progress.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.handle.await;
+    }
+}
+
+impl Upkeep {
+    /// One pass over every table; a task that fails is logged and counted, and the others
+    /// still run.
+    pub async fn pass(&self, stopped: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+        let catalog = self.catalog.as_ref();
+        let pins = model_pins(catalog).await?;
+        let opts = crate::compaction::CompactionOptions::new(
+            self.cfg.target_file_size.as_u64(),
+            self.compression,
+        );
+        for ident in crate::compaction::all_tables(catalog).await? {
+            let table = name(&ident);
+            if *stopped.borrow() {
+                return Ok(());
+            }
+            let outcome = |ok: bool| if ok { "ok" } else { "error" };
+            let r = crate::compaction::compact(
+                catalog,
+                &self.swap,
+                &self.locks,
+                &ident,
+                &opts,
+                &|_, _| {},
+            )
+            .await;
+            match &r {
+                Ok(r) if r.files_rewritten > 0 => tracing::info!(
+                    %table, before = r.files_before, after = r.files_after, rows = r.rows_rewritten,
+                    "compacted"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(%table, "compaction failed: {e}"),
+            }
+            self.metrics
+                .maintenance_run(&table, "compact", outcome(r.is_ok()));
+            let pinned = pins.get(&table).map(Vec::as_slice).unwrap_or_default();
+            let r = expire(
+                catalog,
+                &self.locks,
+                &ident,
+                self.cfg.expire_older_than,
+                self.cfg.retain_last,
+                pinned,
+            )
+            .await;
+            match &r {
+                Ok(r) if r.snapshots_after < r.snapshots_before => tracing::info!(
+                    %table, before = r.snapshots_before, after = r.snapshots_after, "expired snapshots"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(%table, "snapshot expiry failed: {e}"),
+            }
+            self.metrics
+                .maintenance_run(&table, "expire", outcome(r.is_ok()));
+            let r = remove_orphans(catalog, &ident, self.cfg.orphans_older_than).await;
+            match &r {
+                Ok(r) if r.deleted > 0 => {
+                    tracing::info!(%table, files = r.deleted, bytes = r.bytes_deleted, "removed orphan files")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(%table, "orphan cleanup failed: {e:#}"),
+            }
+            self.metrics
+                .maintenance_run(&table, "orphans", outcome(r.is_ok()));
+        }
+        Ok(())
+    }
 }

@@ -25,6 +25,30 @@ struct TableReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelOutcomeLabels {
+    model: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelRuleLabels {
+    model: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MaintenanceLabels {
+    table: String,
+    task: String,
+    outcome: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~60 s in 25% steps: fine enough to read p50/p99 off the buckets.
     Histogram::new(exponential_buckets(0.001, 1.25, 50))
@@ -47,6 +71,11 @@ pub struct Metrics {
     commit_seconds: Family<TableLabels, Histogram, fn() -> Histogram>,
     batch_latency_seconds: Family<TableLabels, Histogram, fn() -> Histogram>,
     sequence_gaps: Family<TableLabels, Counter>,
+    model_runs: Family<ModelOutcomeLabels, Counter>,
+    model_run_seconds: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    model_rows: Family<ModelLabels, Counter>,
+    model_quarantined_rows: Family<ModelRuleLabels, Counter>,
+    maintenance_runs: Family<MaintenanceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +96,11 @@ impl Default for Metrics {
             commit_seconds: Family::new_with_constructor(latency_histogram),
             batch_latency_seconds: Family::new_with_constructor(latency_histogram),
             sequence_gaps: Family::default(),
+            model_runs: Family::default(),
+            model_run_seconds: Family::new_with_constructor(latency_histogram),
+            model_rows: Family::default(),
+            model_quarantined_rows: Family::default(),
+            maintenance_runs: Family::default(),
         };
         let mut r = Registry::with_prefix("sluice_processor");
         r.register(
@@ -134,6 +168,31 @@ impl Default for Metrics {
             "sequence_gaps",
             "Batches that skipped sequence numbers (data lost before reaching the processor)",
             m.sequence_gaps.clone(),
+        );
+        r.register(
+            "model_runs",
+            "Model runs by outcome (ran, up_to_date, waiting, error)",
+            m.model_runs.clone(),
+        );
+        r.register(
+            "model_run_duration_seconds",
+            "Time of one model run, reading to commit",
+            m.model_run_seconds.clone(),
+        );
+        r.register(
+            "model_rows",
+            "Rows a model committed to its target",
+            m.model_rows.clone(),
+        );
+        r.register(
+            "model_quarantined_rows",
+            "Rows a model sent to quarantine, by failed rule",
+            m.model_quarantined_rows.clone(),
+        );
+        r.register(
+            "maintenance_runs",
+            "Scheduled maintenance tasks by table, task and outcome",
+            m.maintenance_runs.clone(),
         );
         Self { registry: r, ..m }
     }
@@ -209,6 +268,47 @@ impl Metrics {
             .get_or_create(&TableReasonLabels {
                 table: t.into(),
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn model_run(
+        &self,
+        model: &str,
+        outcome: &str,
+        seconds: f64,
+        rows: u64,
+        failed: &std::collections::BTreeMap<String, u64>,
+    ) {
+        self.model_runs
+            .get_or_create(&ModelOutcomeLabels {
+                model: model.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        let m = ModelLabels {
+            model: model.into(),
+        };
+        if outcome == "ran" {
+            self.model_run_seconds.get_or_create(&m).observe(seconds);
+        }
+        self.model_rows.get_or_create(&m).inc_by(rows);
+        for (rule, n) in failed {
+            self.model_quarantined_rows
+                .get_or_create(&ModelRuleLabels {
+                    model: model.into(),
+                    rule: rule.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+
+    pub fn maintenance_run(&self, table: &str, task: &str, outcome: &str) {
+        self.maintenance_runs
+            .get_or_create(&MaintenanceLabels {
+                table: table.into(),
+                task: task.into(),
+                outcome: outcome.into(),
             })
             .inc();
     }

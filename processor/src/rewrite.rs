@@ -111,7 +111,8 @@ pub struct Replace {
     pub properties: HashMap<String, String>,
 }
 
-/// Commit `replace` on top of `table`'s current snapshot. Returns the new metadata location.
+/// Commit `replace` on top of `table`'s current snapshot (or as the first snapshot of an
+/// empty table, when nothing is removed). Returns the new metadata location.
 pub async fn commit(
     swap: &CatalogSwap,
     table: &Table,
@@ -119,8 +120,11 @@ pub async fn commit(
 ) -> Result<String, RewriteError> {
     let meta = table.metadata();
     let file_io = table.file_io();
-    let current = meta.current_snapshot().ok_or(RewriteError::Empty)?;
-    let parent_id = current.snapshot_id();
+    let current = meta.current_snapshot().map(|s| &**s);
+    if current.is_none() && !replace.remove.is_empty() {
+        return Err(RewriteError::Empty);
+    }
+    let parent_id = current.map(|c| c.snapshot_id());
     let snapshot_id = loop {
         let id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
         if id != 0 && meta.snapshot_by_id(id).is_none() {
@@ -149,10 +153,13 @@ pub async fn commit(
         )
     };
     let result = async {
-        let list = manifest_list(table, current).await?;
+        let existing = match current {
+            Some(c) => manifest_list(table, c).await?.entries().to_vec(),
+            None => Vec::new(),
+        };
         let mut manifests: Vec<ManifestFile> = Vec::new();
         let mut removed: Vec<DataFile> = Vec::new();
-        for mf in list.entries() {
+        for mf in &existing {
             if mf.content != ManifestContentType::Data {
                 manifests.push(mf.clone());
                 continue;
@@ -176,7 +183,7 @@ pub async fn commit(
                 } else {
                     w.add_existing_file(
                         file,
-                        e.snapshot_id().unwrap_or(parent_id),
+                        e.snapshot_id().or(parent_id).unwrap_or(snapshot_id),
                         data_seq,
                         e.file_sequence_number,
                     )?;
@@ -200,7 +207,7 @@ pub async fn commit(
         let mut lw = ManifestListWriter::v2(
             file_io.new_output(&list_path)?.writer().await?,
             snapshot_id,
-            Some(parent_id),
+            parent_id,
             seq,
         );
         lw.add_manifests(manifests.into_iter())?;
@@ -208,12 +215,12 @@ pub async fn commit(
 
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
-            .with_parent_snapshot_id(Some(parent_id))
+            .with_parent_snapshot_id(parent_id)
             .with_sequence_number(seq)
             .with_timestamp_ms(
                 chrono::Utc::now()
                     .timestamp_millis()
-                    .max(current.timestamp_ms()),
+                    .max(current.map_or(0, Snapshot::timestamp_ms)),
             )
             .with_manifest_list(list_path)
             .with_summary(summary(current, &removed, replace))
@@ -255,8 +262,9 @@ pub async fn commit(
 }
 
 /// The new snapshot's summary: carried properties, the change, and updated totals.
-fn summary(current: &Snapshot, removed: &[DataFile], replace: &Replace) -> Summary {
-    let prev = &current.summary().additional_properties;
+fn summary(current: Option<&Snapshot>, removed: &[DataFile], replace: &Replace) -> Summary {
+    let none = HashMap::new();
+    let prev = current.map_or(&none, |c| &c.summary().additional_properties);
     let mut props: HashMap<String, String> = prev
         .iter()
         .filter(|(k, _)| k.starts_with(CARRIED_PREFIX))

@@ -8,8 +8,10 @@ use iceberg::Catalog;
 
 use crate::config::ProcessorConfig;
 use crate::lander::Lander;
+use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
 use crate::receiver::Receiver;
+use crate::rewrite::CatalogSwap;
 use crate::{lake, tls};
 
 /// A running processor.
@@ -18,6 +20,8 @@ pub struct Server {
     pub catalog: Arc<dyn Catalog>,
     pub lander: Lander,
     endpoint: quinn::Endpoint,
+    models: Option<crate::models::Scheduler>,
+    maintenance: Option<crate::maintenance::Scheduled>,
 }
 
 impl Server {
@@ -30,7 +34,46 @@ impl Server {
         lake::ensure_namespace(catalog.as_ref(), &cfg.lander.namespace)
             .await
             .context("cannot create the bronze namespace")?;
-        let lander = Lander::start(catalog.clone(), cfg.lander.clone(), metrics.clone());
+        let graph = cfg.model_graph()?;
+        let locks = CommitLocks::default();
+        let lander = Lander::start(
+            catalog.clone(),
+            cfg.lander.clone(),
+            metrics.clone(),
+            locks.clone(),
+        );
+        let swap = CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
+            .await
+            .context("cannot open the catalog database")?;
+        let models = (!graph.order.is_empty()).then(|| {
+            tracing::info!(
+                models = ?graph.order.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                "running models"
+            );
+            crate::models::Scheduler::start(
+                crate::models::Runner {
+                    catalog: catalog.clone(),
+                    catalog_name: cfg.catalog_name().to_string(),
+                    bronze: cfg.lander.namespace.clone(),
+                    swap: swap.clone(),
+                    locks: locks.clone(),
+                    compression: cfg.lander.compression,
+                    metrics: metrics.clone(),
+                },
+                graph,
+                cfg.processor.model_poll_interval,
+            )
+        });
+        let maintenance = cfg.maintenance.enabled.then(|| {
+            crate::maintenance::Scheduled::start(crate::maintenance::Upkeep {
+                catalog: catalog.clone(),
+                swap: swap.clone(),
+                locks: locks.clone(),
+                cfg: cfg.maintenance.clone(),
+                compression: cfg.lander.compression,
+                metrics: metrics.clone(),
+            })
+        });
 
         let server_config = tls::server_config(&cfg.quic.ca, &cfg.quic.cert, &cfg.quic.key)
             .context("cannot set up TLS for the QUIC receiver")?;
@@ -63,6 +106,8 @@ impl Server {
             catalog,
             lander,
             endpoint,
+            models,
+            maintenance,
         })
     }
 
@@ -73,5 +118,11 @@ impl Server {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"processor stopping");
         self.endpoint.wait_idle().await;
+        if let Some(m) = self.models {
+            m.stop().await;
+        }
+        if let Some(m) = self.maintenance {
+            m.stop().await;
+        }
     }
 }

@@ -89,7 +89,8 @@ def write_toml(path: pathlib.Path, doc: dict) -> None:
                     lines.append(f"{fk} = {toml_value(fv)}")
                 lines.append("")
             else:
-                table(f"{prefix}.{k}" if prefix else k, v)
+                key = json.dumps(k) if "." in k else k
+                table(f"{prefix}.{key}" if prefix else key, v)
 
     table("", doc)
     path.write_text("\n".join(lines))
@@ -143,7 +144,7 @@ class Processor:
     """`sluice-processor serve` with its own data directory and ports."""
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path,
-                 data_dir: pathlib.Path | None = None, **lander):
+                 data_dir: pathlib.Path | None = None, sections: dict | None = None, **lander):
         self.bins = bins
         self.work = work
         self.data_dir = data_dir or work / "data"
@@ -163,6 +164,7 @@ class Processor:
                 },
                 "api": {"listen": f"127.0.0.1:{self.api_port}"},
                 "lander": {"commit_interval": "300ms", **lander},
+                **(sections or {}),
             },
         )
         self.proc: Proc | None = None

@@ -1,0 +1,66 @@
+//! SQL models: silver and gold Iceberg tables defined by a query over other tables, run in
+//! dependency order, incrementally (only new input rows) or by recomputing the target, with
+//! expectations whose failing rows are quarantined.
+
+mod config;
+mod delta;
+mod expect;
+mod graph;
+mod run;
+mod scheduler;
+mod status;
+
+pub use config::{Mode, ModelConfig, Schedule};
+pub use graph::{Model, ModelGraph, QUARANTINE_NAMESPACE};
+pub use run::{RunReport, Runner, watermarks};
+pub use scheduler::Scheduler;
+pub use status::{describe, drop_tables};
+
+/// Why a model run failed. Nothing is committed by a failed run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "input {input}: the last snapshot this model read ({snapshot}) is no longer in the \
+         table's history (expired?); rebuild the model with `sluice-processor models run \
+         --rebuild`"
+    )]
+    WatermarkLost { input: String, snapshot: i64 },
+    #[error("input {input}: its early history is expired")]
+    HistoryIncomplete { input: String },
+    #[error(
+        "input {input}: snapshot {snapshot} deletes or overwrites rows, which an incremental \
+         model cannot follow; use mode = \"recompute\""
+    )]
+    NotAppendOnly { input: String, snapshot: i64 },
+    #[error(
+        "table {table} has columns ({have}) but the model now produces ({want}); rebuild the \
+         model with `sluice-processor models run --rebuild`"
+    )]
+    SchemaChanged {
+        table: String,
+        have: String,
+        want: String,
+    },
+    #[error("column {column}: the model produces {data_type}, which the lake cannot store")]
+    UnsupportedType { column: String, data_type: String },
+    #[error("sql: {0}")]
+    Sql(String),
+    #[error("expect.{rule}: {msg}")]
+    Expectation { rule: String, msg: String },
+    #[error("{0}: another run of this model committed first; this run's result was discarded")]
+    ConcurrentRun(String),
+    #[error("gave up after {0} conflicting commits")]
+    TooManyConflicts(u32),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Iceberg(#[from] iceberg::Error),
+    #[error(transparent)]
+    Read(#[from] crate::lake::ReadError),
+    #[error(transparent)]
+    Rewrite(#[from] crate::rewrite::RewriteError),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
