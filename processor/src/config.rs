@@ -94,8 +94,10 @@ pub struct CatalogConfig {
     pub name: Option<String>,
     /// SQL catalog database URI; default `sqlite:<data_dir>/catalog.db`.
     pub uri: Option<String>,
-    /// Warehouse root; default `<data_dir>/warehouse`.
-    pub warehouse: Option<PathBuf>,
+    /// Warehouse root: a directory, or `s3://bucket/prefix`; default `<data_dir>/warehouse`.
+    pub warehouse: Option<String>,
+    /// How to reach the object store of an `s3://` warehouse.
+    pub s3: crate::storage::S3Config,
 }
 
 /// `[quic]`: the QUIC receiver.
@@ -200,6 +202,11 @@ impl ProcessorConfig {
         if m.target_file_size.as_u64() < 1024 * 1024 {
             bail!("maintenance.target_file_size: must be at least 1 MiB");
         }
+        if m.orphans_older_than < Duration::from_secs(600) {
+            bail!(
+                "maintenance.orphans_older_than: must be at least 10m (younger files may belong to a commit in progress)"
+            );
+        }
         if m.retain_last == 0 {
             bail!("maintenance.retain_last: must be at least 1");
         }
@@ -217,8 +224,11 @@ impl ProcessorConfig {
         abs(&mut self.quic.cert);
         abs(&mut self.quic.key);
         abs(&mut self.quic.ca);
-        if let Some(w) = &mut self.catalog.warehouse {
-            abs(w);
+        if let Some(w) = &mut self.catalog.warehouse
+            && !w.contains("://")
+            && Path::new(w.as_str()).is_relative()
+        {
+            *w = base.join(&*w).display().to_string();
         }
     }
 
@@ -232,12 +242,15 @@ impl ProcessorConfig {
         })
     }
 
-    /// The warehouse root in effect.
-    pub fn warehouse(&self) -> PathBuf {
-        self.catalog
-            .warehouse
-            .clone()
-            .unwrap_or_else(|| self.processor.data_dir.join("warehouse"))
+    /// The warehouse root in effect: a local directory or an `s3://` URL.
+    pub fn warehouse(&self) -> String {
+        self.catalog.warehouse.clone().unwrap_or_else(|| {
+            self.processor
+                .data_dir
+                .join("warehouse")
+                .display()
+                .to_string()
+        })
     }
 
     /// The models, checked and in run order.

@@ -172,7 +172,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
     println!(
         "\nwarehouse: {}\ncatalog:   {} (catalog name {:?})",
-        cfg.warehouse().display(),
+        cfg.warehouse(),
         cfg.catalog_uri(),
         cfg.catalog_name()
     );

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
@@ -19,6 +18,7 @@ use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::config::Compression;
+use crate::storage::{ObjectStoreFactory, S3Config};
 use iceberg::spec::TableProperties;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
@@ -29,18 +29,41 @@ pub const AGENT_COLUMN: &str = "_agent";
 pub const SEQ_COLUMN: &str = "_seq";
 pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
 
-/// Open the SQL catalog (SQLite or PostgreSQL URI) over a local warehouse directory.
-pub async fn open_catalog(
+/// Open the catalog a processor config names.
+pub async fn open(
+    cfg: &crate::config::ProcessorConfig,
+) -> Result<Arc<dyn Catalog>, iceberg::Error> {
+    open_catalog(
+        cfg.catalog_name(),
+        &cfg.catalog_uri(),
+        &cfg.warehouse(),
+        &cfg.catalog.s3,
+    )
+    .await
+}
+
+/// Open the SQL catalog (SQLite or PostgreSQL URI) over a warehouse: a local directory, or
+/// an `s3://bucket/prefix` on an S3-compatible store.
+async fn open_catalog(
     name: &str,
     uri: &str,
-    warehouse: &Path,
+    warehouse: &str,
+    s3: &S3Config,
 ) -> Result<Arc<dyn Catalog>, iceberg::Error> {
-    std::fs::create_dir_all(warehouse).map_err(|e| {
-        iceberg::Error::new(
-            ErrorKind::Unexpected,
-            format!("cannot create warehouse {}: {e}", warehouse.display()),
-        )
-    })?;
+    let location = if warehouse.contains("://") {
+        warehouse.trim_end_matches('/').to_string()
+    } else {
+        std::fs::create_dir_all(warehouse).map_err(|e| {
+            iceberg::Error::new(
+                ErrorKind::Unexpected,
+                format!("cannot create warehouse {warehouse}: {e}"),
+            )
+        })?;
+        let abs = std::path::absolute(warehouse).map_err(|e| {
+            iceberg::Error::new(ErrorKind::Unexpected, format!("bad warehouse path: {e}"))
+        })?;
+        format!("file://{}", abs.display())
+    };
     if let Some(path) = uri
         .strip_prefix("sqlite:")
         .map(|p| p.split('?').next().unwrap_or(p))
@@ -55,9 +78,6 @@ pub async fn open_catalog(
             )
         })?;
     }
-    let warehouse = std::path::absolute(warehouse).map_err(|e| {
-        iceberg::Error::new(ErrorKind::Unexpected, format!("bad warehouse path: {e}"))
-    })?;
     let bind = if uri.starts_with("postgres") {
         SqlBindStyle::DollarNumeric
     } else {
@@ -65,9 +85,9 @@ pub async fn open_catalog(
     };
     let catalog = SqlCatalogBuilder::default()
         .uri(uri)
-        .warehouse_location(format!("file://{}", warehouse.display()))
+        .warehouse_location(location)
         .sql_bind_style(bind)
-        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .with_storage_factory(Arc::new(ObjectStoreFactory { s3: s3.clone() }))
         .load(name, HashMap::new())
         .await?;
     Ok(Arc::new(catalog))

@@ -18,6 +18,7 @@ mod query;
 mod receiver;
 mod rewrite;
 mod server;
+mod storage;
 mod tls;
 
 use std::path::PathBuf;
@@ -240,7 +241,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 "{}: OK (catalog {}, warehouse {})",
                 config.display(),
                 cfg.catalog_uri(),
-                cfg.warehouse().display()
+                cfg.warehouse()
             );
             Ok(())
         }
@@ -276,9 +277,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let as_of = query::AsOf::parse(as_of.as_deref(), snapshot.as_deref())
                 .map_err(|e| anyhow::anyhow!(e))?;
             let cfg = ProcessorConfig::load(&config)?;
-            let catalog =
-                lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
-                    .await?;
+            let catalog = lake::open(&cfg).await?;
             let ctx = query::session(catalog, cfg.catalog_name(), &as_of).await?;
             let (batches, _) = query::run(&ctx, &sql, None).await?;
             match format {
@@ -295,9 +294,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Models { config, command } => run_models(config, command).await,
         Command::Tables { config, json } => {
             let cfg = ProcessorConfig::load(&config)?;
-            let catalog =
-                lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
-                    .await?;
+            let catalog = lake::open(&cfg).await?;
             let tables = query::tables(catalog.as_ref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tables)?);
@@ -349,8 +346,7 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
 async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
     use anyhow::Context;
     let cfg = ProcessorConfig::load(&config)?;
-    let catalog =
-        lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse()).await?;
+    let catalog = lake::open(&cfg).await?;
     let swap = rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
         .await
         .context("cannot open the catalog database")?;
@@ -411,7 +407,8 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
         } => {
             let mut reports = Vec::new();
             for ident in tables(table).await? {
-                let r = maintenance::remove_orphans(catalog.as_ref(), &ident, older_than)
+                let storage = storage::ObjectStorage::new(cfg.catalog.s3.clone());
+                let r = maintenance::remove_orphans(catalog.as_ref(), &storage, &ident, older_than)
                     .await
                     .with_context(|| format!("removing orphan files of {ident}"))?;
                 if !json {
@@ -500,8 +497,7 @@ async fn run_models(config: PathBuf, command: ModelsCommand) -> anyhow::Result<(
     use anyhow::Context;
     let cfg = ProcessorConfig::load(&config)?;
     let graph = cfg.model_graph()?;
-    let catalog =
-        lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse()).await?;
+    let catalog = lake::open(&cfg).await?;
     match command {
         ModelsCommand::List { json } => {
             let rows = models::describe(catalog.as_ref(), &graph).await?;
@@ -569,7 +565,7 @@ async fn run_models(config: PathBuf, command: ModelsCommand) -> anyhow::Result<(
                 };
                 loop {
                     bar.set_message(format!(
-                        "{}: {} runs, {} rows in, {} out",
+                        "{}: {} input snapshots, {} rows in, {} out",
                         m.name, total.snapshots_read, total.input_rows, total.output_rows
                     ));
                     bar.tick();

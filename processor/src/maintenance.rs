@@ -8,15 +8,18 @@
 //! older than a safety window, so files of a commit in flight are never touched.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use iceberg::spec::ManifestContentType;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 
+use iceberg::io::Storage;
+
 use crate::locks::CommitLocks;
+use crate::models::Watermark;
+use crate::storage::ObjectStorage;
 
 /// What expiry did to one table.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -30,36 +33,57 @@ pub struct ExpireReport {
 /// watermarks recorded in every table's current snapshot.
 pub async fn model_pins(
     catalog: &dyn Catalog,
-) -> Result<HashMap<String, Vec<i64>>, iceberg::Error> {
-    let mut pins: HashMap<String, Vec<i64>> = HashMap::new();
+) -> Result<HashMap<String, Vec<Watermark>>, iceberg::Error> {
+    let mut pins: HashMap<String, Vec<Watermark>> = HashMap::new();
     for ident in crate::compaction::all_tables(catalog).await? {
+        // A quarantine's watermarks lag its model's (it is written only when rows fail);
+        // the model's own watermarks protect everything a rerun reads.
+        if ident.namespace().join(".") == crate::models::QUARANTINE_NAMESPACE {
+            continue;
+        }
         let table = catalog.load_table(&ident).await?;
-        for (input, snapshot) in crate::models::watermarks(Some(&table)) {
-            pins.entry(input).or_default().push(snapshot);
+        for (input, mark) in crate::models::watermarks(Some(&table)) {
+            pins.entry(input).or_default().push(mark);
         }
     }
     Ok(pins)
 }
 
 /// Expire snapshots older than `older_than`, keeping at least `retain_last` per branch,
-/// and every snapshot from the oldest of `pinned` on (a model's watermark and what came
-/// after it, which the model has yet to read).
+/// and every snapshot after the oldest of `pinned` (model watermarks: what came after them
+/// the models have yet to read).
 pub async fn expire(
     catalog: &dyn Catalog,
     locks: &CommitLocks,
     ident: &TableIdent,
     older_than: Duration,
     retain_last: usize,
-    pinned: &[i64],
+    pinned: &[Watermark],
 ) -> Result<ExpireReport, iceberg::Error> {
     let _lock = locks.lock(&name(ident)).await;
     let table = catalog.load_table(ident).await?;
     let before = table.metadata().snapshots().len();
     let mut cutoff = chrono::Utc::now().timestamp_millis()
         - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-    for id in pinned {
-        if let Some(s) = table.metadata().snapshot_by_id(*id) {
-            cutoff = cutoff.min(s.timestamp_ms());
+    for w in pinned {
+        let first_unread = table
+            .metadata()
+            .snapshots()
+            .filter(|s| match w.sequence {
+                Some(q) => s.sequence_number() > q,
+                // Without a sequence number, keep the watermark's snapshot itself too.
+                None => {
+                    s.sequence_number()
+                        >= table
+                            .metadata()
+                            .snapshot_by_id(w.snapshot)
+                            .map_or(i64::MAX, |x| x.sequence_number())
+                }
+            })
+            .map(|s| s.timestamp_ms())
+            .min();
+        if let Some(ts) = first_unread {
+            cutoff = cutoff.min(ts);
         }
     }
     let mut report = ExpireReport {
@@ -94,41 +118,41 @@ pub struct OrphanReport {
 }
 
 /// Delete files under the table's location that nothing references and that are older than
-/// `older_than`. Local warehouses only (the path must be a `file://` location).
+/// `older_than`, on a local or an S3 warehouse.
 pub async fn remove_orphans(
     catalog: &dyn Catalog,
+    storage: &ObjectStorage,
     ident: &TableIdent,
     older_than: Duration,
 ) -> Result<OrphanReport, anyhow::Error> {
     let table = catalog.load_table(ident).await?;
-    let root = local_path(table.metadata().location())?;
+    let root = table
+        .metadata()
+        .location()
+        .trim_end_matches('/')
+        .to_string();
     let referenced = referenced_files(&table).await?;
     let mut report = OrphanReport {
         table: name(ident),
         referenced: referenced.len(),
         ..Default::default()
     };
-    let now = SystemTime::now();
-    for path in walk(&root)? {
+    let now = chrono::Utc::now();
+    for (location, size, modified) in crate::storage::list(storage, &root).await? {
         report.files_seen += 1;
-        let url = format!("file://{}", path.display());
-        if referenced.contains(&url) || referenced.contains(&path.display().to_string()) {
+        let plain = location.strip_prefix("file://");
+        if referenced.contains(&location) || plain.is_some_and(|p| referenced.contains(p)) {
             continue;
         }
-        let meta = std::fs::metadata(&path)?;
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
+        let age = (now - modified).to_std().unwrap_or_default();
         if age < older_than {
             report.too_young += 1;
             continue;
         }
-        std::fs::remove_file(&path)?;
+        storage.delete(&location).await?;
         report.deleted += 1;
-        report.bytes_deleted += meta.len();
-        tracing::debug!(table = %report.table, path = %path.display(), "removed orphan file");
+        report.bytes_deleted += size;
+        tracing::debug!(table = %report.table, %location, "removed orphan file");
     }
     Ok(report)
 }
@@ -163,39 +187,6 @@ async fn referenced_files(table: &Table) -> Result<HashSet<String>, iceberg::Err
     Ok(out)
 }
 
-fn local_path(location: &str) -> anyhow::Result<PathBuf> {
-    match location.strip_prefix("file://") {
-        Some(p) => Ok(PathBuf::from(p)),
-        None if location.starts_with('/') => Ok(PathBuf::from(location)),
-        None => anyhow::bail!(
-            "orphan cleanup lists files on local warehouses only; {location} is not one"
-        ),
-    }
-}
-
-fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let ty = entry.file_type()?;
-            if ty.is_dir() {
-                dirs.push(entry.path());
-            } else if ty.is_file() {
-                out.push(entry.path());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 fn name(ident: &TableIdent) -> String {
     format!("{}.{}", ident.namespace().join("."), ident.name())
 }
@@ -217,6 +208,7 @@ pub struct Upkeep {
     pub cfg: crate::config::MaintenanceConfig,
     pub compression: crate::config::Compression,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub storage: ObjectStorage,
 }
 
 impl Scheduled {
@@ -297,7 +289,8 @@ impl Upkeep {
             }
             self.metrics
                 .maintenance_run(&table, "expire", outcome(r.is_ok()));
-            let r = remove_orphans(catalog, &ident, self.cfg.orphans_older_than).await;
+            let r =
+                remove_orphans(catalog, &self.storage, &ident, self.cfg.orphans_older_than).await;
             match &r {
                 Ok(r) if r.deleted > 0 => {
                     tracing::info!(%table, files = r.deleted, bytes = r.bytes_deleted, "removed orphan files")

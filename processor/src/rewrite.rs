@@ -25,6 +25,8 @@ use sqlx::AnyPool;
 /// Properties of a table's current snapshot that every new snapshot must carry forward:
 /// the lander's progress tokens (`sluice.seq.*`, `sluice.ckpt.*`) and model watermarks.
 const CARRIED_PREFIX: &str = "sluice.";
+/// Properties of model runs (watermarks, run id).
+const MODEL_PREFIX: &str = "sluice.model.";
 
 /// Why a rewrite did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -265,9 +267,15 @@ pub async fn commit(
 fn summary(current: Option<&Snapshot>, removed: &[DataFile], replace: &Replace) -> Summary {
     let none = HashMap::new();
     let prev = current.map_or(&none, |c| &c.summary().additional_properties);
+    // A model commit states all its watermarks: inputs it no longer reads are dropped.
+    let fresh_marks = replace
+        .properties
+        .keys()
+        .any(|k| k.starts_with(MODEL_PREFIX));
     let mut props: HashMap<String, String> = prev
         .iter()
         .filter(|(k, _)| k.starts_with(CARRIED_PREFIX))
+        .filter(|(k, _)| !(fresh_marks && k.starts_with(MODEL_PREFIX)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     props.extend(replace.properties.clone());

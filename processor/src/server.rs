@@ -28,7 +28,7 @@ impl Server {
     /// Open the catalog, start the lander, bind the QUIC and HTTP endpoints.
     pub async fn start(cfg: &ProcessorConfig) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let catalog = lake::open_catalog(cfg.catalog_name(), &cfg.catalog_uri(), &cfg.warehouse())
+        let catalog = lake::open(cfg)
             .await
             .with_context(|| format!("cannot open the catalog at {}", cfg.catalog_uri()))?;
         lake::ensure_namespace(catalog.as_ref(), &cfg.lander.namespace)
@@ -72,6 +72,7 @@ impl Server {
                 cfg: cfg.maintenance.clone(),
                 compression: cfg.lander.compression,
                 metrics: metrics.clone(),
+                storage: crate::storage::ObjectStorage::new(cfg.catalog.s3.clone()),
             })
         });
 
@@ -100,7 +101,7 @@ impl Server {
             ),
             None => None,
         };
-        tracing::info!(quic = %quic_addr, api = ?api_addr, warehouse = %cfg.warehouse().display(), "processor ready");
+        tracing::info!(quic = %quic_addr, api = ?api_addr, warehouse = %cfg.warehouse(), "processor ready");
         Ok(Self {
             quic_addr,
             catalog,

@@ -8,9 +8,11 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -108,11 +110,11 @@ RUNNING: list["Proc"] = []
 class Proc:
     """A child process whose output goes to a log file; killed at the end of the test."""
 
-    def __init__(self, args: list[str], log: pathlib.Path, env=None):
+    def __init__(self, args: list[str], log: pathlib.Path, env=None, user=None):
         self.args = args
         self.log_path = log
         self.log = open(log, "ab")
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, user=user)
         RUNNING.append(self)
 
     def alive(self) -> bool:
@@ -168,6 +170,10 @@ class Processor:
             },
         )
         self.proc: Proc | None = None
+        # PyIceberg catalog properties when the lake is not the default SQLite + local one.
+        self.pyiceberg: dict | None = None
+        # Called with a DuckDB connection before it reads the lake (S3 credentials).
+        self.duckdb_setup = None
 
     def start(self) -> "Processor":
         self.proc = Proc(
@@ -325,6 +331,8 @@ class Agent:
 def pyiceberg_table(proc: Processor, name: str):
     from pyiceberg.catalog.sql import SqlCatalog
 
+    if proc.pyiceberg is not None:
+        return SqlCatalog("sluice", **proc.pyiceberg).load_table(name)
     cat = SqlCatalog("sluice", uri=f"sqlite:///{proc.catalog_db}", warehouse=f"file://{proc.warehouse}")
     return cat.load_table(name)
 
@@ -369,6 +377,102 @@ def read_pyiceberg(proc: Processor, name: str) -> list[dict]:
 def read_duckdb(proc: Processor, name: str) -> list[dict]:
     t = pyiceberg_table(proc, name)
     con = duckdb_connection()
+    if proc.duckdb_setup:
+        proc.duckdb_setup(con)
     cur = con.execute(f"SELECT * FROM iceberg_scan('{t.metadata_location}')")
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+# ---- external services: PostgreSQL and an S3-compatible server ------------------------
+
+def _find_tool(env: str, name: str, globs: list[str]) -> pathlib.Path:
+    """A server binary the test script installed; a missing one fails the test loudly."""
+    if os.environ.get(env):
+        return pathlib.Path(os.environ[env])
+    for pattern in globs:
+        for hit in sorted(pathlib.Path("/").glob(pattern.lstrip("/")), reverse=True):
+            return hit
+    found = shutil.which(name)
+    if found:
+        return pathlib.Path(found)
+    raise RuntimeError(f"{name} not found (set {env}); scripts/test.sh installs it")
+
+
+class Postgres:
+    """A throwaway PostgreSQL server on a free loopback port (Debian's binaries)."""
+
+    def __init__(self, work: pathlib.Path):
+        bindir = _find_tool("SLUICE_PG_BIN", "initdb", ["/usr/lib/postgresql/*/bin/initdb"]).parent
+        self.port = free_port()
+        # Outside pytest's private temp dirs: the server may run as another user.
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sluice-pg-"))
+        # initdb refuses to run as root: then the server runs as Debian's `postgres` user.
+        user = None
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            user = "postgres"
+        subprocess.run([str(bindir / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "sluice"],
+                       check=True, capture_output=True, user=user)
+        self.proc = Proc([str(bindir / "postgres"), "-D", str(self.dir), "-p", str(self.port),
+                          "-c", "listen_addresses=127.0.0.1", "-k", str(self.dir)],
+                         work / "postgres.log", user=user)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r = subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                               capture_output=True)
+            if r.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("postgres did not start:\n" + self.proc.output())
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sluice", "lake"],
+                       check=True, capture_output=True)
+        self.uri = f"postgres://sluice@127.0.0.1:{self.port}/lake"
+        self.sqlalchemy_uri = f"postgresql+psycopg2://sluice@127.0.0.1:{self.port}/lake"
+
+    def close(self) -> None:
+        self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class S3Server:
+    """s3s-fs (an S3 server from crates.io, storing objects in a directory) on loopback."""
+
+    ACCESS_KEY = "sluice-test"
+    SECRET_KEY = "sluice-test-secret"
+
+    def __init__(self, work: pathlib.Path, bucket="lake"):
+        binary = _find_tool("SLUICE_S3_SERVER", "s3s-fs",
+                            [str(pathlib.Path.home() / ".cache/sluice/tools/bin/s3s-fs")])
+        self.port = free_port()
+        self.root = work / "s3"
+        (self.root / bucket).mkdir(parents=True)
+        self.bucket = bucket
+        self.proc = Proc([str(binary), "--host", "127.0.0.1", "--port", str(self.port),
+                          "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, str(self.root)],
+                         work / "s3.log")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("s3 server did not start:\n" + self.proc.output())
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def processor_config(self) -> dict:
+        return {"endpoint": self.endpoint, "region": "us-east-1", "access_key_id": self.ACCESS_KEY,
+                "secret_access_key": self.SECRET_KEY, "allow_http": True}
+
+    def pyiceberg_props(self) -> dict:
+        return {"s3.endpoint": self.endpoint, "s3.access-key-id": self.ACCESS_KEY,
+                "s3.secret-access-key": self.SECRET_KEY, "s3.region": "us-east-1",
+                "s3.path-style-access": "true"}
+
+    def duckdb_setup(self, con) -> None:
+        con.execute("LOAD httpfs")
+        con.execute(f"""CREATE SECRET s3 (TYPE s3, KEY_ID '{self.ACCESS_KEY}', SECRET '{self.SECRET_KEY}',
+                        ENDPOINT '127.0.0.1:{self.port}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')""")

@@ -7,6 +7,7 @@ use iceberg::spec::{DataFile, ManifestStatus, Operation, Snapshot};
 use iceberg::table::Table;
 
 use super::ModelError;
+use super::run::Watermark;
 
 /// New data files of one input, oldest snapshot first.
 #[derive(Debug, Default)]
@@ -19,17 +20,24 @@ pub struct Delta {
     pub complete: bool,
 }
 
-/// The snapshots after `after` (exclusive) up to the current one, oldest first.
+/// The snapshots after `after` (exclusive) up to the current one, oldest first. The
+/// watermark's own snapshot may have been expired: sequence numbers grow by one per commit
+/// on the main branch, so a chain that reaches the next one is still complete.
 pub fn snapshots_after<'a>(
     table: &'a Table,
     input: &str,
-    after: Option<i64>,
+    after: Option<Watermark>,
 ) -> Result<Vec<&'a Snapshot>, ModelError> {
     let meta = table.metadata();
+    let reached = |s: &Snapshot| {
+        after.is_some_and(|w| {
+            s.snapshot_id() == w.snapshot || w.sequence.is_some_and(|q| s.sequence_number() <= q)
+        })
+    };
     let mut chain = Vec::new();
     let mut at = meta.current_snapshot().map(|s| &**s);
     while let Some(s) = at {
-        if Some(s.snapshot_id()) == after {
+        if reached(s) {
             chain.reverse();
             return Ok(chain);
         }
@@ -39,12 +47,18 @@ pub fn snapshots_after<'a>(
             Some(p) => match meta.snapshot_by_id(p) {
                 Some(parent) => Some(&**parent),
                 // The parent was expired: the history before it is gone.
-                None if after.is_none() => {
-                    return Err(ModelError::HistoryIncomplete {
-                        input: input.to_string(),
-                    });
-                }
-                None => break,
+                None => match after {
+                    None => {
+                        return Err(ModelError::HistoryIncomplete {
+                            input: input.to_string(),
+                        });
+                    }
+                    Some(w) if w.sequence.is_some_and(|q| s.sequence_number() == q + 1) => {
+                        chain.reverse();
+                        return Ok(chain);
+                    }
+                    Some(_) => break,
+                },
             },
         };
     }
@@ -53,9 +67,9 @@ pub fn snapshots_after<'a>(
             chain.reverse();
             Ok(chain)
         }
-        Some(id) => Err(ModelError::WatermarkLost {
+        Some(w) => Err(ModelError::WatermarkLost {
             input: input.to_string(),
-            snapshot: id,
+            snapshot: w.snapshot,
         }),
     }
 }
@@ -66,12 +80,12 @@ pub fn snapshots_after<'a>(
 pub async fn added_since(
     table: &Table,
     input: &str,
-    after: Option<i64>,
+    after: Option<Watermark>,
     stop_at: Option<i64>,
     max_files: usize,
 ) -> Result<Delta, ModelError> {
     let mut delta = Delta {
-        end: after,
+        end: after.map(|w| w.snapshot),
         complete: true,
         ..Default::default()
     };

@@ -58,6 +58,16 @@ impl ModelGraph {
                 }
             }
         }
+        let mut quarantines: BTreeMap<&str, &str> = BTreeMap::new();
+        for m in checked.values() {
+            if let Some(other) = quarantines.insert(&m.quarantine, &m.name) {
+                bail!(
+                    "models.{:?} and models.{other:?} would share the quarantine table {}; rename one",
+                    m.name,
+                    m.quarantine
+                );
+            }
+        }
         let order = topological(&checked)?;
         Ok(Self {
             order: order
@@ -177,11 +187,21 @@ fn qualify(name: &str, bronze: &str) -> Option<String> {
 
 /// Kahn's algorithm over model → model edges (inputs that are not models are sources).
 fn topological(models: &BTreeMap<String, Model>) -> anyhow::Result<Vec<String>> {
+    // Reading a model's quarantine table depends on that model too.
+    let by_quarantine: BTreeMap<&str, &str> = models
+        .values()
+        .map(|m| (m.quarantine.as_str(), m.name.as_str()))
+        .collect();
     let deps = |m: &Model| -> Vec<String> {
         m.inputs
             .iter()
-            .filter(|i| models.contains_key(*i))
-            .cloned()
+            .filter_map(|i| {
+                if models.contains_key(i) {
+                    Some(i.clone())
+                } else {
+                    by_quarantine.get(i.as_str()).map(|n| n.to_string())
+                }
+            })
             .collect()
     };
     let mut remaining: BTreeMap<&str, BTreeSet<String>> = models

@@ -12,7 +12,7 @@ mod status;
 
 pub use config::{Mode, ModelConfig, Schedule};
 pub use graph::{Model, ModelGraph, QUARANTINE_NAMESPACE};
-pub use run::{RunReport, Runner, watermarks};
+pub use run::{RunReport, Runner, Watermark, watermarks};
 pub use scheduler::Scheduler;
 pub use status::{describe, drop_tables};
 

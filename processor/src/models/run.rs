@@ -35,8 +35,31 @@ use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
 use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
 
-/// Snapshot property holding a model's watermark for one input.
+/// Snapshot property holding a model's watermark for one input: the last snapshot read.
 pub const WATERMARK_PREFIX: &str = "sluice.model.input.";
+/// ...and that snapshot's sequence number, so the watermark still places the input's
+/// history once the snapshot itself has been expired.
+pub const SEQUENCE_PREFIX: &str = "sluice.model.sequence.";
+
+/// How far a model has read one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    pub snapshot: i64,
+    pub sequence: Option<i64>,
+}
+
+impl Watermark {
+    /// The watermark at `snapshot` of `table`.
+    fn at(table: &Table, snapshot: i64) -> Self {
+        Self {
+            snapshot,
+            sequence: table
+                .metadata()
+                .snapshot_by_id(snapshot)
+                .map(|s| s.sequence_number()),
+        }
+    }
+}
 /// Snapshot property naming the run that wrote a snapshot (for ambiguous commits).
 const RUN_KEY: &str = "sluice.model.run";
 
@@ -68,6 +91,8 @@ pub struct RunReport {
     pub failed_rules: BTreeMap<String, u64>,
     /// More input is waiting (an incremental run stopped at `max_files_per_run`).
     pub more: bool,
+    /// The quarantined rows were already committed by an interrupted earlier run.
+    pub quarantine_repeated: bool,
     /// Commits that lost a race and were retried.
     pub conflicts: u32,
     pub elapsed_ms: u64,
@@ -94,22 +119,27 @@ impl RunReport {
 }
 
 /// The watermarks a table's current snapshot records, per input.
-pub fn watermarks(table: Option<&Table>) -> BTreeMap<String, i64> {
-    table
-        .and_then(|t| t.metadata().current_snapshot())
-        .map(|s| {
-            s.summary()
-                .additional_properties
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        k.strip_prefix(WATERMARK_PREFIX)?.to_string(),
-                        v.parse().ok()?,
-                    ))
-                })
-                .collect()
+pub fn watermarks(table: Option<&Table>) -> BTreeMap<String, Watermark> {
+    let Some(s) = table.and_then(|t| t.metadata().current_snapshot()) else {
+        return BTreeMap::new();
+    };
+    let props = &s.summary().additional_properties;
+    props
+        .iter()
+        .filter_map(|(k, v)| {
+            let input = k.strip_prefix(WATERMARK_PREFIX)?;
+            let sequence = props
+                .get(&format!("{SEQUENCE_PREFIX}{input}"))
+                .and_then(|v| v.parse().ok());
+            Some((
+                input.to_string(),
+                Watermark {
+                    snapshot: v.parse().ok()?,
+                    sequence,
+                },
+            ))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 fn ident(name: &str) -> Result<TableIdent, ModelError> {
@@ -127,7 +157,7 @@ struct Read {
     /// Providers to register, by input name.
     providers: Vec<(String, Arc<dyn TableProvider>)>,
     /// Watermarks once this run commits.
-    ends: BTreeMap<String, i64>,
+    ends: BTreeMap<String, Watermark>,
     snapshots: usize,
     rows: u64,
     more: bool,
@@ -146,17 +176,25 @@ impl Runner {
         };
         let result = self.run_inner(model, &mut report).await;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
-        let outcome = match &result {
-            Ok(()) => report.outcome,
-            Err(_) => "error",
-        };
-        self.metrics.model_run(
-            &model.name,
-            outcome,
-            started.elapsed().as_secs_f64(),
-            report.output_rows,
-            &report.failed_rules,
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        let none = BTreeMap::new();
+        match &result {
+            Ok(()) => self.metrics.model_run(
+                &model.name,
+                report.outcome,
+                seconds,
+                report.output_rows,
+                // A rerun after a crash repeats quarantined rows it does not write again.
+                if report.quarantine_repeated {
+                    &none
+                } else {
+                    &report.failed_rules
+                },
+            ),
+            Err(_) => self
+                .metrics
+                .model_run(&model.name, "error", seconds, 0, &none),
+        }
         result.map(|()| report)
     }
 
@@ -205,6 +243,7 @@ impl Runner {
             return Ok(());
         };
         report.outcome = "ran";
+        report.quarantine_repeated = read.quarantine_done;
         report.snapshots_read = read.snapshots;
         report.input_rows = read.rows;
         report.more = read.more;
@@ -255,11 +294,16 @@ impl Runner {
         report.failed_rules = checked.per_rule.clone();
 
         let run_id = uuid::Uuid::now_v7().to_string();
-        let mut props: HashMap<String, String> = read
-            .ends
-            .iter()
-            .map(|(k, v)| (format!("{WATERMARK_PREFIX}{k}"), v.to_string()))
-            .collect();
+        let mut props: HashMap<String, String> = HashMap::new();
+        for (input, mark) in &read.ends {
+            props.insert(
+                format!("{WATERMARK_PREFIX}{input}"),
+                mark.snapshot.to_string(),
+            );
+            if let Some(seq) = mark.sequence {
+                props.insert(format!("{SEQUENCE_PREFIX}{input}"), seq.to_string());
+            }
+        }
         props.insert(RUN_KEY.to_string(), run_id.clone());
         let replace_all = model.cfg.mode == Mode::Recompute;
         let layer = model.namespace.as_str();
@@ -270,6 +314,17 @@ impl Runner {
         } else {
             !checked.fail.is_empty()
         };
+        // The target first exists with the right columns, so a run that cannot commit its
+        // rows does not quarantine any either.
+        let t = crate::lake::create_if_missing(
+            self.catalog.as_ref(),
+            &model.namespace,
+            &model.table,
+            &schema,
+            &[("sluice.layer", layer), ("sluice.model", &model.name)],
+        )
+        .await?;
+        check_schema(&model.name, &t, &schema)?;
         if must_quarantine && !read.quarantine_done {
             let qschema = expect::quarantine_schema(&schema);
             let q = crate::lake::create_if_missing(
@@ -295,15 +350,6 @@ impl Runner {
                 )
                 .await?;
         }
-        let t = crate::lake::create_if_missing(
-            self.catalog.as_ref(),
-            &model.namespace,
-            &model.table,
-            &schema,
-            &[("sluice.layer", layer), ("sluice.model", &model.name)],
-        )
-        .await?;
-        check_schema(&model.name, &t, &schema)?;
         report.conflicts += self
             .commit(&model.name, &t, &checked.pass, &props, &before, replace_all)
             .await?;
@@ -323,8 +369,8 @@ impl Runner {
         &self,
         model: &Model,
         inputs: &HashMap<String, Table>,
-        target_marks: &BTreeMap<String, i64>,
-        quarantine_marks: &BTreeMap<String, i64>,
+        target_marks: &BTreeMap<String, Watermark>,
+        quarantine_marks: &BTreeMap<String, Watermark>,
     ) -> Result<Option<Read>, ModelError> {
         // Is the quarantine ahead of the target (a run died between its two commits)? Then
         // this run repeats that run's range exactly.
@@ -334,7 +380,7 @@ impl Runner {
                 && target_marks.get(name) != Some(q)
             {
                 let after = delta::snapshots_after(table, name, target_marks.get(name).copied())?;
-                if after.iter().any(|s| s.snapshot_id() == *q) {
+                if after.iter().any(|s| s.snapshot_id() == q.snapshot) {
                     pinned = true;
                 }
             }
@@ -356,15 +402,21 @@ impl Runner {
             } else {
                 None
             };
-            let d = if pinned && stop_at == after {
+            let d = if pinned && stop_at.is_some() && stop_at == after {
                 Delta {
-                    end: after,
+                    end: after.map(|w| w.snapshot),
                     complete: true,
                     ..Default::default()
                 }
             } else {
-                match delta::added_since(table, name, after, stop_at, model.cfg.max_files_per_run)
-                    .await
+                match delta::added_since(
+                    table,
+                    name,
+                    after,
+                    stop_at.map(|w| w.snapshot),
+                    model.cfg.max_files_per_run,
+                )
+                .await
                 {
                     Ok(d) => d,
                     // First run over a table whose early history is expired: its live files.
@@ -381,7 +433,7 @@ impl Runner {
             read.more |= !d.complete;
             read.snapshots += d.snapshots;
             if let Some(end) = d.end {
-                read.ends.insert(name.clone(), end);
+                read.ends.insert(name.clone(), Watermark::at(table, end));
             }
             let batches = crate::lake::read_data_files(table, &d.files).await?;
             read.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
@@ -400,12 +452,18 @@ impl Runner {
         model: &Model,
         inputs: &HashMap<String, Table>,
         target: Option<&Table>,
-        quarantine_marks: &BTreeMap<String, i64>,
+        quarantine_marks: &BTreeMap<String, Watermark>,
     ) -> Result<Option<Read>, ModelError> {
-        let ends: BTreeMap<String, i64> = model
+        let ends: BTreeMap<String, Watermark> = model
             .inputs
             .iter()
-            .filter_map(|n| Some((n.clone(), inputs[n].metadata().current_snapshot_id()?)))
+            .filter_map(|n| {
+                let t = &inputs[n];
+                Some((
+                    n.clone(),
+                    Watermark::at(t, t.metadata().current_snapshot_id()?),
+                ))
+            })
             .collect();
         if target.is_some() && watermarks(target) == ends {
             return Ok(None);
@@ -420,7 +478,7 @@ impl Runner {
         };
         for name in &model.inputs {
             let table = inputs[name].clone();
-            let provider: Arc<dyn TableProvider> = match read.ends.get(name) {
+            let provider: Arc<dyn TableProvider> = match read.ends.get(name).map(|w| &w.snapshot) {
                 Some(id) => {
                     read.snapshots += 1;
                     read.rows += table
@@ -476,7 +534,7 @@ impl Runner {
         table: &Table,
         batches: &[RecordBatch],
         props: &HashMap<String, String>,
-        before: &BTreeMap<String, i64>,
+        before: &BTreeMap<String, Watermark>,
         replace_all: bool,
     ) -> Result<u32, ModelError> {
         const MAX_CONFLICTS: u32 = 20;
@@ -617,7 +675,15 @@ fn to_schema(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Mod
             if c.data_type() == f.data_type() {
                 Ok(c.clone())
             } else {
-                arrow_cast::cast(c, f.data_type())
+                // Values that do not fit are an error, not a silent NULL.
+                arrow_cast::cast_with_options(
+                    c,
+                    f.data_type(),
+                    &arrow_cast::CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    },
+                )
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
