@@ -2,7 +2,9 @@
 # Run the whole Sluice test suite: formatting, lints, Rust unit and integration tests, and the
 # end-to-end suite (real binaries and WebAssembly connectors built from plugins/, read back
 # by PyIceberg and DuckDB).
-# Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt.
+# Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt,
+# Debian's PostgreSQL server (catalog tests) and s3s-fs, an S3 server from crates.io
+# (warehouse tests). Tests start their own instances on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+step "test services: PostgreSQL (Debian) and s3s-fs (crates.io)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
+fi
+TOOLS="${SLUICE_TOOLS:-$HOME/.cache/sluice/tools}"
+if [ ! -x "$TOOLS/bin/s3s-fs" ]; then
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS"
+fi
+export SLUICE_S3_SERVER="$TOOLS/bin/s3s-fs"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -32,7 +32,7 @@ def test_pipeline_on_s3_and_postgres(bins, certs, workdir, services):
     models = tomllib.loads((PIPELINE / "processor.toml").read_text())["models"]
     catalog = {"name": "sluice", "uri": pg.uri, "warehouse": f"s3://{s3.bucket}/warehouse", "s3": s3.processor_config()}
     proc = Processor(bins, certs, workdir, sections={"catalog": catalog, "models": models},
-                     commit_interval="200ms")
+                     commit_interval="200ms", commit_max_rows=2000)
     proc.pyiceberg = {"uri": pg.sqlalchemy_uri, "warehouse": f"s3://{s3.bucket}/warehouse", **s3.pyiceberg_props()}
     proc.duckdb_setup = s3.duckdb_setup
     proc.start()
@@ -53,7 +53,7 @@ def test_pipeline_on_s3_and_postgres(bins, certs, workdir, services):
     # Compaction on the object store: bronze's many small files become one, same rows.
     bronze = pyiceberg_table(proc, "bronze.cpu")
     files_before = len(bronze.inspect.files())
-    assert files_before >= 5, files_before
+    assert files_before >= 3, files_before
     before = collections.Counter((r["host"], r["ts"], r["cpu_pct"]) for r in read_pyiceberg(proc, "bronze.cpu"))
     r = maintain(bins, proc, "compact", "--table", "bronze.cpu", "--json")
     assert r.returncode == 0, r.stderr
