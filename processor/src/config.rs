@@ -68,7 +68,7 @@ pub struct MaintenanceConfig {
     pub expire_older_than: Duration,
     /// Keep at least this many snapshots.
     pub retain_last: usize,
-    /// Unreferenced files older than this are deleted (local warehouses).
+    /// Unreferenced files older than this are deleted (local and S3 warehouses).
     #[serde(with = "humantime_serde")]
     pub orphans_older_than: Duration,
 }

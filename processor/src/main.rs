@@ -243,6 +243,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 cfg.catalog_uri(),
                 cfg.warehouse()
             );
+            for m in cfg.model_graph()?.order {
+                println!(
+                    "  model {} ({}, {}) reads {}; quarantine {}",
+                    m.name,
+                    format!("{:?}", m.cfg.mode).to_lowercase(),
+                    m.cfg.schedule,
+                    m.inputs.join(", "),
+                    m.quarantine
+                );
+            }
             Ok(())
         }
         Command::Certs { command } => match command {

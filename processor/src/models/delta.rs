@@ -21,19 +21,16 @@ pub struct Delta {
 }
 
 /// The snapshots after `after` (exclusive) up to the current one, oldest first. The
-/// watermark's own snapshot may have been expired: sequence numbers grow by one per commit
-/// on the main branch, so a chain that reaches the next one is still complete.
+/// watermark's own snapshot may have been expired: the chain is still complete when it
+/// reaches the snapshot whose parent it was. A table dropped and recreated under the same
+/// name never reaches it, and is reported as a lost watermark.
 pub fn snapshots_after<'a>(
     table: &'a Table,
     input: &str,
     after: Option<Watermark>,
 ) -> Result<Vec<&'a Snapshot>, ModelError> {
     let meta = table.metadata();
-    let reached = |s: &Snapshot| {
-        after.is_some_and(|w| {
-            s.snapshot_id() == w.snapshot || w.sequence.is_some_and(|q| s.sequence_number() <= q)
-        })
-    };
+    let reached = |s: &Snapshot| after.is_some_and(|w| s.snapshot_id() == w.snapshot);
     let mut chain = Vec::new();
     let mut at = meta.current_snapshot().map(|s| &**s);
     while let Some(s) = at {
@@ -53,7 +50,7 @@ pub fn snapshots_after<'a>(
                             input: input.to_string(),
                         });
                     }
-                    Some(w) if w.sequence.is_some_and(|q| s.sequence_number() == q + 1) => {
+                    Some(w) if p == w.snapshot => {
                         chain.reverse();
                         return Ok(chain);
                     }

@@ -16,7 +16,8 @@ pub use run::{RunReport, Runner, Watermark, watermarks};
 pub use scheduler::Scheduler;
 pub use status::{describe, drop_tables};
 
-/// Why a model run failed. Nothing is committed by a failed run.
+/// Why a model run failed. A failed run commits nothing to its target (rows it already
+/// quarantined are not quarantined again by the run that repeats it).
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(

@@ -37,8 +37,8 @@ use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
 
 /// Snapshot property holding a model's watermark for one input: the last snapshot read.
 pub const WATERMARK_PREFIX: &str = "sluice.model.input.";
-/// ...and that snapshot's sequence number, so the watermark still places the input's
-/// history once the snapshot itself has been expired.
+/// ...and that snapshot's sequence number, so expiry can keep every later snapshot once the
+/// watermark's own snapshot is gone.
 pub const SEQUENCE_PREFIX: &str = "sluice.model.sequence.";
 
 /// How far a model has read one input.
@@ -113,6 +113,7 @@ impl RunReport {
             *self.failed_rules.entry(k.clone()).or_default() += v;
         }
         self.more = r.more;
+        self.quarantine_repeated |= r.quarantine_repeated;
         self.conflicts += r.conflicts;
         self.elapsed_ms += r.elapsed_ms;
     }
