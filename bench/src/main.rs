@@ -137,6 +137,38 @@ fn json_number(json: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} is not a number in {json}"))
 }
 
+/// A CA, a server certificate and the `bench` agent's, under `dir/certs`.
+fn init_certs(processor_bin: &Path, dir: &TempDir) {
+    let st = Command::new(processor_bin)
+        .args(["certs", "init", "--agent", "bench", "--dir"])
+        .arg(dir.path().join("certs"))
+        .status()
+        .expect("certs init");
+    assert!(st.success());
+}
+
+/// `sluice-processor serve` with `config`, once its API at `api` answers.
+fn start_processor(processor_bin: &Path, config: &Path, api: SocketAddr) -> Kill {
+    let processor = Kill(
+        Command::new(processor_bin)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start processor"),
+    );
+    let up = Instant::now();
+    while http_get(api, "/health").is_none() {
+        assert!(
+            up.elapsed() < Duration::from_secs(60),
+            "processor did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    processor
+}
+
 /// Percent-encode a query-string value.
 fn encode(s: &str) -> String {
     s.bytes()
@@ -173,13 +205,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 fn models_bench(processor_bin: &Path, agent_bin: &Path, seconds: u64) {
     const RATE: u64 = 20_000;
     let dir = TempDir::new();
-    let certs = dir.path().join("certs");
-    let st = Command::new(processor_bin)
-        .args(["certs", "init", "--agent", "bench", "--dir"])
-        .arg(&certs)
-        .status()
-        .expect("certs init");
-    assert!(st.success());
+    init_certs(processor_bin, &dir);
     let (quic, api) = (free_udp(), free_tcp());
     std::fs::write(
         dir.path().join("processor.toml"),
@@ -238,23 +264,7 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
         ),
     )
     .expect("agent config");
-    let _processor = Kill(
-        Command::new(processor_bin)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("processor.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start processor"),
-    );
-    let up = Instant::now();
-    while http_get(api, "/health").is_none() {
-        assert!(
-            up.elapsed() < Duration::from_secs(60),
-            "processor did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
     println!(
         "model refresh bench: {RATE} rows/s for {seconds} s, bronze -> silver (incremental) -> gold (recompute), default schedule"
     );
@@ -370,13 +380,7 @@ fn main() {
         );
     }
     let dir = TempDir::new();
-    let certs = dir.path().join("certs");
-    let st = Command::new(&processor_bin)
-        .args(["certs", "init", "--agent", "bench", "--dir"])
-        .arg(&certs)
-        .status()
-        .expect("certs init");
-    assert!(st.success());
+    init_certs(&processor_bin, &dir);
 
     let quic = free_udp();
     let api = free_tcp();
@@ -452,23 +456,7 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
             .expect("agent config");
     }
 
-    let processor = Kill(
-        Command::new(&processor_bin)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("processor.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start processor"),
-    );
-    let up = Instant::now();
-    while http_get(api, "/health").is_none() {
-        assert!(
-            up.elapsed() < Duration::from_secs(60),
-            "processor did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let processor = start_processor(&processor_bin, &dir.path().join("processor.toml"), api);
 
     if compaction {
         let status = Command::new(&agent_bin)
