@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{AgentConfig, SourceConfig};
-use crate::simulator::{RunOptions, Scenario, ScenarioError, ScenarioSpec, Simulation, Step};
+use crate::simulator::{RunOptions, Scenario, ScenarioSpec, Simulation, Step};
 
 /// What to simulate and where to write it.
 #[derive(Debug, clap::Args)]
@@ -247,16 +247,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 /// The scenario to run and the source's `total`, if any.
 fn load(args: &SimulateArgs) -> anyhow::Result<(Arc<Scenario>, Option<u64>)> {
     if let Some(path) = &args.scenario {
-        let (mut spec, text) = ScenarioSpec::load(path)?;
-        if let Some(seed) = args.seed {
-            spec.seed = seed;
-        }
-        let scenario = Scenario::compile(&spec, false).map_err(|e| ScenarioError::Invalid {
-            path: path.clone(),
-            line: crate::simulator::line_of(&text, &e.key),
-            key: e.key,
-            message: e.message,
-        })?;
+        let scenario = crate::simulator::compile_file(path, args.seed)?;
         return Ok((Arc::new(scenario), None));
     }
     let (Some(config), Some(source)) = (&args.config, &args.source) else {

@@ -495,12 +495,8 @@ impl CommitJob {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
-                    // Re-read the table: a conflicting writer moved it, or the failed attempt
-                    // may in fact have committed (checked at the top of try_commit).
-                    match self.catalog.load_table(table.identifier()).await {
-                        Ok(t) => table = t,
-                        Err(e) => tracing::error!(table = %self.name, "cannot reload table: {e}"),
-                    }
+                    // The next attempt re-reads the table under the lock, which also shows
+                    // whether this failed attempt did in fact commit.
                 }
             }
         }

@@ -357,7 +357,7 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
     use anyhow::Context;
     let cfg = ProcessorConfig::load(&config)?;
     let catalog = lake::open(&cfg).await?;
-    let swap = rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
+    let swap = rewrite::CatalogSwap::open(&cfg)
         .await
         .context("cannot open the catalog database")?;
     let locks = locks::CommitLocks::default();
@@ -547,17 +547,16 @@ async fn run_models(config: PathBuf, command: ModelsCommand) -> anyhow::Result<(
                 .iter()
                 .filter(|m| only.is_empty() || only.contains(&m.name))
                 .collect();
-            let runner = models::Runner {
-                catalog: catalog.clone(),
-                catalog_name: cfg.catalog_name().to_string(),
-                bronze: cfg.lander.namespace.clone(),
-                swap: rewrite::CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
-                    .await
-                    .context("cannot open the catalog database")?,
-                locks: locks::CommitLocks::default(),
-                compression: cfg.lander.compression,
-                metrics: metrics::Metrics::new(),
-            };
+            let swap = rewrite::CatalogSwap::open(&cfg)
+                .await
+                .context("cannot open the catalog database")?;
+            let runner = models::Runner::new(
+                &cfg,
+                catalog.clone(),
+                swap,
+                locks::CommitLocks::default(),
+                metrics::Metrics::new(),
+            );
             if rebuild {
                 for m in &selected {
                     models::drop_tables(catalog.as_ref(), m).await?;

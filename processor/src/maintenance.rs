@@ -69,17 +69,7 @@ pub async fn expire(
         let first_unread = table
             .metadata()
             .snapshots()
-            .filter(|s| match w.sequence {
-                Some(q) => s.sequence_number() > q,
-                // Without a sequence number, keep the watermark's snapshot itself too.
-                None => {
-                    s.sequence_number()
-                        >= table
-                            .metadata()
-                            .snapshot_by_id(w.snapshot)
-                            .map_or(i64::MAX, |x| x.sequence_number())
-                }
-            })
+            .filter(|s| s.sequence_number() > w.sequence)
             .map(|s| s.timestamp_ms())
             .min();
         if let Some(ts) = first_unread {

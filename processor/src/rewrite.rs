@@ -52,8 +52,13 @@ pub struct CatalogSwap {
 }
 
 impl CatalogSwap {
+    /// Connect to the catalog database of a processor config.
+    pub async fn open(cfg: &crate::config::ProcessorConfig) -> Result<Self, sqlx::Error> {
+        Self::connect(&cfg.catalog_uri(), cfg.catalog_name()).await
+    }
+
     /// Connect to the catalog database at `uri` (the same one the catalog uses).
-    pub async fn connect(uri: &str, catalog: &str) -> Result<Self, sqlx::Error> {
+    async fn connect(uri: &str, catalog: &str) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(2)

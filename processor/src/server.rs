@@ -42,7 +42,7 @@ impl Server {
             metrics.clone(),
             locks.clone(),
         );
-        let swap = CatalogSwap::connect(&cfg.catalog_uri(), cfg.catalog_name())
+        let swap = CatalogSwap::open(cfg)
             .await
             .context("cannot open the catalog database")?;
         let models = (!graph.order.is_empty()).then(|| {
@@ -51,15 +51,13 @@ impl Server {
                 "running models"
             );
             crate::models::Scheduler::start(
-                crate::models::Runner {
-                    catalog: catalog.clone(),
-                    catalog_name: cfg.catalog_name().to_string(),
-                    bronze: cfg.lander.namespace.clone(),
-                    swap: swap.clone(),
-                    locks: locks.clone(),
-                    compression: cfg.lander.compression,
-                    metrics: metrics.clone(),
-                },
+                crate::models::Runner::new(
+                    cfg,
+                    catalog.clone(),
+                    swap.clone(),
+                    locks.clone(),
+                    metrics.clone(),
+                ),
                 graph,
                 cfg.processor.model_poll_interval,
             )

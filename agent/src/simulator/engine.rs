@@ -16,7 +16,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    TimestampMicrosecondArray, UInt32Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use indexmap::IndexMap;
@@ -187,7 +187,7 @@ fn entity_values(
         attributes: IndexMap::new(),
     };
     let times = vec![0i64; e.count as usize];
-    let indices: Vec<u32> = (0..e.count).collect();
+    let indices = UInt32Array::from_iter_values(0..e.count);
     for (attr, spec) in &e.attributes {
         let akey = format!("{key}.attributes.{attr}");
         spec.validate().map_err(|m| Invalid::new(&akey, m))?;
@@ -427,8 +427,14 @@ fn compile_stream(
                 still.push(i);
                 continue;
             };
+            // Set when the expression reads a field whose type is not known yet (a pending
+            // expression): the compile error then only means "wait for the next round".
+            let reads_pending = std::cell::Cell::new(false);
             let lookup = |n: &str| -> Option<Type> {
                 let j = s.fields.get_index_of(n)?;
+                if types[j].is_none() && j != i {
+                    reads_pending.set(true);
+                }
                 types[j].as_ref().and_then(expr_type)
             };
             match Expr::compile(expr, &lookup) {
@@ -444,11 +450,7 @@ fn compile_stream(
                     progressed = true;
                 }
                 Err(m) => {
-                    // A field that is itself a pending expression may be known next round.
-                    let waits = s.fields.keys().enumerate().any(|(j, n)| {
-                        types[j].is_none() && j != i && m.contains(&format!("no field named {n:?}"))
-                    });
-                    if !waits {
+                    if !reads_pending.get() {
                         return Err(Invalid::new(format!("{key}.fields.{fname}"), m));
                     }
                     still.push(i);
@@ -1170,7 +1172,7 @@ impl Simulation {
     ) -> Result<RecordBatch, ArrowError> {
         let plan = &self.scenario.streams[s];
         let times: Vec<i64> = events.iter().map(|e| e.time_us).collect();
-        let entities: Vec<u32> = events.iter().map(|e| e.entity).collect();
+        let entities = UInt32Array::from_iter_values(events.iter().map(|e| e.entity));
         let ctx = ChunkContext {
             first,
             times: &times,
@@ -1214,7 +1216,7 @@ impl Simulation {
                 continue;
             };
             let mut values: Vec<f64> = col.as_primitive::<Float64Type>().values().to_vec();
-            a.apply(&mut values, &times, &entities, &mut labels);
+            a.apply(&mut values, &times, entities.values(), &mut labels);
             columns[a.field] = Some(Arc::new(Float64Array::from(values)));
         }
         for (col, expr, reads) in &plan.exprs {

@@ -91,18 +91,23 @@ pub const HTTP_STATUSES: [(i64, u32); 10] = [
     (503, 5),
 ];
 
+/// One value of `table`, drawn with its weights (one draw from the generator).
+fn weighted<T: Copy>(rng: &mut Xoshiro256PlusPlus, table: &[(T, u32)]) -> Option<T> {
+    let total: u32 = table.iter().map(|(_, w)| w).sum();
+    let mut pick = rng.random_range(0..total);
+    for &(value, w) in table {
+        if pick < w {
+            return Some(value);
+        }
+        pick -= w;
+    }
+    None
+}
+
 impl FakeKind {
     /// An HTTP status code drawn with [`HTTP_STATUSES`]' weights.
     pub fn http_status(rng: &mut Xoshiro256PlusPlus) -> i64 {
-        let total: u32 = HTTP_STATUSES.iter().map(|(_, w)| w).sum();
-        let mut pick = rng.random_range(0..total);
-        for (code, w) in HTTP_STATUSES {
-            if pick < w {
-                return code;
-            }
-            pick -= w;
-        }
-        200
+        weighted(rng, &HTTP_STATUSES).unwrap_or(200)
     }
 
     /// Whether values are integers rather than strings.
@@ -200,16 +205,7 @@ impl FakeKind {
                 return;
             }
             FakeKind::HttpMethod => {
-                let total: u32 = METHODS.iter().map(|(_, w)| w).sum();
-                let mut pick = rng.random_range(0..total);
-                for (m, w) in METHODS {
-                    if pick < w {
-                        out.push_str(m);
-                        return;
-                    }
-                    pick -= w;
-                }
-                out.push_str("GET");
+                out.push_str(weighted(rng, &METHODS).unwrap_or("GET"));
                 return;
             }
         };

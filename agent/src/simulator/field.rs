@@ -374,7 +374,8 @@ pub(crate) struct ChunkContext<'a> {
     /// Index (in the stream) of the chunk's first event.
     pub first: u64,
     pub times: &'a [i64],
-    pub entities: &'a [u32],
+    /// Each event's entity index (an Arrow array, so per-entity columns `take` from it).
+    pub entities: &'a UInt32Array,
     /// Child streams: the parent fields the chunk's events carry, one row per event.
     pub parent: Option<&'a RecordBatch>,
 }
@@ -382,10 +383,6 @@ pub(crate) struct ChunkContext<'a> {
 impl ChunkContext<'_> {
     fn len(&self) -> usize {
         self.times.len()
-    }
-
-    fn entity_indices(&self) -> UInt32Array {
-        UInt32Array::from(self.entities.to_vec())
     }
 }
 
@@ -503,13 +500,15 @@ impl FieldGenerator {
             FieldGenerator::Sequence {
                 per_entity: Some(next),
                 ..
-            } => Arc::new(Int64Array::from_iter_values(ctx.entities.iter().map(|e| {
-                let v = next[*e as usize];
-                next[*e as usize] += 1;
-                v
-            }))),
+            } => Arc::new(Int64Array::from_iter_values(
+                ctx.entities.values().iter().map(|e| {
+                    let v = next[*e as usize];
+                    next[*e as usize] += 1;
+                    v
+                }),
+            )),
             FieldGenerator::PerEntity(values) => {
-                arrow_select::take::take(values.as_ref(), &ctx.entity_indices(), None)?
+                arrow_select::take::take(values.as_ref(), ctx.entities, None)?
             }
             FieldGenerator::Parent(field) => ctx
                 .parent
@@ -528,7 +527,7 @@ impl FieldGenerator {
                 ))),
             },
             FieldGenerator::Draw(d) => d.draw(n),
-            FieldGenerator::Walk(w) => Arc::new(Float64Array::from(w.next(ctx.entities))),
+            FieldGenerator::Walk(w) => Arc::new(Float64Array::from(w.next(ctx.entities.values()))),
             FieldGenerator::Seasonal(s) => Arc::new(Float64Array::from(s.values(ctx.times))),
             FieldGenerator::Derived => return Ok(None),
         }))

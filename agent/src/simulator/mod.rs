@@ -24,7 +24,7 @@ use serde::Deserialize;
 pub use engine::{RunOptions, Scenario, Simulation, Step};
 pub use fake_value::FakeKind;
 pub use field::FieldSpec;
-pub use scenario::{ScenarioError, ScenarioSpec, line_of};
+pub use scenario::{ScenarioError, ScenarioSpec, compile_file};
 
 use crate::config::Invalid;
 use scenario::{EntitySpec, RateKind, RateSpec, StreamSpec};
@@ -124,7 +124,7 @@ impl SimulatorConfig {
             self.validate_inline(key)?;
         }
         self.scenario().map(|_| ()).map_err(|e| match e {
-            CompileError::Inline(i) => i,
+            CompileError::Inline(i) => Invalid::new(format!("{key}.{}", i.key), i.message),
             CompileError::File(e) => Invalid::new(format!("{key}.scenario"), e.to_string()),
         })?;
         Ok(())
@@ -157,16 +157,7 @@ impl SimulatorConfig {
                 "at least one field is required (or a `scenario` file)",
             ));
         }
-        for (name, spec) in &self.fields {
-            let fkey = format!("{key}.fields.{name}");
-            if name.starts_with('_') {
-                return Err(Invalid::new(
-                    fkey,
-                    "names starting with '_' are reserved for columns the lake adds",
-                ));
-            }
-            spec.validate().map_err(|m| Invalid::new(fkey, m))?;
-        }
+        // Each field is checked by the scenario compiler (errors keyed `fields.NAME`).
         Ok(())
     }
 
@@ -185,17 +176,7 @@ impl SimulatorConfig {
             return Ok(s.clone());
         }
         let compiled = Arc::new(match &self.scenario {
-            Some(path) => {
-                let (spec, text) = ScenarioSpec::load(path).map_err(CompileError::File)?;
-                Scenario::compile(&spec, false).map_err(|e| {
-                    CompileError::File(ScenarioError::Invalid {
-                        path: path.clone(),
-                        line: scenario::line_of(&text, &e.key),
-                        key: e.key,
-                        message: e.message,
-                    })
-                })?
-            }
+            Some(path) => scenario::compile_file(path, None).map_err(CompileError::File)?,
             None => Scenario::compile(&self.inline_spec(), true).map_err(|e| {
                 // Keys of the one inline stream are this source's keys.
                 let key = e

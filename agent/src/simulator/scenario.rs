@@ -306,6 +306,24 @@ impl ScenarioSpec {
 
 /// The 1-based line where the value at `key` (dotted; numbers index arrays) is written in
 /// `text`, if it can be found.
+/// Load and compile a scenario file (with another seed if given); errors carry the file's
+/// line of the offending key.
+pub fn compile_file(
+    path: &Path,
+    seed: Option<u64>,
+) -> Result<super::engine::Scenario, ScenarioError> {
+    let (mut spec, text) = ScenarioSpec::load(path)?;
+    if let Some(seed) = seed {
+        spec.seed = seed;
+    }
+    super::engine::Scenario::compile(&spec, false).map_err(|e| ScenarioError::Invalid {
+        path: path.to_path_buf(),
+        line: line_of(&text, &e.key),
+        key: e.key,
+        message: e.message,
+    })
+}
+
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
     let root = toml::de::DeTable::parse(text).ok()?;
     let mut span = root.span();

@@ -13,7 +13,7 @@ use super::run::Watermark;
 #[derive(Debug, Default)]
 pub struct Delta {
     /// The last snapshot included: the input's watermark once the run commits.
-    pub end: Option<i64>,
+    pub end: Option<Watermark>,
     pub files: Vec<DataFile>,
     pub snapshots: usize,
     /// False when `max_files` stopped the walk before the current snapshot.
@@ -82,7 +82,7 @@ pub async fn added_since(
     max_files: usize,
 ) -> Result<Delta, ModelError> {
     let mut delta = Delta {
-        end: after.map(|w| w.snapshot),
+        end: after,
         complete: true,
         ..Default::default()
     };
@@ -107,7 +107,7 @@ pub async fn added_since(
         }
         delta.files.extend(files);
         delta.snapshots += 1;
-        delta.end = Some(id);
+        delta.end = Some(Watermark::of(snapshot));
         if stop_at == Some(id) {
             break;
         }

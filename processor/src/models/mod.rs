@@ -52,8 +52,6 @@ pub enum ModelError {
     ConcurrentRun(String),
     #[error("gave up after {0} conflicting commits")]
     TooManyConflicts(u32),
-    #[error("{0}")]
-    Config(String),
     #[error(transparent)]
     Iceberg(#[from] iceberg::Error),
     #[error(transparent)]
@@ -64,4 +62,9 @@ pub enum ModelError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// `namespace.table` as its two parts (model and input names are checked to have both).
+pub(crate) fn split(name: &str) -> (&str, &str) {
+    name.split_once('.').unwrap_or(("", name))
 }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::delta::{self, Delta};
 use super::expect;
 use super::graph::Model;
-use super::{Mode, ModelError};
+use super::{Mode, ModelError, split};
 use crate::config::Compression;
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
@@ -41,22 +41,18 @@ pub const WATERMARK_PREFIX: &str = "sluice.model.input.";
 /// watermark's own snapshot is gone.
 pub const SEQUENCE_PREFIX: &str = "sluice.model.sequence.";
 
-/// How far a model has read one input.
+/// How far a model has read one input: the last snapshot read, and its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermark {
     pub snapshot: i64,
-    pub sequence: Option<i64>,
+    pub sequence: i64,
 }
 
 impl Watermark {
-    /// The watermark at `snapshot` of `table`.
-    fn at(table: &Table, snapshot: i64) -> Self {
+    pub fn of(snapshot: &iceberg::spec::Snapshot) -> Self {
         Self {
-            snapshot,
-            sequence: table
-                .metadata()
-                .snapshot_by_id(snapshot)
-                .map(|s| s.sequence_number()),
+            snapshot: snapshot.snapshot_id(),
+            sequence: snapshot.sequence_number(),
         }
     }
 }
@@ -125,32 +121,23 @@ pub fn watermarks(table: Option<&Table>) -> BTreeMap<String, Watermark> {
         return BTreeMap::new();
     };
     let props = &s.summary().additional_properties;
+    let number = |key: String| props.get(&key).and_then(|v| v.parse().ok());
     props
-        .iter()
-        .filter_map(|(k, v)| {
+        .keys()
+        .filter_map(|k| {
             let input = k.strip_prefix(WATERMARK_PREFIX)?;
-            let sequence = props
-                .get(&format!("{SEQUENCE_PREFIX}{input}"))
-                .and_then(|v| v.parse().ok());
-            Some((
-                input.to_string(),
-                Watermark {
-                    snapshot: v.parse().ok()?,
-                    sequence,
-                },
-            ))
+            let mark = Watermark {
+                snapshot: number(k.clone())?,
+                sequence: number(format!("{SEQUENCE_PREFIX}{input}"))?,
+            };
+            Some((input.to_string(), mark))
         })
         .collect()
 }
 
-fn ident(name: &str) -> Result<TableIdent, ModelError> {
-    let (ns, t) = name
-        .split_once('.')
-        .ok_or_else(|| ModelError::Config(format!("{name:?} is not namespace.table")))?;
-    Ok(TableIdent::new(
-        NamespaceIdent::new(ns.to_string()),
-        t.to_string(),
-    ))
+fn ident(name: &str) -> TableIdent {
+    let (ns, t) = split(name);
+    TableIdent::new(NamespaceIdent::new(ns.to_string()), t.to_string())
 }
 
 /// What the inputs give one run.
@@ -167,6 +154,25 @@ struct Read {
 }
 
 impl Runner {
+    /// A runner for the models of `cfg`, committing through `swap` under `locks`.
+    pub fn new(
+        cfg: &crate::config::ProcessorConfig,
+        catalog: Arc<dyn Catalog>,
+        swap: CatalogSwap,
+        locks: CommitLocks,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            catalog,
+            catalog_name: cfg.catalog_name().to_string(),
+            bronze: cfg.lander.namespace.clone(),
+            swap,
+            locks,
+            compression: cfg.lander.compression,
+            metrics,
+        }
+    }
+
     /// Run `model` once. Nothing to do is not an error (`up_to_date`, `waiting`).
     pub async fn run(&self, model: &Model) -> Result<RunReport, ModelError> {
         let started = Instant::now();
@@ -202,9 +208,8 @@ impl Runner {
     async fn run_inner(&self, model: &Model, report: &mut RunReport) -> Result<(), ModelError> {
         let mut inputs: HashMap<String, Table> = HashMap::new();
         for name in &model.inputs {
-            match crate::lake::load_if_exists(self.catalog.as_ref(), ns_of(name), table_of(name))
-                .await?
-            {
+            let (ns, t) = split(name);
+            match crate::lake::load_if_exists(self.catalog.as_ref(), ns, t).await? {
                 Some(t) => {
                     inputs.insert(name.clone(), t);
                 }
@@ -218,12 +223,8 @@ impl Runner {
         let target =
             crate::lake::load_if_exists(self.catalog.as_ref(), &model.namespace, &model.table)
                 .await?;
-        let quarantine = crate::lake::load_if_exists(
-            self.catalog.as_ref(),
-            ns_of(&model.quarantine),
-            table_of(&model.quarantine),
-        )
-        .await?;
+        let (q_ns, q_table) = split(&model.quarantine);
+        let quarantine = crate::lake::load_if_exists(self.catalog.as_ref(), q_ns, q_table).await?;
         let before = watermarks(target.as_ref());
         let read = match model.cfg.mode {
             Mode::Incremental => {
@@ -301,9 +302,10 @@ impl Runner {
                 format!("{WATERMARK_PREFIX}{input}"),
                 mark.snapshot.to_string(),
             );
-            if let Some(seq) = mark.sequence {
-                props.insert(format!("{SEQUENCE_PREFIX}{input}"), seq.to_string());
-            }
+            props.insert(
+                format!("{SEQUENCE_PREFIX}{input}"),
+                mark.sequence.to_string(),
+            );
         }
         props.insert(RUN_KEY.to_string(), run_id.clone());
         let replace_all = model.cfg.mode == Mode::Recompute;
@@ -317,28 +319,38 @@ impl Runner {
         };
         // The target first exists with the right columns, so a run that cannot commit its
         // rows does not quarantine any either.
-        let t = crate::lake::create_if_missing(
-            self.catalog.as_ref(),
-            &model.namespace,
-            &model.table,
-            &schema,
-            &[("sluice.layer", layer), ("sluice.model", &model.name)],
-        )
-        .await?;
+        let t = match target {
+            Some(t) => t,
+            None => {
+                crate::lake::create_if_missing(
+                    self.catalog.as_ref(),
+                    &model.namespace,
+                    &model.table,
+                    &schema,
+                    &[("sluice.layer", layer), ("sluice.model", &model.name)],
+                )
+                .await?
+            }
+        };
         check_schema(&model.name, &t, &schema)?;
         if must_quarantine && !read.quarantine_done {
             let qschema = expect::quarantine_schema(&schema);
-            let q = crate::lake::create_if_missing(
-                self.catalog.as_ref(),
-                ns_of(&model.quarantine),
-                table_of(&model.quarantine),
-                &qschema,
-                &[
-                    ("sluice.layer", "quarantine"),
-                    ("sluice.model", &model.name),
-                ],
-            )
-            .await?;
+            let q = match quarantine {
+                Some(q) => q,
+                None => {
+                    crate::lake::create_if_missing(
+                        self.catalog.as_ref(),
+                        q_ns,
+                        q_table,
+                        &qschema,
+                        &[
+                            ("sluice.layer", "quarantine"),
+                            ("sluice.model", &model.name),
+                        ],
+                    )
+                    .await?
+                }
+            };
             check_schema(&model.quarantine, &q, &qschema)?;
             report.conflicts += self
                 .commit(
@@ -405,7 +417,7 @@ impl Runner {
             };
             let d = if pinned && stop_at.is_some() && stop_at == after {
                 Delta {
-                    end: after.map(|w| w.snapshot),
+                    end: after,
                     complete: true,
                     ..Default::default()
                 }
@@ -422,7 +434,10 @@ impl Runner {
                     Ok(d) => d,
                     // First run over a table whose early history is expired: its live files.
                     Err(ModelError::HistoryIncomplete { .. }) if after.is_none() => Delta {
-                        end: table.metadata().current_snapshot_id(),
+                        end: table
+                            .metadata()
+                            .current_snapshot()
+                            .map(|s| Watermark::of(s)),
                         files: rewrite::live_files(table).await?,
                         snapshots: 1,
                         complete: true,
@@ -434,7 +449,7 @@ impl Runner {
             read.more |= !d.complete;
             read.snapshots += d.snapshots;
             if let Some(end) = d.end {
-                read.ends.insert(name.clone(), Watermark::at(table, end));
+                read.ends.insert(name.clone(), end);
             }
             let batches = crate::lake::read_data_files(table, &d.files).await?;
             read.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
@@ -459,11 +474,8 @@ impl Runner {
             .inputs
             .iter()
             .filter_map(|n| {
-                let t = &inputs[n];
-                Some((
-                    n.clone(),
-                    Watermark::at(t, t.metadata().current_snapshot_id()?),
-                ))
+                let current = inputs[n].metadata().current_snapshot()?;
+                Some((n.clone(), Watermark::of(current)))
             })
             .collect();
         if target.is_some() && watermarks(target) == ends {
@@ -516,9 +528,9 @@ impl Runner {
         schemas.insert(&self.bronze, Arc::new(MemorySchemaProvider::new()));
         for (name, provider) in providers {
             schemas
-                .entry(ns_of(name))
+                .entry(split(name).0)
                 .or_insert_with(|| Arc::new(MemorySchemaProvider::new()))
-                .register_table(table_of(name).to_string(), provider.clone())?;
+                .register_table(split(name).1.to_string(), provider.clone())?;
         }
         for (ns, schema) in schemas {
             catalog.register_schema(ns, schema)?;
@@ -558,7 +570,7 @@ impl Runner {
             let mut conflicts = 0u32;
             loop {
                 let _lock = self.locks.lock(name).await;
-                let table = self.catalog.load_table(&ident(name)?).await?;
+                let table = self.catalog.load_table(&ident(name)).await?;
                 let current = table.metadata().current_snapshot();
                 if current.is_some_and(|s| {
                     s.summary().additional_properties.get(RUN_KEY) == Some(&run_id)
@@ -616,14 +628,6 @@ impl Runner {
         }
         result
     }
-}
-
-fn ns_of(name: &str) -> &str {
-    name.split_once('.').map_or(name, |(ns, _)| ns)
-}
-
-fn table_of(name: &str) -> &str {
-    name.split_once('.').map_or(name, |(_, t)| t)
 }
 
 /// The types a model's output is stored as: what Iceberg has, nullable.

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::delta::snapshots_after;
 use super::graph::Model;
-use super::{ModelError, ModelGraph, watermarks};
+use super::{ModelError, ModelGraph, split, watermarks};
 use crate::lake::load_if_exists;
 
 /// One model's state.
@@ -19,10 +19,6 @@ pub struct ModelStatus {
     pub rows: Option<u64>,
     /// Input snapshots the target has not read yet (recompute models: inputs changed).
     pub pending_snapshots: usize,
-}
-
-fn split(name: &str) -> (&str, &str) {
-    name.split_once('.').unwrap_or(("", name))
 }
 
 /// The state of every model, in run order.
