@@ -1,7 +1,6 @@
 """Fixtures for the end-to-end suite: real sluice binaries, real certificates, independent
 readers (PyIceberg through the same SQLite catalog, DuckDB's iceberg_scan)."""
 
-import os
 import pathlib
 
 import pytest

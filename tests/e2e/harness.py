@@ -195,6 +195,25 @@ class Processor:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as r:
             return parse_metrics(r.read().decode())
 
+    def cli(self, command: str, *args, timeout=600) -> subprocess.CompletedProcess:
+        """`sluice-processor COMMAND --config <this processor's> ARGS...`."""
+        return subprocess.run([str(self.bins.processor), command, "--config", str(self.config), *map(str, args)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def wait_models(self, models: list[str], timeout=180) -> list[dict]:
+        """Wait until each model exists and has read every snapshot of its inputs."""
+        deadline = time.time() + timeout
+        status = []
+        while time.time() < deadline:
+            r = self.cli("models", "list", "--json")
+            assert r.returncode == 0, r.stderr
+            status = json.loads(r.stdout)
+            by_name = {s["model"]: s for s in status}
+            if all(by_name[m]["rows"] is not None and by_name[m]["pending_snapshots"] == 0 for m in models):
+                return status
+            time.sleep(0.5)
+        raise AssertionError(f"models did not catch up: {status}\n{self.proc.output()[-3000:]}")
+
     def kill(self):
         if self.proc:
             self.proc.kill()
@@ -407,33 +426,51 @@ class Postgres:
         self.port = free_port()
         # Outside pytest's private temp dirs: the server may run as another user.
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sluice-pg-"))
-        # initdb refuses to run as root: then the server runs as Debian's `postgres` user.
-        user = None
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-            user = "postgres"
-        subprocess.run([str(bindir / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "sluice"],
-                       check=True, capture_output=True, user=user)
-        self.proc = Proc([str(bindir / "postgres"), "-D", str(self.dir), "-p", str(self.port),
-                          "-c", "listen_addresses=127.0.0.1", "-k", str(self.dir)],
-                         work / "postgres.log", user=user)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r = subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                               capture_output=True)
-            if r.returncode == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("postgres did not start:\n" + self.proc.output())
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sluice", "lake"],
-                       check=True, capture_output=True)
+        self.proc: Proc | None = None
+        try:
+            # initdb refuses to run as root: then the server runs as Debian's `postgres` user.
+            user = None
+            if os.geteuid() == 0:
+                shutil.chown(self.dir, "postgres", "postgres")
+                user = "postgres"
+            r = subprocess.run([str(bindir / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "sluice"],
+                               capture_output=True, text=True, user=user)
+            assert r.returncode == 0, r.stderr
+            self.proc = Proc([str(bindir / "postgres"), "-D", str(self.dir), "-p", str(self.port),
+                              "-c", "listen_addresses=127.0.0.1", "-k", str(self.dir)],
+                             work / "postgres.log", user=user)
+            _wait_for(lambda: subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                             capture_output=True).returncode == 0, self.proc, "postgres")
+            r = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sluice",
+                                "lake"], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        except BaseException:
+            self.close()
+            raise
         self.uri = f"postgres://sluice@127.0.0.1:{self.port}/lake"
         self.sqlalchemy_uri = f"postgresql+psycopg2://sluice@127.0.0.1:{self.port}/lake"
 
     def close(self) -> None:
-        self.proc.kill()
+        """Fast shutdown (ends the server's backends too), then remove its data."""
+        if self.proc and self.proc.alive():
+            self.proc.p.send_signal(signal.SIGINT)
+            try:
+                self.proc.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _wait_for(ready, proc: Proc, what: str, timeout=30) -> None:
+    """Poll `ready()` until true; fail at once if `proc` exits, or after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{what} exited:\n" + proc.output())
+        if ready():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start:\n" + proc.output())
 
 
 class S3Server:
@@ -452,15 +489,15 @@ class S3Server:
         self.proc = Proc([str(binary), "--host", "127.0.0.1", "--port", str(self.port),
                           "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, str(self.root)],
                          work / "s3.log")
-        deadline = time.time() + 30
-        while time.time() < deadline:
+
+        def listening() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                return True
             except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("s3 server did not start:\n" + self.proc.output())
+                return False
+
+        _wait_for(listening, self.proc, "s3 server")
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def processor_config(self) -> dict:

@@ -4,7 +4,6 @@ against PyIceberg reading the same tables."""
 import csv
 import io
 import json
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -100,12 +99,10 @@ def test_query_api_tables_and_time_travel(bins, certs, workdir):
             assert status == 400 and words in json.loads(body)["error"], (params, body)
 
         # The CLI reads the same way.
-        out = subprocess.run([str(bins.processor), "query", "--config", str(proc.config), "--format", "json",
-                              "--as-of", str(first.timestamp_ms), "SELECT count(*) AS n FROM bronze.telemetry"],
-                             capture_output=True, text=True, timeout=60)
+        out = proc.cli("query", "--format", "json", "--as-of", first.timestamp_ms,
+                       "SELECT count(*) AS n FROM bronze.telemetry", timeout=60)
         assert out.returncode == 0 and json.loads(out.stdout) == [{"n": first_rows}], out.stderr
-        out = subprocess.run([str(bins.processor), "tables", "--config", str(proc.config), "--json"],
-                             capture_output=True, text=True, timeout=60)
+        out = proc.cli("tables", "--json", timeout=60)
         assert out.returncode == 0, out.stderr
         assert {x["table"]: x["rows"] for x in json.loads(out.stdout)}["bronze.telemetry"] == n
     finally:

@@ -5,26 +5,19 @@ straight from the object store."""
 
 import collections
 import json
-import subprocess
 import tomllib
 
 import pytest
 
 from harness import Agent, Postgres, Processor, S3Server, pyiceberg_table, read_duckdb, read_pyiceberg
-from test_models import PIPELINE, check_example_pipeline, wait_caught_up
+from pipeline_example import PIPELINE, check_example_pipeline
 
 
 @pytest.fixture
-def services(workdir):
+def services(workdir, request):
     pg = Postgres(workdir)
-    s3 = S3Server(workdir)
-    yield pg, s3
-    pg.close()
-
-
-def maintain(bins, proc, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bins.processor), "maintain", "--config", str(proc.config), *args],
-                          capture_output=True, text=True, timeout=600)
+    request.addfinalizer(pg.close)
+    return pg, S3Server(workdir)
 
 
 def test_pipeline_on_s3_and_postgres(bins, certs, workdir, services):
@@ -39,7 +32,7 @@ def test_pipeline_on_s3_and_postgres(bins, certs, workdir, services):
     source = {"fleet": {"type": "simulator", "scenario": str(PIPELINE / "scenario.toml"), "pace": "fast"}}
     agent = Agent(bins, certs, workdir, proc, source, batch={"max_rows": 2000, "max_age": "100ms"}).start()
     assert agent.wait(300) == 0, agent.proc.output()
-    wait_caught_up(bins, proc, ["silver.cpu", "gold.cpu_hourly", "gold.host_daily"])
+    proc.wait_models(["silver.cpu", "gold.cpu_hourly", "gold.host_daily"])
 
     # Everything is in the bucket and the catalog is PostgreSQL: nothing on local disk.
     assert not (proc.data_dir / "warehouse").exists()
@@ -55,7 +48,7 @@ def test_pipeline_on_s3_and_postgres(bins, certs, workdir, services):
     files_before = len(bronze.inspect.files())
     assert files_before >= 3, files_before
     before = collections.Counter((r["host"], r["ts"], r["cpu_pct"]) for r in read_pyiceberg(proc, "bronze.cpu"))
-    r = maintain(bins, proc, "compact", "--table", "bronze.cpu", "--json")
+    r = proc.cli("maintain", "compact", "--table", "bronze.cpu", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)[0]
     assert report["files_after"] == 1 and report["rows_rewritten"] == 51_840
@@ -67,10 +60,10 @@ def test_pipeline_on_s3_and_postgres(bins, certs, workdir, services):
         assert got == before, reader.__name__
 
     # Expire all but the current snapshot, then remove the files nothing references.
-    r = maintain(bins, proc, "expire", "--table", "bronze.cpu", "--older-than", "0s", "--retain-last", "1")
+    r = proc.cli("maintain", "expire", "--table", "bronze.cpu", "--older-than", "0s", "--retain-last", "1")
     assert r.returncode == 0, r.stderr
     parquet_before = len(list((s3.root / s3.bucket / "warehouse" / "bronze" / "cpu").rglob("*.parquet")))
-    r = maintain(bins, proc, "orphans", "--table", "bronze.cpu", "--older-than", "0s", "--json")
+    r = proc.cli("maintain", "orphans", "--table", "bronze.cpu", "--older-than", "0s", "--json")
     assert r.returncode == 0, r.stderr
     orphans = json.loads(r.stdout)[0]
     assert orphans["deleted"] >= files_before

@@ -7,7 +7,7 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use super::scenario::{AnomalyKind, AnomalySpec};
 
-const US_PER_HOUR: f64 = 3_600_000_000.0;
+use super::calendar::US_PER_HOUR;
 
 /// When an anomaly is active for an entity.
 #[derive(Debug, Clone)]
@@ -170,7 +170,7 @@ impl FieldAnomaly {
                     match self.kind {
                         AnomalyKind::Spike => *v = *v * self.factor + self.magnitude,
                         AnomalyKind::Drift => {
-                            *v += self.per_hour * (t - start) as f64 / US_PER_HOUR;
+                            *v += self.per_hour * (t - start) as f64 / US_PER_HOUR as f64;
                         }
                         AnomalyKind::Stuck => {
                             if let Some(last) = self.last[e as usize] {

@@ -1259,13 +1259,14 @@ impl Simulation {
 
 /// Evaluate an expression over the chunk's rows.
 fn evaluate(expr: &Expr, inputs: &[ArrayRef], n: usize) -> ArrayRef {
+    let inputs: Vec<Column<'_>> = inputs.iter().map(Column::of).collect();
     let mut row: Vec<Value> = Vec::with_capacity(inputs.len());
     let mut results = Vec::with_capacity(n);
     for i in 0..n {
         row.clear();
         let mut null = false;
-        for a in inputs {
-            match value_at(a, i) {
+        for c in &inputs {
+            match c.value(i) {
                 Some(v) => row.push(v),
                 None => {
                     null = true;
@@ -1322,20 +1323,42 @@ fn evaluate(expr: &Expr, inputs: &[ArrayRef], n: usize) -> ArrayRef {
     }
 }
 
-fn value_at(a: &ArrayRef, i: usize) -> Option<Value> {
-    if a.is_null(i) {
-        return None;
-    }
-    Some(match a.data_type() {
-        DataType::Int64 => Value::Int(a.as_primitive::<Int64Type>().value(i)),
-        DataType::Float64 => Value::Float(a.as_primitive::<Float64Type>().value(i)),
-        DataType::Boolean => Value::Bool(a.as_boolean().value(i)),
-        DataType::Utf8 => Value::Str(a.as_string::<i32>().value(i).to_string()),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            Value::Time(a.as_primitive::<TimestampMicrosecondType>().value(i))
+/// An expression input, downcast once per chunk rather than once per row.
+enum Column<'a> {
+    Int(&'a Int64Array),
+    Float(&'a Float64Array),
+    Bool(&'a BooleanArray),
+    Str(&'a StringArray),
+    Time(&'a TimestampMicrosecondArray),
+    /// A type expressions cannot read: every row is NULL.
+    Other,
+}
+
+impl<'a> Column<'a> {
+    fn of(a: &'a ArrayRef) -> Self {
+        match a.data_type() {
+            DataType::Int64 => Self::Int(a.as_primitive::<Int64Type>()),
+            DataType::Float64 => Self::Float(a.as_primitive::<Float64Type>()),
+            DataType::Boolean => Self::Bool(a.as_boolean()),
+            DataType::Utf8 => Self::Str(a.as_string::<i32>()),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                Self::Time(a.as_primitive::<TimestampMicrosecondType>())
+            }
+            _ => Self::Other,
         }
-        _ => return None,
-    })
+    }
+
+    fn value(&self, i: usize) -> Option<Value> {
+        let valid = |a: &dyn Array| a.is_valid(i);
+        match self {
+            Self::Int(a) if valid(*a) => Some(Value::Int(a.value(i))),
+            Self::Float(a) if valid(*a) => Some(Value::Float(a.value(i))),
+            Self::Bool(a) if valid(*a) => Some(Value::Bool(a.value(i))),
+            Self::Str(a) if valid(*a) => Some(Value::Str(a.value(i).to_string())),
+            Self::Time(a) if valid(*a) => Some(Value::Time(a.value(i))),
+            _ => None,
+        }
+    }
 }
 
 /// Rows picked out of shared chunks, in the order given, as one batch.

@@ -268,7 +268,7 @@ fn compare(op: BinOp, o: std::cmp::Ordering) -> bool {
     }
 }
 
-const DAY_US: i64 = 86_400_000_000;
+use super::calendar::{US_PER_DAY, US_PER_HOUR, weekday};
 
 fn call(f: Func, v: Vec<Value>) -> Option<Value> {
     use Value::*;
@@ -333,12 +333,11 @@ fn call(f: Func, v: Vec<Value>) -> Option<Value> {
             Str(out)
         }
         Func::Hour => match v[0] {
-            Time(t) => Int(t.rem_euclid(DAY_US) / 3_600_000_000),
+            Time(t) => Int(t.rem_euclid(US_PER_DAY) / US_PER_HOUR),
             _ => return None,
         },
-        // 0 = Monday (the Unix epoch was a Thursday).
         Func::Weekday => match v[0] {
-            Time(t) => Int((t.div_euclid(DAY_US) + 3).rem_euclid(7)),
+            Time(t) => Int(weekday(t)),
             _ => return None,
         },
         Func::If => return None, // evaluated lazily in `eval`

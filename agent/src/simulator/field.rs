@@ -17,6 +17,7 @@ use rand_distr::{LogNormal, Normal, Poisson, StandardNormal, Uniform};
 use serde::Deserialize;
 
 use super::FakeKind;
+use super::calendar::{US_PER_DAY, hour_of_day};
 
 /// Whether a value is drawn for every event or once per entity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -567,20 +568,17 @@ pub(crate) struct Seasonal {
     start_us: i64,
 }
 
-const US_PER_DAY: f64 = 86_400_000_000.0;
-
 impl Seasonal {
     fn values(&mut self, times: &[i64]) -> Vec<f64> {
         use std::f64::consts::TAU;
-        const US_PER_HOUR: f64 = 3_600_000_000.0;
-        const DAY: i64 = 86_400_000_000;
+        const DAY: i64 = US_PER_DAY;
         times
             .iter()
             .map(|t| {
                 let s = &self.spec;
                 let mut v = s.mean;
                 if s.daily != 0.0 {
-                    let hour = t.rem_euclid(DAY) as f64 / US_PER_HOUR;
+                    let hour = hour_of_day(*t);
                     v += s.daily * (TAU * (hour - s.peak_hour) / 24.0).cos();
                 }
                 if s.weekly != 0.0 {
@@ -589,7 +587,7 @@ impl Seasonal {
                     v += s.weekly * (TAU * (weekday - s.peak_weekday) / 7.0).cos();
                 }
                 if s.trend_per_day != 0.0 {
-                    v += s.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY;
+                    v += s.trend_per_day * (*t - self.start_us) as f64 / US_PER_DAY as f64;
                 }
                 if s.noise > 0.0 {
                     let z: f64 = StandardNormal.sample(&mut self.rng);

@@ -6,6 +6,7 @@
 //! one stream inline (`fields`, `rate`, `entities`, ...); both run on the same engine.
 
 mod anomaly;
+mod calendar;
 mod engine;
 mod expr;
 mod fake_value;

@@ -15,9 +15,7 @@ use super::scenario::{
     AnomalyKind, AnomalySpec, DelayKind, DelaySpec, LateSpec, RateKind, RateSpec,
 };
 
-const US_PER_SEC: f64 = 1e6;
-const US_PER_HOUR: f64 = 3.6e9;
-const US_PER_DAY: i64 = 86_400_000_000;
+use super::calendar::{US_PER_SEC, hour_of_day, weekday};
 
 /// One event, before its values are generated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +80,8 @@ impl Rate {
 
     /// The diurnal intensity at `t` relative to the peak rate.
     fn shape(&self, t: i64) -> f64 {
-        let hour = t.rem_euclid(US_PER_DAY) as f64 / US_PER_HOUR;
-        let day = t.div_euclid(US_PER_DAY);
-        // 1970-01-01 was a Thursday: days 2 and 3 of each week (from Thursday) are the weekend.
-        let weekend = matches!((day + 3).rem_euclid(7), 5 | 6);
+        let hour = hour_of_day(t);
+        let weekend = matches!(weekday(t), 5 | 6);
         let wave = (1.0 + (std::f64::consts::TAU * (hour - self.peak_hour) / 24.0).cos()) / 2.0;
         (self.trough + (1.0 - self.trough) * wave) * if weekend { self.weekend } else { 1.0 }
     }
@@ -417,6 +413,7 @@ impl Late {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simulator::calendar::{US_PER_DAY, US_PER_HOUR};
 
     fn rate(text: &str) -> Rate {
         Rate::new(&toml::from_str(text).expect("rate")).expect("valid")
@@ -475,7 +472,7 @@ mod tests {
             if e.time_us >= 2 * US_PER_DAY {
                 break;
             }
-            per_hour[((e.time_us % US_PER_DAY) / 3_600_000_000) as usize] += 1;
+            per_hour[((e.time_us % US_PER_DAY) / US_PER_HOUR) as usize] += 1;
         }
         let busiest = (0..24).max_by_key(|h| per_hour[*h]).expect("hours");
         let quietest = (0..24).min_by_key(|h| per_hour[*h]).expect("hours");
