@@ -27,7 +27,7 @@ def test_example_pipeline_bronze_silver_gold(bins, certs, workdir):
 
     # Gold keeps its history: each rebuild is an overwrite snapshot over the last.
     t = pyiceberg_table(proc, "gold.cpu_hourly")
-    ops = [s.summary.operation.value for s in t.snapshots()]
+    ops = [s.summary.operation.value for s in sorted(t.snapshots(), key=lambda s: s.sequence_number)]
     assert len(ops) >= 2 and ops[0] == "append" and all(o == "overwrite" for o in ops[1:]), ops
     # Silver records the last bronze snapshot it read, in the snapshot that holds its rows.
     silver_summary = pyiceberg_table(proc, "silver.cpu").current_snapshot().summary
