@@ -265,7 +265,8 @@ async fn compact_bin(
     Ok(())
 }
 
-/// Decode the bin's rows (counted against the manifests) and write them as new files.
+/// Decode the bin's rows (counted against the manifests) and write them as new files,
+/// batch by batch, so memory holds a batch at a time rather than the bin.
 async fn reencode(
     table: &Table,
     bin: &[DataFile],
@@ -274,20 +275,44 @@ async fn reencode(
     prefix: &str,
 ) -> Result<(Vec<DataFile>, u64), CompactionError> {
     let schema = crate::lake::table_arrow_schema(table)?;
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    for (f, data) in bin.iter().zip(inputs) {
-        batches.extend(crate::lake::decode_data_file(&schema, f, data)?);
+    let mut files = bin
+        .iter()
+        .zip(inputs)
+        .map(|(f, data)| crate::lake::FileBatches::new(&schema, f, data))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The first batch of up to 8 files spread over the bin: the writer's sample of what is
+    // to come.
+    const SAMPLED_FILES: usize = 8;
+    let step = files.len().div_ceil(SAMPLED_FILES).max(1);
+    let mut first: Vec<Option<RecordBatch>> = vec![None; files.len()];
+    for i in (0..files.len()).step_by(step) {
+        first[i] = files[i].next().transpose()?;
     }
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let written = crate::lake::write_data_files(
+    let sample: Vec<RecordBatch> = first.iter().flatten().cloned().collect();
+    let mut writer = crate::lake::DataFilesWriter::new(
         table,
-        &batches,
+        &sample,
         prefix,
         opts.compression,
         Some(usize::try_from(opts.target_file_size).unwrap_or(usize::MAX)),
     )
     .await?;
-    Ok((written, rows))
+    drop(sample);
+    let mut rows = 0u64;
+    for (file, head) in files.iter_mut().zip(first) {
+        for batch in head.into_iter().map(Ok).chain(file.by_ref()) {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    writer.abandon().await;
+                    return Err(e.into());
+                }
+            };
+            rows += batch.num_rows() as u64;
+            writer.write(batch).await?;
+        }
+    }
+    Ok((writer.close().await?, rows))
 }
 
 /// Every table of every namespace.

@@ -1,13 +1,14 @@
 //! The Iceberg side: opening the catalog, and loading or creating tables.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
 use iceberg::spec::{DataFile, DataFileFormat};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
@@ -16,6 +17,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::config::Compression;
 use crate::storage::{ObjectStoreFactory, S3Config};
@@ -228,56 +230,193 @@ pub async fn write_data_files(
     compression: Compression,
     target_size: Option<usize>,
 ) -> Result<Vec<DataFile>, iceberg::Error> {
-    let props = WriterProperties::builder()
-        .set_compression(match compression {
+    let mut writer = DataFilesWriter::new(table, batches, prefix, compression, target_size).await?;
+    for b in batches {
+        writer.write(b.clone()).await?;
+    }
+    writer.close().await
+}
+
+/// Writes batches of one table into Parquet data files as they come, so a caller can stream
+/// rows through without holding them all. A failed write or close removes what it wrote; a
+/// caller that gives up for its own reasons calls [`DataFilesWriter::abandon`].
+pub struct DataFilesWriter<'a> {
+    table: &'a Table,
+    inner: Option<DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, RecordingNames>>,
+    location: DefaultLocationGenerator,
+    issued: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl<'a> DataFilesWriter<'a> {
+    /// A writer for `table`; `sample` (some of the rows to come) decides which columns are
+    /// written without a dictionary. Files are named `<prefix>-…` and hold at most
+    /// `target_size` bytes (default: the Iceberg default, 512 MiB).
+    pub async fn new(
+        table: &'a Table,
+        sample: &[RecordBatch],
+        prefix: &str,
+        compression: Compression,
+        target_size: Option<usize>,
+    ) -> Result<Self, iceberg::Error> {
+        let mut props = WriterProperties::builder().set_compression(match compression {
             Compression::Zstd => {
                 ParquetCompression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
             }
             Compression::Snappy => ParquetCompression::SNAPPY,
             Compression::Lz4 => ParquetCompression::LZ4_RAW,
             Compression::None => ParquetCompression::UNCOMPRESSED,
-        })
-        .build();
-    let location = DefaultLocationGenerator::new(table.metadata())?;
-    let names = RecordingNames {
-        inner: DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet),
-        issued: Arc::default(),
-    };
-    let issued = names.issued.clone();
-    let parquet = ParquetWriterBuilder::new(props, table.metadata().current_schema().clone());
-    let rolling = match target_size {
-        Some(size) => RollingFileWriterBuilder::new(
-            parquet,
-            size,
-            table.file_io().clone(),
-            location.clone(),
-            names,
-        ),
-        None => RollingFileWriterBuilder::new_with_default_file_size(
-            parquet,
-            table.file_io().clone(),
-            location.clone(),
-            names,
-        ),
-    };
-    let result = async {
-        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
-        for b in batches {
-            writer.write(b.clone()).await?;
+        });
+        for column in rarely_repeating_columns(sample) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
-        writer.close().await
+        let location = DefaultLocationGenerator::new(table.metadata())?;
+        let names = RecordingNames {
+            inner: DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet),
+            issued: Arc::default(),
+        };
+        let issued = names.issued.clone();
+        let parquet =
+            ParquetWriterBuilder::new(props.build(), table.metadata().current_schema().clone());
+        let rolling = match target_size {
+            Some(size) => RollingFileWriterBuilder::new(
+                parquet,
+                size,
+                table.file_io().clone(),
+                location.clone(),
+                names,
+            ),
+            None => RollingFileWriterBuilder::new_with_default_file_size(
+                parquet,
+                table.file_io().clone(),
+                location.clone(),
+                names,
+            ),
+        };
+        let inner = DataFileWriterBuilder::new(rolling).build(None).await?;
+        Ok(Self {
+            table,
+            inner: Some(inner),
+            location,
+            issued,
+        })
     }
-    .await;
-    if result.is_err() {
-        let files: Vec<String> = issued.lock().map(|v| v.clone()).unwrap_or_default();
-        for name in files {
-            let path = location.generate_location(None, &name);
-            if let Err(e) = table.file_io().delete(&path).await {
-                tracing::warn!(table = %table.identifier(), %path, "cannot remove a partly written file: {e}");
+
+    /// Write one batch (in the table's schema).
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), iceberg::Error> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(iceberg::Error::new(
+                ErrorKind::Unexpected,
+                "data file writer used after it failed",
+            ));
+        };
+        if let Err(e) = inner.write(batch).await {
+            self.abandon().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Finish the files and return them.
+    pub async fn close(mut self) -> Result<Vec<DataFile>, iceberg::Error> {
+        let Some(mut inner) = self.inner.take() else {
+            return Err(iceberg::Error::new(
+                ErrorKind::Unexpected,
+                "data file writer closed after it failed",
+            ));
+        };
+        match inner.close().await {
+            Ok(files) => {
+                self.issued.lock().map(|mut v| v.clear()).ok();
+                Ok(files)
+            }
+            Err(e) => {
+                self.abandon().await;
+                Err(e)
             }
         }
     }
-    result
+
+    /// Remove every file this writer started.
+    pub async fn abandon(&mut self) {
+        self.inner = None;
+        let files: Vec<String> = self
+            .issued
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        for name in files {
+            let path = self.location.generate_location(None, &name);
+            if let Err(e) = self.table.file_io().delete(&path).await {
+                tracing::warn!(table = %self.table.identifier(), %path, "cannot remove a partly written file: {e}");
+            }
+        }
+    }
+}
+
+/// Sampled rows per column when judging whether its values repeat.
+const CARDINALITY_SAMPLE: usize = 16 * 1024;
+
+/// Top-level columns whose values barely repeat (more than half of a sample distinct):
+/// timestamps to the microsecond, measurements, ids. Dictionary-encoding them costs a hash
+/// lookup and insert per value until the dictionary overflows its page and the writer falls
+/// back to plain encoding, and saves nothing, so they are written plain from the start.
+/// Nested columns keep the writer's default.
+fn rarely_repeating_columns(batches: &[RecordBatch]) -> Vec<String> {
+    let Some(first) = batches.first() else {
+        return Vec::new();
+    };
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    // A few evenly spaced runs of rows rather than the head alone, so a column that is
+    // constant within one commit but varies across the bin is judged on the whole.
+    const RUNS: usize = 8;
+    let run = (CARDINALITY_SAMPLE / RUNS).max(1);
+    let starts: Vec<usize> = if total <= CARDINALITY_SAMPLE {
+        vec![0]
+    } else {
+        (0..RUNS).map(|k| k * (total / RUNS)).collect()
+    };
+    let mut out = Vec::new();
+    for (i, field) in first.schema().fields().iter().enumerate() {
+        if field.data_type().is_nested() {
+            continue;
+        }
+        let Ok(converter) = RowConverter::new(vec![SortField::new(field.data_type().clone())])
+        else {
+            continue;
+        };
+        let mut rows = converter.empty_rows(CARDINALITY_SAMPLE, 0);
+        let mut sampled = 0usize;
+        for &start in &starts {
+            let len = if total <= CARDINALITY_SAMPLE {
+                total
+            } else {
+                run
+            };
+            let (mut offset, mut left) = (start, len);
+            for b in batches {
+                if left == 0 {
+                    break;
+                }
+                if offset >= b.num_rows() {
+                    offset -= b.num_rows();
+                    continue;
+                }
+                let take = left.min(b.num_rows() - offset);
+                let slice = b.column(i).slice(offset, take);
+                if converter.append(&mut rows, &[slice]).is_err() {
+                    break;
+                }
+                sampled += take;
+                left -= take;
+                offset = 0;
+            }
+        }
+        let distinct: HashSet<&[u8]> = rows.iter().map(|r| r.data()).collect();
+        if sampled > 0 && distinct.len() * 2 > sampled {
+            out.push(field.name().clone());
+        }
+    }
+    out
 }
 
 /// Why a data file could not be read back.
@@ -304,25 +443,69 @@ pub fn decode_data_file(
     file: &DataFile,
     data: bytes::Bytes,
 ) -> Result<Vec<RecordBatch>, ReadError> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?
-        .with_batch_size(64 * 1024)
-        .build()?;
-    let mut batches = Vec::new();
-    let mut read = 0u64;
-    for b in reader {
-        let b = b?;
-        read += b.num_rows() as u64;
-        // Our tables do not evolve their schema: the file's columns are the table's.
-        batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
-    }
-    if read != file.record_count() {
-        return Err(ReadError::CountMismatch {
-            file: file.file_path().to_string(),
-            read,
+    FileBatches::new(schema, file, data)?.collect()
+}
+
+/// The batches of one data file, decoded as they are asked for; the last item is an error
+/// if the file's row count differs from its manifest's.
+pub struct FileBatches {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    schema: SchemaRef,
+    path: String,
+    expected: u64,
+    read: u64,
+    done: bool,
+}
+
+impl FileBatches {
+    /// Start decoding `data`, the bytes of `file`, into batches of `schema`.
+    pub fn new(schema: &SchemaRef, file: &DataFile, data: bytes::Bytes) -> Result<Self, ReadError> {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)?
+            .with_batch_size(64 * 1024)
+            .build()?;
+        Ok(Self {
+            reader,
+            schema: schema.clone(),
+            path: file.file_path().to_string(),
             expected: file.record_count(),
-        });
+            read: 0,
+            done: false,
+        })
     }
-    Ok(batches)
+}
+
+impl Iterator for FileBatches {
+    type Item = Result<RecordBatch, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.reader.next() {
+            Some(Ok(b)) => {
+                self.read += b.num_rows() as u64;
+                // Our tables do not evolve their schema: the file's columns are the table's.
+                Some(
+                    RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
+                        .map_err(ReadError::from),
+                )
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(e.into()))
+            }
+            None => {
+                self.done = true;
+                (self.read != self.expected).then(|| {
+                    Err(ReadError::CountMismatch {
+                        file: self.path.clone(),
+                        read: self.read,
+                        expected: self.expected,
+                    })
+                })
+            }
+        }
+    }
 }
 
 /// Read data files of `table` into batches of its schema (counts checked).
