@@ -202,16 +202,10 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Model refresh latency: rows streamed in real time, silver and gold models on the
 /// default schedule, gold polled for the newest ingestion time it reflects.
-fn models_bench(processor_bin: &Path, agent_bin: &Path, seconds: u64) {
-    const RATE: u64 = 20_000;
-    let dir = TempDir::new();
-    init_certs(processor_bin, &dir);
-    let (quic, api) = (free_udp(), free_tcp());
-    std::fs::write(
-        dir.path().join("processor.toml"),
-        format!(
-            r#"
-[processor]
+/// The processor config every bench shares: its data dir, QUIC listener and API.
+fn processor_common(quic: SocketAddr, api: SocketAddr) -> String {
+    format!(
+        r#"[processor]
 data_dir = "data"
 [quic]
 listen = "{quic}"
@@ -220,7 +214,35 @@ key = "certs/server.key"
 ca = "certs/ca.pem"
 [api]
 listen = "{api}"
+"#
+    )
+}
 
+/// The agent's `[sink]` section (QUIC to `quic`, as agent `bench`).
+fn agent_sink(quic: SocketAddr) -> String {
+    format!(
+        r#"[sink]
+type = "quic"
+endpoint = "{quic}"
+server_name = "localhost"
+ca = "certs/ca.pem"
+cert = "certs/agent-bench.pem"
+key = "certs/agent-bench.key"
+"#
+    )
+}
+
+fn models_bench(processor_bin: &Path, agent_bin: &Path, seconds: u64) {
+    const RATE: u64 = 20_000;
+    let dir = TempDir::new();
+    init_certs(processor_bin, &dir);
+    let (quic, api) = (free_udp(), free_tcp());
+    let (common, sink) = (processor_common(quic, api), agent_sink(quic));
+    std::fs::write(
+        dir.path().join("processor.toml"),
+        format!(
+            r#"
+{common}
 [models."silver.telemetry"]
 sql = "SELECT ts, device, temp, status, _ingested_at AS ingested_at FROM bronze.telemetry"
 unique = ["device", "ts"]
@@ -242,14 +264,7 @@ sql = """SELECT device, count(*) AS readings, avg(temp) AS avg_temp,
             r#"
 [agent]
 id = "bench"
-[sink]
-type = "quic"
-endpoint = "{quic}"
-server_name = "localhost"
-ca = "certs/ca.pem"
-cert = "certs/agent-bench.pem"
-key = "certs/agent-bench.key"
-[sources.telemetry]
+{sink}[sources.telemetry]
 type = "simulator"
 rate = {RATE}
 total = {total}
@@ -386,20 +401,12 @@ fn main() {
 
     let quic = free_udp();
     let api = free_tcp();
+    let (common, sink) = (processor_common(quic, api), agent_sink(quic));
     std::fs::write(
         dir.path().join("processor.toml"),
         format!(
             r#"
-[processor]
-data_dir = "data"
-[quic]
-listen = "{quic}"
-cert = "certs/server.pem"
-key = "certs/server.key"
-ca = "certs/ca.pem"
-[api]
-listen = "{api}"
-[lander]
+{common}[lander]
 commit_interval = "{commit_interval}"
 "#,
             commit_interval = if compaction { "100ms" } else { "1s" },
@@ -416,14 +423,7 @@ id = "bench"
 max_rows = {batch_rows}
 max_bytes = "16MiB"
 max_age = "200ms"
-[sink]
-type = "quic"
-endpoint = "{quic}"
-server_name = "localhost"
-ca = "certs/ca.pem"
-cert = "certs/agent-bench.pem"
-key = "certs/agent-bench.key"
-window = 32
+{sink}window = 32
 [sources.telemetry]
 type = "simulator"
 total = {rows}
