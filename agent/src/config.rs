@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub api: Option<sluice_ops::ApiConfig>,
     #[serde(default)]
     pub batch: BatchConfig,
+    #[serde(default)]
+    pub buffer: BufferConfig,
     #[serde(deserialize_with = "crate::tagged::one")]
     pub sink: SinkConfig,
     #[serde(deserialize_with = "crate::tagged::map")]
@@ -71,7 +73,8 @@ pub struct AgentConfig {
 pub struct AgentSection {
     /// Unique id of this agent; lands in the `_agent` column. Letters, digits, `_`, `-`.
     pub id: String,
-    /// Where the agent keeps local state (the compiled-plugin cache).
+    /// Where the agent keeps local state: the write-ahead log (`wal/`) and the
+    /// compiled-plugin cache.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
 }
@@ -96,6 +99,45 @@ impl Default for BatchConfig {
             max_rows: 65_536,
             max_bytes: ByteSize::mib(8),
             max_age: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `[buffer]`: the write-ahead log every batch is stored in until the sink has it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Cap on the log of each stream.
+    pub max_size: ByteSize,
+    /// What happens at the cap: `block` (sources wait) or `drop_oldest` (rows are lost,
+    /// counted and logged).
+    pub when_full: crate::wal::WhenFull,
+    /// Size of one segment file; defaults to the smaller of 64 MiB and an eighth of
+    /// `max_size`.
+    pub segment_size: Option<ByteSize>,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            max_size: ByteSize::gib(1),
+            when_full: crate::wal::WhenFull::Block,
+            segment_size: None,
+        }
+    }
+}
+
+impl BufferConfig {
+    /// The log's options, with the segment size resolved.
+    pub fn wal_options(&self) -> crate::wal::WalOptions {
+        let max_size = self.max_size.as_u64();
+        crate::wal::WalOptions {
+            segment_size: self
+                .segment_size
+                .map(|s| s.as_u64())
+                .unwrap_or_else(|| (max_size / 8).min(64 << 20)),
+            max_size,
+            when_full: self.when_full,
         }
     }
 }
@@ -235,6 +277,22 @@ impl AgentConfig {
         }
         if self.batch.max_age.is_zero() {
             return Err(Invalid::new("batch.max_age", "must be greater than zero"));
+        }
+        let wal = self.buffer.wal_options();
+        if wal.max_size < 2 * self.batch.max_bytes.as_u64() + (1 << 20) {
+            return Err(Invalid::new(
+                "buffer.max_size",
+                format!(
+                    "must hold at least two batches: 1 MiB + 2 x batch.max_bytes ({})",
+                    self.batch.max_bytes
+                ),
+            ));
+        }
+        if wal.segment_size < 64 * 1024 || wal.segment_size > wal.max_size / 2 {
+            return Err(Invalid::new(
+                "buffer.segment_size",
+                "must be at least 64 KiB and at most half of buffer.max_size",
+            ));
         }
         match &self.sink {
             SinkConfig::Quic(q) => {

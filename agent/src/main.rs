@@ -11,7 +11,6 @@ mod source;
 mod tagged;
 // The disk buffer is being wired into the pipeline (issue 6); until then only its tests use it.
 mod tls;
-#[allow(dead_code)]
 mod wal;
 mod wasm;
 
@@ -175,17 +174,11 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         rows = summary.rows_generated,
         batches_acked = summary.batches_acked,
         batches_rejected = summary.batches_rejected,
-        batches_abandoned = summary.batches_abandoned,
+        batches_unshipped = summary.batches_unshipped,
         "agent finished"
     );
     if let Err(failed) = sluice_ops::RenderMetrics::health(metrics.as_ref()) {
         anyhow::bail!("finished with failed plugins:\n{failed}");
-    }
-    if summary.batches_abandoned > 0 {
-        anyhow::bail!(
-            "{} batches were still unacknowledged when the drain timeout passed",
-            summary.batches_abandoned
-        );
     }
     Ok(())
 }

@@ -48,6 +48,11 @@ pub struct Metrics {
     rows_duplicate: Family<StreamLabels, Counter>,
     rows_lost: Family<ReasonLabels, Counter>,
     inflight: Family<StreamLabels, Gauge>,
+    wal_bytes: Family<StreamLabels, Gauge>,
+    wal_written_bytes: Family<StreamLabels, Counter>,
+    wal_syncs: Family<StreamLabels, Counter>,
+    wal_corrupt: Family<StreamLabels, Counter>,
+    wal_write_errors: Family<StreamLabels, Counter>,
     reconnects: Counter,
     connected: Gauge,
     plugin_calls: Family<PluginLabels, Histogram, fn() -> Histogram>,
@@ -77,6 +82,11 @@ impl Default for Metrics {
             rows_duplicate: Family::default(),
             rows_lost: Family::default(),
             inflight: Family::default(),
+            wal_bytes: Family::default(),
+            wal_written_bytes: Family::default(),
+            wal_syncs: Family::default(),
+            wal_corrupt: Family::default(),
+            wal_write_errors: Family::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
             plugin_calls: Family::new_with_constructor(call_histogram),
@@ -123,6 +133,31 @@ impl Default for Metrics {
             "inflight_batches",
             "Batches sent and not yet acknowledged",
             m.inflight.clone(),
+        );
+        registry.register(
+            "wal_size_bytes",
+            "Bytes the write-ahead log holds on disk",
+            m.wal_bytes.clone(),
+        );
+        registry.register(
+            "wal_written_bytes",
+            "Bytes appended to the write-ahead log",
+            m.wal_written_bytes.clone(),
+        );
+        registry.register(
+            "wal_syncs",
+            "Group commits (fsyncs) of the write-ahead log",
+            m.wal_syncs.clone(),
+        );
+        registry.register(
+            "wal_corrupt_records",
+            "Damaged write-ahead log records found and skipped",
+            m.wal_corrupt.clone(),
+        );
+        registry.register(
+            "wal_write_errors",
+            "Failed appends to the write-ahead log (a full disk, typically); retried",
+            m.wal_write_errors.clone(),
         );
         registry.register(
             "reconnects",
@@ -218,6 +253,26 @@ impl Metrics {
 
     pub fn set_inflight(&self, s: &str, n: usize) {
         self.inflight.get_or_create(&stream(s)).set(n as i64);
+    }
+
+    pub fn set_wal_size(&self, s: &str, bytes: u64) {
+        self.wal_bytes
+            .get_or_create(&stream(s))
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn wal_synced(&self, s: &str, bytes: u64) {
+        let l = stream(s);
+        self.wal_written_bytes.get_or_create(&l).inc_by(bytes);
+        self.wal_syncs.get_or_create(&l).inc();
+    }
+
+    pub fn wal_corrupt(&self, s: &str, records: u64) {
+        self.wal_corrupt.get_or_create(&stream(s)).inc_by(records);
+    }
+
+    pub fn wal_write_error(&self, s: &str) {
+        self.wal_write_errors.get_or_create(&stream(s)).inc();
     }
 
     pub fn plugin_call(&self, plugin: &str, seconds: f64) {

@@ -1,4 +1,5 @@
-//! Wires sources → per-stream batchers → shipper lanes, and runs them to completion.
+//! Wires sources → per-stream batchers → write-ahead logs → shipper lanes, and runs them
+//! to completion.
 
 use std::sync::Arc;
 
@@ -7,10 +8,11 @@ use indexmap::IndexMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::batcher::{self, Chunk, Limits};
+use crate::batcher::{self, Chunk, Limits, ReadyBatch};
 use crate::config::{AgentConfig, SinkConfig, SourceConfig, TransformConfig};
 use crate::metrics::Metrics;
-use crate::shipper::QuicShipper;
+use crate::shipper::{LaneLog, QuicShipper};
+use crate::wal::{self, WalError, WalHandle, WalMetricsSink, WalWriter};
 use crate::{source, tls, wasm};
 
 /// What a finished run did.
@@ -19,7 +21,8 @@ pub struct RunSummary {
     pub rows_generated: u64,
     pub batches_acked: u64,
     pub batches_rejected: u64,
-    pub batches_abandoned: u64,
+    /// Left in the write-ahead log at shutdown, to ship at the next start.
+    pub batches_unshipped: u64,
 }
 
 /// Run the agent until every source is exhausted and shipped, or until `stop` fires
@@ -29,6 +32,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<RunSummary> {
+    let _lock = lock_data_dir(&cfg.agent.data_dir)?;
     let SinkConfig::Quic(quic) = &cfg.sink;
     let client = tls::client_config(&quic.ca, &quic.cert, &quic.key, quic.idle_timeout)
         .context("cannot set up TLS for the QUIC sink")?;
@@ -46,18 +50,21 @@ pub async fn run(
 
     // One batcher and one lane per stream; sources of a stream share its batcher.
     let mut stream_inputs: IndexMap<String, mpsc::Sender<Chunk>> = IndexMap::new();
-    // Per stream, the checkpoint the lake holds, learnt from the lane's first Welcome:
-    // checkpointing sources wait for it before they start.
-    let mut resume: IndexMap<String, watch::Receiver<Option<Option<String>>>> = IndexMap::new();
+    // Per stream, where its sources resume: the newest checkpoint in the write-ahead log,
+    // or else the lake's (learnt from the lane's first Welcome). Checkpointing sources wait
+    // for it before they start.
+    let mut resume: IndexMap<String, source::Resume> = IndexMap::new();
     let mut batchers = JoinSet::new();
+    let mut stores = JoinSet::new();
     let mut lanes = JoinSet::new();
     for stream in cfg.sources.iter().flat_map(|(n, s)| s.streams(n)) {
         if stream_inputs.contains_key(&stream) {
             continue;
         }
+        let stream_name: Arc<str> = stream.as_str().into();
+        let (writer, handle, reader, recovered) = open_log(&cfg, &stream_name, &metrics)?;
         let (chunk_tx, chunk_rx) = mpsc::channel(8);
         let (batch_tx, batch_rx) = mpsc::channel(2);
-        let stream_name: Arc<str> = stream.as_str().into();
         batchers.spawn(batcher::run(
             stream_name.clone(),
             limits,
@@ -65,11 +72,22 @@ pub async fn run(
             batch_tx,
             metrics.clone(),
         ));
-        let (resume_tx, resume_rx) = watch::channel(None);
+        stores.spawn(store(
+            stream_name.clone(),
+            batch_rx,
+            writer,
+            stop.clone(),
+            metrics.clone(),
+        ));
+        let (resume_tx, resume_rx) = watch::channel(recovered.checkpoint);
+        let log = LaneLog {
+            records: reader.spawn(2)?,
+            handle,
+        };
         lanes.spawn(
             shipper
                 .clone()
-                .run_lane(stream_name, batch_rx, resume_tx, stop.clone()),
+                .run_lane(stream_name, log, resume_tx, stop.clone()),
         );
         resume.insert(stream.clone(), resume_rx);
         stream_inputs.insert(stream, chunk_tx);
@@ -122,10 +140,12 @@ pub async fn run(
         }
         match source {
             SourceConfig::Simulator(sim) => {
+                let resume = streams.iter().map(|s| resume[s].clone()).collect();
                 sources.spawn(source::run_simulator(
                     name.clone(),
                     sim.clone(),
                     txs,
+                    resume,
                     stop.clone(),
                     metrics.clone(),
                 ));
@@ -156,12 +176,116 @@ pub async fn run(
         r.context("batcher task panicked")?
             .context("batcher failed")?;
     }
+    while let Some(r) = stores.join_next().await {
+        r.context("write-ahead log task panicked")??;
+    }
     while let Some(r) = lanes.join_next().await {
         let lane = r.context("shipper lane panicked")?;
         summary.batches_acked += lane.acked_batches;
         summary.batches_rejected += lane.rejected_batches;
-        summary.batches_abandoned += lane.abandoned_batches;
+        summary.batches_unshipped += lane.unshipped_batches;
     }
     shipper.close().await;
     Ok(summary)
+}
+
+/// Hold the data directory for this run: two agents sharing one would interleave their
+/// write-ahead logs.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create agent.data_dir {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "agent.data_dir {} is in use by another running agent",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// Open a stream's write-ahead log under the data directory and report what it recovered.
+fn open_log(
+    cfg: &AgentConfig,
+    stream: &Arc<str>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(WalWriter, WalHandle, wal::WalReader, wal::Recovered)> {
+    let dir = cfg.agent.data_dir.join("wal").join(&**stream);
+    let sink = {
+        let (m1, m2, m3) = (metrics.clone(), metrics.clone(), metrics.clone());
+        let (s1, s2, s3) = (stream.clone(), stream.clone(), stream.clone());
+        WalMetricsSink {
+            on_size: Some(Arc::new(move |bytes| m1.set_wal_size(&s1, bytes))),
+            on_dropped: Some(Arc::new(move |rows| m2.lost(&s2, "wal_full", rows))),
+            on_sync: Some(Arc::new(move |bytes, _| m3.wal_synced(&s3, bytes))),
+        }
+    };
+    let (writer, handle, reader, recovered) = wal::open(&dir, cfg.buffer.wal_options(), sink)
+        .with_context(|| format!("cannot open the write-ahead log of stream {stream:?}"))?;
+    if recovered.corrupt_records > 0 {
+        metrics.wal_corrupt(stream, recovered.corrupt_records);
+    }
+    if recovered.torn_bytes > 0 {
+        tracing::warn!(
+            %stream,
+            bytes = recovered.torn_bytes,
+            "cut a half-written record from the write-ahead log (the agent stopped mid-write)"
+        );
+    }
+    if recovered.pending_records > 0 {
+        tracing::info!(
+            %stream,
+            batches = recovered.pending_records,
+            rows = recovered.pending_rows,
+            "write-ahead log holds batches not yet acknowledged: shipping them first"
+        );
+    }
+    Ok((writer, handle, reader, recovered))
+}
+
+/// Append a stream's batches to its log. A failed append (a full disk, typically) is
+/// retried with backoff, which holds the sources back meanwhile; once `stop` has fired a
+/// batch that cannot be stored is given up (a checkpointing source regenerates it at the
+/// next start, as the log's newest checkpoint is from before it).
+async fn store(
+    stream: Arc<str>,
+    mut batches: mpsc::Receiver<ReadyBatch>,
+    writer: WalWriter,
+    stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+    while let Some(batch) = batches.recv().await {
+        let mut retry = std::time::Duration::from_millis(100);
+        loop {
+            match writer.append(batch.clone()).await {
+                Ok(_) => break,
+                Err(e @ WalError::TooLarge { .. }) => {
+                    tracing::error!(%stream, rows = batch.rows, "batch dropped: {e}");
+                    metrics.lost(&stream, "too_large", u64::from(batch.rows));
+                    break;
+                }
+                Err(e) if *stop.borrow() => {
+                    tracing::warn!(%stream, rows = batch.rows, "stopping: batch not stored: {e}");
+                    break;
+                }
+                Err(e @ WalError::Io { .. }) => {
+                    metrics.wal_write_error(&stream);
+                    tracing::error!(%stream, retry_in = ?retry, "cannot store a batch: {e}");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("stream {stream:?}: cannot store a batch"));
+                }
+            }
+        }
+    }
+    Ok(())
 }

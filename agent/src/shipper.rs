@@ -1,12 +1,14 @@
 //! The QUIC shipper: one connection to the processor, one lane (a bidirectional QUIC stream)
 //! per data stream.
 //!
-//! A lane opens with `Hello`; the processor answers `Welcome` with the highest sequence it
-//! has committed for this agent and stream. Sequence numbers are assigned when a batch is
-//! first sent, after that handshake, so a restarted agent continues where the lake left off.
-//! At most `window` batches are unacknowledged; they are kept until the processor acks them
-//! (only after the Iceberg commit), and resent in order after a reconnect. The processor
-//! recognises resent batches by sequence and acks them as duplicates.
+//! A lane ships what the stream's write-ahead log holds, in order. It opens with `Hello`;
+//! the processor answers `Welcome` with the highest sequence it has committed for this agent
+//! and stream. A batch's sequence is the log's base plus its lsn; the base is learnt from the
+//! first `Welcome` a new log sees, so numbering continues where the lake left off. At most
+//! `window` batches are unacknowledged; they are acked in the log (and so deleted from disk)
+//! only once the processor acks them (after the Iceberg commit), and resent in order after
+//! a reconnect. The processor recognises resent batches by sequence and acks them as
+//! duplicates.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio::time::Instant;
 use crate::batcher::ReadyBatch;
 use crate::config::QuicSinkConfig;
 use crate::metrics::Metrics;
+use crate::wal::{WalError, WalHandle, WalRecord};
 
 /// Why a lane lost its session (the lane reconnects after each of these).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,15 @@ pub enum LaneError {
     Closed,
     #[error("out-of-order ack: expected seq {expected:?}, got {got}")]
     AckOrder { expected: Option<u64>, got: u64 },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// A stream's write-ahead log, as its lane uses it.
+pub struct LaneLog {
+    /// Records in lsn order, read on a thread of their own.
+    pub records: mpsc::Receiver<Result<WalRecord, WalError>>,
+    pub handle: WalHandle,
 }
 
 /// Outcome of a lane once its input has closed.
@@ -46,8 +58,9 @@ pub enum LaneError {
 pub struct LaneSummary {
     pub acked_batches: u64,
     pub rejected_batches: u64,
-    /// Batches still unacknowledged when the drain deadline passed.
-    pub abandoned_batches: u64,
+    /// Batches not yet acknowledged when the drain deadline passed: they stay in the
+    /// write-ahead log and ship at the next start.
+    pub unshipped_batches: u64,
 }
 
 /// Shared connection to the processor.
@@ -129,19 +142,25 @@ impl QuicShipper {
         Ok(conn)
     }
 
-    /// Ship everything `input` yields. Returns once the input is closed and every batch is
+    /// Ship everything the log yields. Returns once the log is closed and every batch is
     /// acknowledged, or once `stop` fires and the drain timeout has passed.
     pub async fn run_lane(
         self: Arc<Self>,
         stream: Arc<str>,
-        mut input: mpsc::Receiver<ReadyBatch>,
+        log: LaneLog,
         resume: watch::Sender<Option<Option<String>>>,
         mut stop: watch::Receiver<bool>,
     ) -> LaneSummary {
+        let LaneLog {
+            records: mut input,
+            handle,
+        } = log;
         let mut lane = Lane {
             stream: stream.clone(),
+            log: handle,
             pending: VecDeque::new(),
-            next_seq: 0,
+            base: None,
+            committed: 0,
             input_done: false,
             summary: LaneSummary::default(),
         };
@@ -196,17 +215,18 @@ impl QuicShipper {
             }
         }
         let left = lane.pending.len() as u64;
-        if left > 0 {
-            let rows: u64 = lane.pending.iter().map(|(_, b)| u64::from(b.rows)).sum();
-            tracing::error!(
+        if left > 0 || !lane.input_done {
+            let rows: u64 = lane.pending.iter().map(|r| u64::from(r.batch.rows)).sum();
+            tracing::warn!(
                 stream = %stream,
-                batches = left,
-                rows,
-                "drain timeout: unacknowledged batches abandoned"
+                batches_in_flight = left,
+                rows_in_flight = rows,
+                "drain timeout: what is not acknowledged stays in the write-ahead log and ships at the next start"
             );
-            self.metrics.lost(&stream, "shutdown_unacked", rows);
         }
-        lane.summary.abandoned_batches = left;
+        lane.summary.unshipped_batches = left;
+        // Wake a writer waiting for space that will not come now.
+        lane.log.close();
         self.metrics.set_inflight(&stream, 0);
         lane.summary
     }
@@ -215,7 +235,7 @@ impl QuicShipper {
     async fn session(
         &self,
         lane: &mut Lane,
-        input: &mut mpsc::Receiver<ReadyBatch>,
+        input: &mut mpsc::Receiver<Result<WalRecord, WalError>>,
         resume: &watch::Sender<Option<Option<String>>>,
         backoff: &mut Duration,
     ) -> Result<(), LaneError> {
@@ -251,6 +271,9 @@ impl QuicShipper {
             },
         };
         *backoff = self.cfg.backoff_initial;
+        if lane.base.is_none() {
+            lane.base = Some(learn_base(&lane.log, &lane.stream, welcome.committed_seq).await?);
+        }
         lane.resume_after(welcome.committed_seq, &self.metrics);
         // The first Welcome tells checkpointing sources where the lake left off.
         resume.send_if_modified(|r| {
@@ -281,8 +304,9 @@ impl QuicShipper {
         });
         let _abort_reader = AbortOnDrop(reader);
 
-        for (seq, b) in &lane.pending {
-            self.send_batch(&mut send, &lane.stream, *seq, b).await?;
+        for r in &lane.pending {
+            self.send_batch(&mut send, &lane.stream, lane.seq(r.lsn), &r.batch)
+                .await?;
         }
         self.metrics.set_inflight(&lane.stream, lane.pending.len());
 
@@ -307,13 +331,23 @@ impl QuicShipper {
                 }
                 next = input.recv(), if !lane.input_done && lane.pending.len() < window => {
                     match next {
-                        Some(b) => {
-                            lane.next_seq += 1;
-                            let seq = lane.next_seq;
-                            lane.pending.push_back((seq, b));
-                            let (seq, b) = lane.pending.back().expect("just pushed");
-                            self.send_batch(&mut send, &lane.stream, *seq, b).await?;
+                        Some(Ok(r)) => {
+                            let seq = lane.seq(r.lsn);
+                            if seq <= lane.committed {
+                                // Shipped by an earlier run whose ack was lost: the lake
+                                // has it.
+                                self.metrics.acked(&lane.stream, r.batch.rows);
+                                lane.summary.acked_batches += 1;
+                                lane.ack_log(r.lsn);
+                                continue;
+                            }
+                            self.send_batch(&mut send, &lane.stream, seq, &r.batch).await?;
+                            lane.pending.push_back(r);
                             self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(stream = %lane.stream, "write-ahead log damaged, the rest of the segment is skipped: {e}");
+                            self.metrics.wal_corrupt(&lane.stream, 1);
                         }
                         None => lane.input_done = true,
                     }
@@ -359,45 +393,71 @@ impl QuicShipper {
 /// Per-lane state that survives reconnects.
 struct Lane {
     stream: Arc<str>,
-    /// Sent (or to be resent) and not yet acknowledged, in sequence order.
-    pending: VecDeque<(u64, ReadyBatch)>,
-    /// Last sequence number assigned.
-    next_seq: u64,
+    log: WalHandle,
+    /// Sent (or to be resent) and not yet acknowledged, in lsn order.
+    pending: VecDeque<WalRecord>,
+    /// The log's sequence base, once known.
+    base: Option<u64>,
+    /// Highest sequence the processor has said it committed.
+    committed: u64,
     input_done: bool,
     summary: LaneSummary,
 }
 
 impl Lane {
+    /// The sequence a record ships with.
+    fn seq(&self, lsn: u64) -> u64 {
+        self.base.unwrap_or(0) + lsn
+    }
+
+    /// Everything up to `lsn` is in the lake: let the log delete it (off the async
+    /// threads, as that may sync files).
+    fn ack_log(&self, lsn: u64) {
+        let log = self.log.clone();
+        let stream = self.stream.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = log.ack(lsn) {
+                tracing::warn!(%stream, "cannot record an acknowledgement in the write-ahead log: {e}");
+            }
+        });
+    }
+
     /// Apply the processor's committed mark after a (re)connect.
     fn resume_after(&mut self, committed: u64, metrics: &Metrics) {
+        self.committed = self.committed.max(committed);
         // Committed before the previous connection dropped, but the ack never arrived.
-        while let Some((seq, b)) = self.pending.front() {
-            if *seq > committed {
+        let mut last = None;
+        while let Some(r) = self.pending.front() {
+            if self.seq(r.lsn) > committed {
                 break;
             }
-            metrics.acked(&self.stream, b.rows);
+            metrics.acked(&self.stream, r.batch.rows);
             self.summary.acked_batches += 1;
+            last = Some(r.lsn);
             self.pending.pop_front();
         }
-        // Everything left is above the mark. A fresh agent (or one restarted without its
-        // buffer) continues after the lake's mark rather than from 1.
-        self.next_seq = self.next_seq.max(committed);
+        if let Some(lsn) = last {
+            self.ack_log(lsn);
+        }
     }
 
     fn on_ack(&mut self, ack: Ack, metrics: &Metrics) -> Result<(), LaneError> {
-        let expected = self.pending.front().map(|(s, _)| *s);
+        let expected = self.pending.front().map(|r| self.seq(r.lsn));
         if expected != Some(ack.seq) {
             return Err(LaneError::AckOrder {
                 expected,
                 got: ack.seq,
             });
         }
-        let Some((_, b)) = self.pending.pop_front() else {
+        let Some(r) = self.pending.pop_front() else {
             return Err(LaneError::AckOrder {
                 expected,
                 got: ack.seq,
             });
         };
+        self.committed = self.committed.max(ack.seq);
+        self.ack_log(r.lsn);
+        let b = &r.batch;
         match ack.status {
             AckStatus::Committed => {
                 metrics.acked(&self.stream, b.rows);
@@ -408,6 +468,7 @@ impl Lane {
                 self.summary.acked_batches += 1;
             }
             AckStatus::Rejected => {
+                // Resending cannot help: the batch leaves the log, counted as lost.
                 tracing::error!(
                     stream = %self.stream,
                     seq = ack.seq,
@@ -421,6 +482,34 @@ impl Lane {
         }
         Ok(())
     }
+}
+
+/// The log's sequence base: stored, or learnt from the processor's mark for a new log.
+async fn learn_base(log: &WalHandle, stream: &str, committed: u64) -> Result<u64, LaneError> {
+    let log = log.clone();
+    let stream = stream.to_string();
+    let base = tokio::task::spawn_blocking(move || match log.base() {
+        None => log.set_base(committed, false),
+        Some(base) if committed > base + log.last_lsn() => {
+            // The lake holds sequences this log never produced: the log is older than the
+            // lake (restored from a backup, or another agent ran with this id). Renumber
+            // what is unacknowledged to follow the lake rather than have it taken for
+            // duplicates.
+            let rebased = committed - log.acked();
+            tracing::warn!(
+                %stream,
+                committed,
+                log_base = base,
+                log_last = log.last_lsn(),
+                "the lake is ahead of this write-ahead log; renumbering its unacknowledged batches"
+            );
+            log.set_base(rebased, true)
+        }
+        Some(base) => Ok(base),
+    })
+    .await
+    .map_err(|_| WalError::Closed)??;
+    Ok(base)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

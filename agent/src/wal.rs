@@ -139,6 +139,8 @@ struct Shared {
     space: Condvar,
     /// Highest durable lsn, for readers.
     durable: watch::Sender<u64>,
+    /// Set when the writer thread has ended: readers stop at the durable end.
+    finished: std::sync::atomic::AtomicBool,
     metrics: WalMetricsSink,
 }
 
@@ -313,6 +315,7 @@ pub fn open(
         }),
         space: Condvar::new(),
         durable,
+        finished: Default::default(),
         metrics,
     });
     shared.report_size(total_bytes);
@@ -320,7 +323,14 @@ pub fn open(
     let writer_shared = shared.clone();
     std::thread::Builder::new()
         .name("sluice-wal".into())
-        .spawn(move || write_loop(writer_shared, rx))
+        .spawn(move || {
+            write_loop(&writer_shared, rx);
+            writer_shared
+                .finished
+                .store(true, std::sync::atomic::Ordering::Release);
+            // Wake readers waiting for more.
+            writer_shared.durable.send_modify(|_| {});
+        })
         .map_err(io_err(dir))?;
     let reader = WalReader {
         shared: shared.clone(),
@@ -450,7 +460,7 @@ fn encode_record(lsn: u64, b: &ReadyBatch, out: &mut Vec<u8>) {
 }
 
 /// The writer thread: group-commits queued appends until every writer handle is gone.
-fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Append>) {
+fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Append>) {
     let mut active: Option<BufWriter<File>> = None;
     let mut buf = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -461,7 +471,7 @@ fn write_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Append>) {
         let mut results = Vec::with_capacity(group.len());
         let mut bytes = 0u64;
         for a in &group {
-            let r = append_one(&shared, &mut active, &mut buf, &a.batch);
+            let r = append_one(shared, &mut active, &mut buf, &a.batch);
             if let Ok((_, n)) = r {
                 bytes += n;
             }
@@ -725,11 +735,14 @@ impl WalHandle {
         self.shared.inner.lock().ok().and_then(|i| i.state.base)
     }
 
-    /// Fix the sequence base (once; later calls keep the first). Stored before it returns.
-    pub fn set_base(&self, base: u64) -> Result<u64, WalError> {
+    /// Fix the sequence base. Without `force`, a base already set is kept (and returned).
+    /// Stored before it returns.
+    pub fn set_base(&self, base: u64, force: bool) -> Result<u64, WalError> {
         let state = {
             let mut inner = self.shared.inner.lock().map_err(|_| WalError::Closed)?;
-            if let Some(b) = inner.state.base {
+            if let Some(b) = inner.state.base
+                && !force
+            {
                 return Ok(b);
             }
             inner.state.base = Some(base);
@@ -737,6 +750,20 @@ impl WalHandle {
         };
         self.shared.write_state(&state)?;
         Ok(base)
+    }
+
+    /// The highest lsn assigned so far (`0` for a new log).
+    pub fn last_lsn(&self) -> u64 {
+        self.shared
+            .inner
+            .lock()
+            .map(|i| i.state.last_lsn)
+            .unwrap_or(0)
+    }
+
+    /// The highest acknowledged lsn.
+    pub fn acked(&self) -> u64 {
+        self.shared.inner.lock().map(|i| i.state.acked).unwrap_or(0)
     }
 
     /// Everything up to `lsn` is acknowledged: delete the segments that hold nothing else.
@@ -762,6 +789,7 @@ impl WalHandle {
     }
 
     /// Bytes on disk.
+    #[cfg(test)]
     pub fn size(&self) -> u64 {
         self.shared.inner.lock().map(|i| i.total_bytes).unwrap_or(0)
     }
@@ -786,15 +814,65 @@ impl WalReader {
             {
                 return Ok(Some(r));
             }
+            if self
+                .shared
+                .finished
+                .load(std::sync::atomic::Ordering::Acquire)
+                && self.next > *self.durable.borrow()
+            {
+                return Ok(None);
+            }
             if self.durable.changed().await.is_err() {
-                // The writer is gone: read what is left, then stop.
-                let durable = *self.durable.borrow();
-                if self.next <= durable {
-                    return self.read_next();
-                }
                 return Ok(None);
             }
         }
+    }
+
+    /// After a read error, go on with the segment after the one that failed (what was
+    /// left of the damaged one is lost; the caller counts it).
+    pub fn skip_damaged(&mut self) {
+        let Ok(inner) = self.shared.inner.lock() else {
+            return;
+        };
+        let next_first = inner
+            .segments
+            .iter()
+            .map(|s| s.first_lsn)
+            .find(|f| *f > self.next);
+        self.file = None;
+        self.next = next_first.unwrap_or(inner.state.last_lsn + 1);
+    }
+
+    /// Read on a thread of its own (segment reads are blocking file I/O), handing records
+    /// on through a channel of `capacity`. A damaged record is handed on as an error and
+    /// reading goes on after its segment.
+    pub fn spawn(
+        mut self,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<Result<WalRecord, WalError>>, WalError> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let dir = self.shared.dir.clone();
+        std::thread::Builder::new()
+            .name("sluice-wal-read".into())
+            .spawn(move || {
+                loop {
+                    let r = futures::executor::block_on(self.next());
+                    let failed = r.is_err();
+                    let item = match r {
+                        Ok(Some(rec)) => Ok(rec),
+                        Ok(None) => break,
+                        Err(e) => Err(e),
+                    };
+                    if tx.blocking_send(item).is_err() {
+                        break;
+                    }
+                    if failed {
+                        self.skip_damaged();
+                    }
+                }
+            })
+            .map_err(io_err(&dir))?;
+        Ok(rx)
     }
 
     /// Read the record `self.next` from its segment.
@@ -923,7 +1001,7 @@ mod tests {
                 fs::read_dir(dir.path()).unwrap().count() > 3,
                 "several segments"
             );
-            h.set_base(100).unwrap();
+            h.set_base(100, false).unwrap();
             h.ack(12).unwrap();
         }
         // Reopened: the unacknowledged records are still there, numbering continues.

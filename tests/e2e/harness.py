@@ -274,18 +274,21 @@ class Agent:
     """`sluice-agent run` against a processor."""
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, processor: Processor,
-                 sources: dict, agent_id="edge-01", batch=None, sink=None, transforms=None):
+                 sources: dict, agent_id="edge-01", batch=None, sink=None, transforms=None,
+                 buffer=None, data_dir: pathlib.Path | None = None):
         self.bins = bins
         self.work = work
         self.agent_id = agent_id
+        self.data_dir = data_dir or work / f"agent-{agent_id}-data"
         self.api_port = free_port()
         self.config = work / f"agent-{agent_id}.toml"
         write_toml(
             self.config,
             {
-                "agent": {"id": agent_id},
+                "agent": {"id": agent_id, "data_dir": str(self.data_dir)},
                 "api": {"listen": f"127.0.0.1:{self.api_port}"},
                 "batch": batch or {"max_rows": 5000, "max_age": "200ms"},
+                **({"buffer": buffer} if buffer else {}),
                 "sink": {
                     "type": "quic",
                     "endpoint": f"127.0.0.1:{processor.quic_port}",

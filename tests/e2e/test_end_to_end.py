@@ -45,17 +45,24 @@ def test_rows_land_exactly_once_with_the_right_values(bins, certs, workdir):
 
 
 def test_restarted_agent_continues_after_the_lake(bins, certs, workdir):
-    """A second run of the same agent id starts after the committed mark, not at 1."""
+    """A restarted agent continues its source where the last run stopped: from its
+    write-ahead log's checkpoint, or from the lake's when the log is gone. Sequences stay
+    contiguous and no row is generated twice."""
     proc = Processor(bins, certs, workdir).start()
     try:
-        for seed in (1, 2):
-            agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(10_000, seed=seed)}).start()
+        runs = [(10_000, "data-a"), (20_000, "data-a"), (30_000, "data-b")]
+        for total, data in runs:
+            agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(total, seed=1)},
+                          data_dir=workdir / data).start()
             assert agent.wait(120) == 0, agent.proc.output()
-        rows = read_pyiceberg(proc, "bronze.telemetry")
-        assert len(rows) == 20_000
+            rows = read_pyiceberg(proc, "bronze.telemetry")
+            samples = sorted(r["sample"] for r in rows)
+            assert samples == list(range(1, total + 1)), f"run to {total}: {len(rows)} rows"
+        assert "resuming the simulation" in agent.proc.output()
         seqs = sorted({r["_seq"] for r in rows})
         assert seqs == list(range(1, len(seqs) + 1))
-        assert len({(r["_seq"], r["sample"]) for r in rows}) == 20_000
+        reference = agent.reference("telemetry", workdir / "reference.jsonl")
+        assert checksum(rows, USER_COLUMNS) == checksum(reference, USER_COLUMNS)
     finally:
         proc.stop()
 

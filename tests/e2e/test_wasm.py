@@ -42,15 +42,16 @@ def test_typed_and_json_connectors_land_in_bronze(bins, certs, workdir):
         agent = Agent(bins, certs, workdir, proc, {
             "typed": counter(total=30_000, mode="columns"),
             "jsonl": counter(total=20_000, mode="json"),
-        }).start()
+        }, data_dir=workdir / "agent-data").start()
         assert agent.wait(180) == 0, agent.proc.output()
         check_counter_rows(read_pyiceberg(proc, "bronze.typed"), 30_000)
         check_counter_rows(read_duckdb(proc, "bronze.jsonl"), 20_000)
         # Compiled once, cached by content hash: another agent start does not recompile.
         digest = hashlib.sha256(plugin_path("counter").read_bytes()).hexdigest()
-        cached = list((workdir / "sluice-agent-data" / "wasm-cache").glob(f"{digest}-*.cwasm"))
+        cached = list((workdir / "agent-data" / "wasm-cache").glob(f"{digest}-*.cwasm"))
         assert len(cached) == 1, cached
-        again = Agent(bins, certs, workdir, proc, {"again": counter(total=10)}, agent_id="edge-02").start()
+        again = Agent(bins, certs, workdir, proc, {"again": counter(total=10)}, agent_id="edge-02",
+                      data_dir=workdir / "agent-data").start()
         assert again.wait(60) == 0, again.proc.output()
         assert "from_cache=true" in again.proc.output()
     finally:
@@ -171,7 +172,7 @@ def test_file_tail_resumes_exactly_after_agent_kill(bins, certs, workdir):
             time.sleep(0.2)
         time.sleep(1.0)  # nothing more may arrive
         assert agent.proc.stop(timeout=60) == 0, agent.proc.output()
-        assert "resuming from the lake's checkpoint" in agent.proc.output()
+        assert "resuming from the stored checkpoint" in agent.proc.output()
 
         rows = read_pyiceberg(proc, "bronze.tail")
         want = expected_log_rows(log)

@@ -276,10 +276,20 @@ impl SimulatorConfig {
     /// A run of this source: bounded by `total`, clock starting now unless the scenario
     /// says when.
     pub fn simulation(&self, threads: usize) -> Result<Simulation, CompileError> {
+        self.simulation_from(threads, Utc::now().timestamp_micros())
+    }
+
+    /// A run whose clock starts at `start_us` unless the scenario says when (a resumed
+    /// run passes its first start, so it regenerates the same rows).
+    pub fn simulation_from(
+        &self,
+        threads: usize,
+        start_us: i64,
+    ) -> Result<Simulation, CompileError> {
         Ok(Simulation::new(
             self.scenario()?,
             RunOptions {
-                start_us: Utc::now().timestamp_micros(),
+                start_us,
                 rows: self.total,
                 end_us: None,
                 threads,

@@ -45,8 +45,8 @@ pub fn run_source(
         }
     };
     tracing::info!(plugin = %plugin, sha256 = %info.digest, from_cache = info.cached, "loaded plugin");
-    // Start from what the lake has committed for this stream: wait for the processor's
-    // answer before opening the plugin.
+    // Start from the stream's newest checkpoint: the write-ahead log's, or else the lake's
+    // (then the processor's first answer is awaited before the plugin opens).
     let checkpoint = loop {
         if let Some(c) = resume.borrow().clone() {
             break c;
@@ -56,7 +56,7 @@ pub fn run_source(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    tracing::info!(plugin = %plugin, checkpoint = ?checkpoint, "resuming from the lake's checkpoint");
+    tracing::info!(plugin = %plugin, checkpoint = ?checkpoint, "resuming from the stored checkpoint");
     let mut s = Supervisor {
         plugin,
         config_json: cfg.config_json(),
