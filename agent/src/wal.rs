@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -141,6 +141,9 @@ struct Shared {
     durable: watch::Sender<u64>,
     /// Set when the writer thread has ended: readers stop at the durable end.
     finished: std::sync::atomic::AtomicBool,
+    /// Highest lsn handed to the reader: the shipper holds those records in memory, so a
+    /// segment dropped by the cap does not lose them.
+    read_upto: std::sync::atomic::AtomicU64,
     metrics: WalMetricsSink,
 }
 
@@ -150,6 +153,8 @@ struct Inner {
     total_bytes: u64,
     /// Lsns below this were dropped by the size cap; readers skip past them.
     dropped_below: u64,
+    /// When the state file was last written (acks are stored at most once a second).
+    state_written: std::time::Instant,
     closed: bool,
 }
 
@@ -171,6 +176,8 @@ impl Shared {
         }
     }
 
+    /// Store the state (atomically, by rename). Callers hold the `inner` lock: writers
+    /// share the temporary file.
     fn write_state(&self, state: &State) -> Result<(), WalError> {
         let path = self.dir.join("state");
         let tmp = self.dir.join("state.tmp");
@@ -311,11 +318,13 @@ pub fn open(
             state,
             total_bytes,
             dropped_below: 0,
+            state_written: std::time::Instant::now(),
             closed: false,
         }),
         space: Condvar::new(),
         durable,
         finished: Default::default(),
+        read_upto: Default::default(),
         metrics,
     });
     shared.report_size(total_bytes);
@@ -461,7 +470,9 @@ fn encode_record(lsn: u64, b: &ReadyBatch, out: &mut Vec<u8>) {
 
 /// The writer thread: group-commits queued appends until every writer handle is gone.
 fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Append>) {
-    let mut active: Option<BufWriter<File>> = None;
+    // Records are written straight to the file (they are whole batches, so a buffer would
+    // gain nothing): a failed write (a full disk) then shows at once, on its own record.
+    let mut active: Option<File> = None;
     let mut buf = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -478,10 +489,7 @@ fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Append>) {
             results.push(r.map(|(lsn, _)| lsn));
         }
         // One sync for the whole group; nothing is acknowledged before it.
-        let synced = active
-            .as_mut()
-            .map(|w| w.flush().and_then(|()| w.get_ref().sync_data()))
-            .transpose();
+        let synced = active.as_ref().map(File::sync_data).transpose();
         let last_ok = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -518,8 +526,8 @@ fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Append>) {
             }
         }
     }
-    if let Some(mut w) = active
-        && let Err(e) = w.flush().and_then(|()| w.get_ref().sync_data())
+    if let Some(w) = active
+        && let Err(e) = w.sync_data()
     {
         tracing::error!(dir = %shared.dir.display(), "cannot sync the write-ahead log on close: {e}");
     }
@@ -528,7 +536,7 @@ fn write_loop(shared: &Shared, mut rx: mpsc::Receiver<Append>) {
 /// Append one batch to the active segment (starting one when needed), honouring the cap.
 fn append_one(
     shared: &Shared,
-    active: &mut Option<BufWriter<File>>,
+    active: &mut Option<File>,
     buf: &mut Vec<u8>,
     batch: &ReadyBatch,
 ) -> Result<(u64, u64), WalError> {
@@ -572,7 +580,13 @@ fn append_one(
                 let Some(old) = inner.segments.pop_front() else {
                     break;
                 };
-                let lost: u64 = old.rows.iter().map(|(_, r)| u64::from(*r)).sum();
+                let read = shared.read_upto.load(std::sync::atomic::Ordering::Acquire);
+                let lost: u64 = old
+                    .rows
+                    .iter()
+                    .filter(|(lsn, _)| *lsn > read)
+                    .map(|(_, r)| u64::from(*r))
+                    .sum();
                 inner.total_bytes -= old.bytes;
                 inner.dropped_below = inner.dropped_below.max(old.last_lsn + 1);
                 inner.state.acked = inner.state.acked.max(old.last_lsn);
@@ -605,8 +619,7 @@ fn append_one(
     if let Err(e) = w.write_all(buf) {
         // A full disk, typically. Cut the segment back to its last whole record (dropping
         // the buffer unwritten) so the next append starts clean; the lsn is not used.
-        if let Some(w) = active.take() {
-            let (file, _) = w.into_parts();
+        if let Some(file) = active.take() {
             if let Err(e) = file.set_len(seg.bytes) {
                 tracing::error!(segment = %seg.path.display(), "cannot cut a failed write from the write-ahead log: {e}");
             }
@@ -624,25 +637,21 @@ fn append_one(
     let total = inner.total_bytes;
     let first_use = !inner.state.used;
     inner.state.used = true;
-    let state = inner.state.clone();
-    drop(inner);
-    if first_use {
-        shared.write_state(&state)?;
+    // The record is written: failing the append now would have it stored twice on retry.
+    // An unstored `used` flag only matters once every segment is gone, and the state is
+    // written again before that happens.
+    if first_use && let Err(e) = shared.write_state(&inner.state) {
+        tracing::warn!("cannot store the write-ahead log's state: {e}");
     }
+    drop(inner);
     shared.report_size(total);
     Ok((lsn, size))
 }
 
 /// Flush and sync the active segment, then publish `last_lsn` as readable.
-fn sync_active(
-    shared: &Shared,
-    active: &mut Option<BufWriter<File>>,
-    last_lsn: u64,
-) -> Result<(), WalError> {
-    if let Some(w) = active.as_mut() {
-        w.flush()
-            .and_then(|()| w.get_ref().sync_data())
-            .map_err(io_err(&shared.dir))?;
+fn sync_active(shared: &Shared, active: &mut Option<File>, last_lsn: u64) -> Result<(), WalError> {
+    if let Some(w) = active.as_ref() {
+        w.sync_data().map_err(io_err(&shared.dir))?;
         shared.durable.send_replace(last_lsn);
     }
     Ok(())
@@ -652,7 +661,7 @@ fn sync_active(
 fn roll(
     shared: &Shared,
     inner: &mut Inner,
-    active: &mut Option<BufWriter<File>>,
+    active: &mut Option<File>,
     lsn: u64,
 ) -> Result<(), WalError> {
     sync_active(shared, active, inner.state.last_lsn)?;
@@ -662,6 +671,11 @@ fn roll(
         let seg = new_segment(shared, lsn)?;
         inner.total_bytes += seg.bytes;
         inner.segments.push_back(seg);
+        // The closed segment may be all acknowledged already: free it now rather than at
+        // the next ack (which a full disk may be waiting for).
+        if !reclaim(shared, inner).is_empty() {
+            shared.report_size(inner.total_bytes);
+        }
     }
     let Some(seg) = inner.segments.back() else {
         return Err(WalError::Closed);
@@ -670,7 +684,7 @@ fn roll(
         .append(true)
         .open(&seg.path)
         .map_err(io_err(&seg.path))?;
-    *active = Some(BufWriter::with_capacity(1 << 20, file));
+    *active = Some(file);
     Ok(())
 }
 
@@ -738,17 +752,14 @@ impl WalHandle {
     /// Fix the sequence base. Without `force`, a base already set is kept (and returned).
     /// Stored before it returns.
     pub fn set_base(&self, base: u64, force: bool) -> Result<u64, WalError> {
-        let state = {
-            let mut inner = self.shared.inner.lock().map_err(|_| WalError::Closed)?;
-            if let Some(b) = inner.state.base
-                && !force
-            {
-                return Ok(b);
-            }
-            inner.state.base = Some(base);
-            inner.state.clone()
-        };
-        self.shared.write_state(&state)?;
+        let mut inner = self.shared.inner.lock().map_err(|_| WalError::Closed)?;
+        if let Some(b) = inner.state.base
+            && !force
+        {
+            return Ok(b);
+        }
+        inner.state.base = Some(base);
+        self.shared.write_state(&inner.state)?;
         Ok(base)
     }
 
@@ -784,6 +795,12 @@ impl WalHandle {
             drop(inner);
             self.shared.space.notify_all();
             self.shared.report_size(total);
+        } else if inner.state_written.elapsed() >= std::time::Duration::from_secs(1) {
+            // Now and then, so a restart does not reread what the processor already has
+            // (the processor's mark would skip it anyway; this only saves the reading).
+            // Written under the lock: two writers would share the temporary file.
+            inner.state_written = std::time::Instant::now();
+            self.shared.write_state(&inner.state)?;
         }
         Ok(())
     }
@@ -939,6 +956,9 @@ impl WalReader {
                 continue;
             }
             self.next = r.lsn + 1;
+            self.shared
+                .read_upto
+                .fetch_max(r.lsn, std::sync::atomic::Ordering::AcqRel);
             return Ok(Some(r));
         }
     }

@@ -244,6 +244,30 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def wait_until(check, timeout: float, what: str, interval=0.2):
+    """Poll `check` until it returns a true value (returned); fail with `what` on timeout.
+    A check that raises OSError (a server restarting) counts as not yet."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            got = check()
+        except OSError:
+            got = None
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def rss_bytes(proc: "Proc") -> int:
+    """Resident memory of a running child process."""
+    with open(f"/proc/{proc.p.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
 def simulator_source(total: int, rate: float | None = None, seed: int = 7, entities: int = 20, **extra) -> dict:
     """A deterministic 10-column telemetry source (simulated clock, so values are reproducible)."""
     src = {
@@ -338,12 +362,17 @@ class Agent:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    def reference(self, source: str, out: pathlib.Path) -> list[dict]:
-        """The rows the source generates, produced independently by `sluice-agent simulate`."""
+    def reference_file(self, source: str, out: pathlib.Path) -> None:
+        """Write the rows the source generates, produced independently by `sluice-agent
+        simulate`, to `out` (JSON lines, or Parquet for a `.parquet` name)."""
         subprocess.run(
             [str(self.bins.agent), "simulate", "--config", str(self.config), "--source", source, "--out", str(out)],
             check=True, capture_output=True,
         )
+
+    def reference(self, source: str, out: pathlib.Path) -> list[dict]:
+        """The rows the source generates (see `reference_file`), as JSON lines."""
+        self.reference_file(source, out)
         with open(out) as f:
             return [json.loads(line) for line in f]
 

@@ -1,0 +1,77 @@
+"""Fault runs: a million simulated rows while the agent and the processor are each
+SIGKILLed and restarted several times at random points. Bronze must hold exactly the
+generated rows: the count, a checksum over every column, no sequence twice.
+
+The kill schedule is random; its seed is printed and can be replayed with
+SLUICE_FAULT_SEED=N."""
+
+import os
+import random
+import time
+
+import pyarrow.parquet as pq
+
+from harness import Agent, Processor, checksum, duckdb_connection, pyiceberg_table, read_pyiceberg, \
+    simulator_source
+
+USER_COLUMNS = ["ts", "sample", "host", "region", "cpu", "mem", "load", "errors", "bytes", "ok"]
+ROWS = 1_000_000
+
+
+def kill_schedule(kills_each: int) -> tuple[int, list[tuple[str, float, float]]]:
+    """(seed, [(victim, run for seconds, down for seconds)]) with each victim `kills_each` times."""
+    seed = int(os.environ.get("SLUICE_FAULT_SEED", random.randrange(1 << 31)))
+    rnd = random.Random(seed)
+    victims = ["agent", "processor"] * kills_each
+    rnd.shuffle(victims)
+    return seed, [(v, rnd.uniform(0.8, 3.0), rnd.uniform(0.05, 1.0)) for v in victims]
+
+
+def assert_exactly(proc: Processor, table: str, reference: list[dict]) -> None:
+    """The table holds exactly the reference rows, each once, with contiguous sequences."""
+    t = pyiceberg_table(proc, table)
+    con = duckdb_connection()
+    count, samples, seqs, max_seq = con.execute(
+        f"SELECT count(*), count(DISTINCT sample), count(DISTINCT _seq), max(_seq) "
+        f"FROM iceberg_scan('{t.metadata_location}')").fetchone()
+    assert count == len(reference), f"{len(reference) - count} rows lost" if count < len(reference) \
+        else f"{count - len(reference)} rows too many"
+    assert samples == count, f"{count - samples} rows duplicated"
+    assert seqs == max_seq, f"sequences not contiguous: {seqs} distinct, highest {max_seq}"
+    rows = read_pyiceberg(proc, table)
+    assert checksum(rows, USER_COLUMNS) == checksum(reference, USER_COLUMNS)
+
+
+def reference_rows(agent: Agent, source: str, workdir) -> list[dict]:
+    out = workdir / "reference.parquet"
+    agent.reference_file(source, out)
+    return pq.read_table(out).to_pylist()
+
+
+def test_fault_run_over_quic(bins, certs, workdir):
+    seed, schedule = kill_schedule(kills_each=3)
+    print(f"fault schedule (SLUICE_FAULT_SEED={seed}): {schedule}")
+    proc = Processor(bins, certs, workdir).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(ROWS, rate=50_000)},
+                  batch={"max_rows": 10_000, "max_age": "200ms"})
+    try:
+        agent.start()
+        for victim, run_for, down_for in schedule:
+            time.sleep(run_for)
+            assert agent.proc.alive(), f"the run ended before the {victim} kill:\n{agent.proc.output()[-3000:]}"
+            if victim == "agent":
+                agent.proc.kill()
+                time.sleep(down_for)
+                agent.start()
+            else:
+                proc.kill()
+                time.sleep(down_for)
+                proc.start()
+        assert agent.wait(600) == 0, agent.proc.output()[-5000:]
+        log = agent.proc.output()
+        assert log.count("agent starting") == 4, "three agent restarts"
+        assert "resuming the simulation" in log
+        assert_exactly(proc, "bronze.telemetry", reference_rows(agent, "telemetry", workdir))
+    finally:
+        agent.proc and agent.proc.kill()
+        proc.stop()
