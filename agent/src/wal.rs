@@ -619,10 +619,10 @@ fn append_one(
     if let Err(e) = w.write_all(buf) {
         // A full disk, typically. Cut the segment back to its last whole record (dropping
         // the buffer unwritten) so the next append starts clean; the lsn is not used.
-        if let Some(file) = active.take() {
-            if let Err(e) = file.set_len(seg.bytes) {
-                tracing::error!(segment = %seg.path.display(), "cannot cut a failed write from the write-ahead log: {e}");
-            }
+        if let Some(file) = active.take()
+            && let Err(e) = file.set_len(seg.bytes)
+        {
+            tracing::error!(segment = %seg.path.display(), "cannot cut a failed write from the write-ahead log: {e}");
         }
         return Err(io_err(&seg.path)(e));
     }
