@@ -40,6 +40,8 @@ pub enum LaneError {
     HandshakeTimeout(Duration),
     #[error("processor closed the lane")]
     Closed,
+    #[error("processor refused the stream: {0}")]
+    Refused(String),
     #[error("out-of-order ack: expected seq {expected:?}, got {got}")]
     AckOrder { expected: Option<u64>, got: u64 },
     #[error(transparent)]
@@ -190,12 +192,18 @@ impl QuicShipper {
             match result {
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::warn!(
-                        stream = %stream,
-                        unacked = lane.pending.len(),
-                        retry_in = ?backoff,
-                        "lane interrupted: {e}"
-                    );
+                    if let LaneError::Refused(_) = e {
+                        // Not transient, but fixable on the processor's side: retry slowly.
+                        backoff = self.cfg.backoff_max;
+                        tracing::error!(stream = %stream, retry_in = ?backoff, "{e}");
+                    } else {
+                        tracing::warn!(
+                            stream = %stream,
+                            unacked = lane.pending.len(),
+                            retry_in = ?backoff,
+                            "lane interrupted: {e}"
+                        );
+                    }
                     let sleep = tokio::time::sleep(jitter(backoff));
                     match drain_deadline {
                         Some(d) => {
@@ -260,6 +268,7 @@ impl QuicShipper {
             Err(_) => return Err(LaneError::HandshakeTimeout(handshake)),
             Ok(r) => match r? {
                 Some(Frame::Welcome(w)) => w,
+                Some(Frame::Refused(r)) => return Err(LaneError::Refused(r.reason)),
                 Some(other) => {
                     return Err(ProtocolError::UnexpectedFrame {
                         expected: "welcome",

@@ -114,6 +114,10 @@ pub struct QuicConfig {
     /// Largest frame accepted; bigger frames are refused before being read.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: ByteSize,
+    /// Which streams each agent may write: agent id (or `"*"`) → stream patterns (`*` is a
+    /// wildcard). Absent: every agent the CA certified may write every stream.
+    #[serde(default)]
+    pub allow: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 fn default_max_frame() -> ByteSize {
@@ -189,6 +193,7 @@ impl ProcessorConfig {
         if self.quic.max_frame_bytes.as_u64() < 1024 {
             bail!("quic.max_frame_bytes: must be at least 1 KiB");
         }
+        crate::access::Access::new(self.quic.allow.clone()).map_err(anyhow::Error::msg)?;
         if let Some(name) = &self.catalog.name {
             sluice_protocol::validate_name("catalog.name", name).context("catalog.name")?;
         }

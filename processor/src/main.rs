@@ -1,6 +1,7 @@
 //! `sluice-processor`: receives batches from Sluice agents and lands them exactly once in
 //! bronze Apache Iceberg tables.
 
+mod access;
 mod api;
 mod certs;
 mod compaction;

@@ -59,6 +59,7 @@ pub struct Metrics {
     registry: Registry,
     connections: Counter,
     connections_rejected: Family<ReasonLabels, Counter>,
+    lanes_refused: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     frames_rejected: Family<ReasonLabels, Counter>,
     batches_received: Family<TableLabels, Counter>,
@@ -84,6 +85,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             connections: Counter::default(),
             connections_rejected: Family::default(),
+            lanes_refused: Family::default(),
             connections_open: Gauge::default(),
             frames_rejected: Family::default(),
             batches_received: Family::default(),
@@ -112,6 +114,11 @@ impl Default for Metrics {
             "connections_rejected",
             "Connections refused during the handshake, by reason",
             m.connections_rejected.clone(),
+        );
+        r.register(
+            "lanes_refused",
+            "Lanes refused because the agent may not write the stream, by reason",
+            m.lanes_refused.clone(),
         );
         r.register(
             "connections_open",
@@ -218,6 +225,14 @@ impl Metrics {
 
     pub fn connection_rejected(&self, reason: &str) {
         self.connections_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn lane_refused(&self, reason: &str) {
+        self.lanes_refused
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
             })

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::{
-    Ack, AckStatus, Frame, ProtocolError, Welcome, decode_batch, read_frame, schema_fingerprint,
-    write_frame,
+    Ack, AckStatus, Frame, ProtocolError, Refused, Welcome, decode_batch, read_frame,
+    schema_fingerprint, write_frame,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::{Access, Denied};
 use crate::lander::{LandRequest, Lander, Verdict};
 use crate::metrics::Metrics;
 use crate::tls;
@@ -22,6 +23,8 @@ pub struct Receiver {
     pub lander: Lander,
     pub metrics: Arc<Metrics>,
     pub max_frame_bytes: usize,
+    /// Which streams each agent may write.
+    pub access: Arc<Access>,
 }
 
 /// Why a lane was closed.
@@ -39,6 +42,8 @@ enum LaneError {
     IdentityMismatch { claimed: String, certified: String },
     #[error("lander unavailable: {0}")]
     Lander(String),
+    #[error("refused: {0}")]
+    Denied(Denied),
 }
 
 impl LaneError {
@@ -49,6 +54,7 @@ impl LaneError {
             LaneError::WrongAgent { .. } => "wrong_agent",
             LaneError::IdentityMismatch { .. } => "identity_mismatch",
             LaneError::Lander(_) => "lander",
+            LaneError::Denied(d) => d.reason(),
         }
     }
 }
@@ -115,7 +121,9 @@ impl Receiver {
     ) {
         if let Err(e) = self.lane_inner(&peer, send, &mut recv).await {
             let reason = e.reason();
-            if reason != "io" {
+            if let LaneError::Denied(d) = &e {
+                tracing::warn!(%remote, "refused lane: {d}");
+            } else if reason != "io" {
                 self.metrics.frame_rejected(reason);
                 tracing::warn!(%remote, "closed lane: {e}");
             } else {
@@ -153,6 +161,21 @@ impl Receiver {
                 claimed: hello.agent,
                 certified: peer.to_string(),
             });
+        }
+        // Authorised streams only; the agent is told why (it keeps retrying, slowly, so a
+        // fixed [quic.allow] takes effect without restarting it).
+        if let Err(denied) = self.access.check(&hello.agent, &hello.stream) {
+            self.metrics.lane_refused(denied.reason());
+            write_frame(
+                &mut send,
+                &Frame::Refused(Refused {
+                    stream: hello.stream.clone(),
+                    reason: denied.to_string(),
+                }),
+            )
+            .await?;
+            let _ = send.finish();
+            return Err(LaneError::Denied(denied));
         }
         let (committed, checkpoint) = self
             .lander

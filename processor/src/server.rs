@@ -84,6 +84,9 @@ impl Server {
             metrics: metrics.clone(),
             max_frame_bytes: usize::try_from(cfg.quic.max_frame_bytes.as_u64())
                 .unwrap_or(usize::MAX),
+            access: Arc::new(
+                crate::access::Access::new(cfg.quic.allow.clone()).map_err(anyhow::Error::msg)?,
+            ),
         };
         tokio::spawn(receiver.serve(endpoint.clone()));
 

@@ -20,6 +20,7 @@ pub enum FrameKind {
     Welcome = 2,
     Batch = 3,
     Ack = 4,
+    Refused = 5,
 }
 
 impl FrameKind {
@@ -29,6 +30,7 @@ impl FrameKind {
             2 => Self::Welcome,
             3 => Self::Batch,
             4 => Self::Ack,
+            5 => Self::Refused,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }
@@ -49,6 +51,14 @@ pub struct Welcome {
     pub committed_seq: u64,
     /// The checkpoint committed with that batch, if the stream's source checkpoints.
     pub checkpoint: Option<String>,
+}
+
+/// The processor's answer to a [`Hello`] it will not serve (the agent may not write the
+/// stream); the lane ends after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub stream: String,
+    pub reason: String,
 }
 
 /// One batch: envelope plus Arrow IPC bytes (decoded by the receiver, see [`crate::decode_batch`]).
@@ -86,6 +96,7 @@ pub enum Frame {
     Welcome(Welcome),
     Batch(BatchFrame),
     Ack(Ack),
+    Refused(Refused),
 }
 
 impl Frame {
@@ -95,6 +106,7 @@ impl Frame {
             Frame::Welcome(_) => FrameKind::Welcome,
             Frame::Batch(_) => FrameKind::Batch,
             Frame::Ack(_) => FrameKind::Ack,
+            Frame::Refused(_) => FrameKind::Refused,
         }
     }
 
@@ -118,6 +130,10 @@ impl Frame {
                 buf.put_u64(a.seq);
                 buf.put_u8(a.status as u8);
                 put_str(&mut buf, &a.message);
+            }
+            Frame::Refused(f) => {
+                put_str(&mut buf, &f.stream);
+                put_str(&mut buf, &f.reason);
             }
         }
         buf
@@ -190,6 +206,14 @@ impl Frame {
                     status,
                     message,
                 })
+            }
+            FrameKind::Refused => {
+                let f = Refused {
+                    stream: r.str("refused stream")?,
+                    reason: r.str("refused reason")?,
+                };
+                r.finish()?;
+                Frame::Refused(f)
             }
         };
         Ok(frame)
@@ -313,6 +337,10 @@ mod tests {
                 seq: 7,
                 status: AckStatus::Rejected,
                 message: "schema mismatch: ünïcode".into(),
+            }),
+            Frame::Refused(Refused {
+                stream: "cpu".into(),
+                reason: "agent edge-01 may not write stream cpu".into(),
             }),
         ]
     }

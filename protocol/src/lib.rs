@@ -22,8 +22,8 @@ pub use envelope::Envelope;
 pub use envelope::validate_name;
 pub use error::ProtocolError;
 pub use frame::{
-    Ack, AckStatus, BatchFrame, Frame, FrameKind, HEADER_LEN, Hello, MAGIC, VERSION, Welcome,
-    parse_header, read_frame, write_frame,
+    Ack, AckStatus, BatchFrame, Frame, FrameKind, HEADER_LEN, Hello, MAGIC, Refused, VERSION,
+    Welcome, parse_header, read_frame, write_frame,
 };
 pub use ipc::{decode_batch, encode_batch, schema_fingerprint};
 

@@ -146,7 +146,8 @@ class Processor:
     """`sluice-processor serve` with its own data directory and ports."""
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path,
-                 data_dir: pathlib.Path | None = None, sections: dict | None = None, **lander):
+                 data_dir: pathlib.Path | None = None, sections: dict | None = None, quic: dict | None = None,
+                 **lander):
         self.bins = bins
         self.work = work
         self.data_dir = data_dir or work / "data"
@@ -163,6 +164,7 @@ class Processor:
                     "cert": str(certs / "server.pem"),
                     "key": str(certs / "server.key"),
                     "ca": str(certs / "ca.pem"),
+                    **(quic or {}),
                 },
                 "api": {"listen": f"127.0.0.1:{self.api_port}"},
                 "lander": {"commit_interval": "300ms", **lander},
