@@ -12,6 +12,7 @@ mod tagged;
 // The disk buffer is being wired into the pipeline (issue 6); until then only its tests use it.
 mod tls;
 mod wal;
+mod wal_bench;
 mod wasm;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
     /// Run a simulation scenario (or an agent's simulator source) as fast as possible into
     /// JSON lines or Parquet, without shipping anything.
     Simulate(simulate::SimulateArgs),
+    /// Measure the write-ahead log's append throughput with group-committed fsyncs.
+    BenchWal(wal_bench::WalBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +153,7 @@ build it with:
             Ok(())
         }
         Command::Simulate(args) => simulate::run(args),
+        Command::BenchWal(args) => wal_bench::run(args).await,
     }
 }
 

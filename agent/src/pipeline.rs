@@ -141,9 +141,13 @@ pub async fn run(
         match source {
             SourceConfig::Simulator(sim) => {
                 let resume = streams.iter().map(|s| resume[s].clone()).collect();
+                // Its chunks carry checkpoints, and the batcher never splits those: chunks
+                // no larger than a batch keep batches close to `max_rows`.
+                let mut sim = sim.clone();
+                sim.chunk_rows = sim.chunk_rows.min(cfg.batch.max_rows);
                 sources.spawn(source::run_simulator(
                     name.clone(),
-                    sim.clone(),
+                    sim,
                     txs,
                     resume,
                     stop.clone(),

@@ -75,17 +75,18 @@ def test_compaction_keeps_rows_and_history(bins, certs, workdir):
         r = proc.cli("maintain", "orphans", "--json")
         assert r.returncode == 0 and json.loads(r.stdout)[0]["deleted"] == 0, r.stdout
 
-        # Landing continues on top of the compacted table, exactly once: a new run of the
-        # (non-replaying) simulator lands its 45,000 rows after the carried-over mark.
-        agent2 = Agent(bins, certs, workdir, proc,
-                       {"telemetry": simulator_source(n + 5_000)}).start()
+        # Landing continues on top of the compacted table, exactly once. An agent without
+        # its data directory resumes from the checkpoint and mark the compaction carried
+        # over: it lands only the 5,000 rows after them, numbered after the old ones.
+        agent2 = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n + 5_000)},
+                       data_dir=workdir / "fresh-agent-data").start()
         assert agent2.wait(180) == 0, agent2.proc.output()
         rows = read_pyiceberg(proc, "bronze.telemetry")
-        assert len(rows) == n + n + 5_000
+        assert len(rows) == n + 5_000
         old_seqs = {r["_seq"] for r in before}
         new_rows = [r for r in rows if r["_seq"] not in old_seqs]
-        assert len(new_rows) == n + 5_000 and min(r["_seq"] for r in new_rows) > max(old_seqs)
-        assert sorted(r["sample"] for r in new_rows) == list(range(1, n + 5_001))
+        assert min(r["_seq"] for r in new_rows) == max(old_seqs) + 1
+        assert sorted(r["sample"] for r in new_rows) == list(range(n + 1, n + 5_001))
     finally:
         proc.stop()
 
