@@ -84,6 +84,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     set(&mut a, &["sink", "cert"], agent_cert.display().to_string());
     set(&mut a, &["sink", "key"], agent_key.display().to_string());
     set(&mut a, &["api", "listen"], "127.0.0.1:0".into());
+    // The agent's write-ahead log and checkpoints go with the lake, cleared on each run: a
+    // log kept from an earlier run would resume a simulation that run already finished.
+    set(
+        &mut a,
+        &["agent", "data_dir"],
+        data_dir.join("agent").display().to_string(),
+    );
     let mut expected = 0u64;
     if let Some(toml::Value::Table(sources)) = a.get_mut("sources") {
         for (_, src) in sources.iter_mut() {
