@@ -147,6 +147,85 @@ impl BufferConfig {
 #[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
     Quic(QuicSinkConfig),
+    Kafka(KafkaSinkConfig),
+}
+
+/// `[sink] type = "kafka"`: produce batches to Kafka (or any Kafka-compatible broker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic of a stream's batches; `{stream}` is replaced by the stream's name. Without
+    /// `{stream}`, every stream goes to one topic.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Message compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// The largest message the brokers take (their `message.max.bytes` and the topic's
+    /// `max.message.bytes`); batches are cut at 90% of it.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: ByteSize,
+    /// Batches produced and not yet acknowledged by the brokers, per stream.
+    #[serde(default = "default_kafka_window")]
+    pub window: usize,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// On shutdown, how long to keep trying to deliver what is still unacknowledged.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Extra librdkafka producer properties (security settings, `linger.ms`, ...).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// Kafka message compression.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaCompression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl KafkaCompression {
+    /// The librdkafka name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+fn default_topic() -> String {
+    "sluice.{stream}".into()
+}
+fn default_max_message() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_kafka_window() -> usize {
+    64
+}
+
+impl AgentConfig {
+    /// The batcher's byte limit: `batch.max_bytes`, and below the Kafka message limit.
+    pub fn batch_max_bytes(&self) -> u64 {
+        let max = self.batch.max_bytes.as_u64();
+        match &self.sink {
+            SinkConfig::Quic(_) => max,
+            SinkConfig::Kafka(k) => max.min(k.max_message_bytes.as_u64() / 10 * 9),
+        }
+    }
 }
 
 /// `[sink] type = "quic"`: ship to a processor over QUIC with mutual TLS.
@@ -279,7 +358,7 @@ impl AgentConfig {
             return Err(Invalid::new("batch.max_age", "must be greater than zero"));
         }
         let wal = self.buffer.wal_options();
-        if wal.max_size < 2 * self.batch.max_bytes.as_u64() + (1 << 20) {
+        if wal.max_size < 2 * self.batch_max_bytes() + (1 << 20) {
             return Err(Invalid::new(
                 "buffer.max_size",
                 format!(
@@ -313,6 +392,56 @@ impl AgentConfig {
                         "sink.endpoint",
                         format!("{:?} must be host:port", q.endpoint),
                     ));
+                }
+            }
+            SinkConfig::Kafka(k) => {
+                if k.brokers.split(',').any(|b| !b.trim().contains(':')) {
+                    return Err(Invalid::new(
+                        "sink.brokers",
+                        format!("{:?} must be host:port[,host:port...]", k.brokers),
+                    ));
+                }
+                if k.window == 0 {
+                    return Err(Invalid::new("sink.window", "must be at least 1"));
+                }
+                if k.backoff_initial.is_zero() || k.backoff_initial > k.backoff_max {
+                    return Err(Invalid::new(
+                        "sink.backoff_initial",
+                        "must be greater than zero and at most sink.backoff_max",
+                    ));
+                }
+                if k.max_message_bytes.as_u64() < 64 * 1024 {
+                    return Err(Invalid::new(
+                        "sink.max_message_bytes",
+                        "must be at least 64 KiB",
+                    ));
+                }
+                if let Some(o) = k
+                    .options
+                    .keys()
+                    .find(|o| crate::kafka::RESERVED_OPTIONS.contains(&o.as_str()))
+                {
+                    return Err(Invalid::new(
+                        format!("sink.options.{o}"),
+                        "set by the agent (delivery guarantees depend on it); use the sink's own keys",
+                    ));
+                }
+                // Every stream's topic must be a valid Kafka topic name.
+                for stream in self.sources.iter().flat_map(|(n, s)| s.streams(n)) {
+                    let topic = k.topic.replace("{stream}", &stream);
+                    let valid = !topic.is_empty()
+                        && topic.len() <= 249
+                        && topic
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                    if !valid {
+                        return Err(Invalid::new(
+                            "sink.topic",
+                            format!(
+                                "{topic:?} (stream {stream:?}) is not a Kafka topic name: 1-249 of ASCII letters, digits, '.', '_', '-'"
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -416,10 +545,11 @@ impl AgentConfig {
         for TransformConfig::Wasm(t) in self.transforms.values_mut() {
             t.resolve_paths(base);
         }
-        let SinkConfig::Quic(q) = &mut self.sink;
-        for p in [&mut q.ca, &mut q.cert, &mut q.key] {
-            if p.is_relative() {
-                *p = base.join(&*p);
+        if let SinkConfig::Quic(q) = &mut self.sink {
+            for p in [&mut q.ca, &mut q.cert, &mut q.key] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
     }
@@ -459,9 +589,42 @@ load = { type = "normal", mean = 40.0, stddev = 10.0 }
     fn good_config_loads_with_defaults() {
         let cfg = check(GOOD).expect("valid");
         assert_eq!(cfg.batch.max_rows, 65_536);
-        let SinkConfig::Quic(q) = &cfg.sink;
+        let SinkConfig::Quic(q) = &cfg.sink else {
+            panic!("a quic sink");
+        };
         assert_eq!(q.window, 16);
         assert_eq!(cfg.sources["cpu"].streams("cpu"), ["cpu"]);
+    }
+
+    const KAFKA_SINK: &str = r#"[sink]
+type = "kafka"
+brokers = "127.0.0.1:9092"
+"#;
+
+    fn with_kafka(extra: &str) -> String {
+        let start = GOOD.find("[sink]").expect("sink");
+        let end = GOOD.find("[sources.cpu]").expect("sources");
+        format!("{}{KAFKA_SINK}{extra}\n{}", &GOOD[..start], &GOOD[end..])
+    }
+
+    #[test]
+    fn kafka_sink() {
+        let cfg = check(&with_kafka("")).expect("valid");
+        let SinkConfig::Kafka(k) = &cfg.sink else {
+            panic!("a kafka sink");
+        };
+        assert_eq!(k.topic, "sluice.{stream}");
+        assert_eq!(k.compression, KafkaCompression::Lz4);
+        // Batches fit in a message.
+        assert_eq!(cfg.batch_max_bytes(), (1 << 20) / 10 * 9);
+        let err = check(&with_kafka("topic = \"all streams\"")).unwrap_err();
+        assert!(err.starts_with("sink.topic"), "{err}");
+        let err = check(&with_kafka("compression = \"brotli\"")).unwrap_err();
+        assert!(err.contains("brotli"), "{err}");
+        let err = check(&with_kafka("options = { \"acks\" = \"1\" }")).unwrap_err();
+        assert!(err.starts_with("sink.options.acks"), "{err}");
+        let err = check(&with_kafka("").replace("127.0.0.1:9092", "localhost")).unwrap_err();
+        assert!(err.starts_with("sink.brokers"), "{err}");
     }
 
     #[test]

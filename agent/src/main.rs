@@ -2,6 +2,7 @@
 
 mod batcher;
 mod config;
+mod kafka;
 mod metrics;
 mod pipeline;
 mod shipper;

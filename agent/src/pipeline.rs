@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::batcher::{self, Chunk, Limits, ReadyBatch};
 use crate::config::{AgentConfig, SinkConfig, SourceConfig, TransformConfig};
+use crate::kafka::KafkaShipper;
 use crate::metrics::Metrics;
 use crate::shipper::{LaneLog, QuicShipper};
 use crate::wal::{self, WalError, WalHandle, WalMetricsSink, WalWriter};
@@ -33,18 +34,26 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<RunSummary> {
     let _lock = lock_data_dir(&cfg.agent.data_dir)?;
-    let SinkConfig::Quic(quic) = &cfg.sink;
-    let client = tls::client_config(&quic.ca, &quic.cert, &quic.key, quic.idle_timeout)
-        .context("cannot set up TLS for the QUIC sink")?;
-    let shipper = Arc::new(QuicShipper::new(
-        cfg.agent.id.clone(),
-        quic.clone(),
-        client,
-        metrics.clone(),
-    )?);
+    let sink = match &cfg.sink {
+        SinkConfig::Quic(quic) => {
+            let client = tls::client_config(&quic.ca, &quic.cert, &quic.key, quic.idle_timeout)
+                .context("cannot set up TLS for the QUIC sink")?;
+            Sink::Quic(Arc::new(QuicShipper::new(
+                cfg.agent.id.clone(),
+                quic.clone(),
+                client,
+                metrics.clone(),
+            )?))
+        }
+        SinkConfig::Kafka(kafka) => Sink::Kafka(Arc::new(KafkaShipper::new(
+            cfg.agent.id.clone(),
+            kafka.clone(),
+            metrics.clone(),
+        )?)),
+    };
     let limits = Limits {
         max_rows: cfg.batch.max_rows,
-        max_bytes: usize::try_from(cfg.batch.max_bytes.as_u64()).unwrap_or(usize::MAX),
+        max_bytes: usize::try_from(cfg.batch_max_bytes()).unwrap_or(usize::MAX),
         max_age: cfg.batch.max_age,
     };
 
@@ -84,11 +93,20 @@ pub async fn run(
             records: reader.spawn(2)?,
             handle,
         };
-        lanes.spawn(
-            shipper
-                .clone()
-                .run_lane(stream_name, log, resume_tx, stop.clone()),
-        );
+        match &sink {
+            Sink::Quic(s) => {
+                lanes.spawn(
+                    s.clone()
+                        .run_lane(stream_name, log, resume_tx, stop.clone()),
+                )
+            }
+            Sink::Kafka(s) => {
+                lanes.spawn(
+                    s.clone()
+                        .run_lane(stream_name, log, resume_tx, stop.clone()),
+                )
+            }
+        };
         resume.insert(stream.clone(), resume_rx);
         stream_inputs.insert(stream, chunk_tx);
     }
@@ -189,8 +207,16 @@ pub async fn run(
         summary.batches_rejected += lane.rejected_batches;
         summary.batches_unshipped += lane.unshipped_batches;
     }
-    shipper.close().await;
+    if let Sink::Quic(s) = &sink {
+        s.close().await;
+    }
     Ok(summary)
+}
+
+/// Where the lanes ship.
+enum Sink {
+    Quic(Arc<QuicShipper>),
+    Kafka(Arc<KafkaShipper>),
 }
 
 /// Hold the data directory for this run: two agents sharing one would interleave their

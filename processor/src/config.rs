@@ -19,7 +19,12 @@ pub struct ProcessorConfig {
     pub processor: ProcessorSection,
     #[serde(default)]
     pub catalog: CatalogConfig,
-    pub quic: QuicConfig,
+    /// The QUIC receiver agents ship to (at least one of `[quic]` and `[kafka]`).
+    #[serde(default)]
+    pub quic: Option<QuicConfig>,
+    /// Kafka topics to consume.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     #[serde(default)]
     pub api: Option<sluice_ops::ApiConfig>,
     #[serde(default)]
@@ -120,6 +125,38 @@ pub struct QuicConfig {
     pub allow: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
+/// `[kafka]`: consume the topics agents' Kafka sinks write, as one member of a consumer
+/// group (processors sharing a group share the partitions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group id.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Topics of agent batches; a name starting with `^` is a regular expression.
+    pub topics: Vec<String>,
+    /// Extra librdkafka consumer properties (security settings, timeouts).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "sluice-processor".into()
+}
+
+/// librdkafka consumer properties the processor sets itself: its exactly-once landing
+/// depends on them.
+pub const KAFKA_RESERVED_OPTIONS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "partition.assignment.strategy",
+];
+
 fn default_max_frame() -> ByteSize {
     ByteSize::b(sluice_protocol::DEFAULT_MAX_FRAME_BYTES as u64)
 }
@@ -190,10 +227,42 @@ impl ProcessorConfig {
         if self.lander.commit_max_rows == 0 {
             bail!("lander.commit_max_rows: must be at least 1");
         }
-        if self.quic.max_frame_bytes.as_u64() < 1024 {
-            bail!("quic.max_frame_bytes: must be at least 1 KiB");
+        if self.quic.is_none() && self.kafka.is_none() {
+            bail!("[quic] or [kafka] is required: the processor needs something to receive from");
         }
-        crate::access::Access::new(self.quic.allow.clone()).map_err(anyhow::Error::msg)?;
+        if let Some(quic) = &self.quic {
+            if quic.max_frame_bytes.as_u64() < 1024 {
+                bail!("quic.max_frame_bytes: must be at least 1 KiB");
+            }
+            crate::access::Access::new(quic.allow.clone()).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(kafka) = &self.kafka {
+            if kafka.brokers.trim().is_empty() {
+                bail!("kafka.brokers: must list at least one host:port");
+            }
+            if kafka.group.trim().is_empty() {
+                bail!("kafka.group: must not be empty");
+            }
+            if kafka.topics.is_empty() {
+                bail!("kafka.topics: must list at least one topic");
+            }
+            for t in &kafka.topics {
+                if !t.starts_with('^') && !valid_topic(t) {
+                    bail!(
+                        "kafka.topics: {t:?} is not a Kafka topic name (1-249 of ASCII letters, digits, '.', '_', '-')"
+                    );
+                }
+            }
+            if let Some(k) = kafka
+                .options
+                .keys()
+                .find(|k| KAFKA_RESERVED_OPTIONS.contains(&k.as_str()))
+            {
+                bail!(
+                    "kafka.options.{k:?}: set by the processor (exactly-once landing depends on it)"
+                );
+            }
+        }
         if let Some(name) = &self.catalog.name {
             sluice_protocol::validate_name("catalog.name", name).context("catalog.name")?;
         }
@@ -226,9 +295,11 @@ impl ProcessorConfig {
             }
         };
         abs(&mut self.processor.data_dir);
-        abs(&mut self.quic.cert);
-        abs(&mut self.quic.key);
-        abs(&mut self.quic.ca);
+        if let Some(quic) = &mut self.quic {
+            abs(&mut quic.cert);
+            abs(&mut quic.key);
+            abs(&mut quic.ca);
+        }
         if let Some(w) = &mut self.catalog.warehouse
             && !w.contains("://")
             && Path::new(w.as_str()).is_relative()
@@ -268,6 +339,16 @@ impl ProcessorConfig {
     }
 }
 
+/// Kafka's rule for topic names.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +386,34 @@ ca = "certs/ca.pem"
             .expect("parses");
         let err = format!("{:#}", cfg.validate().unwrap_err());
         assert!(err.contains("lander.namespace"), "{err}");
+    }
+
+    #[test]
+    fn kafka_section() {
+        let kafka = "[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"sluice.cpu\", \"^sluice\\\\..*\"]\n";
+        let cfg = ProcessorConfig::parse(kafka).expect("kafka alone is enough");
+        cfg.validate().expect("valid");
+        let k = cfg.kafka.as_ref().expect("kafka");
+        assert_eq!(k.group, "sluice-processor");
+        assert_eq!(k.topics[1], "^sluice\\..*");
+        let err = ProcessorConfig::parse("")
+            .expect("parses")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("[quic] or [kafka]"), "{err}");
+        let bad =
+            ProcessorConfig::parse(&kafka.replace("sluice.cpu", "sluice cpu")).expect("parses");
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("kafka.topics")
+        );
+        let reserved = ProcessorConfig::parse(&format!(
+            "{kafka}options = {{ \"enable.auto.commit\" = \"true\" }}\n"
+        ))
+        .expect("parses");
+        let err = reserved.validate().unwrap_err().to_string();
+        assert!(err.contains("enable.auto.commit"), "{err}");
     }
 }

@@ -71,10 +71,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::write(dir.join("processor.toml"), &processor_toml)?;
     let cfg = ProcessorConfig::load(&dir.join("processor.toml"))?;
     let server = Server::start(&cfg).await?;
+    let quic_addr = server
+        .quic_addr
+        .context("the demo's processor config has no [quic] section")?;
 
     // Agent: the example config pointed at that port.
     let mut a: toml::Table = toml::from_str(AGENT_EXAMPLE).context("examples/agent.toml")?;
-    set(&mut a, &["sink", "endpoint"], server.quic_addr.to_string());
+    set(&mut a, &["sink", "endpoint"], quic_addr.to_string());
     let (agent_cert, agent_key) = certs::agent_files(&certs_dir, DEMO_AGENT);
     set(
         &mut a,
@@ -115,7 +118,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "running {} -> QUIC {} -> bronze ({expected} rows)",
         agent_bin.display(),
-        server.quic_addr
+        quic_addr
     );
     let started = std::time::Instant::now();
     let mut child = tokio::process::Command::new(&agent_bin)

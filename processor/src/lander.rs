@@ -4,6 +4,9 @@
 //! One task owns all table state, so deduplication decisions are never racy. Commits run in
 //! their own task, one at a time per table, while new batches keep arriving for the next
 //! commit. A commit is retried until it succeeds; nothing it holds is acknowledged before.
+//! Each attempt starts from the table as the catalog has it and leaves out what the
+//! table's marks show is already landed (by an earlier attempt, or by another processor
+//! reading the same Kafka partition), so nothing is ever appended twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,10 +22,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Compression, LanderConfig};
+use crate::inflight::InFlight;
 use crate::lake;
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
-use crate::progress::{COMMIT_ID_KEY, Marks};
+use crate::progress::{COMMIT_ID_KEY, Marks, Partition};
 
 /// The final word on a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +44,16 @@ pub struct LandRequest {
     pub wire_bytes: usize,
     /// When the processor received it, microseconds since the Unix epoch.
     pub received_at_us: i64,
+    /// The Kafka message it came in, if it came from Kafka.
+    pub origin: Option<Origin>,
     pub reply: oneshot::Sender<Verdict>,
+}
+
+/// Where a batch consumed from Kafka was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub partition: Partition,
+    pub offset: i64,
 }
 
 enum Msg {
@@ -51,6 +64,7 @@ enum Msg {
         reply: oneshot::Sender<Result<(u64, Option<String>), String>>,
     },
     Flush(oneshot::Sender<()>),
+    KafkaMarks(oneshot::Sender<Result<Marks, String>>),
 }
 
 /// Cheap handle to the lander task.
@@ -60,12 +74,14 @@ pub struct Lander {
 }
 
 impl Lander {
-    /// Start the lander task.
+    /// Start the lander task. `inflight` tells it which consumed Kafka offsets are not
+    /// settled yet (empty when the processor reads no Kafka topic).
     pub fn start(
         catalog: Arc<dyn Catalog>,
         cfg: LanderConfig,
         metrics: Arc<Metrics>,
         locks: CommitLocks,
+        inflight: InFlight,
     ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -75,6 +91,8 @@ impl Lander {
             metrics,
             locks,
             tables: HashMap::new(),
+            blocked: HashMap::new(),
+            inflight,
             done_tx,
             flush_waiters: Vec::new(),
         };
@@ -109,6 +127,17 @@ impl Lander {
         rx.await.map_err(|_| "lander stopped".to_string())?
     }
 
+    /// The Kafka offset marks of every table in the namespace, merged (the highest per
+    /// partition), read afresh from the catalog.
+    pub async fn kafka_marks(&self) -> Result<Marks, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::KafkaMarks(reply))
+            .await
+            .map_err(|_| "lander stopped".to_string())?;
+        rx.await.map_err(|_| "lander stopped".to_string())?
+    }
+
     /// Commit everything buffered now and wait until it is committed.
     pub async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
@@ -132,8 +161,22 @@ struct Pending {
     seq: u64,
     checkpoint: Option<String>,
     created_at_us: i64,
+    origin: Option<Origin>,
+    wire_bytes: usize,
     batch: RecordBatch,
     reply: oneshot::Sender<Verdict>,
+}
+
+impl Pending {
+    /// The table's marks show this batch is already in it.
+    fn landed(&self, marks: &Marks) -> bool {
+        self.seq <= marks.get(&self.agent)
+            || self.origin.as_ref().is_some_and(|o| {
+                marks
+                    .offset(&o.partition.0, o.partition.1)
+                    .is_some_and(|m| o.offset < m)
+            })
+    }
 }
 
 struct TableState {
@@ -167,8 +210,8 @@ struct CommitDone {
     table: Table,
     marks: Marks,
     batches: Vec<Pending>,
-    rows: u64,
-    bytes: u64,
+    /// Per batch: in this commit (else the table already had it).
+    kept: Vec<bool>,
 }
 
 struct LanderTask {
@@ -177,6 +220,11 @@ struct LanderTask {
     metrics: Arc<Metrics>,
     locks: CommitLocks,
     tables: HashMap<String, TableState>,
+    /// Per (stream, agent), the lowest sequence that could not be taken (its table could
+    /// not be loaded): later batches of that agent wait until it is sent again, as taking
+    /// them first would make it look like a duplicate.
+    blocked: HashMap<(String, String), u64>,
+    inflight: InFlight,
     done_tx: mpsc::UnboundedSender<CommitDone>,
     flush_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -198,6 +246,9 @@ impl LanderTask {
                         let _ = reply.send(r);
                     }
                     Some(Msg::Flush(reply)) => self.on_flush(reply),
+                    Some(Msg::KafkaMarks(reply)) => {
+                        let _ = reply.send(self.kafka_marks().await);
+                    }
                     None => break,
                 },
                 Some(done) = done_rx.recv() => self.on_commit_done(done),
@@ -233,6 +284,32 @@ impl LanderTask {
         }
     }
 
+    async fn kafka_marks(&mut self) -> Result<Marks, String> {
+        let ns = iceberg::NamespaceIdent::new(self.cfg.namespace.clone());
+        let idents = self
+            .catalog
+            .list_tables(&ns)
+            .await
+            .map_err(|e| format!("cannot list the tables of {}: {e}", self.cfg.namespace))?;
+        let mut all = Marks::default();
+        for ident in idents {
+            let table = self
+                .catalog
+                .load_table(&ident)
+                .await
+                .map_err(|e| format!("cannot load table {ident}: {e}"))?;
+            let marks = Marks::from_table(&table);
+            // Another processor may have committed since this one last looked: what it
+            // landed is known to be landed here too.
+            if let Some(state) = self.tables.get_mut(ident.name()) {
+                state.committed = state.committed.merged(&marks);
+                state.accepted = state.accepted.merged(&marks);
+            }
+            all = all.merged(&marks);
+        }
+        Ok(all)
+    }
+
     fn new_state(&self, stream: &str, table: Table) -> Result<TableState, iceberg::Error> {
         let committed = Marks::from_table(&table);
         tracing::info!(
@@ -258,6 +335,15 @@ impl LanderTask {
 
     async fn on_land(&mut self, req: LandRequest) {
         let stream = req.envelope.stream.clone();
+        let lane = (stream.clone(), req.envelope.agent.clone());
+        if let Some(&first) = self.blocked.get(&lane) {
+            if req.envelope.seq > first {
+                // Still waiting for the batch that could not be taken.
+                drop(req.reply);
+                return;
+            }
+            self.blocked.remove(&lane);
+        }
         if !self.tables.contains_key(&stream) {
             let created = lake::load_or_create(
                 self.catalog.as_ref(),
@@ -275,6 +361,7 @@ impl LanderTask {
                     // Not the batch's fault: leave it unacknowledged so the agent resends.
                     tracing::error!(table = %stream, "cannot load or create table: {e}");
                     self.metrics.commit_failed(&stream, "catalog");
+                    self.blocked.insert(lane, req.envelope.seq);
                     drop(req.reply);
                     return;
                 }
@@ -321,7 +408,9 @@ impl LanderTask {
             }
         };
         let last = state.accepted.get(&env.agent);
-        if env.seq > last + 1 {
+        // The first batch of an agent may start anywhere (the Kafka sink numbers a new log
+        // from the clock).
+        if last > 0 && env.seq > last + 1 {
             tracing::warn!(
                 table = %state.name,
                 agent = %env.agent,
@@ -340,6 +429,8 @@ impl LanderTask {
             seq: env.seq,
             checkpoint: env.checkpoint.clone(),
             created_at_us: env.created_at_us,
+            origin: req.origin,
+            wire_bytes: req.wire_bytes,
             batch,
             reply: req.reply,
         });
@@ -394,12 +485,24 @@ impl LanderTask {
         }
         state.committing = true;
         let batches = std::mem::take(&mut state.pending);
-        let rows = std::mem::take(&mut state.pending_rows) as u64;
-        let bytes = std::mem::take(&mut state.pending_bytes) as u64;
+        state.pending_rows = 0;
+        state.pending_bytes = 0;
         state.pending_since = None;
         let mut marks = Marks::default();
+        let mut committing: HashMap<Partition, std::collections::HashSet<i64>> = HashMap::new();
         for p in &batches {
             marks.record(&p.agent, p.seq, p.checkpoint.as_deref());
+            if let Some(o) = &p.origin {
+                committing
+                    .entry(o.partition.clone())
+                    .or_default()
+                    .insert(o.offset);
+            }
+        }
+        // Where each Kafka partition this processor reads is in the lake up to, once this
+        // commit is in.
+        for ((topic, partition), offset) in self.inflight.marks(&committing) {
+            marks.raise_offset(&topic, partition, offset);
         }
         let job = CommitJob {
             catalog: self.catalog.clone(),
@@ -413,17 +516,22 @@ impl LanderTask {
         let stream = stream.to_string();
         tokio::spawn(async move {
             let started = Instant::now();
-            let data: Vec<RecordBatch> = batches.iter().map(|p| p.batch.clone()).collect();
-            let table = job.commit_until_done(&data, &marks).await;
-            job.metrics
-                .committed(&job.name, rows, bytes, started.elapsed().as_secs_f64());
+            let (table, kept) = job.commit_until_done(&batches, &marks).await;
+            let (mut rows, mut bytes) = (0u64, 0u64);
+            for (p, _) in batches.iter().zip(&kept).filter(|(_, k)| **k) {
+                rows += p.batch.num_rows() as u64;
+                bytes += p.wire_bytes as u64;
+            }
+            if rows > 0 {
+                job.metrics
+                    .committed(&job.name, rows, bytes, started.elapsed().as_secs_f64());
+            }
             let _ = done_tx.send(CommitDone {
                 stream,
                 table,
                 marks,
                 batches,
-                rows,
-                bytes,
+                kept,
             });
         });
     }
@@ -436,10 +544,17 @@ impl LanderTask {
         state.table = done.table;
         state.committed = state.committed.merged(&done.marks);
         let now_us = chrono::Utc::now().timestamp_micros();
-        for p in done.batches {
-            self.metrics
-                .batch_latency(&state.name, (now_us - p.created_at_us).max(0) as f64 / 1e6);
-            let _ = p.reply.send(Verdict::Committed);
+        let mut rows = 0;
+        for (p, kept) in done.batches.into_iter().zip(done.kept) {
+            if kept {
+                rows += p.batch.num_rows();
+                self.metrics
+                    .batch_latency(&state.name, (now_us - p.created_at_us).max(0) as f64 / 1e6);
+                let _ = p.reply.send(Verdict::Committed);
+            } else {
+                self.metrics.batch_duplicate(&state.name);
+                let _ = p.reply.send(Verdict::Duplicate);
+            }
         }
         let committed = &state.committed;
         let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiting_duplicates)
@@ -449,7 +564,7 @@ impl LanderTask {
         for (_, _, reply) in ready {
             let _ = reply.send(Verdict::Duplicate);
         }
-        tracing::debug!(table = %state.name, rows = done.rows, bytes = done.bytes, "committed");
+        tracing::debug!(table = %state.name, rows, "committed");
         let more = state.over_threshold(&self.cfg) || !self.flush_waiters.is_empty();
         if more {
             self.start_commit(&done.stream);
@@ -470,8 +585,9 @@ struct CommitJob {
 
 impl CommitJob {
     /// Write the data files and commit them; retry until the commit is known to be in the
-    /// table. Returns the table as of the commit.
-    async fn commit_until_done(&self, batches: &[RecordBatch], marks: &Marks) -> Table {
+    /// table. Returns the table as of the commit, and per batch whether this commit holds
+    /// it (else the table already did).
+    async fn commit_until_done(&self, batches: &[Pending], marks: &Marks) -> (Table, Vec<bool>) {
         let commit_id = uuid::Uuid::now_v7();
         let mut table = self.table.clone();
         let mut files = None;
@@ -505,26 +621,62 @@ impl CommitJob {
     async fn try_commit(
         &self,
         table: &mut Table,
-        files: &mut Option<Vec<iceberg::spec::DataFile>>,
-        batches: &[RecordBatch],
+        files: &mut Option<(Vec<bool>, Vec<iceberg::spec::DataFile>)>,
+        batches: &[Pending],
         marks: &Marks,
         commit_id: uuid::Uuid,
         attempt: u32,
-    ) -> Result<Table, iceberg::Error> {
-        if files.is_none() {
-            *files = Some(self.write_files(table, batches, commit_id, attempt).await?);
+    ) -> Result<(Table, Vec<bool>), iceberg::Error> {
+        // The files are written before taking the lock (it holds back compaction and
+        // models), from what the table lacked when last seen.
+        let lacking = |t: &Table| {
+            let current = Marks::from_table(t);
+            batches
+                .iter()
+                .map(|p| !p.landed(&current))
+                .collect::<Vec<bool>>()
+        };
+        let mut kept = lacking(table);
+        if kept.iter().any(|k| *k) && files.as_ref().is_none_or(|(k, _)| *k != kept) {
+            let data: Vec<RecordBatch> = batches
+                .iter()
+                .zip(&kept)
+                .filter(|(_, k)| **k)
+                .map(|(p, _)| p.batch.clone())
+                .collect();
+            let written = self.write_files(table, &data, commit_id, attempt).await?;
+            *files = Some((kept.clone(), written));
         }
         // Compaction and model commits of this process wait while the lander commits.
         let _lock = self.locks.lock(&self.name).await;
         // Under the lock the table cannot move in this process: start from its latest state.
         *table = self.catalog.load_table(table.identifier()).await?;
-        let current = Marks::from_table(table);
-        if attempt > 1 && current.covers(marks) {
-            // An earlier attempt reported failure but did commit: never append twice.
-            tracing::warn!(table = %self.name, "earlier commit attempt had succeeded; not repeating it");
-            return Ok(table.clone());
+        if attempt > 1 && holds_commit(table, commit_id) {
+            // An earlier attempt reported failure but did commit.
+            tracing::warn!(table = %self.name, attempt, "an earlier attempt of this commit had succeeded; not repeating it");
+            return Ok((table.clone(), kept));
         }
-        let data_files = files.clone().unwrap_or_default();
+        let current = Marks::from_table(table);
+        let now = lacking(table);
+        if now != kept {
+            // The table moved: an earlier attempt that reported failure did commit, or
+            // another processor landed some of these batches. Never append them twice.
+            kept = now;
+            if !kept.iter().any(|k| *k) {
+                tracing::warn!(table = %self.name, attempt, "the table already holds every batch of this commit; not repeating it");
+                return Ok((table.clone(), kept));
+            }
+            tracing::info!(table = %self.name, attempt, "the table already holds some batches of this commit; writing the rest again");
+            return Err(iceberg::Error::new(
+                ErrorKind::CatalogCommitConflicts,
+                "the table already holds some of the batches",
+            ));
+        }
+        if !kept.iter().any(|k| *k) {
+            tracing::debug!(table = %self.name, "the table already holds every batch of this commit");
+            return Ok((table.clone(), kept));
+        }
+        let data_files = files.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
         let mut props = current.merged(marks).to_properties();
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
         let tx = Transaction::new(table);
@@ -534,7 +686,7 @@ impl CommitJob {
             .set_snapshot_properties(props)
             .add_data_files(data_files)
             .apply(tx)?;
-        tx.commit(self.catalog.as_ref()).await
+        Ok((tx.commit(self.catalog.as_ref()).await?, kept))
     }
 
     async fn write_files(
@@ -553,6 +705,24 @@ impl CommitJob {
         )
         .await
     }
+}
+
+/// True if `commit_id` is the id of one of the table's recent snapshots.
+fn holds_commit(table: &Table, commit_id: uuid::Uuid) -> bool {
+    let meta = table.metadata();
+    let id = commit_id.to_string();
+    let mut next = meta.current_snapshot();
+    // Other commits may have followed it; a few hundred covers any retry's window.
+    for _ in 0..256 {
+        let Some(snap) = next else { break };
+        if snap.summary().additional_properties.get(COMMIT_ID_KEY) == Some(&id) {
+            return true;
+        }
+        next = snap
+            .parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id));
+    }
+    false
 }
 
 fn map_columns(batch: &ArrowSchema, table: &SchemaRef) -> Result<Vec<ColumnSource>, String> {

@@ -8,6 +8,8 @@ mod compaction;
 mod concat;
 mod config;
 mod demo;
+mod inflight;
+mod kafka;
 mod lake;
 mod lander;
 mod locks;

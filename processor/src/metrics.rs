@@ -15,6 +15,16 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabels {
     table: String,
 }
@@ -77,6 +87,8 @@ pub struct Metrics {
     model_rows: Family<ModelLabels, Counter>,
     model_quarantined_rows: Family<ModelRuleLabels, Counter>,
     maintenance_runs: Family<MaintenanceLabels, Counter>,
+    kafka_messages: Family<TopicLabels, Counter>,
+    kafka_rebalances: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,12 +115,24 @@ impl Default for Metrics {
             model_rows: Family::default(),
             model_quarantined_rows: Family::default(),
             maintenance_runs: Family::default(),
+            kafka_messages: Family::default(),
+            kafka_rebalances: Family::default(),
         };
         let mut r = Registry::with_prefix("sluice_processor");
         r.register(
             "connections",
             "Agent connections accepted",
             m.connections.clone(),
+        );
+        r.register(
+            "kafka_messages",
+            "Kafka messages consumed, by topic (re-reads included)",
+            m.kafka_messages.clone(),
+        );
+        r.register(
+            "kafka_rebalances",
+            "Consumer group rebalances seen, by kind (assign, revoke)",
+            m.kafka_rebalances.clone(),
         );
         r.register(
             "connections_rejected",
@@ -324,6 +348,22 @@ impl Metrics {
                 table: table.into(),
                 task: task.into(),
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn kafka_message(&self, topic: &str) {
+        self.kafka_messages
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn kafka_rebalance(&self, kind: &str) {
+        self.kafka_rebalances
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
             })
             .inc();
     }

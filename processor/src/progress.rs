@@ -4,6 +4,11 @@
 //! agent (`sluice.seq.<agent>` = `<seq>`), carried forward from the previous snapshot and
 //! raised by the batches of this commit. On start (and before each commit retry) the lander
 //! reads the marks back and drops batches at or below them.
+//!
+//! Batches consumed from Kafka also record, per topic partition, an offset below which
+//! every message of that partition is in the lake (`sluice.kafka.<topic>.<partition>` =
+//! `<offset>`): a processor given the partition starts reading there, and a message below
+//! a table's mark is never landed in it again.
 
 use std::collections::HashMap;
 
@@ -15,6 +20,11 @@ pub const SEQ_PREFIX: &str = "sluice.seq.";
 pub const CHECKPOINT_PREFIX: &str = "sluice.ckpt.";
 /// Summary key carrying the commit's unique id.
 pub const COMMIT_ID_KEY: &str = "sluice.commit-id";
+/// Summary key prefix for Kafka partition offsets.
+pub const KAFKA_PREFIX: &str = "sluice.kafka.";
+
+/// A Kafka topic partition.
+pub type Partition = (String, i32);
 
 /// Highest committed sequence per agent, and the source checkpoint committed with it, for
 /// one table.
@@ -22,6 +32,8 @@ pub const COMMIT_ID_KEY: &str = "sluice.commit-id";
 pub struct Marks {
     seqs: HashMap<String, u64>,
     checkpoints: HashMap<String, String>,
+    /// Per topic partition: every message below this offset is in the lake.
+    offsets: HashMap<Partition, i64>,
 }
 
 impl Marks {
@@ -44,11 +56,16 @@ impl Marks {
                         .checkpoints
                         .entry(agent.to_string())
                         .or_insert_with(|| v.clone());
+                } else if let Some(tp) = k.strip_prefix(KAFKA_PREFIX)
+                    && let Some((topic, partition)) = tp.rsplit_once('.')
+                    && let (Ok(partition), Ok(offset)) = (partition.parse(), v.parse())
+                {
+                    marks.raise_offset(topic, partition, offset);
                 }
             }
             // Commits carry every mark forward, so one snapshot is normally enough; keep
             // walking only through snapshots that carried none (written by other tools).
-            if !marks.seqs.is_empty() {
+            if !marks.seqs.is_empty() || !marks.offsets.is_empty() {
                 break;
             }
             next = snap
@@ -83,9 +100,28 @@ impl Marks {
         }
     }
 
+    /// The offset below which `topic`'s `partition` is in the lake, if known.
+    pub fn offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.offsets.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Raise a partition's offset mark to `offset` if higher.
+    pub fn raise_offset(&mut self, topic: &str, partition: i32, offset: i64) {
+        let e = self
+            .offsets
+            .entry((topic.to_string(), partition))
+            .or_insert(offset);
+        *e = (*e).max(offset);
+    }
+
     /// True if every mark of `other` is covered by `self`.
+    #[cfg(test)]
     pub fn covers(&self, other: &Marks) -> bool {
         other.seqs.iter().all(|(a, s)| self.get(a) >= *s)
+            && other
+                .offsets
+                .iter()
+                .all(|((t, p), o)| self.offset(t, *p).is_some_and(|mine| mine >= *o))
     }
 
     /// Marks of both, maximum per agent; a newer mark brings its checkpoint along.
@@ -98,6 +134,9 @@ impl Marks {
                 m.checkpoints.insert(a.clone(), c.clone());
             }
             m.raise(a, *s);
+        }
+        for ((t, p), o) in &other.offsets {
+            m.raise_offset(t, *p, *o);
         }
         m
     }
@@ -112,7 +151,11 @@ impl Marks {
             .checkpoints
             .iter()
             .map(|(a, c)| (format!("{CHECKPOINT_PREFIX}{a}"), c.clone()));
-        seqs.chain(checkpoints).collect()
+        let offsets = self
+            .offsets
+            .iter()
+            .map(|((t, p), o)| (format!("{KAFKA_PREFIX}{t}.{p}"), o.to_string()));
+        seqs.chain(checkpoints).chain(offsets).collect()
     }
 }
 
@@ -150,5 +193,24 @@ mod tests {
             c.merged(&newer).to_properties()["sluice.ckpt.x"],
             "offset=90"
         );
+    }
+
+    #[test]
+    fn kafka_offsets_merge_by_maximum() {
+        let mut a = Marks::default();
+        a.raise_offset("sluice.metrics", 3, 100);
+        a.raise_offset("sluice.metrics", 3, 40);
+        assert_eq!(a.offset("sluice.metrics", 3), Some(100));
+        assert_eq!(a.offset("sluice.metrics", 0), None);
+        let mut b = Marks::default();
+        b.raise_offset("sluice.metrics", 3, 120);
+        b.raise_offset("logs", 0, 7);
+        assert!(!a.covers(&b));
+        let m = a.merged(&b);
+        assert!(m.covers(&a) && m.covers(&b));
+        let props = m.to_properties();
+        // Topic names may contain dots: the partition is after the last one.
+        assert_eq!(props["sluice.kafka.sluice.metrics.3"], "120");
+        assert_eq!(props["sluice.kafka.logs.0"], "7");
     }
 }

@@ -231,6 +231,7 @@ impl Receiver {
                         batch: decoded,
                         wire_bytes: batch.ipc.len(),
                         received_at_us: chrono::Utc::now().timestamp_micros(),
+                        origin: None,
                         reply,
                     };
                     if self.lander.land(req).await.is_err() {
@@ -261,7 +262,7 @@ impl Receiver {
 }
 
 /// Decode and check a batch against its envelope.
-fn validate(
+pub(crate) fn validate(
     env: &sluice_protocol::Envelope,
     ipc: bytes::Bytes,
 ) -> Result<arrow_array::RecordBatch, (&'static str, String)> {

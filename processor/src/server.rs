@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use iceberg::Catalog;
 
 use crate::config::ProcessorConfig;
+use crate::inflight::InFlight;
+use crate::kafka::KafkaReceiver;
 use crate::lander::Lander;
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
@@ -16,16 +19,19 @@ use crate::{lake, tls};
 
 /// A running processor.
 pub struct Server {
-    pub quic_addr: SocketAddr,
+    /// Where the QUIC receiver listens, if the processor has one.
+    pub quic_addr: Option<SocketAddr>,
     pub catalog: Arc<dyn Catalog>,
     pub lander: Lander,
-    endpoint: quinn::Endpoint,
+    endpoint: Option<quinn::Endpoint>,
+    kafka: Option<KafkaReceiver>,
     models: Option<crate::models::Scheduler>,
     maintenance: Option<crate::maintenance::Scheduled>,
 }
 
 impl Server {
-    /// Open the catalog, start the lander, bind the QUIC and HTTP endpoints.
+    /// Open the catalog, start the lander, bind the QUIC and HTTP endpoints, join the
+    /// Kafka consumer group.
     pub async fn start(cfg: &ProcessorConfig) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let catalog = lake::open(cfg)
@@ -36,11 +42,13 @@ impl Server {
             .context("cannot create the bronze namespace")?;
         let graph = cfg.model_graph()?;
         let locks = CommitLocks::default();
+        let inflight = InFlight::default();
         let lander = Lander::start(
             catalog.clone(),
             cfg.lander.clone(),
             metrics.clone(),
             locks.clone(),
+            inflight.clone(),
         );
         let swap = CatalogSwap::open(cfg)
             .await
@@ -74,21 +82,33 @@ impl Server {
             })
         });
 
-        let server_config = tls::server_config(&cfg.quic.ca, &cfg.quic.cert, &cfg.quic.key)
-            .context("cannot set up TLS for the QUIC receiver")?;
-        let endpoint = quinn::Endpoint::server(server_config, cfg.quic.listen)
-            .with_context(|| format!("cannot listen on quic.listen {}", cfg.quic.listen))?;
-        let quic_addr = endpoint.local_addr()?;
-        let receiver = Receiver {
-            lander: lander.clone(),
-            metrics: metrics.clone(),
-            max_frame_bytes: usize::try_from(cfg.quic.max_frame_bytes.as_u64())
-                .unwrap_or(usize::MAX),
-            access: Arc::new(
-                crate::access::Access::new(cfg.quic.allow.clone()).map_err(anyhow::Error::msg)?,
-            ),
+        let endpoint = match &cfg.quic {
+            Some(quic) => {
+                let server_config = tls::server_config(&quic.ca, &quic.cert, &quic.key)
+                    .context("cannot set up TLS for the QUIC receiver")?;
+                let endpoint = quinn::Endpoint::server(server_config, quic.listen)
+                    .with_context(|| format!("cannot listen on quic.listen {}", quic.listen))?;
+                let receiver = Receiver {
+                    lander: lander.clone(),
+                    metrics: metrics.clone(),
+                    max_frame_bytes: usize::try_from(quic.max_frame_bytes.as_u64())
+                        .unwrap_or(usize::MAX),
+                    access: Arc::new(
+                        crate::access::Access::new(quic.allow.clone())
+                            .map_err(anyhow::Error::msg)?,
+                    ),
+                };
+                tokio::spawn(receiver.serve(endpoint.clone()));
+                Some(endpoint)
+            }
+            None => None,
         };
-        tokio::spawn(receiver.serve(endpoint.clone()));
+        let quic_addr = endpoint.as_ref().map(|e| e.local_addr()).transpose()?;
+        let kafka = cfg
+            .kafka
+            .as_ref()
+            .map(|k| KafkaReceiver::start(k, lander.clone(), inflight, metrics.clone()))
+            .transpose()?;
 
         let api_addr = match &cfg.api {
             Some(api) => Some(
@@ -102,24 +122,35 @@ impl Server {
             ),
             None => None,
         };
-        tracing::info!(quic = %quic_addr, api = ?api_addr, warehouse = %cfg.warehouse(), "processor ready");
+        tracing::info!(quic = ?quic_addr, api = ?api_addr, warehouse = %cfg.warehouse(), "processor ready");
         Ok(Self {
             quic_addr,
             catalog,
             lander,
             endpoint,
+            kafka,
             models,
             maintenance,
         })
     }
 
-    /// Stop accepting, commit what is buffered, close connections.
+    /// Stop accepting, commit what is buffered, close connections, leave the group.
     pub async fn shutdown(self) {
-        self.endpoint.set_server_config(None);
+        if let Some(e) = &self.endpoint {
+            e.set_server_config(None);
+        }
+        let kafka = async {
+            if let Some(k) = self.kafka {
+                k.stop(Duration::from_secs(30)).await;
+            }
+        };
+        // The consumer waits for what it read to be committed, which the flush speeds up.
+        tokio::join!(kafka, self.lander.flush());
         self.lander.flush().await;
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"processor stopping");
-        self.endpoint.wait_idle().await;
+        if let Some(e) = &self.endpoint {
+            e.close(quinn::VarInt::from_u32(0), b"processor stopping");
+            e.wait_idle().await;
+        }
         if let Some(m) = self.models {
             m.stop().await;
         }

@@ -49,15 +49,22 @@ impl Envelope {
             rows: r.u32("envelope rows")?,
             checkpoint: r.opt_long_str("envelope checkpoint")?,
         };
-        validate_name("agent", &env.agent)?;
-        validate_name("stream", &env.stream)?;
-        if env.seq == 0 {
+        env.validate()?;
+        Ok(env)
+    }
+
+    /// Checks every decoder applies: names in the safe alphabet, sequences from 1 and
+    /// within the lake's `_seq` column (a signed 64-bit integer).
+    pub(crate) fn validate(&self) -> Result<(), ProtocolError> {
+        validate_name("agent", &self.agent)?;
+        validate_name("stream", &self.stream)?;
+        if self.seq == 0 || self.seq > i64::MAX as u64 {
             return Err(ProtocolError::InvalidField {
                 field: "seq",
-                reason: "sequence numbers start at 1".into(),
+                reason: format!("{} is not within 1..=2^63-1", self.seq),
             });
         }
-        Ok(env)
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ mod envelope;
 mod error;
 mod frame;
 mod ipc;
+pub mod kafka;
 
 pub use envelope::Envelope;
 pub use envelope::validate_name;
