@@ -3,8 +3,9 @@
 # end-to-end suite (real binaries and WebAssembly connectors built from plugins/, read back
 # by PyIceberg and DuckDB).
 # Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt,
-# Debian's PostgreSQL server (catalog tests) and s3s-fs, an S3 server from crates.io
-# (warehouse tests). Tests start their own instances on free loopback ports.
+# Debian's PostgreSQL server (catalog tests), s3s-fs, an S3 server from crates.io
+# (warehouse tests), tansu, a Kafka-compatible broker from crates.io, and Debian's kcat
+# (Kafka tests). Tests start their own instances on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,19 @@ if [ ! -x "$TOOLS/bin/s3s-fs" ]; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS"
 fi
 export SLUICE_S3_SERVER="$TOOLS/bin/s3s-fs"
+
+step "Kafka: tansu (a Kafka-compatible broker from crates.io, SQLite storage) and kcat (Debian)"
+if ! command -v kcat >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q kcat
+fi
+if [ ! -x "$TOOLS/bin/tansu" ]; then
+  # About 11 minutes on 2 cores, once: the binary is kept in $TOOLS.
+  cargo install tansu --version 0.6.0 --features libsql --locked --root "$TOOLS"
+fi
+export SLUICE_KAFKA_BROKER="$TOOLS/bin/tansu"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

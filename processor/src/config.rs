@@ -137,6 +137,10 @@ pub struct KafkaConfig {
     pub group: String,
     /// Topics of agent batches; a name starting with `^` is a regular expression.
     pub topics: Vec<String>,
+    /// A member holding no partition for this long rejoins the group (doubling up to ten
+    /// minutes while it stays idle); `"0s"` never does.
+    #[serde(default = "default_rejoin", with = "humantime_serde")]
+    pub rejoin_when_idle: Duration,
     /// Extra librdkafka consumer properties (security settings, timeouts).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -144,6 +148,9 @@ pub struct KafkaConfig {
 
 fn default_group() -> String {
     "sluice-processor".into()
+}
+fn default_rejoin() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// librdkafka consumer properties the processor sets itself: its exactly-once landing

@@ -69,6 +69,9 @@ impl KafkaReceiver {
             // Eager rebalancing: a partition is given up entirely before anyone else
             // starts on it, and the rebalance callback below assigns with explicit offsets.
             .set("partition.assignment.strategy", "range,roundrobin")
+            // A processor that dies is replaced this soon (Kafka's default is 45 s).
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
             // A topic matching a `^` pattern is found within this long of its creation.
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set_log_level(RDKafkaLogLevel::Warning);
@@ -82,6 +85,7 @@ impl KafkaReceiver {
         consumer
             .subscribe(&topics)
             .with_context(|| format!("cannot subscribe to {topics:?}"))?;
+        let topics = cfg.topics.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let run = ConsumeLoop {
             consumer,
@@ -93,6 +97,9 @@ impl KafkaReceiver {
             waiting: Vec::new(),
             rewind_at: None,
             last_commit: Instant::now(),
+            topics,
+            rejoin_when_idle: cfg.rejoin_when_idle,
+            idle: Idle::default(),
         };
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
@@ -243,6 +250,17 @@ struct ConsumeLoop {
     /// Per partition, where to read again (a message the lander could not take), and when.
     rewind_at: Option<(Instant, HashMap<Partition, i64>)>,
     last_commit: Instant,
+    topics: Vec<String>,
+    rejoin_when_idle: Duration,
+    idle: Idle,
+}
+
+/// How long this member has had no partitions, and when it next rejoins.
+#[derive(Default)]
+struct Idle {
+    since: Option<Instant>,
+    checked: Option<Instant>,
+    wait: Duration,
 }
 
 impl ConsumeLoop {
@@ -259,6 +277,7 @@ impl ConsumeLoop {
             self.collect_verdicts();
             self.rewind_if_due();
             self.commit_offsets(false);
+            self.rejoin_if_idle();
         }
         // Stopping: let what was handed over be settled, then record it.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -368,6 +387,44 @@ impl ConsumeLoop {
                 tracing::warn!(%topic, partition, "cannot seek back: {e}");
             }
         }
+    }
+
+    /// Rejoin the group after holding no partition for a while. A broker that lets a dead
+    /// member's session expire without a new rebalance (tansu 0.6 can, after a member was
+    /// killed while another joined) leaves that member's partitions unread; rejoining makes
+    /// the group rebalance. Intervals double up to ten minutes, so an idle spare member of a
+    /// healthy group causes few rebalances.
+    fn rejoin_if_idle(&mut self) {
+        if self.rejoin_when_idle.is_zero()
+            || self.idle.checked.is_some_and(|c| c.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let now = Instant::now();
+        self.idle.checked = Some(now);
+        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if assigned > 0 {
+            self.idle = Idle {
+                checked: Some(now),
+                ..Idle::default()
+            };
+            return;
+        }
+        if self.idle.wait.is_zero() {
+            self.idle.wait = self.rejoin_when_idle;
+        }
+        let since = *self.idle.since.get_or_insert(now);
+        if since.elapsed() < self.idle.wait {
+            return;
+        }
+        tracing::warn!(idle = ?since.elapsed(), "the consumer group gave this processor no partition; rejoining it");
+        self.consumer.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(e) = self.consumer.subscribe(&topics) {
+            tracing::error!("cannot subscribe to {topics:?} again: {e}");
+        }
+        self.idle.since = Some(Instant::now());
+        self.idle.wait = (self.idle.wait * 2).min(Duration::from_secs(600));
     }
 
     /// Report the settled prefix of each partition to the group (at most once a second).

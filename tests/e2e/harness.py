@@ -110,11 +110,11 @@ RUNNING: list["Proc"] = []
 class Proc:
     """A child process whose output goes to a log file; killed at the end of the test."""
 
-    def __init__(self, args: list[str], log: pathlib.Path, env=None, user=None):
+    def __init__(self, args: list[str], log: pathlib.Path, env=None, user=None, cwd=None):
         self.args = args
         self.log_path = log
         self.log = open(log, "ab")
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, user=user)
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, user=user, cwd=cwd)
         RUNNING.append(self)
 
     def alive(self) -> bool:
@@ -316,6 +316,10 @@ class Agent:
                 "batch": batch or {"max_rows": 5000, "max_age": "200ms"},
                 **({"buffer": buffer} if buffer else {}),
                 "sink": {
+                    "backoff_initial": "50ms",
+                    "backoff_max": "500ms",
+                    **(sink or {}),
+                } if (sink or {}).get("type") == "kafka" else {
                     "type": "quic",
                     "endpoint": f"127.0.0.1:{processor.quic_port}",
                     "server_name": "localhost",
@@ -547,3 +551,64 @@ class S3Server:
         con.execute("LOAD httpfs")
         con.execute(f"""CREATE SECRET s3 (TYPE s3, KEY_ID '{self.ACCESS_KEY}', SECRET '{self.SECRET_KEY}',
                         ENDPOINT '127.0.0.1:{self.port}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')""")
+
+
+class Kafka:
+    """tansu (a Kafka-compatible broker from crates.io) on a free loopback port, storing its
+    topics in SQLite so that it can be stopped and started again without losing them."""
+
+    def __init__(self, work: pathlib.Path):
+        self.binary = _find_tool("SLUICE_KAFKA_BROKER", "tansu",
+                                 [str(pathlib.Path.home() / ".cache/sluice/tools/bin/tansu")])
+        self.port = free_port()
+        self.dir = work / "kafka"
+        self.dir.mkdir()
+        self.work = work
+        self.brokers = f"127.0.0.1:{self.port}"
+        self.proc: Proc | None = None
+        self.start()
+
+    def start(self) -> "Kafka":
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = Proc([str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                          "--storage-engine", "sqlite://broker.db"], self.work / "kafka.log", cwd=self.dir)
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        _wait_for(listening, self.proc, "kafka broker")
+        return self
+
+    def create_topic(self, name: str, partitions: int = 3) -> None:
+        r = subprocess.run([str(self.binary), "topic", "create", "--broker", f"tcp://{self.brokers}",
+                            "--partitions", str(partitions), name], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+    def kcat(self, *args: str, input: bytes | None = None, timeout=60) -> subprocess.CompletedProcess:
+        """Debian's kcat against this broker (see `kcat_env`)."""
+        return subprocess.run(["kcat", "-b", self.brokers, *args], input=input, capture_output=True,
+                              timeout=timeout, env=kcat_env(self.work))
+
+
+def kcat_env(work: pathlib.Path) -> dict:
+    """Debian's kcat links Debian's librdkafka 2.0.2, which cannot parse tansu's ApiVersions
+    v3 reply; it runs here on librdkafka 2.16 from the confluent-kafka wheel instead (the
+    same library a Python producer would use)."""
+    import confluent_kafka
+    libs = pathlib.Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs"
+    found = sorted(libs.glob("librdkafka*.so*"))
+    assert found, f"no librdkafka in {libs}"
+    d = work / "kcat-lib"
+    d.mkdir(exist_ok=True)
+    link = d / "librdkafka.so.1"
+    if not link.exists():
+        link.symlink_to(found[0])
+    return {**os.environ, "LD_LIBRARY_PATH": str(d)}

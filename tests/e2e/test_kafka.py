@@ -1,0 +1,180 @@
+"""The Kafka path: agents produce to a real broker (tansu), processors in one consumer group
+land the topics in bronze exactly once, whatever is killed, and Debian's kcat reads what the
+agent wrote."""
+
+import time
+import zlib
+
+from harness import Agent, Kafka, Processor, duckdb_connection, pyiceberg_table, simulator_source, wait_until
+from test_fault_run import ROWS, assert_exactly, kill_schedule, reference_rows
+
+TOPIC = "sluice.telemetry"
+
+
+def kafka_sink(kafka: Kafka, **extra) -> dict:
+    return {"type": "kafka", "brokers": kafka.brokers, **extra}
+
+
+def kafka_processor(bins, certs, workdir, kafka: Kafka, **kw) -> Processor:
+    return Processor(bins, certs, workdir, sections={"kafka": {"brokers": kafka.brokers, "topics": [TOPIC]}}, **kw)
+
+
+def bronze_count(proc: Processor, table: str) -> int:
+    try:
+        t = pyiceberg_table(proc, table)
+    except Exception:  # not created yet
+        return 0
+    if t.current_snapshot() is None:
+        return 0
+    return duckdb_connection().execute(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')").fetchone()[0]
+
+
+def kafka_marks(proc: Processor, table: str) -> dict[int, int]:
+    summary = pyiceberg_table(proc, table).current_snapshot().summary
+    prefix = f"sluice.kafka.{TOPIC}."
+    return {int(k[len(prefix):]): int(v) for k, v in summary.additional_properties.items() if k.startswith(prefix)}
+
+
+def test_kafka_lands_exactly_once_and_kcat_reads_the_topic(bins, certs, workdir):
+    kafka = Kafka(workdir)
+    kafka.create_topic(TOPIC, partitions=3)
+    proc = kafka_processor(bins, certs, workdir, kafka).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(100_000)},
+                  sink=kafka_sink(kafka, compression="zstd"), batch={"max_rows": 10_000, "max_age": "200ms"})
+    agent.start()
+    assert agent.wait(120) == 0, agent.proc.output()[-3000:]
+    wait_until(lambda: bronze_count(proc, "bronze.telemetry") >= 100_000, 120, "bronze to hold every row")
+    assert_exactly(proc, "bronze.telemetry", reference_rows(agent, "telemetry", workdir), first_seq=None)
+
+    # kcat sees one message per batch, keyed by the agent, the envelope in its headers.
+    r = kafka.kcat("-C", "-t", TOPIC, "-e", "-f", "%p|%o|%k|%h\\n")
+    assert r.returncode == 0, r.stderr
+    messages = [line.split("|", 3) for line in r.stdout.decode().splitlines() if line]
+    assert messages, r.stderr
+    assert {m[2] for m in messages} == {"edge-01"}
+    partitions = {int(m[0]) for m in messages}
+    assert len(partitions) == 1, "one agent's batches stay in one partition"
+    headers = [dict(h.split("=", 1) for h in m[3].split(",") if "=" in h) for m in messages]
+    assert all(h["sluice-agent"] == "edge-01" and h["sluice-stream"] == "telemetry" for h in headers)
+    assert sum(int(h["sluice-rows"]) for h in headers) == 100_000
+    seqs = [int(h["sluice-seq"]) for h in headers]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+    # The table records where each partition is landed up to: the end of the agent's
+    # partition, and the start of the empty ones.
+    (p,) = partitions
+    last_offset = max(int(m[1]) for m in messages)
+    wait_until(lambda: kafka_marks(proc, "bronze.telemetry").get(p) == last_offset + 1, 30,
+               f"the mark of partition {p} to reach {last_offset + 1}")
+
+    # A restarted processor starts from those marks and lands nothing twice.
+    proc.stop()
+    proc.start()
+    wait_until(lambda: "assigned Kafka partitions" in proc.proc.output().split("processor ready")[-1], 60,
+               "the restarted processor to be assigned the partitions")
+    assert f'(("{TOPIC}", {p}), Some({last_offset + 1}))' in proc.proc.output()
+    time.sleep(2)
+    assert proc.metrics().get('sluice_processor_kafka_messages_total{topic="%s"}' % TOPIC, 0) == 0
+    assert bronze_count(proc, "bronze.telemetry") == 100_000
+
+
+def test_fault_run_over_kafka(bins, certs, workdir):
+    seed, schedule = kill_schedule(kills_each=3)
+    print(f"fault schedule (SLUICE_FAULT_SEED={seed}): {schedule}")
+    kafka = Kafka(workdir)
+    kafka.create_topic(TOPIC, partitions=2)
+    proc = kafka_processor(bins, certs, workdir, kafka).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(ROWS, rate=50_000)},
+                  sink=kafka_sink(kafka), batch={"max_rows": 10_000, "max_age": "200ms"})
+    try:
+        agent.start()
+        for victim, run_for, down_for in schedule:
+            time.sleep(run_for)
+            assert agent.proc.alive(), f"the run ended before the {victim} kill:\n{agent.proc.output()[-3000:]}"
+            if victim == "agent":
+                agent.proc.kill()
+                time.sleep(down_for)
+                agent.start()
+            else:
+                proc.kill()
+                time.sleep(down_for)
+                proc.start()
+        assert agent.wait(600) == 0, agent.proc.output()[-5000:]
+        log = agent.proc.output()
+        assert log.count("agent starting") == 4, "three agent restarts"
+        assert "resuming the simulation" in log
+        wait_until(lambda: bronze_count(proc, "bronze.telemetry") >= ROWS, 300, "bronze to hold every row")
+        time.sleep(2)  # anything landed twice would show up now
+        assert_exactly(proc, "bronze.telemetry", reference_rows(agent, "telemetry", workdir), first_seq=None)
+    finally:
+        agent.proc and agent.proc.kill()
+        proc.stop()
+
+
+def test_broker_down_then_back(bins, certs, workdir):
+    """The broker is away for a while: the agent keeps its batches in its log (memory stays
+    flat) and everything lands once the broker is back."""
+    kafka = Kafka(workdir)
+    kafka.create_topic(TOPIC, partitions=1)
+    proc = kafka_processor(bins, certs, workdir, kafka).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(400_000, rate=40_000)},
+                  sink=kafka_sink(kafka), batch={"max_rows": 10_000, "max_age": "200ms"}).start().wait_api()
+    wait_until(lambda: bronze_count(proc, "bronze.telemetry") > 0, 60, "the first rows to land")
+    kafka.kill()
+    wal = 'sluice_agent_wal_size_bytes{stream="telemetry"}'
+    before = agent.metrics().get(wal, 0)
+    time.sleep(6)
+    during = agent.metrics()
+    assert during.get(wal, 0) > before + 5_000_000, f"the log grows while the broker is away: {before} -> {during.get(wal)}"
+    kafka.start()
+    assert agent.wait(180) == 0, agent.proc.output()[-3000:]
+    assert "Kafka producer restarting" in agent.proc.output() or "Connection refused" in agent.proc.output()
+    wait_until(lambda: bronze_count(proc, "bronze.telemetry") >= 400_000, 120, "bronze to hold every row")
+    assert_exactly(proc, "bronze.telemetry", reference_rows(agent, "telemetry", workdir), first_seq=None)
+    assert agent.metrics is not None
+
+
+def agents_on_both_partitions(partitions: int) -> list[str]:
+    """Agent ids whose keys land on different partitions (librdkafka hashes keys with CRC-32)."""
+    ids, seen = [], set()
+    for n in range(1, 100):
+        agent_id = f"edge-{n:02d}"
+        p = zlib.crc32(agent_id.encode()) % partitions
+        if p not in seen:
+            seen.add(p)
+            ids.append(agent_id)
+        if len(ids) == partitions:
+            return ids
+    raise AssertionError("no spread of agent ids")
+
+
+def test_two_processors_in_one_group(bins, certs, workdir):
+    """Two processors share the partitions; one is killed mid-run and the other takes its
+    partitions over from the table's marks. Every row lands once."""
+    kafka = Kafka(workdir)
+    kafka.create_topic(TOPIC, partitions=2)
+    first_dir, second_dir = workdir / "p1", workdir / "p2"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    p1 = kafka_processor(bins, certs, first_dir, kafka, data_dir=workdir / "lake").start()
+    p2 = kafka_processor(bins, certs, second_dir, kafka, data_dir=workdir / "lake").start()
+    rows = 200_000
+    agents = [Agent(bins, certs, workdir, p1, {"telemetry": simulator_source(rows, rate=40_000, seed=n)},
+                    agent_id=agent_id, sink=kafka_sink(kafka), batch={"max_rows": 5_000, "max_age": "200ms"}).start()
+              for n, agent_id in enumerate(agents_on_both_partitions(2), start=1)]
+    consumed = 'sluice_processor_kafka_messages_total{topic="%s"}' % TOPIC
+    wait_until(lambda: p1.metrics().get(consumed, 0) > 0 and p2.metrics().get(consumed, 0) > 0, 60,
+               "both processors to consume")
+    p2.kill()
+    for a in agents:
+        assert a.wait(180) == 0, a.proc.output()[-3000:]
+    total = rows * len(agents)
+    wait_until(lambda: bronze_count(p1, "bronze.telemetry") >= total, 180, "bronze to hold every row")
+    time.sleep(2)
+    con = duckdb_connection()
+    t = pyiceberg_table(p1, "bronze.telemetry")
+    count, distinct = con.execute(
+        f"SELECT count(*), count(DISTINCT (_agent, sample)) FROM iceberg_scan('{t.metadata_location}')").fetchone()
+    assert (count, distinct) == (total, total), f"{count} rows, {distinct} distinct, {total} expected"
+    assert "assigned Kafka partitions" in p1.proc.output().split("Kafka partitions revoked")[-1], \
+        "the survivor took the partitions over"
