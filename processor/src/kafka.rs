@@ -396,7 +396,10 @@ impl ConsumeLoop {
     /// healthy group causes few rebalances.
     fn rejoin_if_idle(&mut self) {
         if self.rejoin_when_idle.is_zero()
-            || self.idle.checked.is_some_and(|c| c.elapsed() < Duration::from_secs(1))
+            || self
+                .idle
+                .checked
+                .is_some_and(|c| c.elapsed() < Duration::from_secs(1))
         {
             return;
         }
