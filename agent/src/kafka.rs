@@ -272,8 +272,11 @@ impl KafkaShipper {
                 next = input.recv(), if !lane.input_done && lane.pending.len() < self.cfg.window => {
                     match next {
                         Some(Ok(r)) => {
-                            deliveries.push_back(self.produce(p, lane, &r)?);
+                            // Pending first: if the producer refuses it, the next session
+                            // sends it again.
+                            let produced = self.produce(p, lane, &r);
                             lane.pending.push_back(r);
+                            deliveries.push_back(produced?);
                             self.metrics.set_inflight(&lane.stream, lane.pending.len());
                         }
                         Some(Err(e)) => {

@@ -136,18 +136,64 @@ pub struct KafkaConfig {
     #[serde(default = "default_group")]
     pub group: String,
     /// Topics of agent batches; a name starting with `^` is a regular expression.
+    #[serde(default)]
     pub topics: Vec<String>,
-    /// A member holding no partition for this long rejoins the group (doubling up to ten
-    /// minutes while it stays idle); `"0s"` never does.
+    /// Plain JSON topics (any producer), keyed by topic name.
+    #[serde(default)]
+    pub json: BTreeMap<String, JsonTopicConfig>,
+    /// Table (in the lander's namespace) that keeps the messages that could not be
+    /// landed, with their raw bytes and the reason.
+    #[serde(default = "default_dead_letter_table")]
+    pub dead_letter_table: String,
+    /// Rejoin the group when a partition another member holds has unread messages and no
+    /// committed progress for this long (doubling after each rejoin, up to ten minutes);
+    /// `"0s"` never does.
     #[serde(default = "default_rejoin", with = "humantime_serde")]
-    pub rejoin_when_idle: Duration,
+    pub rejoin_when_stalled: Duration,
     /// Extra librdkafka consumer properties (security settings, timeouts).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
 
+/// `[kafka.json.TOPIC]`: a topic of JSON objects, one per message.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonTopicConfig {
+    /// Table in the lander's namespace; default: the topic name with characters other
+    /// than letters, digits, `_` and `-` replaced by `_`.
+    pub table: Option<String>,
+    /// Column name → type (`string`, `long`, `int`, `double`, `float`, `boolean`,
+    /// `timestamp`). Absent: the table's columns if it exists, else inferred from the first
+    /// message that parses, then fixed.
+    pub schema: Option<indexmap::IndexMap<String, crate::json_topic::JsonType>>,
+}
+
+impl KafkaConfig {
+    /// The table of a JSON topic.
+    pub fn json_table(&self, topic: &str) -> String {
+        self.json
+            .get(topic)
+            .and_then(|j| j.table.clone())
+            .unwrap_or_else(|| {
+                topic
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect()
+            })
+    }
+}
+
 fn default_group() -> String {
     "sluice-processor".into()
+}
+fn default_dead_letter_table() -> String {
+    "dead_letters".into()
 }
 fn default_rejoin() -> Duration {
     Duration::from_secs(30)
@@ -250,8 +296,39 @@ impl ProcessorConfig {
             if kafka.group.trim().is_empty() {
                 bail!("kafka.group: must not be empty");
             }
-            if kafka.topics.is_empty() {
-                bail!("kafka.topics: must list at least one topic");
+            if kafka.topics.is_empty() && kafka.json.is_empty() {
+                bail!("kafka.topics: list at least one topic (or declare [kafka.json.TOPIC])");
+            }
+            sluice_protocol::validate_name("kafka.dead_letter_table", &kafka.dead_letter_table)
+                .context("kafka.dead_letter_table")?;
+            let mut tables = BTreeMap::new();
+            for (topic, j) in &kafka.json {
+                if !valid_topic(topic) {
+                    bail!(
+                        "kafka.json.{topic:?}: not a Kafka topic name (1-249 of ASCII letters, digits, '.', '_', '-')"
+                    );
+                }
+                if kafka.topics.contains(topic) {
+                    bail!(
+                        "kafka.json.{topic:?}: also listed in kafka.topics (a topic holds agent batches or JSON, not both)"
+                    );
+                }
+                let table = kafka.json_table(topic);
+                sluice_protocol::validate_name("table", &table)
+                    .with_context(|| format!("kafka.json.{topic:?}.table"))?;
+                if table == kafka.dead_letter_table {
+                    bail!("kafka.json.{topic:?}.table: {table:?} is the dead-letter table");
+                }
+                if let Some(other) = tables.insert(table.clone(), topic) {
+                    bail!(
+                        "kafka.json.{topic:?}.table: {table:?} is also the table of topic {other:?}"
+                    );
+                }
+                if j.schema.as_ref().is_some_and(|s| s.is_empty()) {
+                    bail!(
+                        "kafka.json.{topic:?}.schema: declare at least one column, or leave it out to infer them"
+                    );
+                }
             }
             for t in &kafka.topics {
                 if !t.starts_with('^') && !valid_topic(t) {
@@ -416,6 +493,25 @@ ca = "certs/ca.pem"
                 .to_string()
                 .contains("kafka.topics")
         );
+        let json = ProcessorConfig::parse(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.json.\"app.logs\"]\nschema = { ts = \"timestamp\", level = \"string\" }\n[kafka.json.clicks]\n",
+        )
+        .expect("json topics alone are enough");
+        json.validate().expect("valid");
+        let k = json.kafka.as_ref().expect("kafka");
+        assert_eq!(k.json_table("app.logs"), "app_logs");
+        assert_eq!(k.dead_letter_table, "dead_letters");
+        let clash = ProcessorConfig::parse(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.json.\"a.b\"]\n[kafka.json.a_b]\n",
+        )
+        .expect("parses");
+        let err = format!("{:#}", clash.validate().unwrap_err());
+        assert!(err.contains("also the table"), "{err}");
+        let bad_type = ProcessorConfig::parse(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.json.t]\nschema = { a = \"decimal\" }\n",
+        )
+        .unwrap_err();
+        assert!(bad_type.contains("decimal"), "{bad_type}");
         let reserved = ProcessorConfig::parse(&format!(
             "{kafka}options = {{ \"enable.auto.commit\" = \"true\" }}\n"
         ))

@@ -16,7 +16,7 @@
 //! The consumer runs on a thread of its own: librdkafka's rebalance callback must decide
 //! the starting offsets before it returns, which takes a catalog read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
 use crate::inflight::InFlight;
+use crate::json_topic::{DeadLetter, JsonTopic};
 use crate::lander::{LandRequest, Lander, Origin, Verdict};
 use crate::metrics::Metrics;
 use crate::progress::Partition;
@@ -44,14 +45,31 @@ pub struct KafkaReceiver {
 }
 
 impl KafkaReceiver {
-    /// Join the group and start consuming.
-    pub fn start(
+    /// Join the group and start consuming. The columns of JSON topics without a declared
+    /// schema are read from their tables, if these exist.
+    pub async fn start(
         cfg: &KafkaConfig,
+        catalog: &dyn iceberg::Catalog,
+        namespace: &str,
         lander: Lander,
         inflight: InFlight,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
+        let mut json = HashMap::new();
+        for (topic, j) in &cfg.json {
+            let table = cfg.json_table(topic);
+            let schema = match &j.schema {
+                Some(columns) => Some(crate::json_topic::declared_schema(columns)),
+                None => crate::lake::load_if_exists(catalog, namespace, &table)
+                    .await
+                    .with_context(|| format!("cannot load table {namespace}.{table}"))?
+                    .map(|t| crate::lake::table_user_schema(&t))
+                    .transpose()
+                    .with_context(|| format!("cannot read the columns of {namespace}.{table}"))?,
+            };
+            json.insert(topic.clone(), JsonTopic::new(table, schema));
+        }
         let runtime = tokio::runtime::Handle::current();
         let ctx = GroupContext {
             lander: lander.clone(),
@@ -81,11 +99,11 @@ impl KafkaReceiver {
         let consumer: BaseConsumer<GroupContext> = client
             .create_with_context(ctx)
             .context("cannot create the Kafka consumer")?;
-        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        let topics: Vec<String> = cfg.topics.iter().chain(cfg.json.keys()).cloned().collect();
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
-            .subscribe(&topics)
-            .with_context(|| format!("cannot subscribe to {topics:?}"))?;
-        let topics = cfg.topics.clone();
+            .subscribe(&names)
+            .with_context(|| format!("cannot subscribe to {names:?}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let run = ConsumeLoop {
             consumer,
@@ -95,17 +113,21 @@ impl KafkaReceiver {
             runtime,
             stop: stop.clone(),
             waiting: Vec::new(),
+            waiting_bytes: 0,
+            paused: false,
             rewind_at: None,
             last_commit: Instant::now(),
             topics,
-            rejoin_when_idle: cfg.rejoin_when_idle,
-            idle: Idle::default(),
+            json,
+            dead_letter_table: cfg.dead_letter_table.clone(),
+            stalled_after: cfg.rejoin_when_stalled,
+            stall: Stall::default(),
         };
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
             .spawn(move || run.run())
             .context("cannot start the Kafka consumer thread")?;
-        tracing::info!(brokers = %cfg.brokers, group = %cfg.group, topics = ?cfg.topics, "consuming Kafka topics");
+        tracing::info!(brokers = %cfg.brokers, group = %cfg.group, topics = ?cfg.topics, json_topics = ?cfg.json.keys().collect::<Vec<_>>(), "consuming Kafka topics");
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -236,8 +258,16 @@ impl ConsumerContext for GroupContext {
 struct Waiting {
     partition: Partition,
     offset: i64,
+    bytes: usize,
     verdict: oneshot::Receiver<Verdict>,
+    /// The message itself, to dead-letter it if the lander refuses it (none for what is
+    /// already a dead letter).
+    message: Option<OwnedMessage>,
 }
+
+/// Bytes handed to the lander and not yet settled before reading pauses: commits that
+/// cannot keep up (or a catalog that is down) must not fill the processor's memory.
+const MAX_WAITING_BYTES: usize = 256 << 20;
 
 struct ConsumeLoop {
     consumer: BaseConsumer<GroupContext>,
@@ -247,19 +277,26 @@ struct ConsumeLoop {
     runtime: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
     waiting: Vec<Waiting>,
+    waiting_bytes: usize,
+    paused: bool,
     /// Per partition, where to read again (a message the lander could not take), and when.
     rewind_at: Option<(Instant, HashMap<Partition, i64>)>,
     last_commit: Instant,
     topics: Vec<String>,
-    rejoin_when_idle: Duration,
-    idle: Idle,
+    /// Plain JSON topics, by name.
+    json: HashMap<String, JsonTopic>,
+    dead_letter_table: String,
+    stalled_after: Duration,
+    stall: Stall,
 }
 
-/// How long this member has had no partitions, and when it next rejoins.
+/// Partitions held by other members, watched for progress.
 #[derive(Default)]
-struct Idle {
-    since: Option<Instant>,
+struct Stall {
+    /// Per partition: its committed offset, and since when it has stood there.
+    seen: HashMap<Partition, (i64, Instant)>,
     checked: Option<Instant>,
+    /// How long a partition must stand still, raised after each rejoin.
     wait: Duration,
 }
 
@@ -269,15 +306,16 @@ impl ConsumeLoop {
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(msg)) => {
                     let msg = msg.detach();
-                    self.on_message(&msg);
+                    self.on_message(msg);
                 }
                 Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
                 None => {}
             }
             self.collect_verdicts();
+            self.hold_back();
             self.rewind_if_due();
             self.commit_offsets(false);
-            self.rejoin_if_idle();
+            self.rejoin_if_stalled();
         }
         // Stopping: let what was handed over be settled, then record it.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -290,56 +328,145 @@ impl ConsumeLoop {
         self.consumer.unsubscribe();
     }
 
-    fn on_message(&mut self, msg: &OwnedMessage) {
+    fn on_message(&mut self, msg: OwnedMessage) {
         let partition: Partition = (msg.topic().to_string(), msg.partition());
         let offset = msg.offset();
         self.metrics.kafka_message(&partition.0);
         self.inflight.read(&partition, offset);
-        let (reply, verdict) = oneshot::channel();
-        match decode(msg) {
+        let payload = msg.payload().unwrap_or_default();
+        let decoded = match self.json.get_mut(&partition.0) {
+            Some(topic) => topic.decode(payload).map(|batch| {
+                let envelope = offset_envelope(&topic.table, &msg, &batch);
+                (envelope, batch, payload.len())
+            }),
+            None => decode(&msg).map_err(|(_, message)| message),
+        };
+        match decoded {
             Ok((envelope, batch, wire_bytes)) => {
-                let req = LandRequest {
-                    envelope,
-                    batch,
-                    wire_bytes,
-                    received_at_us: chrono::Utc::now().timestamp_micros(),
-                    origin: Some(Origin {
-                        partition: partition.clone(),
-                        offset,
-                    }),
-                    reply,
-                };
-                if self.runtime.block_on(self.lander.land(req)).is_err() {
-                    // The lander is gone: the processor is stopping.
-                    self.stop.store(true, Ordering::SeqCst);
-                    return;
-                }
+                self.submit(envelope, batch, wire_bytes, msg, false)
             }
-            Err((reason, message)) => {
-                tracing::warn!(
-                    topic = %partition.0,
-                    partition = partition.1,
-                    offset,
-                    "not a sluice batch, skipped: {message}"
-                );
-                self.metrics.frame_rejected(reason);
-                let _ = reply.send(Verdict::Rejected(message));
-            }
+            Err(reason) => self.dead_letter(msg, &reason),
         }
+    }
+
+    /// Hand a batch to the lander; it stays in flight until its verdict.
+    fn submit(
+        &mut self,
+        envelope: Envelope,
+        batch: arrow_array::RecordBatch,
+        wire_bytes: usize,
+        msg: OwnedMessage,
+        dead_letter: bool,
+    ) {
+        let partition: Partition = (msg.topic().to_string(), msg.partition());
+        let offset = msg.offset();
+        let (reply, verdict) = oneshot::channel();
+        let req = LandRequest {
+            envelope,
+            batch,
+            wire_bytes,
+            received_at_us: chrono::Utc::now().timestamp_micros(),
+            origin: Some(Origin {
+                partition: partition.clone(),
+                offset,
+            }),
+            reply,
+        };
+        if self.runtime.block_on(self.lander.land(req)).is_err() {
+            // The lander is gone: the processor is stopping.
+            self.stop.store(true, Ordering::SeqCst);
+            return;
+        }
+        let bytes = msg.payload().map_or(0, <[u8]>::len);
+        self.waiting_bytes += bytes;
         self.waiting.push(Waiting {
             partition,
             offset,
+            bytes,
             verdict,
+            message: (!dead_letter).then_some(msg),
         });
+    }
+
+    /// Land a message that cannot go where it should in the dead-letter table, raw, with
+    /// the reason. Its offset is settled only once that is committed.
+    fn dead_letter(&mut self, msg: OwnedMessage, reason: &str) {
+        tracing::warn!(
+            topic = %msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            table = %self.dead_letter_table,
+            "message sent to the dead-letter table: {reason}"
+        );
+        self.metrics.kafka_dead_letter(msg.topic());
+        let row = DeadLetter {
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key(),
+            value: msg.payload(),
+            reason,
+            timestamp_us: msg.timestamp().to_millis().map(|ms| ms * 1000),
+        }
+        .batch();
+        match row {
+            Ok(batch) => {
+                let envelope = offset_envelope(&self.dead_letter_table, &msg, &batch);
+                let bytes = msg.payload().map_or(0, <[u8]>::len);
+                self.submit(envelope, batch, bytes, msg, true);
+            }
+            Err(e) => {
+                // Cannot happen with the fixed dead-letter columns; never lose it silently.
+                tracing::error!(topic = %msg.topic(), offset = msg.offset(), "cannot build a dead-letter row, the message is skipped: {e}");
+                self.inflight
+                    .settle(&(msg.topic().to_string(), msg.partition()), msg.offset());
+            }
+        }
+    }
+
+    /// Pause fetching while too much is waiting for commits; resume once it drains. The
+    /// consumer keeps polling meanwhile, so it stays in the group.
+    fn hold_back(&mut self) {
+        let over = self.waiting_bytes >= MAX_WAITING_BYTES;
+        if over == self.paused {
+            return;
+        }
+        let Ok(assigned) = self.consumer.assignment() else {
+            return;
+        };
+        let r = if over {
+            tracing::warn!(
+                waiting_mib = self.waiting_bytes >> 20,
+                "commits are behind: pausing Kafka reads"
+            );
+            self.consumer.pause(&assigned)
+        } else {
+            tracing::info!("commits caught up: resuming Kafka reads");
+            self.consumer.resume(&assigned)
+        };
+        match r {
+            Ok(()) => self.paused = over,
+            Err(e) => tracing::warn!("cannot pause or resume Kafka reads: {e}"),
+        }
     }
 
     fn collect_verdicts(&mut self) {
         let mut rewind: HashMap<Partition, i64> = HashMap::new();
+        let mut settled_bytes = 0;
+        let mut refused = Vec::new();
         self.waiting.retain_mut(|w| match w.verdict.try_recv() {
             Err(oneshot::error::TryRecvError::Empty) => true,
             Ok(verdict) => {
+                settled_bytes += w.bytes;
                 if let Verdict::Rejected(reason) = verdict {
-                    tracing::error!(topic = %w.partition.0, partition = w.partition.1, offset = w.offset, "batch refused: {reason}");
+                    match w.message.take() {
+                        // Still in flight: settled once its dead letter is committed.
+                        Some(msg) => {
+                            refused.push((msg, reason));
+                            return false;
+                        }
+                        None => tracing::error!(topic = %w.partition.0, partition = w.partition.1, offset = w.offset, "the dead-letter table refused a message, it is skipped: {reason}"),
+                    }
                 }
                 self.inflight.settle(&w.partition, w.offset);
                 false
@@ -347,11 +474,16 @@ impl ConsumeLoop {
             Err(oneshot::error::TryRecvError::Closed) => {
                 // The lander could not take it (its table could not be loaded): read it
                 // again, after a pause. It stays open meanwhile, so no mark passes it.
+                settled_bytes += w.bytes;
                 let r = rewind.entry(w.partition.clone()).or_insert(w.offset);
                 *r = (*r).min(w.offset);
                 false
             }
         });
+        self.waiting_bytes = self.waiting_bytes.saturating_sub(settled_bytes);
+        for (msg, reason) in refused {
+            self.dead_letter(msg, &format!("refused by the lander: {reason}"));
+        }
         if !rewind.is_empty() {
             let (_, pending) = self
                 .rewind_at
@@ -389,45 +521,101 @@ impl ConsumeLoop {
         }
     }
 
-    /// Rejoin the group after holding no partition for a while. A broker that lets a dead
-    /// member's session expire without a new rebalance (tansu 0.6 can, after a member was
-    /// killed while another joined) leaves that member's partitions unread; rejoining makes
-    /// the group rebalance. Intervals double up to ten minutes, so an idle spare member of a
-    /// healthy group causes few rebalances.
-    fn rejoin_if_idle(&mut self) {
-        if self.rejoin_when_idle.is_zero()
+    /// Rejoin the group when a partition this member does not hold has unread messages
+    /// and its committed offset has not moved for `stalled_after`. Live members commit
+    /// their settled offsets every second; a partition that stands still is held by a
+    /// member that is gone, which a broker should have noticed: tansu 0.6 can rebalance on
+    /// the expiry of a dead member's session and still give it partitions. Rejoining makes
+    /// the group rebalance again. Checks run every 5 s; after a rejoin the next one waits
+    /// twice as long (up to ten minutes), so a live but stuck member causes few rebalances.
+    fn rejoin_if_stalled(&mut self) {
+        if self.stalled_after.is_zero()
             || self
-                .idle
+                .stall
                 .checked
-                .is_some_and(|c| c.elapsed() < Duration::from_secs(1))
+                .is_some_and(|c| c.elapsed() < Duration::from_secs(5))
         {
             return;
         }
-        let now = Instant::now();
-        self.idle.checked = Some(now);
-        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        if assigned > 0 {
-            self.idle = Idle {
-                checked: Some(now),
-                ..Idle::default()
+        self.stall.checked = Some(Instant::now());
+        let timeout = Duration::from_secs(5);
+        let assigned: HashSet<Partition> = match self.consumer.assignment() {
+            Ok(a) => a
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            Err(_) => return,
+        };
+        // Named topics, and the ones a pattern gave this member.
+        let mut topics: HashSet<String> = self
+            .topics
+            .iter()
+            .filter(|t| !t.starts_with('^'))
+            .cloned()
+            .collect();
+        topics.extend(assigned.iter().map(|(t, _)| t.clone()));
+        let mut others = TopicPartitionList::new();
+        for topic in &topics {
+            let Ok(meta) = self.consumer.fetch_metadata(Some(topic), timeout) else {
+                return;
             };
+            for t in meta.topics() {
+                for p in t.partitions() {
+                    if !assigned.contains(&(t.name().to_string(), p.id())) {
+                        others.add_partition(t.name(), p.id());
+                    }
+                }
+            }
+        }
+        if others.count() == 0 {
+            self.stall.seen.clear();
             return;
         }
-        if self.idle.wait.is_zero() {
-            self.idle.wait = self.rejoin_when_idle;
+        let Ok(committed) = self.consumer.committed_offsets(others, timeout) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        let mut seen = HashMap::new();
+        for e in committed.elements() {
+            let part = (e.topic().to_string(), e.partition());
+            let Ok((low, high)) = self.consumer.fetch_watermarks(&part.0, part.1, timeout) else {
+                return;
+            };
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            if at >= high {
+                continue; // nothing unread
+            }
+            let since = match self.stall.seen.get(&part) {
+                Some((prev, since)) if *prev == at => *since,
+                _ => now,
+            };
+            if now.duration_since(since) >= self.stall.wait.max(self.stalled_after) {
+                stalled.push((part.clone(), at, high));
+            }
+            seen.insert(part, (at, since));
         }
-        let since = *self.idle.since.get_or_insert(now);
-        if since.elapsed() < self.idle.wait {
+        self.stall.seen = seen;
+        if stalled.is_empty() {
             return;
         }
-        tracing::warn!(idle = ?since.elapsed(), "the consumer group gave this processor no partition; rejoining it");
+        tracing::warn!(
+            partitions = ?stalled,
+            "Kafka partitions with unread messages have not moved in {:?}: rejoining the consumer group",
+            self.stall.wait.max(self.stalled_after)
+        );
         self.consumer.unsubscribe();
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        if let Err(e) = self.consumer.subscribe(&topics) {
-            tracing::error!("cannot subscribe to {topics:?} again: {e}");
+        let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(e) = self.consumer.subscribe(&names) {
+            tracing::error!("cannot subscribe to {names:?} again: {e}");
         }
-        self.idle.since = Some(Instant::now());
-        self.idle.wait = (self.idle.wait * 2).min(Duration::from_secs(600));
+        self.stall.seen.clear();
+        self.stall.wait =
+            (self.stall.wait.max(self.stalled_after) * 2).min(Duration::from_secs(600));
     }
 
     /// Report the settled prefix of each partition to the group (at most once a second).
@@ -452,6 +640,36 @@ impl ConsumeLoop {
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::debug!("cannot commit the group's offsets (a hint only): {e}");
         }
+    }
+}
+
+/// The envelope of a row from a plain JSON topic or a dead letter: its "agent" is the
+/// topic partition, its sequence the offset + 1, so the lander's sequence marks
+/// deduplicate by offset.
+fn offset_envelope(table: &str, msg: &OwnedMessage, batch: &arrow_array::RecordBatch) -> Envelope {
+    let topic: String = msg
+        .topic()
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Envelope {
+        agent: format!("{topic}-{}", msg.partition()),
+        stream: table.to_string(),
+        seq: u64::try_from(msg.offset()).unwrap_or(0) + 1,
+        schema_fingerprint: sluice_protocol::schema_fingerprint(&batch.schema()),
+        created_at_us: msg
+            .timestamp()
+            .to_millis()
+            .map_or_else(|| chrono::Utc::now().timestamp_micros(), |ms| ms * 1000),
+        rows: u32::try_from(batch.num_rows()).unwrap_or(u32::MAX),
+        checkpoint: None,
     }
 }
 

@@ -220,6 +220,19 @@ pub fn table_arrow_schema(table: &Table) -> Result<SchemaRef, iceberg::Error> {
     )?))
 }
 
+/// A bronze table's own columns: its schema without the lake's columns.
+pub fn table_user_schema(table: &Table) -> Result<SchemaRef, iceberg::Error> {
+    let all = table_arrow_schema(table)?;
+    let lake = [AGENT_COLUMN, SEQ_COLUMN, INGESTED_AT_COLUMN];
+    Ok(Arc::new(ArrowSchema::new(
+        all.fields()
+            .iter()
+            .filter(|f| !lake.contains(&f.name().as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    )))
+}
+
 /// Write `batches` (in the table's schema) as Parquet data files of `table`, named
 /// `<prefix>-…` so that writers never collide; files of at most `target_size` bytes
 /// (default: the Iceberg default, 512 MiB). A failed write removes what it wrote.

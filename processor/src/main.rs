@@ -9,6 +9,7 @@ mod concat;
 mod config;
 mod demo;
 mod inflight;
+mod json_topic;
 mod kafka;
 mod lake;
 mod lander;

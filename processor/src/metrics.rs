@@ -89,6 +89,7 @@ pub struct Metrics {
     maintenance_runs: Family<MaintenanceLabels, Counter>,
     kafka_messages: Family<TopicLabels, Counter>,
     kafka_rebalances: Family<KindLabels, Counter>,
+    kafka_dead_letters: Family<TopicLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,6 +118,7 @@ impl Default for Metrics {
             maintenance_runs: Family::default(),
             kafka_messages: Family::default(),
             kafka_rebalances: Family::default(),
+            kafka_dead_letters: Family::default(),
         };
         let mut r = Registry::with_prefix("sluice_processor");
         r.register(
@@ -128,6 +130,11 @@ impl Default for Metrics {
             "kafka_messages",
             "Kafka messages consumed, by topic (re-reads included)",
             m.kafka_messages.clone(),
+        );
+        r.register(
+            "kafka_dead_letters",
+            "Kafka messages sent to the dead-letter table, by topic",
+            m.kafka_dead_letters.clone(),
         );
         r.register(
             "kafka_rebalances",
@@ -354,6 +361,14 @@ impl Metrics {
 
     pub fn kafka_message(&self, topic: &str) {
         self.kafka_messages
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn kafka_dead_letter(&self, topic: &str) {
+        self.kafka_dead_letters
             .get_or_create(&TopicLabels {
                 topic: topic.to_string(),
             })

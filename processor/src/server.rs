@@ -104,11 +104,20 @@ impl Server {
             None => None,
         };
         let quic_addr = endpoint.as_ref().map(|e| e.local_addr()).transpose()?;
-        let kafka = cfg
-            .kafka
-            .as_ref()
-            .map(|k| KafkaReceiver::start(k, lander.clone(), inflight, metrics.clone()))
-            .transpose()?;
+        let kafka = match &cfg.kafka {
+            Some(k) => Some(
+                KafkaReceiver::start(
+                    k,
+                    catalog.as_ref(),
+                    &cfg.lander.namespace,
+                    lander.clone(),
+                    inflight,
+                    metrics.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         let api_addr = match &cfg.api {
             Some(api) => Some(

@@ -1,11 +1,13 @@
 """The Kafka path: agents produce to a real broker (tansu), processors in one consumer group
-land the topics in bronze exactly once, whatever is killed, and Debian's kcat reads what the
-agent wrote."""
+land the topics in bronze exactly once, whatever is killed; Debian's kcat reads what the
+agent wrote and writes plain JSON topics the processor lands too."""
 
+import json
 import time
 import zlib
 
-from harness import Agent, Kafka, Processor, duckdb_connection, pyiceberg_table, simulator_source, wait_until
+from harness import Agent, Kafka, Processor, canonical, duckdb_connection, pyiceberg_table, read_pyiceberg, \
+    simulator_source, wait_until
 from test_fault_run import ROWS, assert_exactly, kill_schedule, reference_rows
 
 TOPIC = "sluice.telemetry"
@@ -179,3 +181,62 @@ def test_two_processors_in_one_group(bins, certs, workdir):
     committed = 'sluice_processor_committed_rows_total{table="bronze.telemetry"}'
     assert p1.metrics().get(committed, 0) > 0 and p2.metrics().get(committed, 0) > 0
     assert p1.metrics()[committed] + p2.metrics()[committed] == total
+
+
+def test_json_topics_fed_by_kcat_and_dead_letters(bins, certs, workdir):
+    """Plain JSON topics written by kcat land in bronze: declared columns, and columns
+    inferred from the first message; what does not parse lands in the dead-letter table
+    with its raw bytes and the reason. A restarted processor lands nothing twice."""
+    kafka = Kafka(workdir)
+    kafka.create_topic("app.logs", partitions=2)
+    kafka.create_topic("clicks", partitions=1)
+    proc = Processor(bins, certs, workdir, sections={"kafka": {
+        "brokers": kafka.brokers,
+        "json": {
+            "app.logs": {"schema": {"ts": "timestamp", "level": "string", "ms": "double", "status": "long"}},
+            "clicks": {},
+        },
+    }}).start()
+    good = [{"ts": f"2026-03-01T12:00:{i % 60:02d}Z", "level": ["info", "warn", "error"][i % 3], "ms": i / 4,
+             "status": 200 + i % 5} for i in range(300)]
+    bad = [b"not json at all", b'{"ms": "slow"}', b"[1, 2, 3]"]
+    lines = [json.dumps(r).encode() for r in good[:150]] + bad + [json.dumps(r).encode() for r in good[150:]]
+    r = kafka.kcat("-P", "-t", "app.logs", input=b"\n".join(lines) + b"\n")
+    assert r.returncode == 0, r.stderr
+    clicks = [b'{"user": "a", "n": 1, "tags": ["x"]}', b'{"user": "b", "n": 2}', b'{"user": "c", "n": 2.5}']
+    r = kafka.kcat("-P", "-t", "clicks", input=b"\n".join(clicks) + b"\n")
+    assert r.returncode == 0, r.stderr
+
+    wait_until(lambda: bronze_count(proc, "bronze.app_logs") >= len(good), 120, "the JSON rows to land")
+    wait_until(lambda: bronze_count(proc, "bronze.dead_letters") >= len(bad) + 1, 60, "the dead letters to land")
+    time.sleep(1)
+    rows = read_pyiceberg(proc, "bronze.app_logs")
+    assert len(rows) == len(good)
+    got = sorted((canonical(r["ts"]), r["level"], r["ms"], r["status"]) for r in rows)
+    want = sorted((canonical(r["ts"]), r["level"], r["ms"], r["status"]) for r in good)
+    assert got == want
+
+    inferred = read_pyiceberg(proc, "bronze.clicks")
+    assert sorted((r["user"], r["n"]) for r in inferred) == [("a", 1), ("b", 2)]
+    assert "tags" not in inferred[0], "a list is left out of inferred columns"
+
+    letters = read_pyiceberg(proc, "bronze.dead_letters")
+    assert sorted(r["value"] for r in letters) == sorted(bad + [clicks[2]])
+    by_value = {r["value"]: r for r in letters}
+    assert "not JSON" in by_value[b"not json at all"]["reason"]
+    assert "not a JSON object" in by_value[b"[1, 2, 3]"]["reason"]
+    assert "does not fit" in by_value[b'{"ms": "slow"}']["reason"]
+    assert {r["topic"] for r in letters} == {"app.logs", "clicks"}
+    assert by_value[clicks[2]]["offset"] == 2
+    m = proc.metrics()
+    assert m['sluice_processor_kafka_dead_letters_total{topic="app.logs"}'] == len(bad)
+
+    # Restarted: it starts after what the tables hold and lands nothing again.
+    proc.stop()
+    proc.start()
+    wait_until(lambda: "assigned Kafka partitions" in proc.proc.output().split("processor ready")[-1], 60,
+               "the restarted processor to be assigned the partitions")
+    time.sleep(2)
+    assert bronze_count(proc, "bronze.app_logs") == len(good)
+    assert bronze_count(proc, "bronze.dead_letters") == len(bad) + 1
+    assert proc.metrics().get('sluice_processor_kafka_messages_total{topic="app.logs"}', 0) == 0

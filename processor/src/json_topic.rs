@@ -1,0 +1,272 @@
+//! Plain JSON topics, written by any producer: one JSON object per message becomes one
+//! bronze row. The columns are declared in the config, or inferred from the first message
+//! that parses and then fixed (they are the table's from then on). Messages that do not
+//! fit go to the dead-letter table with their raw bytes and the reason.
+
+use std::sync::Arc;
+
+use arrow_array::{
+    Int32Array, Int64Array, LargeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+
+/// A declared column type.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonType {
+    String,
+    Long,
+    Int,
+    Double,
+    Float,
+    Boolean,
+    /// RFC 3339 text (or an integer count of microseconds), stored as UTC microseconds.
+    Timestamp,
+}
+
+impl JsonType {
+    fn arrow(self) -> DataType {
+        match self {
+            Self::String => DataType::Utf8,
+            Self::Long => DataType::Int64,
+            Self::Int => DataType::Int32,
+            Self::Double => DataType::Float64,
+            Self::Float => DataType::Float32,
+            Self::Boolean => DataType::Boolean,
+            Self::Timestamp => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into()))
+            }
+        }
+    }
+}
+
+/// The Arrow schema of declared columns (all nullable: a message may omit a field).
+pub fn declared_schema(columns: &indexmap::IndexMap<String, JsonType>) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, t)| Field::new(name, t.arrow(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Turns one topic's messages into rows.
+pub struct JsonTopic {
+    /// The bronze table (stream) the rows land in.
+    pub table: String,
+    /// The columns, once declared, read from the table, or inferred.
+    schema: Option<SchemaRef>,
+}
+
+impl JsonTopic {
+    pub fn new(table: String, schema: Option<SchemaRef>) -> Self {
+        Self { table, schema }
+    }
+
+    /// One message as a one-row batch, or why it does not fit.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<RecordBatch, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+        if !value.is_object() {
+            return Err("not a JSON object".into());
+        }
+        let schema = match &self.schema {
+            Some(s) => s.clone(),
+            None => {
+                let inferred = infer(&value)?;
+                tracing::info!(table = %self.table, schema = %describe(&inferred), "columns inferred from the first message; they are fixed from now on");
+                self.schema = Some(inferred.clone());
+                inferred
+            }
+        };
+        // The JSON reader would truncate 2.5 into an integer column: refuse it instead.
+        for f in schema.fields() {
+            if f.data_type().is_integer()
+                && let Some(v) = value.get(f.name())
+                && v.is_number()
+                && !(v.is_i64() || v.is_u64())
+            {
+                return Err(format!(
+                    "does not fit the columns: {} is {v}, not an integer",
+                    f.name()
+                ));
+            }
+        }
+        let mut decoder = arrow_json::ReaderBuilder::new(schema)
+            .with_batch_size(1)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        decoder
+            .serialize(std::slice::from_ref(&value))
+            .map_err(|e| format!("does not fit the columns: {e}"))?;
+        decoder
+            .flush()
+            .map_err(|e| format!("does not fit the columns: {e}"))?
+            .ok_or_else(|| "empty message".to_string())
+    }
+}
+
+/// Columns from a first message: its scalar fields (numbers, text, booleans).
+fn infer(value: &serde_json::Value) -> Result<SchemaRef, String> {
+    let inferred =
+        arrow_json::reader::infer_json_schema_from_iterator(std::iter::once(Ok(value.clone())))
+            .map_err(|e| format!("cannot infer columns: {e}"))?;
+    let mut fields = Vec::new();
+    for f in inferred.fields() {
+        match f.data_type() {
+            DataType::Int64 | DataType::Float64 | DataType::Utf8 | DataType::Boolean => {
+                fields.push(Field::new(f.name(), f.data_type().clone(), true));
+            }
+            other => tracing::warn!(
+                field = %f.name(),
+                "field left out of the inferred columns ({other} in the first message); declare a schema to keep it"
+            ),
+        }
+    }
+    if fields.is_empty() {
+        return Err("cannot infer columns: the message has no scalar field".into());
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+fn describe(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The dead-letter table's columns.
+pub fn dead_letter_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("key", DataType::LargeBinary, true),
+        Field::new("value", DataType::LargeBinary, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into())),
+            true,
+        ),
+    ]))
+}
+
+/// A message that did not land where it should, as a dead-letter row.
+pub struct DeadLetter<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub reason: &'a str,
+    /// The message's timestamp, microseconds since the epoch.
+    pub timestamp_us: Option<i64>,
+}
+
+impl DeadLetter<'_> {
+    pub fn batch(&self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        RecordBatch::try_new(
+            dead_letter_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![self.topic])),
+                Arc::new(Int32Array::from(vec![self.partition])),
+                Arc::new(Int64Array::from(vec![self.offset])),
+                Arc::new(LargeBinaryArray::from(vec![self.key])),
+                Arc::new(LargeBinaryArray::from(vec![self.value])),
+                Arc::new(StringArray::from(vec![self.reason])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![self.timestamp_us])
+                        .with_timezone(sluice_protocol::UTC),
+                ),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+
+    use super::*;
+
+    #[test]
+    fn declared_columns() {
+        let cols: indexmap::IndexMap<String, JsonType> = [
+            ("ts".to_string(), JsonType::Timestamp),
+            ("level".to_string(), JsonType::String),
+            ("ms".to_string(), JsonType::Double),
+        ]
+        .into_iter()
+        .collect();
+        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)));
+        let b = t
+            .decode(br#"{"ts":"2026-01-01T00:00:01Z","level":"warn","ms":3,"extra":[1]}"#)
+            .expect("fits");
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(
+            b.column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            1_767_225_601_000_000
+        );
+        assert_eq!(b.column(2).as_primitive::<Float64Type>().value(0), 3.0);
+        // A missing field is a null.
+        let b = t.decode(br#"{"level":"info"}"#).expect("fits");
+        assert!(b.column(2).is_null(0));
+        for (bad, why) in [
+            (&b"not json"[..], "not JSON"),
+            (b"[1,2]", "not a JSON object"),
+            (br#"{"ms":"slow"}"#, "does not fit"),
+        ] {
+            let err = t.decode(bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn inferred_then_fixed() {
+        let mut t = JsonTopic::new("events".into(), None);
+        assert!(t.decode(b"nope").is_err(), "nothing to infer from");
+        let b = t
+            .decode(br#"{"id":7,"name":"a","score":1.5,"ok":true,"tags":["x"],"gone":null}"#)
+            .expect("infers");
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        // In name order: JSON objects carry no order the reader keeps.
+        assert_eq!(names, ["id", "name", "ok", "score"]);
+        assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 7);
+        // Fixed: a later message with a different type does not change the columns.
+        let err = t.decode(br#"{"id":"seven"}"#).unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+        let err = t.decode(br#"{"id":2.5}"#).unwrap_err();
+        assert!(err.contains("not an integer"), "{err}");
+        let b = t
+            .decode(br#"{"id":8,"new":1}"#)
+            .expect("extra fields are ignored");
+        assert_eq!(b.num_columns(), 4);
+    }
+
+    #[test]
+    fn dead_letter_row() {
+        let b = DeadLetter {
+            topic: "t",
+            partition: 2,
+            offset: 41,
+            key: None,
+            value: Some(b"{oops"),
+            reason: "not JSON",
+            timestamp_us: Some(5),
+        }
+        .batch()
+        .expect("row");
+        assert_eq!(b.schema(), dead_letter_schema());
+        assert_eq!(b.column(4).as_binary::<i64>().value(0), b"{oops");
+    }
+}
