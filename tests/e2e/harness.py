@@ -511,6 +511,15 @@ def _wait_for(ready, proc: Proc, what: str, timeout=30) -> None:
     raise RuntimeError(f"{what} did not start:\n" + proc.output())
 
 
+def _listening(port: int) -> bool:
+    """True once something accepts TCP connections on the loopback port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 class S3Server:
     """s3s-fs (an S3 server from crates.io, storing objects in a directory) on loopback."""
 
@@ -528,14 +537,7 @@ class S3Server:
                           "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, str(self.root)],
                          work / "s3.log")
 
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        _wait_for(listening, self.proc, "s3 server")
+        _wait_for(lambda: _listening(self.port), self.proc, "s3 server")
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def processor_config(self) -> dict:
@@ -573,14 +575,7 @@ class Kafka:
         self.proc = Proc([str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
                           "--storage-engine", "sqlite://broker.db"], self.work / "kafka.log", cwd=self.dir)
 
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        _wait_for(listening, self.proc, "kafka broker")
+        _wait_for(lambda: _listening(self.port), self.proc, "kafka broker")
         return self
 
     def create_topic(self, name: str, partitions: int = 3) -> None:
