@@ -375,17 +375,9 @@ impl AgentConfig {
         }
         match &self.sink {
             SinkConfig::Quic(q) => {
-                if q.window == 0 {
-                    return Err(Invalid::new("sink.window", "must be at least 1"));
-                }
+                check_delivery(q.window, q.backoff_initial, q.backoff_max)?;
                 if q.idle_timeout < Duration::from_millis(500) {
                     return Err(Invalid::new("sink.idle_timeout", "must be at least 500ms"));
-                }
-                if q.backoff_initial.is_zero() || q.backoff_initial > q.backoff_max {
-                    return Err(Invalid::new(
-                        "sink.backoff_initial",
-                        "must be greater than zero and at most sink.backoff_max",
-                    ));
                 }
                 if !q.endpoint.contains(':') {
                     return Err(Invalid::new(
@@ -401,15 +393,7 @@ impl AgentConfig {
                         format!("{:?} must be host:port[,host:port...]", k.brokers),
                     ));
                 }
-                if k.window == 0 {
-                    return Err(Invalid::new("sink.window", "must be at least 1"));
-                }
-                if k.backoff_initial.is_zero() || k.backoff_initial > k.backoff_max {
-                    return Err(Invalid::new(
-                        "sink.backoff_initial",
-                        "must be greater than zero and at most sink.backoff_max",
-                    ));
-                }
+                check_delivery(k.window, k.backoff_initial, k.backoff_max)?;
                 if k.max_message_bytes.as_u64() < 64 * 1024 {
                     return Err(Invalid::new(
                         "sink.max_message_bytes",
@@ -553,6 +537,24 @@ impl AgentConfig {
             }
         }
     }
+}
+
+/// The delivery settings both sinks share: a window and a retry backoff.
+fn check_delivery(
+    window: usize,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+) -> Result<(), Invalid> {
+    if window == 0 {
+        return Err(Invalid::new("sink.window", "must be at least 1"));
+    }
+    if backoff_initial.is_zero() || backoff_initial > backoff_max {
+        return Err(Invalid::new(
+            "sink.backoff_initial",
+            "must be greater than zero and at most sink.backoff_max",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

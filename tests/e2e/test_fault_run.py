@@ -27,6 +27,24 @@ def kill_schedule(kills_each: int) -> tuple[int, list[tuple[str, float, float]]]
     return seed, [(v, rnd.uniform(0.8, 3.0), rnd.uniform(0.05, 1.0)) for v in victims]
 
 
+def run_with_kills(agent: Agent, proc: Processor, schedule: list[tuple[str, float, float]]) -> None:
+    """Start the agent, SIGKILL and restart the victims on schedule, and wait for the agent
+    to finish its source; it must have resumed from its log after each of its kills."""
+    agent.start()
+    for victim, run_for, down_for in schedule:
+        time.sleep(run_for)
+        assert agent.proc.alive(), f"the run ended before the {victim} kill:\n{agent.proc.output()[-3000:]}"
+        target = agent if victim == "agent" else proc
+        target.proc.kill()
+        time.sleep(down_for)
+        target.start()
+    assert agent.wait(600) == 0, agent.proc.output()[-5000:]
+    log = agent.proc.output()
+    kills = sum(1 for victim, _, _ in schedule if victim == "agent")
+    assert log.count("agent starting") == kills + 1, f"{kills} agent restarts"
+    assert "resuming the simulation" in log
+
+
 def assert_exactly(proc: Processor, table: str, reference: list[dict], first_seq: int | None = 1) -> None:
     """The table holds exactly the reference rows, each once, with contiguous sequences
     (from `first_seq`; the Kafka sink numbers a new log from the clock)."""
@@ -58,22 +76,7 @@ def test_fault_run_over_quic(bins, certs, workdir):
     agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(ROWS, rate=50_000)},
                   batch={"max_rows": 10_000, "max_age": "200ms"})
     try:
-        agent.start()
-        for victim, run_for, down_for in schedule:
-            time.sleep(run_for)
-            assert agent.proc.alive(), f"the run ended before the {victim} kill:\n{agent.proc.output()[-3000:]}"
-            if victim == "agent":
-                agent.proc.kill()
-                time.sleep(down_for)
-                agent.start()
-            else:
-                proc.kill()
-                time.sleep(down_for)
-                proc.start()
-        assert agent.wait(600) == 0, agent.proc.output()[-5000:]
-        log = agent.proc.output()
-        assert log.count("agent starting") == 4, "three agent restarts"
-        assert "resuming the simulation" in log
+        run_with_kills(agent, proc, schedule)
         assert_exactly(proc, "bronze.telemetry", reference_rows(agent, "telemetry", workdir))
     finally:
         agent.proc and agent.proc.kill()

@@ -8,7 +8,7 @@ import zlib
 
 from harness import Agent, Kafka, Processor, canonical, duckdb_connection, pyiceberg_table, read_pyiceberg, \
     simulator_source, wait_until
-from test_fault_run import ROWS, assert_exactly, kill_schedule, reference_rows
+from test_fault_run import ROWS, assert_exactly, kill_schedule, reference_rows, run_with_kills
 
 TOPIC = "sluice.telemetry"
 
@@ -89,22 +89,7 @@ def test_fault_run_over_kafka(bins, certs, workdir):
     agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(ROWS, rate=50_000)},
                   sink=kafka_sink(kafka), batch={"max_rows": 10_000, "max_age": "200ms"})
     try:
-        agent.start()
-        for victim, run_for, down_for in schedule:
-            time.sleep(run_for)
-            assert agent.proc.alive(), f"the run ended before the {victim} kill:\n{agent.proc.output()[-3000:]}"
-            if victim == "agent":
-                agent.proc.kill()
-                time.sleep(down_for)
-                agent.start()
-            else:
-                proc.kill()
-                time.sleep(down_for)
-                proc.start()
-        assert agent.wait(600) == 0, agent.proc.output()[-5000:]
-        log = agent.proc.output()
-        assert log.count("agent starting") == 4, "three agent restarts"
-        assert "resuming the simulation" in log
+        run_with_kills(agent, proc, schedule)
         wait_until(lambda: bronze_count(proc, "bronze.telemetry") >= ROWS, 300, "bronze to hold every row")
         time.sleep(2)  # anything landed twice would show up now
         assert_exactly(proc, "bronze.telemetry", reference_rows(agent, "telemetry", workdir), first_seq=None)
