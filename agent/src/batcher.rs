@@ -55,7 +55,9 @@ struct Accumulator {
     /// Schema of the stream, from its first chunk.
     schema: Option<SchemaRef>,
     limits: Limits,
-    chunks: VecDeque<Chunk>,
+    /// Buffered chunks with their estimated size: a slice reports its whole parent's
+    /// buffers, so the size of a split chunk's rest is carried, not measured again.
+    chunks: VecDeque<(Chunk, usize)>,
     rows: usize,
     bytes: usize,
     /// When the oldest buffered row arrived.
@@ -63,6 +65,17 @@ struct Accumulator {
 }
 
 impl Accumulator {
+    fn new(limits: Limits) -> Self {
+        Accumulator {
+            schema: None,
+            limits,
+            chunks: VecDeque::new(),
+            rows: 0,
+            bytes: 0,
+            oldest: None,
+        }
+    }
+
     /// Buffer a chunk; a chunk whose schema differs from the stream's is refused.
     fn push(&mut self, chunk: Chunk) -> Result<(), SchemaRef> {
         if chunk.batch.num_rows() == 0 {
@@ -73,10 +86,11 @@ impl Accumulator {
             Some(s) if *s != chunk.batch.schema() => return Err(s.clone()),
             Some(_) => {}
         }
+        let size = chunk.batch.get_array_memory_size();
         self.rows += chunk.batch.num_rows();
-        self.bytes += chunk.batch.get_array_memory_size();
+        self.bytes += size;
         self.oldest.get_or_insert_with(Instant::now);
-        self.chunks.push_back(chunk);
+        self.chunks.push_back((chunk, size));
         Ok(())
     }
 
@@ -85,46 +99,52 @@ impl Accumulator {
         self.rows >= self.limits.max_rows || self.bytes >= self.limits.max_bytes
     }
 
-    /// Take up to `max_rows` rows from the front (all of them if the size limit was hit
-    /// before the row limit). A chunk that carries a checkpoint is never split: its
-    /// checkpoint is only true after its last row, so the batch is cut before it instead
-    /// (or takes it whole, when it is the first chunk).
+    /// Take a batch from the front within both the row and the byte limit. A chunk that
+    /// carries a checkpoint is never split: its checkpoint is only true after its last
+    /// row, so the batch is cut before it instead (or takes it whole, when it is the first
+    /// chunk). Other chunks are split where a limit falls, by their average row size.
     fn take(&mut self) -> Result<Option<(RecordBatch, Option<String>)>, ArrowError> {
         if self.rows == 0 {
             return Ok(None);
         }
-        let mut want = self.rows.min(self.limits.max_rows);
+        let (mut rows_left, mut bytes_left) = (self.limits.max_rows, self.limits.max_bytes);
         let mut parts = Vec::new();
         let mut checkpoint = None;
-        while want > 0 {
-            let Some(chunk) = self.chunks.pop_front() else {
+        while rows_left > 0 {
+            let Some((chunk, size)) = self.chunks.pop_front() else {
                 break;
             };
             let n = chunk.batch.num_rows();
-            let size = chunk.batch.get_array_memory_size();
-            if n <= want || (chunk.checkpoint.is_some() && parts.is_empty()) {
-                want = want.saturating_sub(n);
+            let fits = n <= rows_left && size <= bytes_left;
+            if fits || (chunk.checkpoint.is_some() && parts.is_empty()) {
+                rows_left = rows_left.saturating_sub(n);
+                bytes_left = bytes_left.saturating_sub(size);
                 self.rows -= n;
                 self.bytes = self.bytes.saturating_sub(size);
                 if chunk.checkpoint.is_some() {
                     checkpoint = chunk.checkpoint;
                 }
                 parts.push(chunk.batch);
-            } else if chunk.checkpoint.is_some() {
-                self.chunks.push_front(chunk);
-                break;
-            } else {
-                parts.push(chunk.batch.slice(0, want));
-                let rest = chunk.batch.slice(want, n - want);
-                let moved = size * want / n;
-                self.rows -= want;
-                self.bytes = self.bytes.saturating_sub(moved);
-                self.chunks.push_front(Chunk {
-                    batch: rest,
-                    checkpoint: None,
-                });
-                want = 0;
+                continue;
             }
+            // Rows of this chunk that fit what is left; at least one row per batch.
+            let by_bytes = bytes_left.saturating_mul(n) / size.max(1);
+            let k = rows_left.min(by_bytes).min(n);
+            let k = if parts.is_empty() { k.max(1) } else { k };
+            if chunk.checkpoint.is_some() || k == 0 {
+                self.chunks.push_front((chunk, size));
+                break;
+            }
+            let moved = size * k / n;
+            parts.push(chunk.batch.slice(0, k));
+            self.rows -= k;
+            self.bytes = self.bytes.saturating_sub(moved);
+            let rest = Chunk {
+                batch: chunk.batch.slice(k, n - k),
+                checkpoint: None,
+            };
+            self.chunks.push_front((rest, size - moved));
+            break;
         }
         if self.rows == 0 {
             self.oldest = None;
@@ -152,14 +172,7 @@ pub async fn run(
     output: mpsc::Sender<ReadyBatch>,
     metrics: Arc<Metrics>,
 ) -> Result<(), ArrowError> {
-    let mut acc = Accumulator {
-        schema: None,
-        limits,
-        chunks: VecDeque::new(),
-        rows: 0,
-        bytes: 0,
-        oldest: None,
-    };
+    let mut acc = Accumulator::new(limits);
     let emit =
         |(batch, checkpoint): (RecordBatch, Option<String>)| -> Result<ReadyBatch, ArrowError> {
             let ipc = sluice_protocol::encode_batch(&batch)?;
@@ -310,10 +323,40 @@ mod tests {
             (0..10).map(|i| chunk(i * 1000, 1000).into()).collect(),
         )
         .await;
-        // Each 1000-row chunk is ~8 KB, over the limit on its own: one batch per chunk.
-        assert_eq!(out.len(), 10);
+        // Each 1000-row chunk is ~8 KB, twice the limit: it is split by its row size, so
+        // no batch holds more than 4 KB of 8-byte values.
+        assert!(out.len() >= 20, "{} batches", out.len());
+        assert!(out.iter().all(|b| b.rows > 0 && b.rows <= 512));
         let all: Vec<i64> = out.iter().flat_map(values).collect();
         assert_eq!(all, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_checkpointed_chunk_over_the_byte_limit_goes_whole_and_alone() {
+        let limits = Limits {
+            max_rows: 1_000_000,
+            max_bytes: 4096,
+            max_age: Duration::from_secs(3600),
+        };
+        let out = drive(
+            limits,
+            vec![
+                chunk(0, 100).into(),
+                Chunk {
+                    batch: chunk(100, 1000),
+                    checkpoint: Some("big".into()),
+                },
+                chunk(1100, 100).into(),
+            ],
+        )
+        .await;
+        let cut: Vec<(u32, Option<&str>)> = out
+            .iter()
+            .map(|b| (b.rows, b.checkpoint.as_deref()))
+            .collect();
+        assert_eq!(cut, vec![(100, None), (1000, Some("big")), (100, None)]);
+        let all: Vec<i64> = out.iter().flat_map(values).collect();
+        assert_eq!(all, (0..1200).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -166,6 +166,7 @@ pub async fn run(
                 sources.spawn(source::run_simulator(
                     name.clone(),
                     sim,
+                    limits.max_bytes,
                     txs,
                     resume,
                     stop.clone(),

@@ -45,10 +45,12 @@ pub async fn wait_resume(
 
 /// Run a simulator source until its streams end or `stop` fires. `out` and `resume` hold
 /// one entry per stream of the source, in the scenario's stream order. Each chunk carries
-/// its stream's checkpoint, so a restarted agent continues the same output.
+/// its stream's checkpoint, so a restarted agent continues the same output; no chunk is
+/// bigger than `max_chunk_bytes` (by Arrow memory size) unless it is a single row.
 pub async fn run_simulator(
     name: String,
     cfg: SimulatorConfig,
+    max_chunk_bytes: usize,
     out: Vec<mpsc::Sender<Chunk>>,
     resume: Vec<Resume>,
     mut stop: watch::Receiver<bool>,
@@ -83,7 +85,7 @@ pub async fn run_simulator(
     // wall-clock speed.
     let clock_start = sim.start_us();
     let mut produced = 0u64;
-    loop {
+    'run: loop {
         if *stop.borrow() {
             break;
         }
@@ -122,30 +124,112 @@ pub async fn run_simulator(
                 } else {
                     batch
                 };
-                let rows = batch.num_rows() as u64;
-                *emitted += rows;
-                let checkpoint = serde_json::to_string(&SimCheckpoint {
-                    start_us,
-                    wall_start_us,
-                    rows: *emitted,
-                })?;
-                let chunk = Chunk {
-                    batch,
-                    checkpoint: Some(checkpoint),
-                };
-                tokio::select! {
-                    sent = tx.send(chunk) => {
-                        if sent.is_err() {
-                            break;
+                // A chunk over the batch's byte limit goes in pieces, each with its own
+                // checkpoint: the batcher never splits a checkpointed chunk, and a batch
+                // bigger than the sink's limit (a Kafka message) could not be shipped.
+                let n = batch.num_rows();
+                let size = batch.get_array_memory_size().max(1);
+                let per_piece = (max_chunk_bytes.saturating_mul(n) / size).clamp(1, n.max(1));
+                let mut from = 0;
+                while from < n {
+                    let k = per_piece.min(n - from);
+                    let piece = batch.slice(from, k);
+                    from += k;
+                    *emitted += k as u64;
+                    let checkpoint = serde_json::to_string(&SimCheckpoint {
+                        start_us,
+                        wall_start_us,
+                        rows: *emitted,
+                    })?;
+                    let chunk = Chunk {
+                        batch: piece,
+                        checkpoint: Some(checkpoint),
+                    };
+                    tokio::select! {
+                        sent = tx.send(chunk) => {
+                            if sent.is_err() {
+                                break 'run;
+                            }
                         }
+                        _ = stop.changed() => break 'run,
                     }
-                    _ = stop.changed() => break,
+                    produced += k as u64;
+                    metrics.source_rows(&name, k as u64);
                 }
-                produced += rows;
-                metrics.source_rows(&name, rows);
             }
         }
     }
     tracing::info!(source = %name, rows = produced, "source finished");
     Ok(produced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run a simulator to its end and collect its chunks.
+    async fn chunks_of(text: &str, max_chunk_bytes: usize) -> Vec<Chunk> {
+        let cfg: SimulatorConfig = toml::from_str(text).expect("simulator config");
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        let (_resume_tx, resume) = watch::channel(Some(None));
+        let (_stop_tx, stop) = watch::channel(false);
+        let produced = run_simulator(
+            "sim".into(),
+            cfg,
+            max_chunk_bytes,
+            vec![tx],
+            vec![resume],
+            stop,
+            Arc::new(Metrics::default()),
+        )
+        .await
+        .expect("simulator runs");
+        let mut out = Vec::new();
+        while let Some(c) = rx.recv().await {
+            out.push(c);
+        }
+        assert_eq!(
+            produced,
+            out.iter().map(|c| c.batch.num_rows() as u64).sum::<u64>()
+        );
+        out
+    }
+
+    #[tokio::test]
+    async fn chunks_over_the_byte_limit_go_in_checkpointed_pieces() {
+        let text = r#"
+            total = 40000
+            seed = 3
+            chunk_rows = 20000
+            [fields]
+            seq = { type = "sequence" }
+            note = { type = "choice", values = ["a fairly long status text", "short"] }
+        "#;
+        let whole = chunks_of(text, usize::MAX).await;
+        assert_eq!(whole.len(), 2);
+        let limit = 64 << 10;
+        let pieces = chunks_of(text, limit).await;
+        assert!(pieces.len() > 2, "{} chunks", pieces.len());
+        let mut rows = 0u64;
+        for c in &pieces {
+            // A slice reports its parent's buffers, so measure what would be shipped.
+            let ipc = sluice_protocol::encode_batch(&c.batch).expect("encode");
+            // Within the 10 % the Kafka sink leaves below a message's limit (IPC framing,
+            // and rows longer than the chunk's average).
+            assert!(ipc.len() <= limit + limit / 10, "{} bytes", ipc.len());
+            rows += c.batch.num_rows() as u64;
+            // Each piece's checkpoint counts the rows up to its end.
+            let cp: SimCheckpoint =
+                serde_json::from_str(c.checkpoint.as_deref().expect("checkpoint"))
+                    .expect("simulator checkpoint");
+            assert_eq!(cp.rows, rows);
+        }
+        assert_eq!(rows, 40_000);
+        // The same rows, in the same order, as the unsplit run.
+        let concat = |cs: &[Chunk]| {
+            arrow_select::concat::concat_batches(&cs[0].batch.schema(), cs.iter().map(|c| &c.batch))
+                .expect("concat")
+        };
+        assert_eq!(concat(&whole), concat(&pieces));
+    }
 }

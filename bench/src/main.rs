@@ -15,11 +15,19 @@
 //!
 //! `sluice-bench kafka [ROWS]` runs the same pipeline through Kafka: agent → tansu (the
 //! Kafka-compatible broker `scripts/test.sh` installs; `SLUICE_KAFKA_BROKER` or
-//! `~/.cache/sluice/tools/bin/tansu`) → processor (consumer group) → bronze.
+//! `~/.cache/sluice/tools/bin/tansu`) → processor (consumer group) → bronze. tansu stores
+//! topics in SQLite (`SLUICE_KAFKA_STORAGE` names another engine, e.g. `memory://tansu/`,
+//! which needs tansu built with `dynostore`); the agent sends uncompressed messages, the
+//! sink's default (`SLUICE_BENCH_KAFKA_COMPRESSION=lz4|zstd|...` to compare).
+//!
+//! `sluice-bench kafka-json [ROWS] [PARTITIONS]` times the processor landing a plain JSON
+//! topic (see `kafka_json.rs`).
 //!
 //! Prints rows/s and MB/s (Arrow IPC bytes) from agent start to the last commit, and the
 //! p50/p99 time from batch creation on the agent to its Iceberg commit (read off the
 //! processor's latency histogram, whose buckets are 25% apart).
+
+mod kafka_json;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -391,6 +399,24 @@ fn main() {
         models_bench(&processor_bin, &agent_bin, seconds);
         return;
     }
+    if args.first().is_some_and(|a| a == "kafka-json") {
+        let rows = args
+            .get(1)
+            .map(|a| {
+                a.parse()
+                    .expect("usage: sluice-bench kafka-json [ROWS] [PARTITIONS]")
+            })
+            .unwrap_or(1_000_000);
+        let partitions = args
+            .get(2)
+            .map(|a| {
+                a.parse()
+                    .expect("usage: sluice-bench kafka-json [ROWS] [PARTITIONS]")
+            })
+            .unwrap_or(1);
+        kafka_json::run(&processor_bin, rows, partitions);
+        return;
+    }
     let compaction = args.first().is_some_and(|a| a == "compaction");
     let kafka = args.first().is_some_and(|a| a == "kafka");
     if compaction || kafka {
@@ -410,11 +436,14 @@ fn main() {
     let api = free_tcp();
     let (mut common, mut sink) = (processor_common(quic, api), agent_sink(quic));
     let _broker = if kafka {
-        let (broker, brokers) = start_broker(&dir);
+        let (broker, brokers) = start_broker(&dir, "sluice.telemetry", 1);
         common.push_str(&format!(
             "[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"sluice.telemetry\"]\n"
         ));
-        sink = format!("[sink]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n");
+        sink = format!(
+            "[sink]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ncompression = \"{}\"\n",
+            std::env::var("SLUICE_BENCH_KAFKA_COMPRESSION").unwrap_or_else(|_| "lz4".into())
+        );
         Some(broker)
     } else {
         None
@@ -463,16 +492,6 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
         ),
     )
     .expect("agent config");
-    if kafka {
-        // Simulator chunks carry checkpoints and are never split: small enough that a batch
-        // fits in a Kafka message (1 MiB).
-        let text = std::fs::read_to_string(dir.path().join("agent.toml")).expect("agent config");
-        std::fs::write(
-            dir.path().join("agent.toml"),
-            text.replace("chunk_rows = 16384", "chunk_rows = 4096"),
-        )
-        .expect("agent config");
-    }
     if compaction {
         // A second table with the same shape: one is compacted by copying row groups, the
         // other by decoding and re-encoding, so both paths are measured on the same data.
@@ -605,9 +624,9 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
     }
 }
 
-/// tansu on a free port with its topics in SQLite under `dir`, and the topic the bench
-/// writes (one partition: one agent's batches stay in one partition anyway).
-fn start_broker(dir: &TempDir) -> (Kill, String) {
+/// tansu on a free port with its topics in SQLite under `dir` (or the storage engine named
+/// by `SLUICE_KAFKA_STORAGE`), and the topic the bench writes.
+fn start_broker(dir: &TempDir, topic: &str, partitions: u32) -> (Kill, String) {
     let bin = std::env::var_os("SLUICE_KAFKA_BROKER")
         .map(PathBuf::from)
         .or_else(|| {
@@ -619,6 +638,8 @@ fn start_broker(dir: &TempDir) -> (Kill, String) {
     let url = format!("tcp://{addr}");
     let broker_dir = dir.path().join("broker");
     std::fs::create_dir_all(&broker_dir).expect("broker dir");
+    let storage =
+        std::env::var("SLUICE_KAFKA_STORAGE").unwrap_or_else(|_| "sqlite://broker.db".into());
     let broker = Kill(
         Command::new(&bin)
             .args([
@@ -628,7 +649,7 @@ fn start_broker(dir: &TempDir) -> (Kill, String) {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://broker.db"])
+            .args(["--storage-engine", &storage])
             .current_dir(&broker_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -650,8 +671,8 @@ fn start_broker(dir: &TempDir) -> (Kill, String) {
             "--broker",
             &url,
             "--partitions",
-            "1",
-            "sluice.telemetry",
+            &partitions.to_string(),
+            topic,
         ])
         .stdout(Stdio::null())
         .status()
