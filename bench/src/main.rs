@@ -442,7 +442,7 @@ fn main() {
         ));
         sink = format!(
             "[sink]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ncompression = \"{}\"\n",
-            std::env::var("SLUICE_BENCH_KAFKA_COMPRESSION").unwrap_or_else(|_| "lz4".into())
+            std::env::var("SLUICE_BENCH_KAFKA_COMPRESSION").unwrap_or_else(|_| "none".into())
         );
         Some(broker)
     } else {
