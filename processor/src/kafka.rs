@@ -206,11 +206,25 @@ impl ConsumerContext for GroupContext {
                         None
                     }
                 };
+                // The group's committed offsets are settled prefixes (everything below is
+                // in the lake), so the later of the two is safe. They matter when the last
+                // commits of two tables each held the other's messages in flight: neither
+                // table's mark then reaches the end, and only the group's offset does.
+                let committed = consumer
+                    .committed_offsets(tpl.clone(), Duration::from_secs(10))
+                    .map_err(|e| tracing::warn!("cannot read the group's committed offsets: {e}"))
+                    .ok();
                 let mut started = Vec::new();
                 for e in tpl.elements() {
                     let part: Partition = (e.topic().to_string(), e.partition());
-                    let start = marks.as_ref().and_then(|m| m.offset(&part.0, part.1));
-                    started.push((part, start));
+                    let table = marks.as_ref().and_then(|m| m.offset(&part.0, part.1));
+                    let group = committed.as_ref().and_then(|c| {
+                        match c.find_partition(&part.0, part.1)?.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        }
+                    });
+                    started.push((part, table.max(group)));
                 }
                 for (part, start) in &started {
                     if let Some(o) = start {
