@@ -256,6 +256,15 @@ mod tests {
         .expect("batch")
     }
 
+    /// Row and byte limits, with an age limit no test reaches.
+    fn limits(max_rows: usize, max_bytes: usize) -> Limits {
+        Limits {
+            max_rows,
+            max_bytes,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
     fn values(b: &ReadyBatch) -> Vec<i64> {
         let batch = sluice_protocol::decode_batch(b.ipc.clone()).expect("decode");
         batch
@@ -291,11 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn cuts_exactly_at_max_rows_and_keeps_order() {
-        let limits = Limits {
-            max_rows: 100,
-            max_bytes: usize::MAX,
-            max_age: Duration::from_secs(3600),
-        };
+        let limits = limits(100, usize::MAX);
         let out = drive(
             limits,
             vec![
@@ -313,11 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn cuts_by_bytes() {
-        let limits = Limits {
-            max_rows: 1_000_000,
-            max_bytes: 4096,
-            max_age: Duration::from_secs(3600),
-        };
+        let limits = limits(1_000_000, 4096);
         let out = drive(
             limits,
             (0..10).map(|i| chunk(i * 1000, 1000).into()).collect(),
@@ -333,11 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_checkpointed_chunk_over_the_byte_limit_goes_whole_and_alone() {
-        let limits = Limits {
-            max_rows: 1_000_000,
-            max_bytes: 4096,
-            max_age: Duration::from_secs(3600),
-        };
+        let limits = limits(1_000_000, 4096);
         let out = drive(
             limits,
             vec![
@@ -361,11 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn never_splits_a_checkpointed_chunk() {
-        let limits = Limits {
-            max_rows: 100,
-            max_bytes: usize::MAX,
-            max_age: Duration::from_secs(3600),
-        };
+        let limits = limits(100, usize::MAX);
         let with = |from, n, c: &str| Chunk {
             batch: chunk(from, n),
             checkpoint: Some(c.to_string()),

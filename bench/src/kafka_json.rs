@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::{TempDir, counter, free_tcp, http_get, start_broker, start_processor};
+use crate::{TempDir, counter, free_tcp, start_broker, start_processor, wait_committed};
 
 const TOPIC: &str = "app.logs";
 
@@ -60,15 +60,7 @@ bytes = "long"
     let started = Instant::now();
     let _processor = start_processor(processor_bin, &config, api);
     let committed_rows = "sluice_processor_committed_rows_total{table=\"bronze.app_logs\"}";
-    let mut metrics = String::new();
-    while (counter(&metrics, committed_rows) as u64) < rows {
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "the processor did not land every row"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        metrics = http_get(api, "/metrics").unwrap_or_default();
-    }
+    let metrics = wait_committed(api, committed_rows, rows, started);
     let elapsed = started.elapsed().as_secs_f64();
     let committed = counter(&metrics, committed_rows);
     assert_eq!(committed as u64, rows, "every row must be committed once");

@@ -181,6 +181,22 @@ fn start_processor(processor_bin: &Path, config: &Path, api: SocketAddr) -> Kill
     processor
 }
 
+/// Poll the processor's metrics until `sample` (a committed-rows counter) reaches `rows`;
+/// returns the last scrape. Gives up 30 minutes after `started`.
+fn wait_committed(api: SocketAddr, sample: &str, rows: u64, started: Instant) -> String {
+    loop {
+        let metrics = http_get(api, "/metrics").unwrap_or_default();
+        if counter(&metrics, sample) as u64 >= rows {
+            return metrics;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the processor did not land every row"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Percent-encode a query-string value.
 fn encode(s: &str) -> String {
     s.bytes()
@@ -586,15 +602,7 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
     assert!(status.success(), "agent failed");
     // Over Kafka the agent is done once the broker has every batch; the processor may
     // still be landing them.
-    let mut metrics = http_get(api, "/metrics").expect("metrics");
-    while (counter(&metrics, committed_rows) as u64) < rows {
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "the processor did not land every row"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        metrics = http_get(api, "/metrics").expect("metrics");
-    }
+    let metrics = wait_committed(api, committed_rows, rows, started);
     let elapsed = started.elapsed().as_secs_f64();
     let committed = counter(&metrics, committed_rows);
     let bytes = counter(
