@@ -14,6 +14,8 @@ use crate::progress::Partition;
 
 #[derive(Debug, Default)]
 struct PartitionState {
+    /// Which assignment of the partition this is (they are numbered from 1).
+    epoch: u64,
     /// The next offset to read: one past the highest read, or where reading starts.
     next: Option<i64>,
     /// Read but not yet final.
@@ -23,25 +25,39 @@ struct PartitionState {
 /// Shared between the Kafka receiver (which reads and settles) and the lander (which
 /// stores the marks).
 #[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<Partition, PartitionState>>>);
+pub struct InFlight(Arc<Mutex<Partitions>>);
+
+#[derive(Debug, Default)]
+struct Partitions {
+    held: HashMap<Partition, PartitionState>,
+    assignments: u64,
+}
 
 impl InFlight {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<Partition, PartitionState>) -> R) -> R {
         // A panic elsewhere cannot leave the map half-updated: every update is one call.
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner).held)
     }
 
     /// This processor now reads `partition`, from `start` if known.
     pub fn assign(&self, partition: Partition, start: Option<i64>) {
-        self.with(|m| {
-            m.insert(
-                partition,
-                PartitionState {
-                    next: start,
-                    open: BTreeSet::new(),
-                },
-            )
-        });
+        let mut p = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        p.assignments += 1;
+        let epoch = p.assignments;
+        p.held.insert(
+            partition,
+            PartitionState {
+                epoch,
+                next: start,
+                open: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// Which assignment of `partition` this processor holds, if it holds it: what was
+    /// read under an earlier one is no longer this processor's to land.
+    pub fn epoch(&self, partition: &Partition) -> Option<u64> {
+        self.with(|m| m.get(partition).map(|p| p.epoch))
     }
 
     /// This processor no longer reads `partition`: it stops claiming anything about it.
@@ -123,8 +139,13 @@ mod tests {
         assert_eq!(f.settled(), vec![(p(0), 12)]);
         f.settle(&p(0), 12);
         assert_eq!(f.settled(), vec![(p(0), 15)]);
+        let first = f.epoch(&p(0)).expect("assigned");
         f.release(&p(0));
+        assert_eq!(f.epoch(&p(0)), None);
         f.read(&p(0), 20);
         assert!(f.settled().is_empty());
+        // Taking it again is a new assignment.
+        f.assign(p(0), Some(20));
+        assert!(f.epoch(&p(0)).is_some_and(|e| e > first));
     }
 }

@@ -64,8 +64,9 @@ impl JsonTopic {
         Self { table, schema }
     }
 
-    /// One message as a one-row batch, or why it does not fit.
-    pub fn decode(&mut self, payload: &[u8]) -> Result<RecordBatch, String> {
+    /// One message, parsed and checked against the columns (inferred from it if it is
+    /// the first that parses), or why it does not fit.
+    pub fn parse(&mut self, payload: &[u8]) -> Result<serde_json::Value, String> {
         let value: serde_json::Value =
             serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
         if !value.is_object() {
@@ -93,17 +94,34 @@ impl JsonTopic {
                 ));
             }
         }
+        Ok(value)
+    }
+
+    /// Parsed messages as the rows of one batch, or why they do not all fit the columns
+    /// (a type the JSON reader cannot convert is only found here).
+    pub fn rows(&self, values: &[serde_json::Value]) -> Result<RecordBatch, String> {
+        let schema = self
+            .schema
+            .clone()
+            .ok_or_else(|| "no columns yet: nothing has parsed".to_string())?;
         let mut decoder = arrow_json::ReaderBuilder::new(schema)
-            .with_batch_size(1)
+            .with_batch_size(values.len().max(1))
             .build_decoder()
             .map_err(|e| e.to_string())?;
         decoder
-            .serialize(std::slice::from_ref(&value))
+            .serialize(values)
             .map_err(|e| format!("does not fit the columns: {e}"))?;
         decoder
             .flush()
             .map_err(|e| format!("does not fit the columns: {e}"))?
-            .ok_or_else(|| "empty message".to_string())
+            .ok_or_else(|| "no rows".to_string())
+    }
+
+    /// One message as a one-row batch, or why it does not fit.
+    #[cfg(test)]
+    fn decode(&mut self, payload: &[u8]) -> Result<RecordBatch, String> {
+        let value = self.parse(payload)?;
+        self.rows(std::slice::from_ref(&value))
     }
 }
 
@@ -168,24 +186,26 @@ pub struct DeadLetter<'a> {
     pub timestamp_us: Option<i64>,
 }
 
-impl DeadLetter<'_> {
-    pub fn batch(&self) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        RecordBatch::try_new(
-            dead_letter_schema(),
-            vec![
-                Arc::new(StringArray::from(vec![self.topic])),
-                Arc::new(Int32Array::from(vec![self.partition])),
-                Arc::new(Int64Array::from(vec![self.offset])),
-                Arc::new(LargeBinaryArray::from(vec![self.key])),
-                Arc::new(LargeBinaryArray::from(vec![self.value])),
-                Arc::new(StringArray::from(vec![self.reason])),
-                Arc::new(
-                    TimestampMicrosecondArray::from(vec![self.timestamp_us])
-                        .with_timezone(sluice_protocol::UTC),
-                ),
-            ],
-        )
-    }
+/// Dead letters as rows of the dead-letter table.
+pub fn dead_letter_batch(
+    letters: &[DeadLetter<'_>],
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let l = letters.iter();
+    RecordBatch::try_new(
+        dead_letter_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(l.clone().map(|l| l.topic))),
+            Arc::new(Int32Array::from_iter_values(l.clone().map(|l| l.partition))),
+            Arc::new(Int64Array::from_iter_values(l.clone().map(|l| l.offset))),
+            Arc::new(LargeBinaryArray::from_iter(l.clone().map(|l| l.key))),
+            Arc::new(LargeBinaryArray::from_iter(l.clone().map(|l| l.value))),
+            Arc::new(StringArray::from_iter_values(l.clone().map(|l| l.reason))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(l.map(|l| l.timestamp_us))
+                    .with_timezone(sluice_protocol::UTC),
+            ),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -254,19 +274,50 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_row() {
-        let b = DeadLetter {
+    fn a_run_is_one_batch_and_a_bad_row_fails_it() {
+        let cols: indexmap::IndexMap<String, JsonType> = [
+            ("level".to_string(), JsonType::String),
+            ("ms".to_string(), JsonType::Double),
+        ]
+        .into_iter()
+        .collect();
+        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)));
+        let good: Vec<serde_json::Value> = (0..5)
+            .map(|i| {
+                t.parse(format!(r#"{{"level":"l{i}","ms":{i}}}"#).as_bytes())
+                    .expect("parses")
+            })
+            .collect();
+        let b = t.rows(&good).expect("fits");
+        assert_eq!(b.num_rows(), 5);
+        assert_eq!(b.column(0).as_string::<i32>().value(4), "l4");
+        assert_eq!(b.column(1).as_primitive::<Float64Type>().value(3), 3.0);
+        // Text where a number belongs passes the parse and fails the batch it is in.
+        let odd = t.parse(br#"{"ms":"slow"}"#).expect("is a JSON object");
+        let mut mixed = good.clone();
+        mixed.insert(2, odd.clone());
+        let err = t.rows(&mixed).unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+        assert!(t.rows(std::slice::from_ref(&odd)).is_err());
+        assert!(t.rows(&[]).is_err());
+    }
+
+    #[test]
+    fn dead_letter_rows() {
+        let letter = |offset, value: &'static [u8]| DeadLetter {
             topic: "t",
             partition: 2,
-            offset: 41,
+            offset,
             key: None,
-            value: Some(b"{oops"),
+            value: Some(value),
             reason: "not JSON",
             timestamp_us: Some(5),
-        }
-        .batch()
-        .expect("row");
+        };
+        let b = dead_letter_batch(&[letter(41, b"{oops"), letter(44, b"}")]).expect("rows");
         assert_eq!(b.schema(), dead_letter_schema());
+        assert_eq!(b.num_rows(), 2);
         assert_eq!(b.column(4).as_binary::<i64>().value(0), b"{oops");
+        assert_eq!(b.column(2).as_primitive::<Int64Type>().value(1), 44);
+        assert!(b.column(3).is_null(1));
     }
 }

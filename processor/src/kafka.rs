@@ -9,6 +9,9 @@
 //!   lander checks again under the commit, after any conflict, against the table as the
 //!   catalog has it; two processors racing after a rebalance cannot both append it.
 //!
+//! Messages of plain JSON topics are landed in runs (see [`Run`]): each row is numbered by
+//! its offset, so a run read again lands only the rows the table lacks.
+//!
 //! The consumer group's own committed offsets are kept up to date (the settled prefix of
 //! each partition) so Kafka tools show the group's lag; they are only a fallback for
 //! partitions no table has a mark for.
@@ -33,7 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::config::KafkaConfig;
 use crate::inflight::InFlight;
-use crate::json_topic::{DeadLetter, JsonTopic};
+use crate::json_topic::{DeadLetter, JsonTopic, dead_letter_batch};
 use crate::lander::{LandRequest, Lander, Origin, Verdict};
 use crate::metrics::Metrics;
 use crate::progress::Partition;
@@ -116,6 +119,7 @@ impl KafkaReceiver {
             metrics,
             runtime,
             stop: stop.clone(),
+            runs: HashMap::new(),
             waiting: Vec::new(),
             waiting_bytes: 0,
             paused: false,
@@ -272,20 +276,52 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// A message handed to the lander, until its verdict.
+/// A batch handed to the lander, until its verdict.
 struct Waiting {
     partition: Partition,
-    offset: i64,
+    /// The offsets of the messages it holds.
+    offsets: Vec<i64>,
     bytes: usize,
     verdict: oneshot::Receiver<Verdict>,
-    /// The message itself, to dead-letter it if the lander refuses it (none for what is
-    /// already a dead letter).
-    message: Option<OwnedMessage>,
+    /// The messages themselves, to dead-letter them if the lander refuses the batch (none
+    /// for what is already a dead letter).
+    messages: Vec<OwnedMessage>,
 }
 
 /// Bytes handed to the lander and not yet settled before reading pauses: commits that
 /// cannot keep up (or a catalog that is down) must not fill the processor's memory.
 const MAX_WAITING_BYTES: usize = 256 << 20;
+
+/// A plain JSON topic's messages are landed in runs: those of one partition read one
+/// after the other, as one batch of at most this many rows or bytes, or this old.
+const RUN_ROWS: usize = 8192;
+const RUN_BYTES: usize = 4 << 20;
+const RUN_AGE: Duration = Duration::from_millis(100);
+
+/// Messages of a plain JSON topic partition, read one after the other, waiting to be
+/// landed: those that parse as one batch, the others as dead letters.
+struct Run {
+    /// The assignment of the partition they were read under.
+    epoch: Option<u64>,
+    started: Instant,
+    values: Vec<serde_json::Value>,
+    messages: Vec<OwnedMessage>,
+    /// Messages that do not parse, and why.
+    misfits: Vec<(OwnedMessage, String)>,
+    bytes: usize,
+}
+
+impl Run {
+    fn last_offset(&self) -> Option<i64> {
+        let good = self.messages.last().map(Message::offset);
+        let bad = self.misfits.last().map(|(m, _)| m.offset());
+        good.max(bad)
+    }
+
+    fn len(&self) -> usize {
+        self.messages.len() + self.misfits.len()
+    }
+}
 
 struct ConsumeLoop {
     consumer: BaseConsumer<GroupContext>,
@@ -294,6 +330,8 @@ struct ConsumeLoop {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
+    /// Per JSON topic partition, the run being read.
+    runs: HashMap<Partition, Run>,
     waiting: Vec<Waiting>,
     waiting_bytes: usize,
     paused: bool,
@@ -325,9 +363,11 @@ impl ConsumeLoop {
                 Some(Ok(msg)) => {
                     let msg = msg.detach();
                     self.on_message(msg);
+                    self.flush_runs(false);
                 }
                 Some(Err(e)) => tracing::warn!("Kafka consumer: {e}"),
-                None => {}
+                // Nothing more to read for now: land what was read.
+                None => self.flush_runs(true),
             }
             self.collect_verdicts();
             self.hold_back();
@@ -335,7 +375,8 @@ impl ConsumeLoop {
             self.commit_offsets(false);
             self.rejoin_if_stalled();
         }
-        // Stopping: let what was handed over be settled, then record it.
+        // Stopping: let what was read and handed over be settled, then record it.
+        self.flush_runs(true);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.waiting.is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -352,42 +393,162 @@ impl ConsumeLoop {
         self.metrics.kafka_message(&partition.0);
         self.inflight.read(&partition, offset);
         let payload = msg.payload().unwrap_or_default();
-        let decoded = match self.json.get_mut(&partition.0) {
-            Some(topic) => topic.decode(payload).map(|batch| {
-                let envelope = offset_envelope(&topic.table, &msg, &batch);
-                (envelope, batch, payload.len())
-            }),
-            None => decode(&msg).map_err(|(_, message)| message),
-        };
-        match decoded {
+        if let Some(topic) = self.json.get_mut(&partition.0) {
+            let parsed = topic.parse(payload);
+            self.add_to_run(partition, parsed, msg);
+            return;
+        }
+        match decode(&msg) {
             Ok((envelope, batch, wire_bytes)) => {
-                self.submit(envelope, batch, wire_bytes, msg, false)
+                let origin = Origin::Message { partition, offset };
+                self.submit(envelope, batch, wire_bytes, origin, vec![msg]);
             }
-            Err(reason) => self.dead_letter(msg, &reason),
+            Err((_, reason)) => self.dead_letter(vec![(msg, reason)], false),
         }
     }
 
-    /// Hand a batch to the lander; it stays in flight until its verdict.
+    /// Add a JSON message to its partition's run; land the run once it is full.
+    fn add_to_run(
+        &mut self,
+        partition: Partition,
+        parsed: Result<serde_json::Value, String>,
+        msg: OwnedMessage,
+    ) {
+        let epoch = self.inflight.epoch(&partition);
+        // A run holds messages read in order under one assignment; a seek back (a rewind)
+        // or a new assignment starts another.
+        if self
+            .runs
+            .get(&partition)
+            .is_some_and(|r| r.epoch != epoch || r.last_offset().is_some_and(|o| o >= msg.offset()))
+        {
+            self.flush_run(&partition);
+        }
+        let run = self.runs.entry(partition.clone()).or_insert_with(|| Run {
+            epoch,
+            started: Instant::now(),
+            values: Vec::new(),
+            messages: Vec::new(),
+            misfits: Vec::new(),
+            bytes: 0,
+        });
+        run.bytes += msg.payload().map_or(0, <[u8]>::len);
+        match parsed {
+            Ok(value) => {
+                run.values.push(value);
+                run.messages.push(msg);
+            }
+            Err(reason) => run.misfits.push((msg, reason)),
+        }
+        if run.len() >= RUN_ROWS || run.bytes >= RUN_BYTES {
+            self.flush_run(&partition);
+        }
+    }
+
+    /// Land the runs that are due (all of them if `all`).
+    fn flush_runs(&mut self, all: bool) {
+        let due: Vec<Partition> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| all || r.started.elapsed() >= RUN_AGE)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            self.flush_run(&p);
+        }
+    }
+
+    /// Hand a partition's run to the lander: the messages that fit the columns as one
+    /// batch, the others (in offset order) as one batch of dead letters. A type the JSON
+    /// reader cannot convert fails the whole batch: its messages are then tried one by one.
+    fn flush_run(&mut self, partition: &Partition) {
+        let Some(run) = self.runs.remove(partition) else {
+            return;
+        };
+        if self.inflight.epoch(partition) != run.epoch {
+            // Given up since: whoever holds it now reads these messages again.
+            tracing::debug!(topic = %partition.0, partition = partition.1, messages = run.len(), "dropping the run of a partition no longer held");
+            return;
+        }
+        let Some(topic) = self.json.get(&partition.0) else {
+            return;
+        };
+        let table = topic.table.clone();
+        let Run {
+            values,
+            messages,
+            mut misfits,
+            ..
+        } = run;
+        let rows = match topic.rows(&values) {
+            _ if values.is_empty() => None,
+            Ok(batch) => Some((batch, messages)),
+            Err(_) => {
+                let mut fit = Vec::new();
+                for (value, msg) in values.iter().zip(messages) {
+                    match topic.rows(std::slice::from_ref(value)) {
+                        Ok(row) => fit.push((row, msg)),
+                        Err(reason) => misfits.push((msg, reason)),
+                    }
+                }
+                let (rows, messages): (Vec<_>, Vec<_>) = fit.into_iter().unzip();
+                match rows
+                    .first()
+                    .map(|r| arrow_select::concat::concat_batches(&r.schema(), &rows))
+                {
+                    None => None,
+                    Some(Ok(batch)) => Some((batch, messages)),
+                    Some(Err(e)) => {
+                        // Rows of one schema always concatenate; never lose them silently.
+                        let reason = format!("cannot gather the rows: {e}");
+                        misfits.extend(messages.into_iter().map(|m| (m, reason.clone())));
+                        None
+                    }
+                }
+            }
+        };
+        if !misfits.is_empty() {
+            misfits.sort_by_key(|(m, _)| m.offset());
+            self.dead_letter(misfits, false);
+        }
+        let Some((batch, messages)) = rows else {
+            return;
+        };
+        let offsets: Vec<i64> = messages.iter().map(Message::offset).collect();
+        let (Some(first), Some(&last)) = (messages.first(), offsets.last()) else {
+            return;
+        };
+        let bytes = messages
+            .iter()
+            .map(|m| m.payload().map_or(0, <[u8]>::len))
+            .sum();
+        let envelope = offset_envelope(partition_agent(first), &table, first, last, &batch);
+        let origin = Origin::Rows {
+            partition: partition.clone(),
+            offsets,
+        };
+        self.submit(envelope, batch, bytes, origin, messages);
+    }
+
+    /// Hand a batch to the lander; it stays in flight until its verdict. `messages` are
+    /// what to dead-letter if the lander refuses it (none for dead letters).
     fn submit(
         &mut self,
         envelope: Envelope,
         batch: arrow_array::RecordBatch,
         wire_bytes: usize,
-        msg: OwnedMessage,
-        dead_letter: bool,
+        origin: Origin,
+        messages: Vec<OwnedMessage>,
     ) {
-        let partition: Partition = (msg.topic().to_string(), msg.partition());
-        let offset = msg.offset();
+        let partition = origin.partition().clone();
+        let offsets = origin.offsets().to_vec();
         let (reply, verdict) = oneshot::channel();
         let req = LandRequest {
             envelope,
             batch,
             wire_bytes,
             received_at_us: chrono::Utc::now().timestamp_micros(),
-            origin: Some(Origin {
-                partition: partition.clone(),
-                offset,
-            }),
+            origin: Some(origin),
             reply,
         };
         if self.runtime.block_on(self.lander.land(req)).is_err() {
@@ -395,49 +556,74 @@ impl ConsumeLoop {
             self.stop.store(true, Ordering::SeqCst);
             return;
         }
-        let bytes = msg.payload().map_or(0, <[u8]>::len);
-        self.waiting_bytes += bytes;
+        self.waiting_bytes += wire_bytes;
         self.waiting.push(Waiting {
             partition,
-            offset,
-            bytes,
+            offsets,
+            bytes: wire_bytes,
             verdict,
-            message: (!dead_letter).then_some(msg),
+            messages,
         });
     }
 
-    /// Land a message that cannot go where it should in the dead-letter table, raw, with
-    /// the reason. Its offset is settled only once that is committed.
-    fn dead_letter(&mut self, msg: OwnedMessage, reason: &str) {
+    /// Land messages that cannot go where they should in the dead-letter table, raw, with
+    /// the reasons: messages of one partition, in offset order. Their offsets are settled
+    /// only once that is committed.
+    ///
+    /// Dead-letter rows are numbered by offset, like the rows of JSON topics, and a lane
+    /// of them must arrive in offset order. Messages the lander `refused` are known only
+    /// later than those dead-lettered as read, so they have a lane of their own.
+    fn dead_letter(&mut self, letters: Vec<(OwnedMessage, String)>, refused: bool) {
+        let (Some((first, reason)), Some((last, _))) = (letters.first(), letters.last()) else {
+            return;
+        };
         tracing::warn!(
-            topic = %msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
+            topic = %first.topic(),
+            partition = first.partition(),
+            offsets = %format!("{}..={}", first.offset(), last.offset()),
+            messages = letters.len(),
             table = %self.dead_letter_table,
-            "message sent to the dead-letter table: {reason}"
+            "messages sent to the dead-letter table; the first because: {reason}"
         );
-        self.metrics.kafka_dead_letter(msg.topic());
-        let row = DeadLetter {
-            topic: msg.topic(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key(),
-            value: msg.payload(),
-            reason,
-            timestamp_us: msg.timestamp().to_millis().map(|ms| ms * 1000),
+        for (msg, reason) in &letters {
+            self.metrics.kafka_dead_letter(msg.topic());
+            tracing::debug!(topic = %msg.topic(), partition = msg.partition(), offset = msg.offset(), "dead letter: {reason}");
         }
-        .batch();
-        match row {
+        let rows: Vec<DeadLetter<'_>> = letters
+            .iter()
+            .map(|(msg, reason)| DeadLetter {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key(),
+                value: msg.payload(),
+                reason,
+                timestamp_us: msg.timestamp().to_millis().map(|ms| ms * 1000),
+            })
+            .collect();
+        let partition: Partition = (first.topic().to_string(), first.partition());
+        let offsets: Vec<i64> = letters.iter().map(|(m, _)| m.offset()).collect();
+        match dead_letter_batch(&rows) {
             Ok(batch) => {
-                let envelope = offset_envelope(&self.dead_letter_table, &msg, &batch);
-                let bytes = msg.payload().map_or(0, <[u8]>::len);
-                self.submit(envelope, batch, bytes, msg, true);
+                let mut agent = partition_agent(first);
+                if refused {
+                    agent.push_str("-refused");
+                }
+                let envelope =
+                    offset_envelope(agent, &self.dead_letter_table, first, last.offset(), &batch);
+                let bytes = letters
+                    .iter()
+                    .map(|(m, _)| m.payload().map_or(0, <[u8]>::len))
+                    .sum();
+                let origin = Origin::Rows { partition, offsets };
+                self.submit(envelope, batch, bytes, origin, Vec::new());
             }
             Err(e) => {
                 // Cannot happen with the fixed dead-letter columns; never lose it silently.
-                tracing::error!(topic = %msg.topic(), offset = msg.offset(), "cannot build a dead-letter row, the message is skipped: {e}");
-                self.inflight
-                    .settle(&(msg.topic().to_string(), msg.partition()), msg.offset());
+                tracing::error!(topic = %partition.0, partition = partition.1, ?offsets, "cannot build dead-letter rows, the messages are skipped: {e}");
+                for o in offsets {
+                    self.inflight.settle(&partition, o);
+                }
             }
         }
     }
@@ -477,30 +663,39 @@ impl ConsumeLoop {
             Ok(verdict) => {
                 settled_bytes += w.bytes;
                 if let Verdict::Rejected(reason) = verdict {
-                    match w.message.take() {
-                        // Still in flight: settled once its dead letter is committed.
-                        Some(msg) => {
-                            refused.push((msg, reason));
-                            return false;
-                        }
-                        None => tracing::error!(topic = %w.partition.0, partition = w.partition.1, offset = w.offset, "the dead-letter table refused a message, it is skipped: {reason}"),
+                    if w.messages.is_empty() {
+                        tracing::error!(topic = %w.partition.0, partition = w.partition.1, offsets = ?w.offsets, "the dead-letter table refused a message, it is skipped: {reason}");
+                    } else {
+                        // Still in flight: settled once their dead letters are committed.
+                        let reason = format!("refused by the lander: {reason}");
+                        refused.push(
+                            std::mem::take(&mut w.messages)
+                                .into_iter()
+                                .map(|m| (m, reason.clone()))
+                                .collect(),
+                        );
+                        return false;
                     }
                 }
-                self.inflight.settle(&w.partition, w.offset);
+                for o in &w.offsets {
+                    self.inflight.settle(&w.partition, *o);
+                }
                 false
             }
             Err(oneshot::error::TryRecvError::Closed) => {
                 // The lander could not take it (its table could not be loaded): read it
                 // again, after a pause. It stays open meanwhile, so no mark passes it.
                 settled_bytes += w.bytes;
-                let r = rewind.entry(w.partition.clone()).or_insert(w.offset);
-                *r = (*r).min(w.offset);
+                if let Some(&first) = w.offsets.first() {
+                    let r = rewind.entry(w.partition.clone()).or_insert(first);
+                    *r = (*r).min(first);
+                }
                 false
             }
         });
         self.waiting_bytes = self.waiting_bytes.saturating_sub(settled_bytes);
-        for (msg, reason) in refused {
-            self.dead_letter(msg, &format!("refused by the lander: {reason}"));
+        for letters in refused {
+            self.dead_letter(letters, true);
         }
         if !rewind.is_empty() {
             let (_, pending) = self
@@ -661,10 +856,8 @@ impl ConsumeLoop {
     }
 }
 
-/// The envelope of a row from a plain JSON topic or a dead letter: its "agent" is the
-/// topic partition, its sequence the offset + 1, so the lander's sequence marks
-/// deduplicate by offset.
-fn offset_envelope(table: &str, msg: &OwnedMessage, batch: &arrow_array::RecordBatch) -> Envelope {
+/// The "agent" of rows numbered by offset: the message's topic partition.
+fn partition_agent(msg: &OwnedMessage) -> String {
     let topic: String = msg
         .topic()
         .chars()
@@ -677,10 +870,23 @@ fn offset_envelope(table: &str, msg: &OwnedMessage, batch: &arrow_array::RecordB
             }
         })
         .collect();
+    format!("{topic}-{}", msg.partition())
+}
+
+/// The envelope of rows from a plain JSON topic or of dead letters, one per message from
+/// `msg` to the one at `last_offset` (one partition, in offset order): its sequence is the
+/// last offset + 1, so the lander's sequence marks deduplicate by offset.
+fn offset_envelope(
+    agent: String,
+    table: &str,
+    msg: &OwnedMessage,
+    last_offset: i64,
+    batch: &arrow_array::RecordBatch,
+) -> Envelope {
     Envelope {
-        agent: format!("{topic}-{}", msg.partition()),
+        agent,
         stream: table.to_string(),
-        seq: u64::try_from(msg.offset()).unwrap_or(0) + 1,
+        seq: u64::try_from(last_offset).unwrap_or(0) + 1,
         schema_fingerprint: sluice_protocol::schema_fingerprint(&batch.schema()),
         created_at_us: msg
             .timestamp()

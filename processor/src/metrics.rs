@@ -74,6 +74,7 @@ pub struct Metrics {
     frames_rejected: Family<ReasonLabels, Counter>,
     batches_received: Family<TableLabels, Counter>,
     batches_duplicate: Family<TableLabels, Counter>,
+    rows_duplicate: Family<TableLabels, Counter>,
     batches_rejected: Family<TableReasonLabels, Counter>,
     rows_committed: Family<TableLabels, Counter>,
     bytes_committed: Family<TableLabels, Counter>,
@@ -103,6 +104,7 @@ impl Default for Metrics {
             frames_rejected: Family::default(),
             batches_received: Family::default(),
             batches_duplicate: Family::default(),
+            rows_duplicate: Family::default(),
             batches_rejected: Family::default(),
             rows_committed: Family::default(),
             bytes_committed: Family::default(),
@@ -170,6 +172,11 @@ impl Default for Metrics {
             "batches_duplicate",
             "Batches already committed (redeliveries), acknowledged without writing",
             m.batches_duplicate.clone(),
+        );
+        r.register(
+            "duplicate_rows",
+            "Rows the table already held, left out: those of duplicate batches, and the landed part of a run of JSON messages read again",
+            m.rows_duplicate.clone(),
         );
         r.register(
             "batches_rejected",
@@ -284,6 +291,12 @@ impl Metrics {
 
     pub fn batch_duplicate(&self, t: &str) {
         self.batches_duplicate.get_or_create(&table(t)).inc();
+    }
+
+    pub fn rows_duplicate(&self, t: &str, rows: usize) {
+        self.rows_duplicate
+            .get_or_create(&table(t))
+            .inc_by(rows as u64);
     }
 
     pub fn batch_rejected(&self, t: &str, reason: &str) {
