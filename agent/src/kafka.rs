@@ -171,6 +171,7 @@ impl KafkaShipper {
                 },
             };
             if let Err(e) = result {
+                self.metrics.sink_error(&stream, &e);
                 tracing::warn!(
                     stream = %stream,
                     topic = %lane.topic,

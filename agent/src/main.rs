@@ -160,9 +160,10 @@ build it with:
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&path)?;
-    let metrics = metrics::Metrics::new();
+    let health = sluice_ops::health_for(cfg.api.as_ref());
+    let metrics = metrics::Metrics::new(health.clone());
     if let Some(api) = &cfg.api {
-        let addr = sluice_ops::serve_api(api.listen, metrics.clone())
+        let addr = sluice_ops::serve_api(api.listen, metrics.clone(), health.clone())
             .await
             .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
         tracing::info!(%addr, "agent API listening");
@@ -182,8 +183,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         batches_unshipped = summary.batches_unshipped,
         "agent finished"
     );
-    if let Err(failed) = sluice_ops::RenderMetrics::health(metrics.as_ref()) {
-        anyhow::bail!("finished with failed plugins:\n{failed}");
+    let live = health.live();
+    if !live.ok {
+        anyhow::bail!("finished unhealthy:\n{}", live.problems.join("\n"));
     }
     Ok(())
 }

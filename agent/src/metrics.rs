@@ -1,7 +1,7 @@
 //! The agent's counters, exposed in Prometheus text format on `/metrics`.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -61,8 +61,10 @@ pub struct Metrics {
     plugin_failed: Family<PluginLabels, Gauge>,
     transform_rows_in: Family<PluginLabels, Counter>,
     transform_rows_out: Family<PluginLabels, Counter>,
-    /// Plugins that gave up, with the reason (reported by `/health`).
-    failed_plugins: Mutex<BTreeMap<String, String>>,
+    /// What `/health` and `/ready` report: plugins given up on, lanes and logs stalled.
+    pub health: sluice_ops::Health,
+    /// Per stream, the health of its sink lane, fed by the in-flight gauge and the acks.
+    sinks: Mutex<HashMap<String, sluice_ops::Watch>>,
 }
 
 fn call_histogram() -> Histogram {
@@ -95,7 +97,8 @@ impl Default for Metrics {
             plugin_failed: Family::default(),
             transform_rows_in: Family::default(),
             transform_rows_out: Family::default(),
-            failed_plugins: Mutex::default(),
+            health: sluice_ops::health_for(None),
+            sinks: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,8 +211,12 @@ fn stream(s: &str) -> StreamLabels {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// Metrics reporting to `health`.
+    pub fn new(health: sluice_ops::Health) -> Arc<Self> {
+        Arc::new(Self {
+            health,
+            ..Self::default()
+        })
     }
 
     pub fn source_rows(&self, source: &str, rows: u64) {
@@ -234,12 +241,36 @@ impl Metrics {
         self.rows_acked
             .get_or_create(&stream(s))
             .inc_by(u64::from(rows));
+        self.sink(s).progressed();
     }
 
     pub fn duplicate(&self, s: &str, rows: u32) {
         self.rows_duplicate
             .get_or_create(&stream(s))
             .inc_by(u64::from(rows));
+        self.sink(s).progressed();
+    }
+
+    /// The stream's sink lane is retrying after `error`.
+    pub fn sink_error(&self, s: &str, error: &dyn std::fmt::Display) {
+        self.sink(s).error(error);
+    }
+
+    /// The stream's sink lane reaches its destination again.
+    pub fn sink_recovered(&self, s: &str) {
+        self.sink(s).recovered();
+    }
+
+    /// The health of stream `s`'s sink lane.
+    fn sink(&self, s: &str) -> sluice_ops::Watch {
+        let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        sinks
+            .entry(s.to_string())
+            .or_insert_with(|| {
+                self.health
+                    .watch(format!("sink for stream {s:?}"), "batches")
+            })
+            .clone()
     }
 
     pub fn lost(&self, s: &str, reason: &str, rows: u64) {
@@ -251,8 +282,10 @@ impl Metrics {
             .inc_by(rows);
     }
 
+    /// Batches sent and not yet acknowledged: what the stream's sink lane has waiting.
     pub fn set_inflight(&self, s: &str, n: usize) {
         self.inflight.get_or_create(&stream(s)).set(n as i64);
+        self.sink(s).waiting(n as u64);
     }
 
     pub fn set_wal_size(&self, s: &str, bytes: u64) {
@@ -315,9 +348,9 @@ impl Metrics {
                 plugin: plugin.into(),
             })
             .set(1);
-        if let Ok(mut m) = self.failed_plugins.lock() {
-            m.insert(plugin.to_string(), reason.to_string());
-        }
+        self.health
+            .watch(format!("plugin {plugin:?}"), "calls")
+            .failed(reason);
     }
 
     pub fn reconnected(&self) {
@@ -331,22 +364,6 @@ impl Metrics {
 
 impl sluice_ops::RenderMetrics for Metrics {
     /// Prometheus text exposition of every metric.
-    fn health(&self) -> Result<(), String> {
-        let failed = self
-            .failed_plugins
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        if failed.is_empty() {
-            return Ok(());
-        }
-        Err(failed
-            .iter()
-            .map(|(p, r)| format!("plugin {p:?} failed: {r}"))
-            .collect::<Vec<_>>()
-            .join("\n"))
-    }
-
     fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -291,11 +291,18 @@ async fn store(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+    let health = metrics
+        .health
+        .watch(format!("write-ahead log of stream {stream:?}"), "batches");
     while let Some(batch) = batches.recv().await {
         let mut retry = std::time::Duration::from_millis(100);
         loop {
             match writer.append(batch.clone()).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    health.progressed();
+                    health.waiting(0);
+                    break;
+                }
                 Err(e @ WalError::TooLarge { .. }) => {
                     tracing::error!(%stream, rows = batch.rows, "batch dropped: {e}");
                     metrics.lost(&stream, "too_large", u64::from(batch.rows));
@@ -307,16 +314,20 @@ async fn store(
                 }
                 Err(e @ WalError::Io { .. }) => {
                     metrics.wal_write_error(&stream);
+                    health.waiting(1);
+                    health.error(&e);
                     tracing::error!(%stream, retry_in = ?retry, "cannot store a batch: {e}");
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(RETRY_MAX);
                 }
                 Err(e) => {
+                    health.failed(&e);
                     return Err(e)
                         .with_context(|| format!("stream {stream:?}: cannot store a batch"));
                 }
             }
         }
     }
+    health.done();
     Ok(())
 }

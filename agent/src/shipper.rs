@@ -192,6 +192,7 @@ impl QuicShipper {
             match result {
                 Ok(()) => {}
                 Err(e) => {
+                    self.metrics.sink_error(&stream, &e);
                     if let LaneError::Refused(_) = e {
                         // Not transient, but fixable on the processor's side: retry slowly.
                         backoff = self.cfg.backoff_max;
@@ -280,6 +281,7 @@ impl QuicShipper {
             },
         };
         *backoff = self.cfg.backoff_initial;
+        self.metrics.sink_recovered(&lane.stream);
         if lane.base.is_none() {
             lane.base = Some(learn_base(&lane.log, &lane.stream, welcome.committed_seq).await?);
         }

@@ -1,10 +1,15 @@
 //! What both Sluice binaries need to be operated: process start-up, logging, stop signals
-//! and the HTTP endpoint serving `/metrics` and `/health`.
+//! and the HTTP endpoint serving `/metrics`, `/health` and `/ready`.
+
+mod health;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+
+pub use health::{Health, Report, Watch};
 
 use axum::Router;
 use axum::http::header;
@@ -82,36 +87,57 @@ pub async fn stop_signal() {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// A part of a pipeline with work waiting and no progress for this long makes
+    /// `/ready` fail.
+    #[serde(default = "default_stalled_after", with = "humantime_serde")]
+    pub stalled_after: Duration,
 }
 
-/// What the HTTP endpoint shows: the Prometheus text exposition, and health.
+/// How long a part may have work waiting without progress when `[api]` does not say.
+pub const DEFAULT_STALLED_AFTER: Duration = Duration::from_secs(30);
+
+fn default_stalled_after() -> Duration {
+    DEFAULT_STALLED_AFTER
+}
+
+/// The health of a process configured with `api` (or without an endpoint).
+pub fn health_for(api: Option<&ApiConfig>) -> Health {
+    Health::new(api.map_or(DEFAULT_STALLED_AFTER, |a| a.stalled_after))
+}
+
+/// What the HTTP endpoint shows as `/metrics`: the Prometheus text exposition.
 pub trait RenderMetrics: Send + Sync + 'static {
     fn render(&self) -> String;
-
-    /// `Err(reasons)` turns `/health` into a 503 with the reasons in the body.
-    fn health(&self) -> Result<(), String> {
-        Ok(())
-    }
 }
 
-/// Serve `/metrics` and `/health` in the background; returns the bound address.
+/// Serve `/metrics`, `/health` and `/ready` in the background; returns the bound address.
 pub async fn serve_api(
     listen: SocketAddr,
     metrics: Arc<dyn RenderMetrics>,
+    health: Health,
 ) -> std::io::Result<SocketAddr> {
-    serve_api_with(listen, metrics, Router::new()).await
+    serve_api_with(listen, metrics, health, Router::new()).await
 }
 
-/// Serve `/metrics`, `/health` and the binary's own `routes` in the background; returns the
-/// bound address.
+/// Serve `/metrics`, `/health`, `/ready` and the binary's own `routes` in the background;
+/// returns the bound address.
 pub async fn serve_api_with(
     listen: SocketAddr,
     metrics: Arc<dyn RenderMetrics>,
+    health: Health,
     routes: Router,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let health = metrics.clone();
+    let answer = |r: Report, ok: &str, not_ok: &str| {
+        let status = if r.ok {
+            axum::http::StatusCode::OK
+        } else {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, r.body(ok, not_ok))
+    };
+    let ready = health.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -132,16 +158,15 @@ pub async fn serve_api_with(
         .route(
             "/health",
             get(move || {
-                let h = health.clone();
-                async move {
-                    match h.health() {
-                        Ok(()) => (axum::http::StatusCode::OK, "ok\n".to_string()),
-                        Err(reasons) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("unhealthy\n{reasons}\n"),
-                        ),
-                    }
-                }
+                let r = health.live();
+                async move { answer(r, "ok", "unhealthy") }
+            }),
+        )
+        .route(
+            "/ready",
+            get(move || {
+                let r = ready.ready();
+                async move { answer(r, "ready", "not ready") }
             }),
         )
         .merge(routes);

@@ -168,6 +168,7 @@ impl Lander {
     ) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let catalog_health = metrics.health.watch("catalog", "batches");
         let task = LanderTask {
             catalog,
             cfg,
@@ -178,6 +179,7 @@ impl Lander {
             inflight,
             done_tx,
             flush_waiters: Vec::new(),
+            catalog_health,
         };
         tokio::spawn(task.run(rx, done_rx));
         Self { tx }
@@ -277,6 +279,10 @@ struct TableState {
     pending_bytes: usize,
     pending_since: Option<Instant>,
     committing: bool,
+    /// Rows of the commit in flight.
+    committing_rows: usize,
+    /// The table's health: rows waiting for a commit, and whether commits go through.
+    health: sluice_ops::Watch,
     /// Redeliveries of batches that are accepted but not yet committed.
     waiting_duplicates: Vec<(String, u64, oneshot::Sender<Verdict>)>,
 }
@@ -286,6 +292,12 @@ impl TableState {
     fn over_threshold(&self, cfg: &LanderConfig) -> bool {
         self.pending_rows >= cfg.commit_max_rows
             || self.pending_bytes as u64 >= cfg.commit_max_bytes.as_u64()
+    }
+
+    /// Tell the table's health how many rows wait for a commit.
+    fn report_waiting(&self) {
+        self.health
+            .waiting((self.pending_rows + self.committing_rows) as u64);
     }
 }
 
@@ -311,6 +323,8 @@ struct LanderTask {
     inflight: InFlight,
     done_tx: mpsc::UnboundedSender<CommitDone>,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Whether tables can be loaded and created.
+    catalog_health: sluice_ops::Watch,
 }
 
 impl LanderTask {
@@ -401,8 +415,11 @@ impl LanderTask {
             marks = ?committed,
             "recovered progress from the table"
         );
+        let name = format!("{}.{stream}", self.cfg.namespace);
         Ok(TableState {
-            name: format!("{}.{stream}", self.cfg.namespace),
+            health: self.metrics.health.watch(format!("table {name}"), "rows"),
+            committing_rows: 0,
+            name,
             schema: lake::table_arrow_schema(&table)?,
             table,
             mappings: HashMap::new(),
@@ -451,11 +468,14 @@ impl LanderTask {
             .and_then(|table| self.new_state(&stream, table));
             match created {
                 Ok(state) => {
+                    self.catalog_health.recovered();
                     self.tables.insert(stream.clone(), state);
                 }
                 Err(e) => {
                     // Not the batch's fault: leave it unacknowledged so the agent resends.
                     tracing::error!(table = %stream, "cannot load or create table: {e}");
+                    self.catalog_health
+                        .error(format!("cannot load or create table {stream}: {e}"));
                     self.metrics.commit_failed(&stream, "catalog");
                     self.blocked.insert(lane, req.first_seq());
                     drop(req.reply);
@@ -550,6 +570,7 @@ impl LanderTask {
         state.pending_rows += batch.num_rows();
         state.pending_bytes += req.wire_bytes;
         state.pending_since.get_or_insert_with(Instant::now);
+        state.report_waiting();
         state.pending.push(Pending {
             agent: env.agent.clone(),
             seq: env.seq,
@@ -611,6 +632,7 @@ impl LanderTask {
         }
         state.committing = true;
         let batches = std::mem::take(&mut state.pending);
+        state.committing_rows = state.pending_rows;
         state.pending_rows = 0;
         state.pending_bytes = 0;
         state.pending_since = None;
@@ -637,6 +659,7 @@ impl LanderTask {
             compression: self.cfg.compression,
             metrics: self.metrics.clone(),
             locks: self.locks.clone(),
+            health: state.health.clone(),
         };
         let done_tx = self.done_tx.clone();
         let stream = stream.to_string();
@@ -674,6 +697,9 @@ impl LanderTask {
             return;
         };
         state.committing = false;
+        state.committing_rows = 0;
+        state.health.progressed();
+        state.report_waiting();
         state.table = done.table;
         state.committed = state.committed.merged(&done.marks);
         let now_us = chrono::Utc::now().timestamp_micros();
@@ -719,6 +745,7 @@ struct CommitJob {
     compression: Compression,
     metrics: Arc<Metrics>,
     locks: CommitLocks,
+    health: sluice_ops::Watch,
 }
 
 impl CommitJob {
@@ -746,6 +773,7 @@ impl CommitJob {
                         tracing::info!(table = %self.name, attempt, "commit conflict; retrying on the new table state");
                     } else {
                         tracing::error!(table = %self.name, attempt, retry_in = ?backoff, "commit failed: {e}");
+                        self.health.error(format!("commit failed: {e}"));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }

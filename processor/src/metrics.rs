@@ -66,6 +66,8 @@ fn latency_histogram() -> Histogram {
 
 /// Every counter the processor keeps.
 pub struct Metrics {
+    /// What `/health` and `/ready` report: tables whose commits are stuck, the catalog.
+    pub health: sluice_ops::Health,
     registry: Registry,
     connections: Counter,
     connections_rejected: Family<ReasonLabels, Counter>,
@@ -96,6 +98,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let m = Self {
+            health: sluice_ops::health_for(None),
             registry: Registry::default(),
             connections: Counter::default(),
             connections_rejected: Family::default(),
@@ -250,6 +253,14 @@ fn table(t: &str) -> TableLabels {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Metrics reporting to `health`.
+    pub fn with_health(health: sluice_ops::Health) -> Arc<Self> {
+        Arc::new(Self {
+            health,
+            ..Self::default()
+        })
     }
 
     pub fn connection_opened(&self) {

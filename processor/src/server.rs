@@ -33,7 +33,8 @@ impl Server {
     /// Open the catalog, start the lander, bind the QUIC and HTTP endpoints, join the
     /// Kafka consumer group.
     pub async fn start(cfg: &ProcessorConfig) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
+        let health = sluice_ops::health_for(cfg.api.as_ref());
+        let metrics = Metrics::with_health(health.clone());
         let catalog = lake::open(cfg)
             .await
             .with_context(|| format!("cannot open the catalog at {}", cfg.catalog_uri()))?;
@@ -124,6 +125,7 @@ impl Server {
                 sluice_ops::serve_api_with(
                     api.listen,
                     metrics.clone(),
+                    health,
                     crate::api::router(catalog.clone(), cfg.catalog_name()),
                 )
                 .await

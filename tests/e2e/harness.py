@@ -142,12 +142,21 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
+def http_status(port: int, path: str) -> tuple[int, str]:
+    """Status and body of a GET on 127.0.0.1:`port`, error statuses included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 class Processor:
     """`sluice-processor serve` with its own data directory and ports."""
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path,
                  data_dir: pathlib.Path | None = None, sections: dict | None = None, quic: dict | None = None,
-                 **lander):
+                 api: dict | None = None, **lander):
         self.bins = bins
         self.work = work
         self.data_dir = data_dir or work / "data"
@@ -166,7 +175,7 @@ class Processor:
                     "ca": str(certs / "ca.pem"),
                     **(quic or {}),
                 },
-                "api": {"listen": f"127.0.0.1:{self.api_port}"},
+                "api": {"listen": f"127.0.0.1:{self.api_port}", **(api or {})},
                 "lander": {"commit_interval": "300ms", **lander},
                 **(sections or {}),
             },
@@ -196,6 +205,9 @@ class Processor:
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as r:
             return parse_metrics(r.read().decode())
+
+    def ready(self) -> tuple[int, str]:
+        return http_status(self.api_port, "/ready")
 
     def cli(self, command: str, *args, timeout=600) -> subprocess.CompletedProcess:
         """`sluice-processor COMMAND --config <this processor's> ARGS...`."""
@@ -301,7 +313,7 @@ class Agent:
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, processor: Processor,
                  sources: dict, agent_id="edge-01", batch=None, sink=None, transforms=None,
-                 buffer=None, data_dir: pathlib.Path | None = None):
+                 buffer=None, data_dir: pathlib.Path | None = None, api: dict | None = None):
         self.bins = bins
         self.work = work
         self.agent_id = agent_id
@@ -312,7 +324,7 @@ class Agent:
             self.config,
             {
                 "agent": {"id": agent_id, "data_dir": str(self.data_dir)},
-                "api": {"listen": f"127.0.0.1:{self.api_port}"},
+                "api": {"listen": f"127.0.0.1:{self.api_port}", **(api or {})},
                 "batch": batch or {"max_rows": 5000, "max_age": "200ms"},
                 **({"buffer": buffer} if buffer else {}),
                 "sink": {
@@ -362,11 +374,10 @@ class Agent:
         raise RuntimeError("agent API did not come up:\n" + self.proc.output())
 
     def health(self) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/health", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return http_status(self.api_port, "/health")
+
+    def ready(self) -> tuple[int, str]:
+        return http_status(self.api_port, "/ready")
 
     def reference_file(self, source: str, out: pathlib.Path) -> None:
         """Write the rows the source generates, produced independently by `sluice-agent

@@ -1,5 +1,6 @@
 """The processor's disk fills up mid-run: commits fail and are retried, nothing is
-acknowledged meanwhile, and once space is back every row lands exactly once.
+acknowledged meanwhile, both sides' `/ready` say why, and once space is back every row
+lands exactly once.
 
 Needs root (it mounts a small tmpfs), as CI and the development machines have."""
 
@@ -7,7 +8,7 @@ import pathlib
 import subprocess
 import time
 
-from harness import Agent, Processor, checksum, pyiceberg_table, read_pyiceberg, simulator_source
+from harness import Agent, Processor, checksum, pyiceberg_table, read_pyiceberg, simulator_source, wait_until
 
 USER_COLUMNS = ["ts", "sample", "host", "region", "cpu", "mem", "load", "errors", "bytes", "ok"]
 FAILED = 'sluice_processor_commit_failures_total{table="bronze.telemetry",reason="error"}'
@@ -21,8 +22,10 @@ def test_full_disk_loses_nothing(bins, certs, workdir):
     proc = agent = None
     try:
         n = 300_000  # ~11 MB of Parquet: far more than the 3 MB disk
-        proc = Processor(bins, certs, workdir, data_dir=disk / "data").start()
-        agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=60_000)}).start()
+        stalled = {"stalled_after": "2s"}
+        proc = Processor(bins, certs, workdir, data_dir=disk / "data", api=stalled).start()
+        agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=60_000)},
+                      api=stalled).start()
 
         deadline = time.time() + 60
         while time.time() < deadline and proc.metrics().get(FAILED, 0) == 0:
@@ -48,7 +51,14 @@ def test_full_disk_loses_nothing(bins, certs, workdir):
             time.sleep(0.3)
         assert on_disk == committed_files, f"leftovers: {sorted(on_disk - committed_files)}"
 
+        # Both sides say what is stuck: the processor's table, the agent's sink.
+        status, body = wait_until(lambda: (r := proc.ready())[0] == 503 and r, 30, "the processor to turn not ready")
+        assert "table bronze.telemetry stalled: " in body and "last error: commit failed" in body, body
+        status, body = wait_until(lambda: (r := agent.ready())[0] == 503 and r, 30, "the agent to turn not ready")
+        assert 'sink for stream "telemetry" stalled: ' in body, body
+
         subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        wait_until(lambda: proc.ready()[0] == 200, 60, "the processor to be ready again")
         assert agent.wait(180) == 0, agent.proc.output()
 
         rows = read_pyiceberg(proc, "bronze.telemetry")

@@ -205,7 +205,7 @@ def test_broken_transform_is_given_up_holds_its_source_and_loses_nothing(bins, c
         assert agent.metrics().get('sluice_agent_acked_rows_total{stream="healthy"}', 0) > flowing
         # Stopping does not hang on the held source; the exit status reports the failure.
         assert agent.proc.stop(timeout=60) == 1, agent.proc.output()
-        assert "finished with failed plugins" in agent.proc.output()
+        assert "finished unhealthy" in agent.proc.output()
 
         # Fixed (a transform that no longer fails), the held source starts from the lake's
         # checkpoint, which is before its first row: every row lands, once.
