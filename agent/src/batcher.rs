@@ -171,6 +171,7 @@ pub async fn run(
     mut input: mpsc::Receiver<Chunk>,
     output: mpsc::Sender<ReadyBatch>,
     metrics: Arc<Metrics>,
+    tap: Option<crate::tap::Tap>,
 ) -> Result<(), ArrowError> {
     let mut acc = Accumulator::new(limits);
     let emit =
@@ -178,7 +179,7 @@ pub async fn run(
             let ipc = sluice_protocol::encode_batch(&batch)?;
             let fingerprint = sluice_protocol::schema_fingerprint(&batch.schema());
             let rows = batch.num_rows() as u32;
-            metrics.batch_cut(&stream);
+            metrics.batch_cut(&stream, rows, ipc.len());
             Ok(ReadyBatch {
                 ipc: Bytes::from(ipc),
                 rows,
@@ -193,6 +194,7 @@ pub async fn run(
             chunk = input.recv() => match chunk {
                 Some(chunk) => {
                     let rows = chunk.batch.num_rows() as u64;
+                    let tapped = tap.as_ref().map(|t| (t, chunk.batch.clone()));
                     if let Err(expected) = acc.push(chunk) {
                         tracing::error!(
                             stream = %stream,
@@ -202,6 +204,9 @@ pub async fn run(
                         );
                         metrics.lost(&stream, "schema_mismatch", rows);
                         continue;
+                    }
+                    if let Some((tap, batch)) = tapped {
+                        tap.offer(&batch);
                     }
                     while acc.full() {
                         let Some(batch) = acc.take()? else { break };
@@ -285,6 +290,7 @@ mod tests {
             rx,
             otx,
             Arc::new(Metrics::default()),
+            None,
         ));
         for c in chunks {
             tx.send(c).await.expect("send");
@@ -407,6 +413,7 @@ mod tests {
             rx,
             otx,
             Arc::new(Metrics::default()),
+            None,
         ));
         tx.send(chunk(0, 5).into()).await.expect("send");
         let first = tokio::time::timeout(Duration::from_millis(500), orx.recv())

@@ -206,7 +206,7 @@ impl KafkaShipper {
         }
         lane.summary.unshipped_batches = left;
         lane.log.close();
-        self.metrics.set_inflight(&stream, 0);
+        self.metrics.set_inflight(&stream, &VecDeque::new());
         lane.summary
     }
 
@@ -225,7 +225,7 @@ impl KafkaShipper {
         for r in &lane.pending {
             deliveries.push_back(self.produce(p, lane, r)?);
         }
-        self.metrics.set_inflight(&lane.stream, lane.pending.len());
+        self.metrics.set_inflight(&lane.stream, &lane.pending);
         loop {
             if lane.input_done && lane.pending.is_empty() {
                 return Ok(());
@@ -268,7 +268,7 @@ impl KafkaShipper {
                             return Err(SessionError::Canceled);
                         }
                     }
-                    self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                    self.metrics.set_inflight(&lane.stream, &lane.pending);
                 }
                 next = input.recv(), if !lane.input_done && lane.pending.len() < self.cfg.window => {
                     match next {
@@ -278,7 +278,7 @@ impl KafkaShipper {
                             let produced = self.produce(p, lane, &r);
                             lane.pending.push_back(r);
                             deliveries.push_back(produced?);
-                            self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                            self.metrics.set_inflight(&lane.stream, &lane.pending);
                         }
                         Some(Err(e)) => {
                             tracing::error!(stream = %lane.stream, "write-ahead log damaged, the rest of the segment is skipped: {e}");

@@ -1,5 +1,6 @@
 //! `sluice-agent`: the Sluice edge agent.
 
+mod api_client;
 mod batcher;
 mod config;
 mod kafka;
@@ -10,8 +11,9 @@ mod simulate;
 mod simulator;
 mod source;
 mod tagged;
-// The disk buffer is being wired into the pipeline (issue 6); until then only its tests use it.
+mod tap;
 mod tls;
+mod top;
 mod wal;
 mod wal_bench;
 mod wasm;
@@ -64,6 +66,11 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Measure the write-ahead log's append throughput with group-committed fsyncs.
     BenchWal(wal_bench::WalBenchArgs),
+    /// A live view of a running agent: per source, stream and plugin its rates, buffer and
+    /// errors, refreshed every interval.
+    Top(top::TopArgs),
+    /// Print a sample of the records flowing through a running agent's stream, as JSON lines.
+    Tap(tap::TapArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +162,8 @@ build it with:
         }
         Command::Simulate(args) => simulate::run(args),
         Command::BenchWal(args) => wal_bench::run(args).await,
+        Command::Top(args) => top::run(args),
+        Command::Tap(args) => tap::run(args),
     }
 }
 
@@ -162,10 +171,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(&path)?;
     let health = sluice_ops::health_for(cfg.api.as_ref());
     let metrics = metrics::Metrics::new(health.clone());
+    let taps = tap::Taps::new(cfg.sources.iter().flat_map(|(n, s)| s.streams(n)));
     if let Some(api) = &cfg.api {
-        let addr = sluice_ops::serve_api(api.listen, metrics.clone(), health.clone())
-            .await
-            .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
+        let addr =
+            sluice_ops::serve_api_with(api.listen, metrics.clone(), health.clone(), taps.router())
+                .await
+                .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
         tracing::info!(%addr, "agent API listening");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -175,7 +186,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     tracing::info!(agent = %cfg.agent.id, sources = cfg.sources.len(), "agent starting");
-    let summary = pipeline::run(cfg, metrics.clone(), stop_rx).await?;
+    let summary = pipeline::run(cfg, metrics.clone(), taps, stop_rx).await?;
     tracing::info!(
         rows = summary.rows_generated,
         batches_acked = summary.batches_acked,

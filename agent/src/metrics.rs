@@ -1,6 +1,7 @@
 //! The agent's counters, exposed in Prometheus text format on `/metrics`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::wal::WalRecord;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
@@ -41,7 +44,13 @@ struct ReasonLabels {
 pub struct Metrics {
     registry: Registry,
     source_rows: Family<SourceLabels, Counter>,
+    source_bytes: Family<SourceLabels, Counter>,
     batches_cut: Family<StreamLabels, Counter>,
+    rows_batched: Family<StreamLabels, Counter>,
+    bytes_batched: Family<StreamLabels, Counter>,
+    oldest_unacked_age: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    /// Per stream, when its oldest unacknowledged batch was cut (µs), if any.
+    oldest_unacked_us: Mutex<HashMap<String, Option<i64>>>,
     rows_sent: Family<StreamLabels, Counter>,
     bytes_sent: Family<StreamLabels, Counter>,
     rows_acked: Family<StreamLabels, Counter>,
@@ -77,7 +86,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("sluice_agent");
         let m = Self {
             source_rows: Family::default(),
+            source_bytes: Family::default(),
             batches_cut: Family::default(),
+            rows_batched: Family::default(),
+            bytes_batched: Family::default(),
+            oldest_unacked_age: Family::default(),
+            oldest_unacked_us: Mutex::default(),
             rows_sent: Family::default(),
             bytes_sent: Family::default(),
             rows_acked: Family::default(),
@@ -106,7 +120,27 @@ impl Default for Metrics {
             "Rows produced by each source",
             m.source_rows.clone(),
         );
+        registry.register(
+            "source_bytes",
+            "Arrow bytes (in memory) of the rows each source produced",
+            m.source_bytes.clone(),
+        );
         registry.register("batches", "Batches cut per stream", m.batches_cut.clone());
+        registry.register(
+            "batched_rows",
+            "Rows cut into batches per stream (after transforms)",
+            m.rows_batched.clone(),
+        );
+        registry.register(
+            "batched_bytes",
+            "Arrow IPC bytes of the batches cut per stream",
+            m.bytes_batched.clone(),
+        );
+        registry.register(
+            "oldest_unacked_age_seconds",
+            "Age of the oldest batch sent and not yet acknowledged, per stream (0: none)",
+            m.oldest_unacked_age.clone(),
+        );
         registry.register(
             "sent_rows",
             "Rows sent to the processor (resends included)",
@@ -219,16 +253,22 @@ impl Metrics {
         })
     }
 
-    pub fn source_rows(&self, source: &str, rows: u64) {
-        self.source_rows
-            .get_or_create(&SourceLabels {
-                source: source.into(),
-            })
-            .inc_by(rows);
+    /// A source produced `rows` rows taking `bytes` of Arrow memory.
+    pub fn source_rows(&self, source: &str, rows: u64, bytes: u64) {
+        let l = SourceLabels {
+            source: source.into(),
+        };
+        self.source_rows.get_or_create(&l).inc_by(rows);
+        self.source_bytes.get_or_create(&l).inc_by(bytes);
     }
 
-    pub fn batch_cut(&self, s: &str) {
-        self.batches_cut.get_or_create(&stream(s)).inc();
+    pub fn batch_cut(&self, s: &str, rows: u32, ipc_bytes: usize) {
+        let l = stream(s);
+        self.batches_cut.get_or_create(&l).inc();
+        self.rows_batched.get_or_create(&l).inc_by(u64::from(rows));
+        self.bytes_batched
+            .get_or_create(&l)
+            .inc_by(ipc_bytes as u64);
     }
 
     pub fn sent(&self, s: &str, rows: u32, bytes: usize) {
@@ -282,10 +322,17 @@ impl Metrics {
             .inc_by(rows);
     }
 
-    /// Batches sent and not yet acknowledged: what the stream's sink lane has waiting.
-    pub fn set_inflight(&self, s: &str, n: usize) {
+    /// Batches sent and not yet acknowledged, oldest first: what the stream's sink lane
+    /// has waiting.
+    pub fn set_inflight(&self, s: &str, pending: &VecDeque<WalRecord>) {
+        let n = pending.len();
         self.inflight.get_or_create(&stream(s)).set(n as i64);
         self.sink(s).waiting(n as u64);
+        let oldest = pending.front().map(|r| r.batch.created_at_us);
+        self.oldest_unacked_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(s.to_string(), oldest);
     }
 
     pub fn set_wal_size(&self, s: &str, bytes: u64) {
@@ -365,6 +412,17 @@ impl Metrics {
 impl sluice_ops::RenderMetrics for Metrics {
     /// Prometheus text exposition of every metric.
     fn render(&self) -> String {
+        // Ages move with the clock: set them as of this scrape.
+        let now = chrono::Utc::now().timestamp_micros();
+        let oldest = self
+            .oldest_unacked_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (s, created) in oldest {
+            let age = created.map_or(0.0, |us| (now - us).max(0) as f64 / 1e6);
+            self.oldest_unacked_age.get_or_create(&stream(&s)).set(age);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

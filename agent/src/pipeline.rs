@@ -13,6 +13,7 @@ use crate::config::{AgentConfig, SinkConfig, SourceConfig, TransformConfig};
 use crate::kafka::KafkaShipper;
 use crate::metrics::Metrics;
 use crate::shipper::{LaneLog, QuicShipper};
+use crate::tap::Taps;
 use crate::wal::{self, WalError, WalHandle, WalMetricsSink, WalWriter};
 use crate::{source, tls, wasm};
 
@@ -31,6 +32,7 @@ pub struct RunSummary {
 pub async fn run(
     cfg: AgentConfig,
     metrics: Arc<Metrics>,
+    taps: Taps,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<RunSummary> {
     let _lock = lock_data_dir(&cfg.agent.data_dir)?;
@@ -80,6 +82,7 @@ pub async fn run(
             chunk_rx,
             batch_tx,
             metrics.clone(),
+            taps.tap(&stream_name),
         ));
         stores.spawn(store(
             stream_name.clone(),

@@ -236,7 +236,7 @@ impl QuicShipper {
         lane.summary.unshipped_batches = left;
         // Wake a writer waiting for space that will not come now.
         lane.log.close();
-        self.metrics.set_inflight(&stream, 0);
+        self.metrics.set_inflight(&stream, &VecDeque::new());
         lane.summary
     }
 
@@ -319,7 +319,7 @@ impl QuicShipper {
             self.send_batch(&mut send, &lane.stream, lane.seq(r.lsn), &r.batch)
                 .await?;
         }
-        self.metrics.set_inflight(&lane.stream, lane.pending.len());
+        self.metrics.set_inflight(&lane.stream, &lane.pending);
 
         let window = self.cfg.window;
         loop {
@@ -338,7 +338,7 @@ impl QuicShipper {
                         Some(Ok(None)) | None => return Err(LaneError::Closed),
                     };
                     lane.on_ack(ack, &self.metrics)?;
-                    self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                    self.metrics.set_inflight(&lane.stream, &lane.pending);
                 }
                 next = input.recv(), if !lane.input_done && lane.pending.len() < window => {
                     match next {
@@ -354,7 +354,7 @@ impl QuicShipper {
                             }
                             self.send_batch(&mut send, &lane.stream, seq, &r.batch).await?;
                             lane.pending.push_back(r);
-                            self.metrics.set_inflight(&lane.stream, lane.pending.len());
+                            self.metrics.set_inflight(&lane.stream, &lane.pending);
                         }
                         Some(Err(e)) => {
                             tracing::error!(stream = %lane.stream, "write-ahead log damaged, the rest of the segment is skipped: {e}");

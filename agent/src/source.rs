@@ -154,7 +154,8 @@ pub async fn run_simulator(
                         _ = stop.changed() => break 'run,
                     }
                     produced += k as u64;
-                    metrics.source_rows(&name, k as u64);
+                    // A slice reports its parent's buffers: count its share.
+                    metrics.source_rows(&name, k as u64, (size * k / n.max(1)) as u64);
                 }
             }
         }

@@ -246,6 +246,8 @@ struct Pending {
     seq: u64,
     checkpoint: Option<String>,
     created_at_us: i64,
+    /// Its rows' `_ingested_at`.
+    received_at_us: i64,
     origin: Option<Origin>,
     wire_bytes: usize,
     batch: RecordBatch,
@@ -476,7 +478,8 @@ impl LanderTask {
                     tracing::error!(table = %stream, "cannot load or create table: {e}");
                     self.catalog_health
                         .error(format!("cannot load or create table {stream}: {e}"));
-                    self.metrics.commit_failed(&stream, "catalog");
+                    self.metrics
+                        .commit_failed(&format!("{}.{stream}", self.cfg.namespace), "catalog");
                     self.blocked.insert(lane, req.first_seq());
                     drop(req.reply);
                     return;
@@ -486,7 +489,8 @@ impl LanderTask {
         let Some(state) = self.tables.get_mut(&stream) else {
             return;
         };
-        self.metrics.batch_received(&state.name);
+        self.metrics
+            .batch_received(&state.name, req.batch.num_rows(), req.wire_bytes);
         let landed = |marks: &Marks| {
             let env = &req.envelope;
             Landed::of(
@@ -537,7 +541,8 @@ impl LanderTask {
             Ok(m) => m,
             Err(reason) => {
                 tracing::warn!(table = %state.name, agent = %env.agent, seq = env.seq, "rejected batch: {reason}");
-                self.metrics.batch_rejected(&state.name, "schema_mismatch");
+                self.metrics
+                    .batch_rejected(&state.name, "schema_mismatch", req.batch.num_rows());
                 let _ = req.reply.send(Verdict::Rejected(reason));
                 return;
             }
@@ -546,7 +551,8 @@ impl LanderTask {
             Ok(b) => b,
             Err(e) => {
                 let reason = format!("batch does not fit table {}: {e}", state.name);
-                self.metrics.batch_rejected(&state.name, "schema_mismatch");
+                self.metrics
+                    .batch_rejected(&state.name, "schema_mismatch", req.batch.num_rows());
                 let _ = req.reply.send(Verdict::Rejected(reason));
                 return;
             }
@@ -576,6 +582,7 @@ impl LanderTask {
             seq: env.seq,
             checkpoint: env.checkpoint.clone(),
             created_at_us: env.created_at_us,
+            received_at_us: req.received_at_us,
             origin: req.origin,
             wire_bytes: req.wire_bytes,
             batch,
@@ -704,8 +711,12 @@ impl LanderTask {
         state.committed = state.committed.merged(&done.marks);
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut rows = 0;
+        let mut newest = None;
         for (p, landed) in done.batches.into_iter().zip(done.landed) {
             let n = p.batch.num_rows();
+            if landed != Landed::All {
+                newest = newest.max(Some(p.received_at_us));
+            }
             if landed != Landed::Leading(0) {
                 self.metrics
                     .rows_duplicate(&state.name, n - landed.remaining(n));
@@ -727,6 +738,9 @@ impl LanderTask {
         state.waiting_duplicates = still;
         for (_, _, reply) in ready {
             let _ = reply.send(Verdict::Duplicate);
+        }
+        if let Some(us) = newest {
+            self.metrics.ingested(&state.name, us);
         }
         tracing::debug!(table = %state.name, rows, "committed");
         let more = state.over_threshold(&self.cfg) || !self.flush_waiters.is_empty();

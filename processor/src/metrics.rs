@@ -1,6 +1,8 @@
 //! The processor's counters, exposed in Prometheus text format on `/metrics`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -75,6 +77,17 @@ pub struct Metrics {
     connections_open: Gauge,
     frames_rejected: Family<ReasonLabels, Counter>,
     batches_received: Family<TableLabels, Counter>,
+    rows_received: Family<TableLabels, Counter>,
+    bytes_received: Family<TableLabels, Counter>,
+    rows_rejected: Family<TableReasonLabels, Counter>,
+    /// Per bronze table, the newest committed `_ingested_at` (µs), for the freshness gauge.
+    newest_ingested_us: Mutex<HashMap<String, i64>>,
+    freshness: Family<TableLabels, Gauge<f64, AtomicU64>>,
+    table_rows: Family<TableLabels, Gauge>,
+    table_files: Family<TableLabels, Gauge>,
+    table_bytes: Family<TableLabels, Gauge>,
+    table_snapshots: Family<TableLabels, Gauge>,
+    table_last_commit: Family<TableLabels, Gauge<f64, AtomicU64>>,
     batches_duplicate: Family<TableLabels, Counter>,
     rows_duplicate: Family<TableLabels, Counter>,
     batches_rejected: Family<TableReasonLabels, Counter>,
@@ -106,6 +119,16 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             frames_rejected: Family::default(),
             batches_received: Family::default(),
+            rows_received: Family::default(),
+            bytes_received: Family::default(),
+            rows_rejected: Family::default(),
+            newest_ingested_us: Mutex::default(),
+            freshness: Family::default(),
+            table_rows: Family::default(),
+            table_files: Family::default(),
+            table_bytes: Family::default(),
+            table_snapshots: Family::default(),
+            table_last_commit: Family::default(),
             batches_duplicate: Family::default(),
             rows_duplicate: Family::default(),
             batches_rejected: Family::default(),
@@ -170,6 +193,51 @@ impl Default for Metrics {
             "batches_received",
             "Batches received per table",
             m.batches_received.clone(),
+        );
+        r.register(
+            "received_rows",
+            "Rows received per table (redeliveries included)",
+            m.rows_received.clone(),
+        );
+        r.register(
+            "received_bytes",
+            "Arrow IPC bytes received per table (redeliveries included)",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "rejected_rows",
+            "Rows refused, by table and reason",
+            m.rows_rejected.clone(),
+        );
+        r.register(
+            "table_freshness_seconds",
+            "Now minus the newest committed _ingested_at, per bronze table this processor lands",
+            m.freshness.clone(),
+        );
+        r.register(
+            "table_rows",
+            "Rows in each table's current snapshot (refreshed every 10 s)",
+            m.table_rows.clone(),
+        );
+        r.register(
+            "table_data_files",
+            "Data files in each table's current snapshot (refreshed every 10 s)",
+            m.table_files.clone(),
+        );
+        r.register(
+            "table_size_bytes",
+            "Size of each table's data files (refreshed every 10 s)",
+            m.table_bytes.clone(),
+        );
+        r.register(
+            "table_snapshots",
+            "Snapshots each table keeps (refreshed every 10 s)",
+            m.table_snapshots.clone(),
+        );
+        r.register(
+            "table_last_commit_timestamp_seconds",
+            "Time of each table's latest snapshot, seconds since the Unix epoch (refreshed every 10 s)",
+            m.table_last_commit.clone(),
         );
         r.register(
             "batches_duplicate",
@@ -296,8 +364,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn batch_received(&self, t: &str) {
-        self.batches_received.get_or_create(&table(t)).inc();
+    pub fn batch_received(&self, t: &str, rows: usize, bytes: usize) {
+        let l = table(t);
+        self.batches_received.get_or_create(&l).inc();
+        self.rows_received.get_or_create(&l).inc_by(rows as u64);
+        self.bytes_received.get_or_create(&l).inc_by(bytes as u64);
     }
 
     pub fn batch_duplicate(&self, t: &str) {
@@ -310,13 +381,57 @@ impl Metrics {
             .inc_by(rows as u64);
     }
 
-    pub fn batch_rejected(&self, t: &str, reason: &str) {
-        self.batches_rejected
-            .get_or_create(&TableReasonLabels {
-                table: t.into(),
-                reason: reason.into(),
-            })
-            .inc();
+    pub fn batch_rejected(&self, t: &str, reason: &str, rows: usize) {
+        let l = TableReasonLabels {
+            table: t.into(),
+            reason: reason.into(),
+        };
+        self.batches_rejected.get_or_create(&l).inc();
+        self.rows_rejected.get_or_create(&l).inc_by(rows as u64);
+    }
+
+    /// Rows of table `t` received at `newest_us` (the `_ingested_at` of the newest) are
+    /// committed.
+    pub fn ingested(&self, t: &str, newest_us: i64) {
+        let mut newest = self
+            .newest_ingested_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let e = newest.entry(t.to_string()).or_insert(newest_us);
+        *e = (*e).max(newest_us);
+    }
+
+    /// What the tables' current snapshots say (see [`crate::query::tables`]).
+    pub fn table_stats(&self, stats: &[crate::query::TableStats]) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for s in stats {
+            let l = table(&s.table);
+            self.table_rows.get_or_create(&l).set(gauge(s.rows));
+            self.table_files.get_or_create(&l).set(gauge(s.data_files));
+            self.table_bytes.get_or_create(&l).set(gauge(s.bytes));
+            self.table_snapshots
+                .get_or_create(&l)
+                .set(gauge(s.snapshots as u64));
+            if let Some(ms) = s.last_commit_ms {
+                self.table_last_commit
+                    .get_or_create(&l)
+                    .set(ms as f64 / 1e3);
+            }
+        }
+    }
+
+    /// Per bronze table this processor lands: now minus the newest committed
+    /// `_ingested_at`, in seconds.
+    pub fn freshness(&self) -> Vec<(String, f64)> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let newest = self
+            .newest_ingested_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        newest
+            .iter()
+            .map(|(t, us)| (t.clone(), (now - us).max(0) as f64 / 1e6))
+            .collect()
     }
 
     pub fn committed(&self, t: &str, rows: u64, bytes: u64, seconds: f64) {
@@ -415,6 +530,10 @@ impl Metrics {
 impl sluice_ops::RenderMetrics for Metrics {
     /// Prometheus text exposition of every metric.
     fn render(&self) -> String {
+        // Freshness moves with the clock: set it as of this scrape.
+        for (t, seconds) in self.freshness() {
+            self.freshness.get_or_create(&table(&t)).set(seconds);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

@@ -25,6 +25,8 @@ pub struct Receiver {
     pub max_frame_bytes: usize,
     /// Which streams each agent may write.
     pub access: Arc<Access>,
+    /// The lander's namespace, to name tables in metrics.
+    pub namespace: String,
 }
 
 /// Why a lane was closed.
@@ -241,7 +243,11 @@ impl Receiver {
                 Err((reason, message)) => {
                     tracing::warn!(agent = %env.agent, stream = %env.stream, seq, "rejected batch: {message}");
                     self.metrics.frame_rejected(reason);
-                    self.metrics.batch_rejected(&env.stream, reason);
+                    self.metrics.batch_rejected(
+                        &format!("{}.{}", self.namespace, env.stream),
+                        reason,
+                        env.rows as usize,
+                    );
                     let _ = reply.send(Verdict::Rejected(message));
                 }
             }

@@ -27,6 +27,8 @@ pub struct Server {
     kafka: Option<KafkaReceiver>,
     models: Option<crate::models::Scheduler>,
     maintenance: Option<crate::maintenance::Scheduled>,
+    /// Refreshes the per-table gauges.
+    table_stats: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -98,6 +100,7 @@ impl Server {
                         crate::access::Access::new(quic.allow.clone())
                             .map_err(anyhow::Error::msg)?,
                     ),
+                    namespace: cfg.lander.namespace.clone(),
                 };
                 tokio::spawn(receiver.serve(endpoint.clone()));
                 Some(endpoint)
@@ -134,6 +137,7 @@ impl Server {
             None => None,
         };
         tracing::info!(quic = ?quic_addr, api = ?api_addr, warehouse = %cfg.warehouse(), "processor ready");
+        let table_stats = watch_tables(catalog.clone(), metrics);
         Ok(Self {
             quic_addr,
             catalog,
@@ -142,6 +146,7 @@ impl Server {
             kafka,
             models,
             maintenance,
+            table_stats,
         })
     }
 
@@ -168,5 +173,24 @@ impl Server {
         if let Some(m) = self.maintenance {
             m.stop().await;
         }
+        self.table_stats.abort();
     }
+}
+
+/// How often the per-table gauges (rows, files, snapshots) are read from the catalog.
+const TABLE_STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// Keep the per-table gauges up to date from the tables' current snapshots.
+fn watch_tables(catalog: Arc<dyn Catalog>, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TABLE_STATS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match crate::query::tables(catalog.as_ref()).await {
+                Ok(stats) => metrics.table_stats(&stats),
+                Err(e) => tracing::warn!("cannot read the tables' stats for the metrics: {e:#}"),
+            }
+        }
+    })
 }

@@ -1,10 +1,15 @@
-"""Operating Sluice: health that tells the truth."""
+"""Operating Sluice: health that tells the truth, metrics that agree with the lake."""
 
+import json
 import os
+import pathlib
+import re
 import signal
+import subprocess
 import time
+import urllib.request
 
-from harness import Agent, Processor, simulator_source, wait_until
+from harness import Agent, Processor, duckdb_connection, pyiceberg_table, simulator_source, wait_until
 
 STALLED_AFTER = 3
 
@@ -40,3 +45,142 @@ def test_stalled_processor_makes_the_agent_not_ready_until_it_recovers(bins, cer
     before = agent.metrics()[acked]
     wait_until(lambda: agent.metrics()[acked] > before, 30, "rows to flow again")
     assert agent.health() == (200, "ok\n")
+
+
+def test_metrics_agree_with_the_lake(bins, certs, workdir):
+    """Scraped throughout a run, the counters only grow and never run ahead of each other
+    along the path (produced ≥ batched, sent ≥ acked, received ≥ committed, and what the
+    agent counts acked the processor counts committed); at the end rows produced = batched
+    = acked = committed = rows in bronze, and the table gauges show the table."""
+    n = 150_000
+    proc = Processor(bins, certs, workdir).start()
+    # A slow second source keeps the agent (and its endpoint) up after the first is done.
+    agent = Agent(bins, certs, workdir, proc, {
+        "telemetry": simulator_source(n, rate=40_000),
+        "heartbeat": simulator_source(10**9, rate=5),
+    }).start().wait_api()
+    names = {
+        "produced": 'sluice_agent_source_rows_total{source="telemetry"}',
+        "batched": 'sluice_agent_batched_rows_total{stream="telemetry"}',
+        "sent": 'sluice_agent_sent_rows_total{stream="telemetry"}',
+        "acked": 'sluice_agent_acked_rows_total{stream="telemetry"}',
+        "received": 'sluice_processor_received_rows_total{table="bronze.telemetry"}',
+        "committed": 'sluice_processor_committed_rows_total{table="bronze.telemetry"}',
+    }
+    previous: dict[str, float] = {}
+    scrapes = 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        # Scrapes are not atomic: processor, agent, processor, so that each comparison of the
+        # two reads the downstream count first where it trails (received ≤ sent) and last
+        # where it leads (committed ≥ acked: a batch is acked only once committed).
+        p1, a, p2 = proc.metrics(), agent.metrics(), proc.metrics()
+        now = {k: (p1 if k == "received" else p2 if k == "committed" else a).get(v, 0) for k, v in names.items()}
+        assert now["produced"] >= now["batched"] >= 0 and now["sent"] >= now["acked"], now
+        assert now["sent"] >= now["received"], now  # received read before sent
+        assert now["committed"] >= now["acked"], now  # committed read after acked
+        assert p2.get(names["received"], 0) >= now["committed"], now
+        for k, v in now.items():
+            assert v >= previous.get(k, 0), (k, previous, now)
+        previous = now
+        scrapes += 1
+        if now["acked"] >= n:
+            break
+        time.sleep(0.3)
+    assert scrapes >= 5, f"only {scrapes} scrapes during the run"
+    a, p = agent.metrics(), proc.metrics()
+    assert a[names["produced"]] == a[names["batched"]] == a[names["acked"]] == n, a
+    assert a.get('sluice_agent_duplicate_rows_total{stream="telemetry"}', 0) == 0
+    assert p[names["committed"]] == n and p[names["received"]] >= n, p
+    t = pyiceberg_table(proc, "bronze.telemetry")
+    bronze = duckdb_connection().execute(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}')").fetchone()[0]
+    assert bronze == n, f"{bronze} rows in bronze"
+
+    # The table gauges are refreshed from the catalog every 10 s.
+    def table_gauges():
+        m = proc.metrics()
+        return m.get('sluice_processor_table_rows{table="bronze.telemetry"}') == n and m
+    m = wait_until(table_gauges, 30, "the table gauges to show every row")
+    assert m['sluice_processor_table_data_files{table="bronze.telemetry"}'] >= 1
+    assert m['sluice_processor_table_snapshots{table="bronze.telemetry"}'] >= 1
+    assert m['sluice_processor_table_size_bytes{table="bronze.telemetry"}'] > 0
+    assert abs(time.time() - m['sluice_processor_table_last_commit_timestamp_seconds{table="bronze.telemetry"}']) < 120
+    # Freshness: the heartbeat keeps landing, so its table stays fresh; the finished
+    # telemetry stream ages.
+    assert m['sluice_processor_table_freshness_seconds{table="bronze.heartbeat"}'] < 10, m
+    assert m['sluice_processor_table_freshness_seconds{table="bronze.telemetry"}'] >= 0, m
+    # Everything of the finished stream is acknowledged: nothing unacked has an age.
+    assert agent.metrics().get('sluice_agent_oldest_unacked_age_seconds{stream="telemetry"}') == 0
+
+    # Every series the Grafana dashboard queries is one the binaries register (a family
+    # with no series yet is left out of a scrape, so the registrations are read from the
+    # source); those this run exposes are among them.
+    root = pathlib.Path(__file__).parents[2]
+    registered = registered_series(root / "agent/src/metrics.rs", "sluice_agent") | \
+        registered_series(root / "processor/src/metrics.rs", "sluice_processor")
+    exposed = exposed_series(agent.api_port) | exposed_series(proc.api_port)
+    assert names["acked"].split("{")[0] in exposed and exposed <= registered, sorted(exposed - registered)
+    dashboard = json.loads((root / "examples/grafana/sluice-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    queried = {name for e in exprs for name in re.findall(r"\bsluice_[a-z_]+", e)}
+    assert len(queried) > 20 and queried <= registered, sorted(queried - registered)
+    assert agent.proc.stop() == 0, agent.proc.output()[-3000:]
+
+
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+
+
+def exposed_series(port: int) -> set[str]:
+    """Sample names a `/metrics` endpoint declares (`# TYPE` lines)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {name + suffix
+            for kind_line in text.splitlines() if kind_line.startswith("# TYPE ")
+            for _, _, name, kind in [kind_line.split(" ")]
+            for suffix in SUFFIXES.get(kind, [""])}
+
+
+def registered_series(source: pathlib.Path, prefix: str) -> set[str]:
+    """Sample names a binary's metrics module registers: `register("name", "help",
+    m.field.clone())`, typed by the field's declaration."""
+    text = source.read_text()
+    out = set()
+    for name, field in re.findall(r'register\(\s*"([a-z_]+)",\s*"[^"]*",\s*m\.([a-z_]+)\.clone\(\)', text):
+        declared = re.search(rf"\n\s*{field}: ([^\n]+),", text).group(1)
+        kind = "histogram" if "Histogram" in declared else "gauge" if "Gauge" in declared else "counter"
+        out |= {f"{prefix}_{name}{suffix}" for suffix in SUFFIXES[kind]}
+    return out
+
+
+def test_top_and_tap_show_a_running_agent(bins, certs, workdir):
+    """`sluice-agent tap STREAM` prints records flowing through the stream as JSON lines;
+    `sluice-agent top` shows per-source and per-stream rates read from the agent."""
+    proc = Processor(bins, certs, workdir).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(10**9, rate=2_000)}).start().wait_api()
+    acked = 'sluice_agent_acked_rows_total{stream="telemetry"}'
+    wait_until(lambda: agent.metrics().get(acked, 0) > 0, 60, "rows to be acknowledged")
+
+    tap = subprocess.run([str(bins.agent), "tap", "telemetry", "--config", str(agent.config), "-n", "7"],
+                         capture_output=True, text=True, timeout=60)
+    assert tap.returncode == 0, tap.stderr
+    rows = [json.loads(line) for line in tap.stdout.splitlines()]
+    assert len(rows) == 7, tap.stdout
+    assert {"ts", "sample", "host", "region", "cpu"} <= rows[0].keys(), rows[0]
+    samples = [r["sample"] for r in rows]
+    assert samples == sorted(samples), "rows in the order they flow"
+
+    missing = subprocess.run([str(bins.agent), "tap", "nosuch", "--url", f"127.0.0.1:{agent.api_port}"],
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode != 0
+    assert 'no stream "nosuch"' in missing.stderr and "telemetry" in missing.stderr, missing.stderr
+
+    top = subprocess.run([str(bins.agent), "top", "--url", f"127.0.0.1:{agent.api_port}", "--once",
+                          "--interval", "2s"], capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0, top.stderr
+    lines = top.stdout.splitlines()
+    assert lines[0].endswith(": READY"), top.stdout
+    source = next(line for line in lines if line.startswith("telemetry"))
+    rate = float(source.split()[1].replace(",", ""))
+    assert 1_000 <= rate <= 4_000, f"about 2,000 rows/s expected:\n{top.stdout}"
+    headers = [line.split()[0] for line in lines if line and line.split()[0] in ("SOURCE", "STREAM")]
+    assert headers == ["SOURCE", "STREAM"], top.stdout

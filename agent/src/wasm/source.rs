@@ -176,6 +176,7 @@ impl Supervisor {
                 if batch.num_rows() > 0 {
                     got_rows = true;
                     let n = batch.num_rows() as u64;
+                    let bytes = batch.get_array_memory_size() as u64;
                     let chunk = Chunk {
                         batch,
                         checkpoint: self.checkpoint.clone(),
@@ -184,7 +185,7 @@ impl Supervisor {
                         return Ok(End::Stopped);
                     }
                     self.rows += n;
-                    self.metrics.source_rows(&self.plugin, n);
+                    self.metrics.source_rows(&self.plugin, n, bytes);
                 }
             }
             if result.finished {
