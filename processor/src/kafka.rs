@@ -74,11 +74,15 @@ impl KafkaReceiver {
             json.insert(topic.clone(), JsonTopic::new(table, schema));
         }
         let runtime = tokio::runtime::Handle::current();
+        let health = metrics.health.watch("kafka consumer", "messages");
+        let broker_errors = Arc::new(AtomicBool::new(false));
         let ctx = GroupContext {
             lander: lander.clone(),
             inflight: inflight.clone(),
             runtime: runtime.clone(),
             metrics: metrics.clone(),
+            health: health.clone(),
+            broker_errors: broker_errors.clone(),
         };
         let mut client = ClientConfig::new();
         client
@@ -130,6 +134,9 @@ impl KafkaReceiver {
             dead_letter_table: cfg.dead_letter_table.clone(),
             stalled_after: cfg.rejoin_when_stalled,
             stall: Stall::default(),
+            health,
+            broker_errors,
+            health_checked: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("kafka-consumer".into())
@@ -164,6 +171,10 @@ struct GroupContext {
     inflight: InFlight,
     runtime: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    /// The consumer's health: broker errors, until the brokers answer again.
+    health: sluice_ops::Watch,
+    /// Set on a broker error: the consume loop then checks whether the brokers answer.
+    broker_errors: Arc<AtomicBool>,
 }
 
 impl ClientContext for GroupContext {
@@ -181,6 +192,8 @@ impl ClientContext for GroupContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // Mostly transient (a broker away): librdkafka reconnects by itself.
         tracing::warn!(target: "librdkafka", "{error}: {reason}");
+        self.health.error(format!("{error}: {reason}"));
+        self.broker_errors.store(true, Ordering::Relaxed);
     }
 }
 
@@ -344,6 +357,10 @@ struct ConsumeLoop {
     dead_letter_table: String,
     stalled_after: Duration,
     stall: Stall,
+    health: sluice_ops::Watch,
+    broker_errors: Arc<AtomicBool>,
+    /// When the brokers were last asked whether they answer.
+    health_checked: Instant,
 }
 
 /// Partitions held by other members, watched for progress.
@@ -374,6 +391,7 @@ impl ConsumeLoop {
             self.rewind_if_due();
             self.commit_offsets(false);
             self.rejoin_if_stalled();
+            self.check_brokers();
         }
         // Stopping: let what was read and handed over be settled, then record it.
         self.flush_runs(true);
@@ -829,6 +847,25 @@ impl ConsumeLoop {
         self.stall.seen.clear();
         self.stall.wait =
             (self.stall.wait.max(self.stalled_after) * 2).min(Duration::from_secs(600));
+    }
+
+    /// After broker errors, ask the brokers for metadata every few seconds: an answer
+    /// means the errors are over, even on a topic with nothing to read.
+    fn check_brokers(&mut self) {
+        if !self.broker_errors.load(Ordering::Relaxed)
+            || self.health_checked.elapsed() < Duration::from_secs(5)
+        {
+            return;
+        }
+        self.health_checked = Instant::now();
+        if self
+            .consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok()
+        {
+            self.broker_errors.store(false, Ordering::Relaxed);
+            self.health.recovered();
+        }
     }
 
     /// Report the settled prefix of each partition to the group (at most once a second).

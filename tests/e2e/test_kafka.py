@@ -102,20 +102,27 @@ def test_fault_run_over_kafka(bins, certs, workdir):
 
 def test_broker_down_then_back(bins, certs, workdir):
     """The broker is away for a while: the agent keeps its batches in its log (memory stays
-    flat) and everything lands once the broker is back."""
+    flat), both sides' `/ready` say what is stuck, and everything lands once the broker is
+    back."""
     kafka = Kafka(workdir)
     kafka.create_topic(TOPIC, partitions=1)
-    proc = kafka_processor(bins, certs, workdir, kafka).start()
+    stalled = {"stalled_after": "2s"}
+    proc = kafka_processor(bins, certs, workdir, kafka, api=stalled).start()
     agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(400_000, rate=40_000)},
-                  sink=kafka_sink(kafka), batch={"max_rows": 10_000, "max_age": "200ms"}).start().wait_api()
+                  sink=kafka_sink(kafka), batch={"max_rows": 10_000, "max_age": "200ms"}, api=stalled).start().wait_api()
     wait_until(lambda: bronze_count(proc, "bronze.telemetry") > 0, 60, "the first rows to land")
     kafka.kill()
     wal = 'sluice_agent_wal_size_bytes{stream="telemetry"}'
     before = agent.metrics().get(wal, 0)
-    time.sleep(6)
+    _, body = wait_until(lambda: (r := agent.ready())[0] == 503 and r, 30, "the agent to turn not ready")
+    assert 'sink for stream "telemetry" stalled: ' in body, body
+    _, body = wait_until(lambda: (r := proc.ready())[0] == 503 and r, 30, "the processor to turn not ready")
+    assert "kafka consumer stalled: failing for" in body, body
+    time.sleep(3)  # away a while longer: the log keeps growing
     during = agent.metrics()
     assert during.get(wal, 0) > before + 5_000_000, f"the log grows while the broker is away: {before} -> {during.get(wal)}"
     kafka.start()
+    wait_until(lambda: proc.ready()[0] == 200, 60, "the processor to be ready again")
     assert agent.wait(180) == 0, agent.proc.output()[-3000:]
     assert "Kafka producer restarting" in agent.proc.output() or "Connection refused" in agent.proc.output()
     wait_until(lambda: bronze_count(proc, "bronze.telemetry") >= 400_000, 120, "bronze to hold every row")
