@@ -5,6 +5,8 @@
 //!   10,000); time travel with `as_of` (RFC 3339 or epoch ms) and/or
 //!   `snapshot=ns.table=ID,...`.
 //! - `GET /api/tables` — every table with rows, files, bytes, snapshots, last commit.
+//! - `GET /api/status` — agents (streams, last seen, rows, rate), tables (with freshness)
+//!   and the last hour's landing rate and worst freshness (see [`crate::status`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use axum::routing::get;
 use iceberg::Catalog;
 use serde::Deserialize;
 
+use crate::metrics::Metrics;
 use crate::query::{self, AsOf};
 
 /// Rows returned when the request does not say.
@@ -30,16 +33,19 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 struct Api {
     catalog: Arc<dyn Catalog>,
     name: String,
+    metrics: Arc<Metrics>,
 }
 
 /// The `/api` routes over `catalog` (named `name` in SQL).
-pub fn router(catalog: Arc<dyn Catalog>, name: &str) -> Router {
+pub fn router(catalog: Arc<dyn Catalog>, name: &str, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/api/query", get(query_get).post(query_post))
         .route("/api/tables", get(tables))
+        .route("/api/status", get(status))
         .with_state(Api {
             catalog,
             name: name.to_string(),
+            metrics,
         })
 }
 
@@ -152,6 +158,11 @@ async fn run(api: Api, p: Params) -> Response {
         "elapsed_ms": elapsed_ms,
     }))
     .into_response()
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    let freshness = api.metrics.freshness();
+    axum::Json(api.metrics.status.report(&freshness)).into_response()
 }
 
 async fn tables(State(api): State<Api>) -> Response {

@@ -29,6 +29,7 @@ use crate::lake;
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
 use crate::progress::{COMMIT_ID_KEY, Marks, Partition};
+use crate::status::Via;
 
 /// The final word on a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -491,6 +492,17 @@ impl LanderTask {
         };
         self.metrics
             .batch_received(&state.name, req.batch.num_rows(), req.wire_bytes);
+        let via = match req.origin {
+            Some(_) => Via::Kafka,
+            None => Via::Quic,
+        };
+        self.metrics.status.batch(
+            &req.envelope.agent,
+            &state.name,
+            req.batch.num_rows(),
+            req.wire_bytes,
+            via,
+        );
         let landed = |marks: &Marks| {
             let env = &req.envelope;
             Landed::of(

@@ -22,6 +22,7 @@ mod query;
 mod receiver;
 mod rewrite;
 mod server;
+mod status;
 mod storage;
 mod tls;
 

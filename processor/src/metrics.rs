@@ -1,7 +1,7 @@
 //! The processor's counters, exposed in Prometheus text format on `/metrics`.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -70,6 +70,10 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     /// What `/health` and `/ready` report: tables whose commits are stuck, the catalog.
     pub health: sluice_ops::Health,
+    /// What `/api/status` reports: agents, tables, history.
+    pub status: crate::status::Status,
+    /// Rows committed to all tables, for the status history.
+    committed_total: AtomicU64,
     registry: Registry,
     connections: Counter,
     connections_rejected: Family<ReasonLabels, Counter>,
@@ -112,6 +116,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let m = Self {
             health: sluice_ops::health_for(None),
+            status: crate::status::Status::default(),
+            committed_total: AtomicU64::new(0),
             registry: Registry::default(),
             connections: Counter::default(),
             connections_rejected: Family::default(),
@@ -420,6 +426,11 @@ impl Metrics {
         }
     }
 
+    /// Rows the lander committed, to all tables.
+    pub fn committed_total(&self) -> u64 {
+        self.committed_total.load(Ordering::Relaxed)
+    }
+
     /// Per bronze table this processor lands: now minus the newest committed
     /// `_ingested_at`, in seconds.
     pub fn freshness(&self) -> Vec<(String, f64)> {
@@ -435,6 +446,7 @@ impl Metrics {
     }
 
     pub fn committed(&self, t: &str, rows: u64, bytes: u64, seconds: f64) {
+        self.committed_total.fetch_add(rows, Ordering::Relaxed);
         let l = table(t);
         self.commits.get_or_create(&l).inc();
         self.rows_committed.get_or_create(&l).inc_by(rows);

@@ -205,7 +205,7 @@ pub fn json_rows(batches: &[RecordBatch]) -> anyhow::Result<serde_json::Value> {
 }
 
 /// What `/api/tables` says about a table.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TableStats {
     pub table: String,
     pub rows: u64,

@@ -129,7 +129,7 @@ impl Server {
                     api.listen,
                     metrics.clone(),
                     health,
-                    crate::api::router(catalog.clone(), cfg.catalog_name()),
+                    crate::api::router(catalog.clone(), cfg.catalog_name(), metrics.clone()),
                 )
                 .await
                 .with_context(|| format!("cannot listen on api.listen {}", api.listen))?,
@@ -177,20 +177,32 @@ impl Server {
     }
 }
 
-/// How often the per-table gauges (rows, files, snapshots) are read from the catalog.
-const TABLE_STATS_EVERY: Duration = Duration::from_secs(10);
-
-/// Keep the per-table gauges up to date from the tables' current snapshots.
+/// Keep the per-table gauges and the status report up to date from the tables' current
+/// snapshots, and sample the status history.
 fn watch_tables(catalog: Arc<dyn Catalog>, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TABLE_STATS_EVERY);
+        let mut tick = tokio::time::interval(crate::status::SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match crate::query::tables(catalog.as_ref()).await {
-                Ok(stats) => metrics.table_stats(&stats),
-                Err(e) => tracing::warn!("cannot read the tables' stats for the metrics: {e:#}"),
-            }
+            let stats = match crate::query::tables(catalog.as_ref()).await {
+                Ok(stats) => {
+                    metrics.table_stats(&stats);
+                    stats
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read the tables' stats for the metrics: {e:#}");
+                    Vec::new()
+                }
+            };
+            let worst = metrics
+                .freshness()
+                .into_iter()
+                .map(|(_, f)| f)
+                .reduce(f64::max);
+            metrics
+                .status
+                .sample(stats, metrics.committed_total(), worst);
         }
     })
 }

@@ -112,6 +112,21 @@ def test_metrics_agree_with_the_lake(bins, certs, workdir):
     # Everything of the finished stream is acknowledged: nothing unacked has an age.
     assert agent.metrics().get('sluice_agent_oldest_unacked_age_seconds{stream="telemetry"}') == 0
 
+    # The status report: the agent with its streams, the table with its freshness, and a
+    # history whose landing rate saw the run (sampled every 10 s).
+    def status_with_history():
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.api_port}/api/status", timeout=5) as r:
+            s = json.loads(r.read())
+        return any(h["rows_per_second"] > 0 for h in s["history"]) and s
+    status = wait_until(status_with_history, 30, "the status history to show the run")
+    edge = next(a for a in status["agents"] if a["agent"] == "edge-01")
+    assert edge["via"] == "quic" and edge["streams"] == ["bronze.heartbeat", "bronze.telemetry"], edge
+    assert edge["rows"] >= n and edge["seconds_since_seen"] < 10, edge
+    telemetry = next(t for t in status["tables"] if t["table"] == "bronze.telemetry")
+    assert telemetry["rows"] == n and telemetry["data_files"] >= 1 and telemetry["snapshots"] >= 1, telemetry
+    assert telemetry["freshness_seconds"] is not None, telemetry
+    assert all(h["at_ms"] <= status["now_ms"] for h in status["history"])
+
     # Every series the Grafana dashboard queries is one the binaries register (a family
     # with no series yet is left out of a scrape, so the registrations are read from the
     # source); those this run exposes are among them.
