@@ -875,6 +875,12 @@ impl CommitJob {
         let data_files = files.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
         let mut props = current.merged(marks).to_properties();
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
+        // iceberg's commit would silently move the append onto a table another processor
+        // has committed to since the check above: refuse that, and check again.
+        let checked = crate::unmoved::Unmoved {
+            catalog: self.catalog.as_ref(),
+            snapshot: table.metadata().current_snapshot_id(),
+        };
         let tx = Transaction::new(table);
         let tx = tx
             .fast_append()
@@ -882,7 +888,7 @@ impl CommitJob {
             .set_snapshot_properties(props)
             .add_data_files(data_files)
             .apply(tx)?;
-        Ok((tx.commit(self.catalog.as_ref()).await?, landed))
+        Ok((tx.commit(&checked).await?, landed))
     }
 
     async fn write_files(
@@ -1230,5 +1236,28 @@ mod tests {
             want,
             "every row once, numbered by offset"
         );
+
+        // A commit checked against an older snapshot cannot be moved onto the newer one.
+        let ident = iceberg::TableIdent::from_strs(["bronze", "events"]).expect("ident");
+        let now = catalog.load_table(&ident).await.expect("table");
+        let parent = now
+            .metadata()
+            .current_snapshot()
+            .and_then(|s| s.parent_snapshot_id());
+        let stale = crate::unmoved::Unmoved {
+            catalog: catalog.as_ref(),
+            snapshot: parent,
+        };
+        let err = stale.load_table(&ident).await.expect_err("moved since");
+        assert_eq!(err.kind(), ErrorKind::CatalogCommitConflicts);
+        assert!(
+            !err.retryable(),
+            "iceberg must hand the conflict back, not rebase"
+        );
+        let fresh = crate::unmoved::Unmoved {
+            catalog: catalog.as_ref(),
+            snapshot: now.metadata().current_snapshot_id(),
+        };
+        assert!(fresh.load_table(&ident).await.is_ok());
     }
 }

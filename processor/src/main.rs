@@ -25,6 +25,7 @@ mod server;
 mod status;
 mod storage;
 mod tls;
+mod unmoved;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

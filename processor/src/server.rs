@@ -188,11 +188,11 @@ fn watch_tables(catalog: Arc<dyn Catalog>, metrics: Arc<Metrics>) -> tokio::task
             let stats = match crate::query::tables(catalog.as_ref()).await {
                 Ok(stats) => {
                     metrics.table_stats(&stats);
-                    stats
+                    Some(stats)
                 }
                 Err(e) => {
                     tracing::warn!("cannot read the tables' stats for the metrics: {e:#}");
-                    Vec::new()
+                    None
                 }
             };
             let worst = metrics

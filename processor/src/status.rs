@@ -119,9 +119,9 @@ impl Status {
         });
     }
 
-    /// Take a sample: the tables as read now, rows committed in all so far, the worst
-    /// freshness now.
-    pub fn sample(&self, tables: Vec<TableStats>, committed: u64, freshness: Option<f64>) {
+    /// Take a sample: the tables as read now (`None`: they could not be read, keep the
+    /// last), rows committed in all so far, the worst freshness now.
+    pub fn sample(&self, tables: Option<Vec<TableStats>>, committed: u64, freshness: Option<f64>) {
         let now = chrono::Utc::now().timestamp_millis();
         self.with(|s| {
             let rows_per_second = match s.committed_then {
@@ -139,7 +139,9 @@ impl Status {
                 rows_per_second,
                 freshness_seconds: freshness,
             });
-            s.tables = tables;
+            if let Some(tables) = tables {
+                s.tables = tables;
+            }
             for a in s.agents.values_mut() {
                 if a.rows_then.len() == RATE_SAMPLES {
                     a.rows_then.pop_front();
@@ -212,10 +214,12 @@ mod tests {
         status.batch("edge-01", "telemetry", 100, 4000, Via::Quic);
         status.batch("edge-01", "logs", 50, 1000, Via::Quic);
         status.batch("app.logs-0", "app_logs", 10, 900, Via::Kafka);
-        status.sample(vec![table("bronze.telemetry", 100)], 150, Some(0.5));
+        status.sample(Some(vec![table("bronze.telemetry", 100)]), 150, Some(0.5));
         std::thread::sleep(Duration::from_millis(20));
         status.batch("edge-01", "telemetry", 100, 4000, Via::Quic);
-        status.sample(vec![table("bronze.telemetry", 250)], 250, Some(1.5));
+        status.sample(Some(vec![table("bronze.telemetry", 250)]), 250, Some(1.5));
+        // A catalog that cannot be read leaves the tables as last read.
+        status.sample(None, 250, Some(1.6));
         let r = status.report(&[("bronze.telemetry".into(), 2.0)]);
         assert_eq!(r.agents.len(), 2);
         let edge = r
@@ -232,7 +236,7 @@ mod tests {
         assert!(edge.seconds_since_seen < 5.0);
         assert_eq!(r.tables[0].stats.rows, 250);
         assert_eq!(r.tables[0].freshness_seconds, Some(2.0));
-        assert_eq!(r.history.len(), 2);
+        assert_eq!(r.history.len(), 3);
         assert_eq!(r.history[0].rows_per_second, 0.0, "nothing to compare with");
         assert!(r.history[1].rows_per_second > 0.0);
         assert_eq!(r.history[1].freshness_seconds, Some(1.5));
@@ -245,7 +249,7 @@ mod tests {
     fn the_history_keeps_an_hour() {
         let status = Status::default();
         for i in 0..(HISTORY as u64 + 5) {
-            status.sample(Vec::new(), i, None);
+            status.sample(Some(Vec::new()), i, None);
         }
         assert_eq!(status.report(&[]).history.len(), HISTORY);
     }
