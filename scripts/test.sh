@@ -4,8 +4,9 @@
 # by PyIceberg and DuckDB).
 # Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt,
 # Debian's PostgreSQL server (catalog tests), s3s-fs, an S3 server from crates.io
-# (warehouse tests), tansu, a Kafka-compatible broker from crates.io, and Debian's kcat
-# (Kafka tests). Tests start their own instances on free loopback ports.
+# (warehouse tests), tansu, a Kafka-compatible broker from crates.io, Debian's kcat
+# (Kafka tests) and Debian's Chromium (the status page, headless). Tests start their own
+# instances on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,14 @@ if [ ! -x "$TOOLS/bin/tansu" ]; then
   cargo install tansu --version 0.6.0 --features libsql --locked --root "$TOOLS"
 fi
 export SLUICE_KAFKA_BROKER="$TOOLS/bin/tansu"
+
+step "headless browser: Chromium (Debian), for the status page test"
+if [ ! -x /usr/bin/chromium ] && [ -z "${SLUICE_CHROMIUM:-}" ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

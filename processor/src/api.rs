@@ -7,6 +7,8 @@
 //! - `GET /api/tables` — every table with rows, files, bytes, snapshots, last commit.
 //! - `GET /api/status` — agents (streams, last seen, rows, rate), tables (with freshness)
 //!   and the last hour's landing rate and worst freshness (see [`crate::status`]).
+//! - `GET /` (also `/status`) — the status page: that report and `/ready` for people, with
+//!   charts of the last hour, refreshed every 5 s by the page itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +44,8 @@ pub fn router(catalog: Arc<dyn Catalog>, name: &str, metrics: Arc<Metrics>) -> R
         .route("/api/query", get(query_get).post(query_post))
         .route("/api/tables", get(tables))
         .route("/api/status", get(status))
+        .route("/", get(status_page))
+        .route("/status", get(status_page))
         .with_state(Api {
             catalog,
             name: name.to_string(),
@@ -163,6 +167,24 @@ async fn run(api: Api, p: Params) -> Response {
 async fn status(State(api): State<Api>) -> Response {
     let freshness = api.metrics.freshness();
     axum::Json(api.metrics.status.report(&freshness)).into_response()
+}
+
+/// The page is self-contained (no scripts or styles from elsewhere), so the policy allows
+/// only its own inline parts and requests to this endpoint.
+const STATUS_PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    frame-ancestors 'none'";
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, STATUS_PAGE_POLICY),
+        ],
+        include_str!("status_page.html"),
+    )
+        .into_response()
 }
 
 async fn tables(State(api): State<Api>) -> Response {

@@ -467,6 +467,50 @@ def _find_tool(env: str, name: str, globs: list[str]) -> pathlib.Path:
     raise RuntimeError(f"{name} not found (set {env}); scripts/test.sh installs it")
 
 
+class Chromium:
+    """Debian's Chromium, headless, on a page served on loopback: its DOM once the page's
+    scripts have run, or a screenshot. Each run has its own profile and process group, which
+    is killed when the run ends or times out."""
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", "--force-device-scale-factor=1"]
+
+    def __init__(self, work: pathlib.Path):
+        self.binary = _find_tool("SLUICE_CHROMIUM", "chromium", ["/usr/bin/chromium"])
+        self.work = work
+
+    def _run(self, url: str, what: list[str], budget_ms: int, timeout: float) -> str:
+        profile = tempfile.mkdtemp(prefix="chromium-", dir=self.work)
+        # The virtual time budget lets the page's fetches and timers run before the dump.
+        args = [str(self.binary), *self.FLAGS, f"--user-data-dir={profile}",
+                f"--virtual-time-budget={budget_ms}", *what, url]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        if p.returncode != 0:
+            raise RuntimeError(f"chromium exited with {p.returncode}:\n{err[-3000:]}")
+        return out
+
+    def dom(self, url: str, budget_ms=4000, timeout=90) -> str:
+        """The page's DOM, serialized, after `budget_ms` of (virtual) time."""
+        return self._run(url, ["--dump-dom"], budget_ms, timeout)
+
+    def screenshot(self, url: str, out: pathlib.Path, size=(1280, 900), budget_ms=4000, timeout=90) -> pathlib.Path:
+        """A PNG of the page at `size` (width, height) after `budget_ms` of (virtual) time."""
+        self._run(url, [f"--screenshot={out}", f"--window-size={size[0]},{size[1]}"], budget_ms, timeout)
+        if not out.exists():
+            raise RuntimeError(f"chromium wrote no screenshot to {out}")
+        return out
+
+
 class Postgres:
     """A throwaway PostgreSQL server on a free loopback port (Debian's binaries)."""
 

@@ -9,7 +9,8 @@ import subprocess
 import time
 import urllib.request
 
-from harness import Agent, Processor, duckdb_connection, pyiceberg_table, simulator_source, wait_until
+from harness import (Agent, Chromium, Processor, duckdb_connection, http_status, pyiceberg_table, simulator_source,
+                     wait_until)
 
 STALLED_AFTER = 3
 
@@ -199,3 +200,62 @@ def test_top_and_tap_show_a_running_agent(bins, certs, workdir):
     assert 1_000 <= rate <= 4_000, f"about 2,000 rows/s expected:\n{top.stdout}"
     headers = [line.split()[0] for line in lines if line and line.split()[0] in ("SOURCE", "STREAM")]
     assert headers == ["SOURCE", "STREAM"], top.stdout
+
+
+ROWS_COLOUR, FRESHNESS_COLOUR = (0x25, 0x63, 0xEB), (0xD9, 0x77, 0x06)  # --rows, --fresh in the page
+
+
+def test_status_page_renders_charts_in_a_browser(bins, certs, workdir):
+    """The processor's status page (`/`), opened in headless Chromium while an agent ships:
+    it says ready, lists the agent and the table, and both charts draw the sampled history:
+    in the screenshot, a line of each series' colour runs across its chart (an empty chart
+    shows only a grey note)."""
+    from PIL import Image
+
+    chromium = Chromium(workdir)
+    proc = Processor(bins, certs, workdir).start()
+    Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(10**9, rate=3_000)}).start().wait_api()
+
+    def history():
+        s = json.loads(http_status(proc.api_port, "/api/status")[1])
+        landed = [h for h in s["history"] if h["rows_per_second"] > 0 and h["freshness_seconds"] is not None]
+        return len(landed) >= 3 and s
+    # The history is sampled every 10 s.
+    wait_until(history, 90, "three samples of the run in the status history", interval=1)
+
+    url = f"http://127.0.0.1:{proc.api_port}/"
+    status, page = http_status(proc.api_port, "/")
+    assert status == 200 and "<title>Sluice processor</title>" in page, page[:300]
+    assert http_status(proc.api_port, "/status") == (200, page)
+
+    dom = chromium.dom(url)
+    assert re.search(r'id="state" class="state ok">ready<', dom), dom[:2000]
+    charts = re.search(r'<div class="charts">.*?<section>', dom, re.S).group(0)
+    points = dict(re.findall(r'<div class="chart" id="chart-(\w+)">.*?<svg [^>]*data-points="(\d+)"', charts, re.S))
+    assert set(points) == {"rows", "freshness"} and all(int(n) >= 3 for n in points.values()), points
+    assert charts.count('class="series"') >= 2 and "no data yet" not in charts, charts
+    agents = re.search(r'<table id="agents">.*?</table>', dom, re.S).group(0)
+    tables = re.search(r'<table id="tables">.*?</table>', dom, re.S).group(0)
+    assert "<td>edge-01</td><td>quic</td><td>bronze.telemetry</td>" in agents, agents
+    assert "<td>bronze.telemetry</td>" in tables, tables
+
+    shot = Image.open(chromium.screenshot(url, workdir / "status.png")).convert("RGB")
+    width, height = shot.size
+    pixels = shot.load()
+
+    def line_of(colour, tolerance=40):
+        """The columns and rows where pixels of `colour` are."""
+        xs, ys = set(), set()
+        for y in range(height):
+            for x in range(width):
+                if all(abs(a - b) <= tolerance for a, b in zip(pixels[x, y], colour)):
+                    xs.add(x)
+                    ys.add(y)
+        return xs, ys
+
+    for name, colour in (("rows", ROWS_COLOUR), ("freshness", FRESHNESS_COLOUR)):
+        xs, ys = line_of(colour)
+        # Each chart is about 600 px wide here; the history spans it from its first sample.
+        assert xs and max(xs) - min(xs) >= 300 and len(xs) >= 200, \
+            f"the {name} chart draws no line across it ({len(xs)} columns, see {workdir / 'status.png'})"
+        assert max(ys) < height / 2, f"the {name} line is not in the charts at the top"
