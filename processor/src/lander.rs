@@ -721,6 +721,15 @@ impl LanderTask {
         state.report_waiting();
         state.table = done.table;
         state.committed = state.committed.merged(&done.marks);
+        // The commit put these messages in the lake: settled now, not when the receiver
+        // next reads the verdicts, so that a commit started next (below) already stores a
+        // mark past them. Otherwise the last commit of a quiet partition kept a mark that
+        // lagged behind what it held.
+        for o in done.batches.iter().filter_map(|p| p.origin.as_ref()) {
+            for &offset in o.offsets() {
+                self.inflight.settle(o.partition(), offset);
+            }
+        }
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut rows = 0;
         let mut newest = None;
@@ -1131,13 +1140,42 @@ mod tests {
     }
 
     fn start_lander(catalog: &Arc<dyn Catalog>) -> Lander {
+        start_lander_with(catalog, InFlight::default())
+    }
+
+    fn start_lander_with(catalog: &Arc<dyn Catalog>, inflight: InFlight) -> Lander {
         Lander::start(
             catalog.clone(),
             LanderConfig::default(),
             Metrics::new(),
             CommitLocks::default(),
-            InFlight::default(),
+            inflight,
         )
+    }
+
+    #[tokio::test]
+    async fn a_commit_stores_a_mark_past_the_commit_before_it() {
+        // The receiver settles offsets when it next reads the verdicts, which may be after
+        // the lander has started its next commit; it never does here. The mark stored with
+        // the second commit must still be past both commits' messages.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = sqlite_lake(dir.path()).await;
+        let inflight = InFlight::default();
+        let partition: Partition = ("events".into(), 0);
+        inflight.assign(partition.clone(), Some(0));
+        for o in 0..10 {
+            inflight.read(&partition, o);
+        }
+        let lander = start_lander_with(&catalog, inflight.clone());
+        let first = land_run(&lander, &[0, 1, 2, 3, 4]).await;
+        lander.flush().await;
+        assert_eq!(first.await, Ok(Verdict::Committed));
+        let second = land_run(&lander, &[5, 6, 7, 8, 9]).await;
+        lander.flush().await;
+        assert_eq!(second.await, Ok(Verdict::Committed));
+        let marks = lander.kafka_marks().await.expect("marks");
+        assert_eq!(marks.offset("events", 0), Some(10));
+        assert_eq!(inflight.settled(), vec![(partition, 10)]);
     }
 
     /// Hand over a run of JSON rows of partition 0 (`id` = offset); the verdict to come.
