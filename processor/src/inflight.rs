@@ -1,10 +1,11 @@
 //! Which consumed Kafka offsets are not in the lake yet, per partition this processor reads.
 //!
 //! The Kafka receiver records every message it reads and marks it done once its verdict is
-//! final (committed, a duplicate of something committed, or refused). When the lander
-//! commits a table it asks for each partition's *low-water mark*: the lowest offset still
-//! open, not counting the messages in that very commit. Every message below it is in the
-//! lake, whichever table it went to, so the mark can be stored with the commit and used
+//! final (committed, a duplicate of something committed, or refused); the lander marks a
+//! commit's messages done as soon as the commit is in, before it starts the next. When the
+//! lander commits a table it asks for each partition's *low-water mark*: the lowest offset
+//! still open, not counting the messages in that very commit. Every message below it is in
+//! the lake, whichever table it went to, so the mark can be stored with the commit and used
 //! by any processor later given the partition, as where to start reading.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
