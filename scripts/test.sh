@@ -15,6 +15,13 @@ VENV="${SLUICE_VENV:-$PWD/.venv}"
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 
 step() { printf '\n==> %s\n' "$*"; }
+# Debian packages, through sudo when not root.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
 
 step "python venv ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -24,10 +31,7 @@ fi
 
 step "test services: PostgreSQL (Debian) and s3s-fs (crates.io)"
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
+  apt_install postgresql
 fi
 TOOLS="${SLUICE_TOOLS:-$HOME/.cache/sluice/tools}"
 if [ ! -x "$TOOLS/bin/s3s-fs" ]; then
@@ -37,10 +41,7 @@ export SLUICE_S3_SERVER="$TOOLS/bin/s3s-fs"
 
 step "Kafka: tansu (a Kafka-compatible broker from crates.io, SQLite storage) and kcat (Debian)"
 if ! command -v kcat >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q kcat
+  apt_install kcat
 fi
 if [ ! -x "$TOOLS/bin/tansu" ]; then
   # About 11 minutes on 2 cores, once: the binary is kept in $TOOLS.
@@ -50,10 +51,7 @@ export SLUICE_KAFKA_BROKER="$TOOLS/bin/tansu"
 
 step "headless browser: Chromium (Debian), for the status page test"
 if [ ! -x /usr/bin/chromium ] && [ -z "${SLUICE_CHROMIUM:-}" ]; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+  apt_install chromium
 fi
 
 step "cargo fmt --check"
