@@ -202,9 +202,6 @@ def test_top_and_tap_show_a_running_agent(bins, certs, workdir):
     assert headers == ["SOURCE", "STREAM"], top.stdout
 
 
-ROWS_COLOUR, FRESHNESS_COLOUR = (0x25, 0x63, 0xEB), (0xD9, 0x77, 0x06)  # --rows, --fresh in the page
-
-
 def test_status_page_renders_charts_in_a_browser(bins, certs, workdir):
     """The processor's status page (`/`), opened in headless Chromium while an agent ships:
     it says ready, lists the agent and the table, and both charts draw the sampled history:
@@ -239,23 +236,24 @@ def test_status_page_renders_charts_in_a_browser(bins, certs, workdir):
     assert "<td>edge-01</td><td>quic</td><td>bronze.telemetry</td>" in agents, agents
     assert "<td>bronze.telemetry</td>" in tables, tables
 
+    # Each series is drawn in its colour from the page's own style sheet.
+    colours = {name: tuple(bytes.fromhex(hex_rgb)) for name, hex_rgb in
+               re.findall(r"--(rows|fresh): #([0-9a-f]{6})", page)}
+    assert set(colours) == {"rows", "fresh"}, colours
     shot = Image.open(chromium.screenshot(url, workdir / "status.png")).convert("RGB")
     width, height = shot.size
-    pixels = shot.load()
-
-    def line_of(colour, tolerance=40):
-        """The columns and rows where pixels of `colour` are."""
-        xs, ys = set(), set()
-        for y in range(height):
-            for x in range(width):
-                if all(abs(a - b) <= tolerance for a, b in zip(pixels[x, y], colour)):
-                    xs.add(x)
-                    ys.add(y)
-        return xs, ys
-
-    for name, colour in (("rows", ROWS_COLOUR), ("freshness", FRESHNESS_COLOUR)):
-        xs, ys = line_of(colour)
+    seen = {name: (set(), set()) for name in colours}  # the columns and rows of its pixels
+    for i, pixel in enumerate(shot.get_flattened_data()):
+        for name, colour in colours.items():
+            if all(abs(a - b) <= 40 for a, b in zip(pixel, colour)):
+                seen[name][0].add(i % width)
+                seen[name][1].add(i // width)
+    for name, (xs, ys) in seen.items():
         # Each chart is about 600 px wide here; the history spans it from its first sample.
         assert xs and max(xs) - min(xs) >= 300 and len(xs) >= 200, \
             f"the {name} chart draws no line across it ({len(xs)} columns, see {workdir / 'status.png'})"
         assert max(ys) < height / 2, f"the {name} line is not in the charts at the top"
+    # The landing rate rises from the first sample (taken at start, nothing landed yet) to
+    # some 3,000 rows/s: plotted to scale, its line climbs most of the chart's height.
+    xs, ys = seen["rows"]
+    assert max(ys) - min(ys) >= 60, f"the rows line is flat ({min(ys)}..{max(ys)})"
