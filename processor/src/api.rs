@@ -34,12 +34,18 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 struct Api {
     catalog: Arc<dyn Catalog>,
+    storage: crate::storage::ObjectStorage,
     name: String,
     metrics: Arc<Metrics>,
 }
 
-/// The `/api` routes over `catalog` (named `name` in SQL).
-pub fn router(catalog: Arc<dyn Catalog>, name: &str, metrics: Arc<Metrics>) -> Router {
+/// The `/api` routes over `catalog` (named `name` in SQL), its warehouse in `storage`.
+pub fn router(
+    catalog: Arc<dyn Catalog>,
+    storage: crate::storage::ObjectStorage,
+    name: &str,
+    metrics: Arc<Metrics>,
+) -> Router {
     Router::new()
         .route("/api/query", get(query_get).post(query_post))
         .route("/api/tables", get(tables))
@@ -48,6 +54,7 @@ pub fn router(catalog: Arc<dyn Catalog>, name: &str, metrics: Arc<Metrics>) -> R
         .route("/status", get(status_page))
         .with_state(Api {
             catalog,
+            storage,
             name: name.to_string(),
             metrics,
         })
@@ -188,7 +195,7 @@ async fn status_page() -> Response {
 }
 
 async fn tables(State(api): State<Api>) -> Response {
-    match query::tables(api.catalog.as_ref()).await {
+    match query::tables(api.catalog.as_ref(), &api.storage).await {
         Ok(t) => axum::Json(serde_json::json!({ "tables": t })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }

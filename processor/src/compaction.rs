@@ -1,5 +1,5 @@
 //! Compaction: bin-pack a table's small data files (per partition) into files of about the
-//! target size, and commit the swap as one `replace` snapshot (see `rewrite.rs`). History is
+//! target size, and commit the swap as one `replace` snapshot (see `lake/snapshot.rs`). History is
 //! kept: older snapshots still read the old files until they are expired.
 //!
 //! Safety: the rows read back from each bin are counted against the manifests' record
@@ -18,8 +18,8 @@ use iceberg::{Catalog, TableIdent};
 
 use crate::concat;
 use crate::config::Compression;
+use crate::lake::{CatalogSwap, Change, CommitError, Head};
 use crate::locks::CommitLocks;
-use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
 
 /// How compaction packs files.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ pub enum CompactionError {
     #[error("gave up after {0} conflicting commits")]
     TooManyConflicts(u32),
     #[error(transparent)]
-    Rewrite(#[from] RewriteError),
+    Commit(#[from] CommitError),
     #[error(transparent)]
     Iceberg(#[from] iceberg::Error),
     #[error(transparent)]
@@ -119,7 +119,8 @@ pub fn plan(files: &[DataFile], opts: &CompactionOptions) -> Vec<Vec<DataFile>> 
 }
 
 /// Compact the small files `ident` has now (files landing meanwhile wait for the next run);
-/// `progress` hears (bins done, bins planned).
+/// `progress` hears (bins done, bins planned). Once `stopping` says so, no further bin is
+/// started (the bins done are committed, each in its own snapshot).
 pub async fn compact(
     catalog: &dyn Catalog,
     swap: &CatalogSwap,
@@ -127,6 +128,7 @@ pub async fn compact(
     ident: &TableIdent,
     opts: &CompactionOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
+    stopping: &(dyn Fn() -> bool + Sync),
 ) -> Result<CompactionReport, CompactionError> {
     const MAX_CONFLICTS: u32 = 20;
     let started = Instant::now();
@@ -135,33 +137,34 @@ pub async fn compact(
         ..Default::default()
     };
     let mut table = catalog.load_table(ident).await?;
-    let initial: HashSet<String> = rewrite::live_files(&table)
+    let initial: HashSet<String> = crate::lake::live_files(&table)
         .await?
         .iter()
         .map(|f| f.file_path().to_string())
         .collect();
     report.files_before = initial.len();
     loop {
-        let files = rewrite::live_files(&table).await?;
+        let files = crate::lake::live_files(&table).await?;
         let candidates: Vec<DataFile> = files
             .iter()
             .filter(|f| initial.contains(f.file_path()))
             .cloned()
             .collect();
         let bins = plan(&candidates, opts);
-        if bins.is_empty() {
+        if bins.is_empty() || stopping() {
             report.files_after = files.len();
             break;
         }
         let total = bins.len();
         let mut lost = false;
         for (i, bin) in bins.into_iter().enumerate() {
+            if stopping() {
+                break;
+            }
             progress(i, total);
             match compact_bin(catalog, &table, swap, locks, &bin, opts, &mut report).await {
                 Ok(()) => {}
-                Err(CompactionError::Rewrite(
-                    RewriteError::Conflict | RewriteError::Missing(_),
-                )) => {
+                Err(CompactionError::Commit(CommitError::Conflict | CommitError::Missing(_))) => {
                     report.conflicts += 1;
                     tracing::info!(table = %report.table, "compaction commit lost a race; planning again");
                     if report.conflicts >= MAX_CONFLICTS {
@@ -231,7 +234,7 @@ async fn compact_bin(
     }
     let bytes_written: u64 = written.iter().map(DataFile::file_size_in_bytes).sum();
     let n_written = written.len();
-    let replace = Replace {
+    let change = Change {
         remove: bin
             .iter()
             .map(|f| f.file_path().to_string())
@@ -247,14 +250,18 @@ async fn compact_bin(
     let committed = {
         let _lock = locks.lock(&report.table).await;
         match catalog.load_table(table.identifier()).await {
-            Ok(latest) => rewrite::commit(swap, &latest, &replace)
+            Ok(latest) => crate::lake::snapshot::commit(swap, &Head::new(latest), &change)
                 .await
                 .map_err(CompactionError::from),
             Err(e) => Err(e.into()),
         }
     };
     if let Err(e) = committed {
-        cleanup(written).await;
+        // After a swap of unknown outcome the files may be the table's: orphan cleanup
+        // removes them if not.
+        if !matches!(e, CompactionError::Commit(CommitError::Unknown(_))) {
+            cleanup(written).await;
+        }
         return Err(e);
     }
     report.files_rewritten += bin.len();

@@ -62,15 +62,21 @@ impl Default for ProcessorSection {
 pub struct MaintenanceConfig {
     /// Run maintenance inside `serve` (`sluice-processor maintain` works either way).
     pub enabled: bool,
-    /// Time between maintenance passes over every table (the first one comes after it).
+    /// Time between compaction and orphan cleanup passes over every table (the first one
+    /// comes after it).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Time between snapshot expiry passes over every table.
+    #[serde(with = "humantime_serde")]
+    pub expire_interval: Duration,
     /// Compaction writes files of about this size and packs smaller ones.
     pub target_file_size: ByteSize,
-    /// Snapshots older than this are expired (never the current one, nor one a model
-    /// still reads from).
+    /// Snapshots older than this are expired (never the current one, nor one the marks
+    /// are read from or a model still reads from).
     #[serde(with = "humantime_serde")]
     pub expire_older_than: Duration,
+    /// Keep at most this many snapshots per table (the same exceptions apply).
+    pub max_snapshots: usize,
     /// Keep at least this many snapshots.
     pub retain_last: usize,
     /// Unreferenced files older than this are deleted (local and S3 warehouses).
@@ -83,8 +89,10 @@ impl Default for MaintenanceConfig {
         Self {
             enabled: true,
             interval: Duration::from_secs(600),
+            expire_interval: Duration::from_secs(60),
             target_file_size: ByteSize::mib(128),
-            expire_older_than: Duration::from_secs(5 * 24 * 3600),
+            expire_older_than: Duration::from_secs(3600),
+            max_snapshots: 1000,
             retain_last: 10,
             orphans_older_than: Duration::from_secs(3 * 24 * 3600),
         }
@@ -356,6 +364,12 @@ impl ProcessorConfig {
         let m = &self.maintenance;
         if m.interval.is_zero() {
             bail!("maintenance.interval: must be greater than zero");
+        }
+        if m.expire_interval.is_zero() {
+            bail!("maintenance.expire_interval: must be greater than zero");
+        }
+        if m.max_snapshots < m.retain_last {
+            bail!("maintenance.max_snapshots: must be at least maintenance.retain_last");
         }
         if m.target_file_size.as_u64() < 1024 * 1024 {
             bail!("maintenance.target_file_size: must be at least 1 MiB");

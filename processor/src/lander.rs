@@ -16,19 +16,18 @@ use std::time::Duration;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Schema as ArrowSchema, SchemaRef};
+use iceberg::Catalog;
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, ErrorKind};
 use sluice_protocol::Envelope;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{Compression, LanderConfig};
 use crate::inflight::InFlight;
-use crate::lake;
+use crate::lake::{self, CatalogSwap, Change, CommitError, Head};
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
-use crate::progress::{COMMIT_ID_KEY, Marks, Partition};
+use crate::progress::{self, COMMIT_ID_KEY, Marks, Partition, Stored};
 use crate::status::Via;
 
 /// The final word on a batch.
@@ -162,6 +161,7 @@ impl Lander {
     /// settled yet (empty when the processor reads no Kafka topic).
     pub fn start(
         catalog: Arc<dyn Catalog>,
+        swap: CatalogSwap,
         cfg: LanderConfig,
         metrics: Arc<Metrics>,
         locks: CommitLocks,
@@ -172,6 +172,7 @@ impl Lander {
         let catalog_health = metrics.health.watch("catalog", "batches");
         let task = LanderTask {
             catalog,
+            swap,
             cfg,
             metrics,
             locks,
@@ -270,11 +271,13 @@ impl Pending {
 
 struct TableState {
     name: String,
-    table: Table,
+    /// The table as this lander last committed or loaded it.
+    head: Head,
     schema: SchemaRef,
     /// Column mapping per batch schema fingerprint (or why that schema is refused).
     mappings: HashMap<u64, Result<Arc<Vec<ColumnSource>>, String>>,
-    committed: Marks,
+    /// The marks as the head stores them.
+    committed: Stored,
     /// Highest sequence accepted per agent, committed or not.
     accepted: Marks,
     pending: Vec<Pending>,
@@ -306,8 +309,8 @@ impl TableState {
 
 struct CommitDone {
     stream: String,
-    table: Table,
-    marks: Marks,
+    head: Head,
+    committed: Stored,
     batches: Vec<Pending>,
     /// Per batch: what the table held of it before this commit (the rest is in it).
     landed: Vec<Landed>,
@@ -315,6 +318,7 @@ struct CommitDone {
 
 struct LanderTask {
     catalog: Arc<dyn Catalog>,
+    swap: CatalogSwap,
     cfg: LanderConfig,
     metrics: Arc<Metrics>,
     locks: CommitLocks,
@@ -368,12 +372,15 @@ impl LanderTask {
     async fn mark(&mut self, agent: &str, stream: &str) -> Result<(u64, Option<String>), String> {
         let of = |m: &Marks| (m.get(agent), m.checkpoint(agent).map(str::to_string));
         if let Some(t) = self.tables.get(stream) {
-            return Ok(of(&t.committed));
+            return Ok(of(&t.committed.marks));
         }
         match lake::load_if_exists(self.catalog.as_ref(), &self.cfg.namespace, stream).await {
             Ok(Some(table)) => {
-                let state = self.new_state(stream, table).map_err(|e| e.to_string())?;
-                let mark = of(&state.committed);
+                let state = self
+                    .new_state(stream, table)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mark = of(&state.committed.marks);
                 self.tables.insert(stream.to_string(), state);
                 Ok(mark)
             }
@@ -399,23 +406,26 @@ impl LanderTask {
                 .load_table(&ident)
                 .await
                 .map_err(|e| format!("cannot load table {ident}: {e}"))?;
-            let marks = Marks::from_table(&table);
+            let marks = progress::load(&table)
+                .await
+                .map_err(|e| format!("cannot read the marks of table {ident}: {e}"))?
+                .marks;
             // Another processor may have committed since this one last looked: what it
-            // landed is known to be landed here too.
+            // landed is known to be landed here too (its next commit reloads the table).
             if let Some(state) = self.tables.get_mut(ident.name()) {
-                state.committed = state.committed.merged(&marks);
-                state.accepted = state.accepted.merged(&marks);
+                state.committed.marks.merge(&marks);
+                state.accepted.merge(&marks);
             }
             all = all.merged(&marks);
         }
         Ok(all)
     }
 
-    fn new_state(&self, stream: &str, table: Table) -> Result<TableState, iceberg::Error> {
-        let committed = Marks::from_table(&table);
+    async fn new_state(&self, stream: &str, table: Table) -> Result<TableState, iceberg::Error> {
+        let committed = progress::load(&table).await?;
         tracing::info!(
             table = %table.identifier(),
-            marks = ?committed,
+            marks = committed.marks.len(),
             "recovered progress from the table"
         );
         let name = format!("{}.{stream}", self.cfg.namespace);
@@ -424,9 +434,9 @@ impl LanderTask {
             committing_rows: 0,
             name,
             schema: lake::table_arrow_schema(&table)?,
-            table,
+            head: Head::new(table),
             mappings: HashMap::new(),
-            accepted: committed.clone(),
+            accepted: committed.marks.clone(),
             committed,
             pending: Vec::new(),
             pending_rows: 0,
@@ -461,14 +471,17 @@ impl LanderTask {
             self.blocked.remove(&lane);
         }
         if !self.tables.contains_key(&stream) {
-            let created = lake::load_or_create(
+            let created = match lake::load_or_create(
                 self.catalog.as_ref(),
                 &self.cfg.namespace,
                 &stream,
                 &req.batch.schema(),
             )
             .await
-            .and_then(|table| self.new_state(&stream, table));
+            {
+                Ok(table) => self.new_state(&stream, table).await,
+                Err(e) => Err(e),
+            };
             match created {
                 Ok(state) => {
                     self.catalog_health.recovered();
@@ -513,7 +526,7 @@ impl LanderTask {
                 marks,
             )
         };
-        if landed(&state.committed) == Landed::All {
+        if landed(&state.committed.marks) == Landed::All {
             self.metrics.batch_duplicate(&state.name);
             self.metrics
                 .rows_duplicate(&state.name, req.batch.num_rows());
@@ -673,7 +686,9 @@ impl LanderTask {
         }
         let job = CommitJob {
             catalog: self.catalog.clone(),
-            table: state.table.clone(),
+            swap: self.swap.clone(),
+            head: state.head.clone(),
+            committed: state.committed.clone(),
             name: state.name.clone(),
             compression: self.cfg.compression,
             metrics: self.metrics.clone(),
@@ -684,7 +699,7 @@ impl LanderTask {
         let stream = stream.to_string();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (table, landed) = job.commit_until_done(&batches, &marks).await;
+            let (head, committed, landed) = job.commit_until_done(&batches, &marks).await;
             let (mut rows, mut bytes) = (0u64, 0u64);
             for (p, l) in batches.iter().zip(&landed) {
                 let n = p.batch.num_rows();
@@ -703,8 +718,8 @@ impl LanderTask {
             }
             let _ = done_tx.send(CommitDone {
                 stream,
-                table,
-                marks,
+                head,
+                committed,
                 batches,
                 landed,
             });
@@ -719,8 +734,10 @@ impl LanderTask {
         state.committing_rows = 0;
         state.health.progressed();
         state.report_waiting();
-        state.table = done.table;
-        state.committed = state.committed.merged(&done.marks);
+        state.head = done.head;
+        // Marks read from the catalog meanwhile (another processor's) are landed too.
+        let seen = std::mem::replace(&mut state.committed, done.committed);
+        state.committed.marks.merge(&seen.marks);
         // The commit put these messages in the lake: settled now, not when the receiver
         // next reads the verdicts, so that a commit started next (below) already stores a
         // mark past them. Otherwise the last commit of a quiet partition kept a mark that
@@ -752,7 +769,7 @@ impl LanderTask {
                 let _ = p.reply.send(Verdict::Duplicate);
             }
         }
-        let committed = &state.committed;
+        let committed = &state.committed.marks;
         let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiting_duplicates)
             .into_iter()
             .partition(|(agent, seq, _)| *seq <= committed.get(agent));
@@ -775,7 +792,10 @@ impl LanderTask {
 /// Everything a commit needs, detached from the lander task.
 struct CommitJob {
     catalog: Arc<dyn Catalog>,
-    table: Table,
+    swap: CatalogSwap,
+    /// The table as the lander last saw it, and its marks.
+    head: Head,
+    committed: Stored,
     name: String,
     compression: Compression,
     metrics: Arc<Metrics>,
@@ -783,62 +803,78 @@ struct CommitJob {
     health: sluice_ops::Watch,
 }
 
+/// The data files an attempt wrote, and what the table held of each batch when it did.
+type Written = Option<(Vec<Landed>, Vec<iceberg::spec::DataFile>)>;
+
 impl CommitJob {
     /// Write the data files and commit them; retry until the commit is known to be in the
-    /// table. Returns the table as of the commit, and per batch what the table held of it
-    /// before (this commit holds the rest).
-    async fn commit_until_done(&self, batches: &[Pending], marks: &Marks) -> (Table, Vec<Landed>) {
+    /// table. Returns the table and its marks as of the commit, and per batch what the
+    /// table held of it before (this commit holds the rest).
+    async fn commit_until_done(
+        &self,
+        batches: &[Pending],
+        marks: &Marks,
+    ) -> (Head, Stored, Vec<Landed>) {
         let commit_id = uuid::Uuid::now_v7();
-        let mut table = self.table.clone();
-        let mut files = None;
+        let mut head = self.head.clone();
+        let mut committed = self.committed.clone();
+        let mut files: Written = None;
         let mut attempt = 0u32;
         let mut backoff = Duration::from_millis(100);
         loop {
             attempt += 1;
-            match self
-                .try_commit(&mut table, &mut files, batches, marks, commit_id, attempt)
-                .await
-            {
-                Ok(t) => return t,
+            let tried = self
+                .try_commit(
+                    &mut head,
+                    &mut committed,
+                    &mut files,
+                    batches,
+                    marks,
+                    commit_id,
+                    attempt,
+                )
+                .await;
+            match tried {
+                Ok(landed) => return (head, committed, landed),
                 Err(e) => {
-                    let conflict = e.kind() == ErrorKind::CatalogCommitConflicts;
-                    let reason = if conflict { "conflict" } else { "error" };
-                    self.metrics.commit_failed(&self.name, reason);
-                    if conflict {
+                    self.metrics.commit_failed(&self.name, e.reason());
+                    if matches!(e, CommitError::Conflict) {
                         tracing::info!(table = %self.name, attempt, "commit conflict; retrying on the new table state");
                     } else {
                         tracing::error!(table = %self.name, attempt, retry_in = ?backoff, "commit failed: {e}");
-                        self.health.error(format!("commit failed: {e}"));
+                        if e.retryable() {
+                            self.health.error(format!("commit failed: {e}"));
+                        } else {
+                            // Retried still (nothing is acknowledged before it is in), but
+                            // only an operator can fix this.
+                            self.health.failed(format!("commit failed: {e}"));
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
-                    // The next attempt re-reads the table under the lock, which also shows
+                    // The next attempt loads the table under the lock, which also shows
                     // whether this failed attempt did in fact commit.
                 }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn try_commit(
         &self,
-        table: &mut Table,
-        files: &mut Option<(Vec<Landed>, Vec<iceberg::spec::DataFile>)>,
+        head: &mut Head,
+        committed: &mut Stored,
+        files: &mut Written,
         batches: &[Pending],
         marks: &Marks,
         commit_id: uuid::Uuid,
         attempt: u32,
-    ) -> Result<(Table, Vec<Landed>), iceberg::Error> {
+    ) -> Result<Vec<Landed>, CommitError> {
+        let held = |m: &Marks| batches.iter().map(|p| p.landed(m)).collect::<Vec<Landed>>();
+        let nothing_new = |landed: &[Landed]| landed.iter().all(|l| *l == Landed::All);
         // The files are written before taking the lock (it holds back compaction and
         // models), from what the table lacked when last seen.
-        let held = |t: &Table| {
-            let current = Marks::from_table(t);
-            batches
-                .iter()
-                .map(|p| p.landed(&current))
-                .collect::<Vec<Landed>>()
-        };
-        let nothing_new = |landed: &[Landed]| landed.iter().all(|l| *l == Landed::All);
-        let mut landed = held(table);
+        let mut landed = held(&committed.marks);
         if !nothing_new(&landed) && files.as_ref().is_none_or(|(l, _)| *l != landed) {
             let data: Vec<RecordBatch> = batches
                 .iter()
@@ -849,55 +885,78 @@ impl CommitJob {
                     Landed::Leading(n) => Some(p.batch.slice(*n, p.batch.num_rows() - n)),
                 })
                 .collect();
-            let written = self.write_files(table, &data, commit_id, attempt).await?;
+            let written = self
+                .write_files(head.table(), &data, commit_id, attempt)
+                .await?;
             *files = Some((landed.clone(), written));
         }
         // Compaction and model commits of this process wait while the lander commits.
         let _lock = self.locks.lock(&self.name).await;
-        // Under the lock the table cannot move in this process: start from its latest state.
-        *table = self.catalog.load_table(table.identifier()).await?;
-        if attempt > 1 && holds_commit(table, commit_id) {
-            // An earlier attempt reported failure but did commit.
-            tracing::warn!(table = %self.name, attempt, "an earlier attempt of this commit had succeeded; not repeating it");
-            return Ok((table.clone(), landed));
-        }
-        let current = Marks::from_table(table);
-        let now = held(table);
-        if now != landed {
-            // The table moved: an earlier attempt that reported failure did commit, or
-            // another processor landed some of these rows. Never append them twice.
-            landed = now;
-            if nothing_new(&landed) {
-                tracing::warn!(table = %self.name, attempt, "the table already holds every batch of this commit; not repeating it");
-                return Ok((table.clone(), landed));
+        // Under the lock the table cannot move in this process. Whether it moved since the
+        // head is one indexed read; only then (and after a failed attempt, which may have
+        // gone in) is the table loaded again.
+        let ident = head.table().identifier().clone();
+        let now_at = self
+            .swap
+            .location(&ident)
+            .await
+            .map_err(CommitError::Read)?;
+        if attempt > 1 || now_at.as_deref() != head.location() {
+            let table = self.catalog.load_table(&ident).await?;
+            let same_snapshot = table.metadata().current_snapshot_id()
+                == head.table().metadata().current_snapshot_id();
+            // A commit that changed only the metadata (expiry) leaves the marks as they were.
+            if !same_snapshot {
+                *committed = progress::load(&table).await?;
             }
-            tracing::info!(table = %self.name, attempt, "the table already holds some rows of this commit; writing the rest again");
-            return Err(iceberg::Error::new(
-                ErrorKind::CatalogCommitConflicts,
-                "the table already holds some of the rows",
-            ));
+            *head = Head::new(table);
+            if attempt > 1 && holds_commit(head.table(), commit_id) {
+                // An earlier attempt reported failure but did commit.
+                tracing::warn!(table = %self.name, attempt, "an earlier attempt of this commit had succeeded; not repeating it");
+                return Ok(landed);
+            }
+            let now = held(&committed.marks);
+            if now != landed {
+                // The table moved: an earlier attempt that reported failure did commit, or
+                // another processor landed some of these rows. Never append them twice.
+                landed = now;
+                if nothing_new(&landed) {
+                    tracing::warn!(table = %self.name, attempt, "the table already holds every batch of this commit; not repeating it");
+                    return Ok(landed);
+                }
+                tracing::info!(table = %self.name, attempt, "the table already holds some rows of this commit; writing the rest again");
+                return Err(CommitError::Conflict);
+            }
         }
         if nothing_new(&landed) {
             tracing::debug!(table = %self.name, "the table already holds every batch of this commit");
-            return Ok((table.clone(), landed));
+            return Ok(landed);
         }
         let data_files = files.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
-        let mut props = current.merged(marks).to_properties();
+        let staged =
+            progress::stage(head.table(), committed, marks, &commit_id.to_string()).await?;
+        let mut props = staged.properties;
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
-        // iceberg's commit would silently move the append onto a table another processor
-        // has committed to since the check above: refuse that, and check again.
-        let checked = crate::unmoved::Unmoved {
-            catalog: self.catalog.as_ref(),
-            snapshot: table.metadata().current_snapshot_id(),
-        };
-        let tx = Transaction::new(table);
-        let tx = tx
-            .fast_append()
-            .set_commit_uuid(commit_id)
-            .set_snapshot_properties(props)
-            .add_data_files(data_files)
-            .apply(tx)?;
-        Ok((tx.commit(&checked).await?, landed))
+        match lake::snapshot::commit(&self.swap, head, &Change::append(data_files, props)).await {
+            Ok(done) => {
+                *head = done.head;
+                *committed = staged.stored;
+                if done.merged > 0 {
+                    self.metrics.manifests_merged(&self.name, done.merged);
+                }
+                Ok(landed)
+            }
+            Err(e) => {
+                if !matches!(e, CommitError::Unknown(_)) {
+                    for path in &staged.files {
+                        if let Err(e) = head.table().file_io().delete(path).await {
+                            tracing::warn!(%path, "cannot remove the marks of a failed commit: {e}");
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn write_files(
@@ -1017,7 +1076,7 @@ fn retag(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, arrow_schema::
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use arrow_schema::{Field, TimeUnit};
 
     use super::*;
@@ -1126,31 +1185,52 @@ mod tests {
         assert_eq!(Landed::of("edge", 4, 100, None, &marks), Landed::Leading(0));
     }
 
-    async fn sqlite_lake(dir: &std::path::Path) -> Arc<dyn Catalog> {
-        let cfg = crate::config::ProcessorConfig::parse(&format!(
-            "[processor]\ndata_dir = {:?}\n",
-            dir.display().to_string()
-        ))
-        .expect("config");
-        let catalog = lake::open(&cfg).await.expect("catalog");
-        lake::ensure_namespace(catalog.as_ref(), "bronze")
-            .await
-            .expect("namespace");
-        catalog
+    /// A SQLite catalog over a local warehouse in a temporary directory.
+    pub(crate) struct TestLake {
+        pub catalog: Arc<dyn Catalog>,
+        pub swap: CatalogSwap,
+        _dir: tempfile::TempDir,
     }
 
-    fn start_lander(catalog: &Arc<dyn Catalog>) -> Lander {
-        start_lander_with(catalog, InFlight::default())
-    }
+    impl TestLake {
+        pub async fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cfg = crate::config::ProcessorConfig::parse(&format!(
+                "[processor]\ndata_dir = {:?}\n",
+                dir.path().display().to_string()
+            ))
+            .expect("config");
+            let catalog = lake::open(&cfg).await.expect("catalog");
+            lake::ensure_namespace(catalog.as_ref(), "bronze")
+                .await
+                .expect("namespace");
+            let swap = CatalogSwap::open(&cfg).await.expect("swap");
+            Self {
+                catalog,
+                swap,
+                _dir: dir,
+            }
+        }
 
-    fn start_lander_with(catalog: &Arc<dyn Catalog>, inflight: InFlight) -> Lander {
-        Lander::start(
-            catalog.clone(),
-            LanderConfig::default(),
-            Metrics::new(),
-            CommitLocks::default(),
-            inflight,
-        )
+        pub fn lander(&self) -> Lander {
+            self.lander_with(InFlight::default())
+        }
+
+        pub fn lander_with(&self, inflight: InFlight) -> Lander {
+            Lander::start(
+                self.catalog.clone(),
+                self.swap.clone(),
+                LanderConfig::default(),
+                Metrics::new(),
+                CommitLocks::default(),
+                inflight,
+            )
+        }
+
+        pub async fn table(&self, name: &str) -> Table {
+            let ident = iceberg::TableIdent::from_strs(["bronze", name]).expect("ident");
+            self.catalog.load_table(&ident).await.expect("table")
+        }
     }
 
     #[tokio::test]
@@ -1158,15 +1238,14 @@ mod tests {
         // The receiver settles offsets when it next reads the verdicts, which may be after
         // the lander has started its next commit; it never does here. The mark stored with
         // the second commit must still be past both commits' messages.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let catalog = sqlite_lake(dir.path()).await;
+        let lake = TestLake::new().await;
         let inflight = InFlight::default();
         let partition: Partition = ("events".into(), 0);
         inflight.assign(partition.clone(), Some(0));
         for o in 0..10 {
             inflight.read(&partition, o);
         }
-        let lander = start_lander_with(&catalog, inflight.clone());
+        let lander = lake.lander_with(inflight.clone());
         let first = land_run(&lander, &[0, 1, 2, 3, 4]).await;
         lander.flush().await;
         assert_eq!(first.await, Ok(Verdict::Committed));
@@ -1215,11 +1294,172 @@ mod tests {
         verdict
     }
 
+    /// Hand over batch `seq` of `agent` (one row, `id` = seq) for table `events`, as a
+    /// QUIC receiver would; the verdict to come.
+    pub(crate) async fn land_batch(
+        lander: &Lander,
+        agent: &str,
+        seq: u64,
+    ) -> oneshot::Receiver<Verdict> {
+        let schema = Arc::new(ArrowSchema::new(vec![Field::new(
+            "id",
+            DataType::Int64,
+            true,
+        )]));
+        let id = i64::try_from(seq).expect("seq");
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![id]))])
+                .expect("batch");
+        let (reply, verdict) = oneshot::channel();
+        let req = LandRequest {
+            envelope: Envelope {
+                agent: agent.into(),
+                stream: "events".into(),
+                seq,
+                schema_fingerprint: sluice_protocol::schema_fingerprint(&schema),
+                created_at_us: 0,
+                rows: 1,
+                checkpoint: Some(format!("ckpt-{seq}")),
+            },
+            batch,
+            wire_bytes: 8,
+            received_at_us: 0,
+            origin: None,
+            reply,
+        };
+        assert!(lander.land(req).await.is_ok(), "lander running");
+        verdict
+    }
+
+    /// Files under the table's `metadata/` folder whose names end with `suffix`.
+    pub(crate) fn metadata_files(table: &Table, suffix: &str) -> Vec<std::path::PathBuf> {
+        let dir = format!("{}/metadata", table.metadata().location());
+        let dir = dir.strip_prefix("file://").expect("local warehouse");
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .expect("metadata dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_table_committed_to_hundreds_of_times_keeps_its_manifests_and_metadata_bounded() {
+        let lake = TestLake::new().await;
+        // Small limits, to show in 300 commits what the defaults show in thousands.
+        let user = ArrowSchema::new(vec![Field::new("id", DataType::Int64, true)]);
+        lake::create_if_missing(
+            lake.catalog.as_ref(),
+            "bronze",
+            "events",
+            &lake::bronze_arrow_schema(&user),
+            &[
+                (lake::manifests::MERGE_MIN_COUNT, "10"),
+                (
+                    iceberg::spec::TableProperties::PROPERTY_METADATA_PREVIOUS_VERSIONS_MAX,
+                    "3",
+                ),
+            ],
+        )
+        .await
+        .expect("table");
+        let lander = lake.lander();
+        for seq in 1..=300 {
+            let v = land_batch(&lander, "edge", seq).await;
+            lander.flush().await;
+            assert_eq!(v.await, Ok(Verdict::Committed), "batch {seq}");
+            if seq % 50 == 0 {
+                let table = lake.table("events").await;
+                let current = table.metadata().current_snapshot().expect("snapshot");
+                let manifests = lake::manifest_list(&table, current).await.expect("list");
+                assert!(
+                    manifests.entries().len() <= 10,
+                    "{} manifests after {seq} commits",
+                    manifests.entries().len()
+                );
+                let json = metadata_files(&table, ".metadata.json");
+                assert!(
+                    json.len() <= 4,
+                    "{} metadata files after {seq} commits",
+                    json.len()
+                );
+            }
+        }
+        let table = lake.table("events").await;
+        assert_eq!(table.metadata().snapshots().len(), 300);
+        let want: Vec<(i64, i64)> = (1..=300).map(|s| (s, s)).collect();
+        assert_eq!(landed_ids(&lake.catalog).await, want, "every row once");
+        // A processor started now reads the marks back.
+        let again = lake.lander();
+        assert_eq!(
+            again.committed_mark("edge", "events").await,
+            Ok((300, Some("ckpt-300".to_string())))
+        );
+        assert_eq!(
+            land_batch(&again, "edge", 300).await.await,
+            Ok(Verdict::Duplicate)
+        );
+    }
+
+    #[tokio::test]
+    async fn marks_of_a_thousand_agents_stay_out_of_the_snapshot_summary() {
+        let lake = TestLake::new().await;
+        let lander = lake.lander();
+        let agent = |a: usize| format!("agent-with-a-rather-long-name-{a:04}");
+        // 150 commits, each of 50 agents' batches: 1,000 agents in all, each sending in
+        // 7 or 8 commits; the deltas are files, and a base is written every 100 commits.
+        let mut last = vec![0u64; 1000];
+        for round in 0..150usize {
+            let mut verdicts = Vec::new();
+            for k in 0..50 {
+                let a = (round * 50 + k * 7) % 1000;
+                last[a] += 1;
+                verdicts.push(land_batch(&lander, &agent(a), last[a]).await);
+            }
+            lander.flush().await;
+            for v in verdicts {
+                assert_eq!(v.await, Ok(Verdict::Committed));
+            }
+            let table = lake.table("events").await;
+            let summary = &table
+                .metadata()
+                .current_snapshot()
+                .expect("snapshot")
+                .summary();
+            let bytes: usize = summary
+                .additional_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            assert!(bytes < 2048, "summary of {bytes} bytes after round {round}");
+        }
+        let table = lake.table("events").await;
+        assert!(
+            !metadata_files(&table, ".json")
+                .iter()
+                .filter(|p| p.to_string_lossy().contains("/marks-"))
+                .collect::<Vec<_>>()
+                .is_empty()
+        );
+        let again = lake.lander();
+        for (a, seq) in last.iter().enumerate() {
+            let mark = again
+                .committed_mark(&agent(a), "events")
+                .await
+                .expect("mark");
+            assert_eq!(mark.0, *seq, "agent {a}");
+            if *seq > 0 {
+                assert_eq!(mark.1, Some(format!("ckpt-{seq}")));
+            }
+        }
+    }
+
     /// Every `id` in the table and its `_seq`, in id order.
     async fn landed_ids(catalog: &Arc<dyn Catalog>) -> Vec<(i64, i64)> {
         let ident = iceberg::TableIdent::from_strs(["bronze", "events"]).expect("ident");
         let table = catalog.load_table(&ident).await.expect("table");
-        let files = crate::rewrite::live_files(&table).await.expect("files");
+        let files = lake::live_files(&table).await.expect("files");
         let mut ids = Vec::new();
         for b in lake::read_data_files(&table, &files).await.expect("read") {
             use arrow_array::cast::AsArray;
@@ -1244,9 +1484,9 @@ mod tests {
 
     #[tokio::test]
     async fn runs_read_again_land_only_the_rows_the_table_lacks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let catalog = sqlite_lake(dir.path()).await;
-        let a = start_lander(&catalog);
+        let lake = TestLake::new().await;
+        let catalog = &lake.catalog;
+        let a = lake.lander();
         let skip_4 = |r: std::ops::Range<i64>| r.filter(|o| *o != 4).collect::<Vec<_>>();
         let v = land_run(&a, &skip_4(0..10)).await;
         a.flush().await;
@@ -1261,7 +1501,7 @@ mod tests {
         // The partition moves to a second processor while the first still holds 15..40:
         // the second starts where the table ends and reads further. Whichever commits
         // second lands only what the other did not.
-        let b = start_lander(&catalog);
+        let b = lake.lander();
         let va = land_run(&a, &(15..40).collect::<Vec<_>>()).await;
         let vb = land_run(&b, &(15..60).collect::<Vec<_>>()).await;
         tokio::join!(a.flush(), b.flush());
@@ -1270,32 +1510,24 @@ mod tests {
 
         let want: Vec<(i64, i64)> = skip_4(0..60).into_iter().map(|o| (o, o + 1)).collect();
         assert_eq!(
-            landed_ids(&catalog).await,
+            landed_ids(catalog).await,
             want,
             "every row once, numbered by offset"
         );
 
-        // A commit checked against an older snapshot cannot be moved onto the newer one.
-        let ident = iceberg::TableIdent::from_strs(["bronze", "events"]).expect("ident");
-        let now = catalog.load_table(&ident).await.expect("table");
-        let parent = now
-            .metadata()
-            .current_snapshot()
-            .and_then(|s| s.parent_snapshot_id());
-        let stale = crate::unmoved::Unmoved {
-            catalog: catalog.as_ref(),
-            snapshot: parent,
-        };
-        let err = stale.load_table(&ident).await.expect_err("moved since");
-        assert_eq!(err.kind(), ErrorKind::CatalogCommitConflicts);
-        assert!(
-            !err.retryable(),
-            "iceberg must hand the conflict back, not rebase"
+        // A commit from a head another commit has moved past changes nothing.
+        let stale = Head::new(lake.table("events").await);
+        drop(land_run(&a, &[60]).await);
+        a.flush().await;
+        let before = lake.table("events").await;
+        let err =
+            lake::snapshot::commit(&lake.swap, &stale, &Change::append(vec![], HashMap::new()))
+                .await
+                .expect_err("moved since");
+        assert!(matches!(err, CommitError::Conflict), "{err}");
+        assert_eq!(
+            lake.table("events").await.metadata_location(),
+            before.metadata_location()
         );
-        let fresh = crate::unmoved::Unmoved {
-            catalog: catalog.as_ref(),
-            snapshot: now.metadata().current_snapshot_id(),
-        };
-        assert!(fresh.load_table(&ident).await.is_ok());
     }
 }

@@ -20,12 +20,10 @@ mod models;
 mod progress;
 mod query;
 mod receiver;
-mod rewrite;
 mod server;
 mod status;
 mod storage;
 mod tls;
-mod unmoved;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,17 +54,21 @@ enum MaintainTask {
         #[arg(long)]
         json: bool,
     },
-    /// Expire snapshots older than a duration, keeping the last few (metadata only; the
-    /// current snapshot, which carries the progress tokens, is always kept).
+    /// Expire snapshots older than a duration or beyond a count, keeping the last few and
+    /// what the progress marks are read from and models still read; then remove the files
+    /// only the expired snapshots used. Limits not given come from `[maintenance]`.
     Expire {
         #[arg(long)]
         table: Option<String>,
         /// Expire snapshots older than this.
-        #[arg(long, default_value = "5d", value_parser = humantime::parse_duration)]
-        older_than: Duration,
-        /// Keep at least this many snapshots per branch.
-        #[arg(long, default_value_t = 10)]
-        retain_last: usize,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Keep at most this many snapshots.
+        #[arg(long)]
+        max_snapshots: Option<usize>,
+        /// Keep at least this many snapshots.
+        #[arg(long)]
+        retain_last: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -317,7 +319,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Tables { config, json } => {
             let cfg = ProcessorConfig::load(&config)?;
             let catalog = lake::open(&cfg).await?;
-            let tables = query::tables(catalog.as_ref()).await?;
+            let storage = storage::ObjectStorage::new(cfg.catalog.s3.clone());
+            let tables = query::tables(catalog.as_ref(), &storage).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&tables)?);
                 return Ok(());
@@ -369,7 +372,7 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
     use anyhow::Context;
     let cfg = ProcessorConfig::load(&config)?;
     let catalog = lake::open(&cfg).await?;
-    let swap = rewrite::CatalogSwap::open(&cfg)
+    let swap = lake::CatalogSwap::open(&cfg)
         .await
         .context("cannot open the catalog database")?;
     let locks = locks::CommitLocks::default();
@@ -389,9 +392,16 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
         MaintainTask::Expire {
             table,
             older_than,
+            max_snapshots,
             retain_last,
             json,
         } => {
+            let m = &cfg.maintenance;
+            let policy = lake::retention::Policy {
+                older_than: older_than.unwrap_or(m.expire_older_than),
+                max_snapshots: max_snapshots.unwrap_or(m.max_snapshots),
+                retain_last: retain_last.unwrap_or(m.retain_last),
+            };
             let mut reports = Vec::new();
             let pins = maintenance::model_pins(catalog.as_ref()).await?;
             for ident in tables(table).await? {
@@ -401,18 +411,19 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 let r = maintenance::expire(
                     catalog.as_ref(),
+                    &swap,
                     &locks,
                     &ident,
-                    older_than,
-                    retain_last,
+                    &policy,
                     pinned,
+                    &|| false,
                 )
                 .await
                 .with_context(|| format!("expiring snapshots of {ident}"))?;
                 if !json {
                     println!(
-                        "{}: {} -> {} snapshots",
-                        r.table, r.snapshots_before, r.snapshots_after
+                        "{}: {} -> {} snapshots, {} files removed",
+                        r.table, r.snapshots_before, r.snapshots_after, r.files_removed
                     );
                 }
                 reports.push(r);
@@ -430,9 +441,15 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
             let mut reports = Vec::new();
             for ident in tables(table).await? {
                 let storage = storage::ObjectStorage::new(cfg.catalog.s3.clone());
-                let r = maintenance::remove_orphans(catalog.as_ref(), &storage, &ident, older_than)
-                    .await
-                    .with_context(|| format!("removing orphan files of {ident}"))?;
+                let r = maintenance::remove_orphans(
+                    catalog.as_ref(),
+                    &storage,
+                    &ident,
+                    older_than,
+                    &|| false,
+                )
+                .await
+                .with_context(|| format!("removing orphan files of {ident}"))?;
                 if !json {
                     println!(
                         "{}: {} files, {} referenced, {} orphans removed ({:.1} MB), {} younger than {:?} kept",
@@ -482,10 +499,17 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
                 };
-                let report =
-                    compaction::compact(catalog.as_ref(), &swap, &locks, &ident, &opts, &progress)
-                        .await
-                        .with_context(|| format!("compacting {}", bar.message()))?;
+                let report = compaction::compact(
+                    catalog.as_ref(),
+                    &swap,
+                    &locks,
+                    &ident,
+                    &opts,
+                    &progress,
+                    &|| false,
+                )
+                .await
+                .with_context(|| format!("compacting {}", bar.message()))?;
                 bar.finish_and_clear();
                 if !json {
                     let secs = report.elapsed_ms as f64 / 1000.0;
@@ -559,7 +583,7 @@ async fn run_models(config: PathBuf, command: ModelsCommand) -> anyhow::Result<(
                 .iter()
                 .filter(|m| only.is_empty() || only.contains(&m.name))
                 .collect();
-            let swap = rewrite::CatalogSwap::open(&cfg)
+            let swap = lake::CatalogSwap::open(&cfg)
                 .await
                 .context("cannot open the catalog database")?;
             let runner = models::Runner::new(

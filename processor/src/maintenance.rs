@@ -1,22 +1,25 @@
-//! Snapshot expiry and orphan-file cleanup.
+//! Snapshot expiry and orphan-file cleanup, and the maintenance `serve` runs on a schedule.
 //!
-//! Expiry rewrites metadata only (the `iceberg` crate's `expire_snapshots` action, committed
-//! through the catalog's compare-and-swap like every commit). The current snapshot is never
-//! expired, and it carries every progress token and model watermark forward (see
-//! `rewrite.rs`), so expiry cannot lose one. Orphan cleanup then deletes files under the
-//! table's location that no remaining snapshot or metadata file references, and only those
-//! older than a safety window, so files of a commit in flight are never touched.
+//! Expiry is a metadata-only commit (see `lake/retention.rs`) followed by the removal of
+//! the files only the expired snapshots used; it runs often (`expire_interval`), so that a
+//! table committed to every second keeps a bounded history. What the lander's marks are
+//! read from and what a model has yet to read are never expired. Orphan cleanup deletes
+//! files under the table's location that no remaining snapshot or metadata file refers to,
+//! and only those older than a safety window, so files of a commit in flight are never
+//! touched. Compaction, expiry and cleanup each stop at the next table, bin or snapshot
+//! once the processor is stopping, and are cut off after a grace period if they do not.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use iceberg::spec::ManifestContentType;
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 
 use iceberg::io::Storage;
 
+use crate::lake::retention::{self, Policy};
+use crate::lake::{CatalogSwap, CommitError, Head};
 use crate::locks::CommitLocks;
 use crate::models::Watermark;
 use crate::storage::ObjectStorage;
@@ -27,6 +30,27 @@ pub struct ExpireReport {
     pub table: String,
     pub snapshots_before: usize,
     pub snapshots_after: usize,
+    /// Files only the expired snapshots used, removed.
+    pub files_removed: usize,
+}
+
+/// Why expiry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpireError {
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Iceberg(#[from] iceberg::Error),
+}
+
+impl ExpireError {
+    /// The metric reason of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Commit(e) => e.reason(),
+            Self::Iceberg(_) => "storage",
+        }
+    }
 }
 
 /// Snapshots that models still read from, per input table (`namespace.table`): the
@@ -49,49 +73,53 @@ pub async fn model_pins(
     Ok(pins)
 }
 
-/// Expire snapshots older than `older_than`, keeping at least `retain_last` per branch,
+/// Expire what `policy` lets go of `ident`'s history, keeping what the marks are read from
 /// and every snapshot after the oldest of `pinned` (model watermarks: what came after them
-/// the models have yet to read).
+/// the models have yet to read); then remove the files only the expired snapshots used.
 pub async fn expire(
     catalog: &dyn Catalog,
+    swap: &CatalogSwap,
     locks: &CommitLocks,
     ident: &TableIdent,
-    older_than: Duration,
-    retain_last: usize,
+    policy: &Policy,
     pinned: &[Watermark],
-) -> Result<ExpireReport, iceberg::Error> {
-    let _lock = locks.lock(&name(ident)).await;
-    let table = catalog.load_table(ident).await?;
-    let before = table.metadata().snapshots().len();
-    let mut cutoff = chrono::Utc::now().timestamp_millis()
-        - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-    for w in pinned {
-        let first_unread = table
-            .metadata()
-            .snapshots()
-            .filter(|s| s.sequence_number() > w.sequence)
-            .map(|s| s.timestamp_ms())
-            .min();
-        if let Some(ts) = first_unread {
-            cutoff = cutoff.min(ts);
-        }
-    }
+    stopping: &(dyn Fn() -> bool + Sync),
+) -> Result<ExpireReport, ExpireError> {
+    const MAX_CONFLICTS: u32 = 5;
     let mut report = ExpireReport {
         table: name(ident),
-        snapshots_before: before,
-        snapshots_after: before,
+        ..Default::default()
     };
-    if before <= retain_last.max(1) {
-        return Ok(report);
-    }
-    let tx = Transaction::new(&table);
-    let tx = tx
-        .expire_snapshots()
-        .expire_older_than_ms(cutoff)
-        .retain_last(retain_last.max(1))
-        .apply(tx)?;
-    let table = tx.commit(catalog).await?;
-    report.snapshots_after = table.metadata().snapshots().len();
+    let mut conflicts = 0;
+    let (before, plan) = loop {
+        let _lock = locks.lock(&report.table).await;
+        let table = catalog.load_table(ident).await?;
+        let meta = table.metadata();
+        report.snapshots_before = meta.snapshots().len();
+        report.snapshots_after = report.snapshots_before;
+        let keep_from = pinned
+            .iter()
+            .map(|w| w.sequence + 1)
+            .chain(crate::progress::chain_start(meta))
+            .min();
+        let now = chrono::Utc::now().timestamp_millis();
+        let plan = retention::plan(meta, policy, now, keep_from);
+        if plan.expire.is_empty() {
+            return Ok(report);
+        }
+        match retention::commit(swap, &Head::new(table.clone()), &plan).await {
+            Ok(head) => {
+                report.snapshots_after = head.table().metadata().snapshots().len();
+                break (table, plan);
+            }
+            Err(CommitError::Conflict) if conflicts < MAX_CONFLICTS => conflicts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // The lock is not needed to remove what no snapshot refers to any more.
+    report.files_removed = retention::remove_files(&before, &plan, stopping)
+        .await?
+        .files;
     Ok(report)
 }
 
@@ -114,6 +142,7 @@ pub async fn remove_orphans(
     storage: &ObjectStorage,
     ident: &TableIdent,
     older_than: Duration,
+    stopping: &(dyn Fn() -> bool + Sync),
 ) -> Result<OrphanReport, anyhow::Error> {
     let table = catalog.load_table(ident).await?;
     let root = table
@@ -121,14 +150,20 @@ pub async fn remove_orphans(
         .location()
         .trim_end_matches('/')
         .to_string();
-    let referenced = referenced_files(&table).await?;
+    let referenced = referenced_files(&table, stopping).await?;
     let mut report = OrphanReport {
         table: name(ident),
         referenced: referenced.len(),
         ..Default::default()
     };
+    if stopping() {
+        return Ok(report);
+    }
     let now = chrono::Utc::now();
     for (location, size, modified) in crate::storage::list(storage, &root).await? {
+        if stopping() {
+            break;
+        }
         report.files_seen += 1;
         let plain = location.strip_prefix("file://");
         if referenced.contains(&location) || plain.is_some_and(|p| referenced.contains(p)) {
@@ -148,8 +183,12 @@ pub async fn remove_orphans(
 }
 
 /// Every file the table's metadata reaches: metadata files (current and logged), manifest
-/// lists of the remaining snapshots, their manifests, and the data files alive in them.
-async fn referenced_files(table: &Table) -> Result<HashSet<String>, iceberg::Error> {
+/// lists of the remaining snapshots, their manifests (each read once, however many
+/// snapshots list it), the data files alive in them, and marks files.
+async fn referenced_files(
+    table: &Table,
+    stopping: &(dyn Fn() -> bool + Sync),
+) -> Result<HashSet<String>, iceberg::Error> {
     let meta = table.metadata();
     let io = table.file_io();
     let mut out = HashSet::new();
@@ -160,11 +199,14 @@ async fn referenced_files(table: &Table) -> Result<HashSet<String>, iceberg::Err
         out.insert(log.metadata_file.clone());
     }
     for snapshot in meta.snapshots() {
+        if stopping() {
+            break;
+        }
         out.insert(snapshot.manifest_list().to_string());
-        let list = crate::rewrite::manifest_list(table, snapshot).await?;
+        out.extend(crate::progress::files_of(snapshot).map(str::to_string));
+        let list = crate::lake::manifest_list(table, snapshot).await?;
         for mf in list.entries() {
-            out.insert(mf.manifest_path.clone());
-            if mf.content != ManifestContentType::Data {
+            if !out.insert(mf.manifest_path.clone()) || mf.content != ManifestContentType::Data {
                 continue;
             }
             for e in mf.load_manifest(io).await?.entries() {
@@ -181,19 +223,20 @@ fn name(ident: &TableIdent) -> String {
     format!("{}.{}", ident.namespace().join("."), ident.name())
 }
 
-/// Maintenance run by `serve`: every `interval`, each table is compacted, its old snapshots
-/// expired and its orphan files removed. Commits take the table's commit lock, so they
-/// queue behind the lander and the models instead of racing them.
+/// Maintenance run by `serve`: every `expire_interval` each table's history is trimmed,
+/// and every `interval` each table is compacted and its orphan files removed. Commits take
+/// the table's commit lock, so they queue behind the lander and the models instead of
+/// racing them.
 pub struct Scheduled {
     stop: tokio::sync::watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Everything a maintenance pass needs.
 #[derive(Clone)]
 pub struct Upkeep {
     pub catalog: std::sync::Arc<dyn Catalog>,
-    pub swap: crate::rewrite::CatalogSwap,
+    pub swap: CatalogSwap,
     pub locks: CommitLocks,
     pub cfg: crate::config::MaintenanceConfig,
     pub compression: crate::config::Compression,
@@ -203,41 +246,124 @@ pub struct Upkeep {
 
 impl Scheduled {
     pub fn start(upkeep: Upkeep) -> Self {
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let handle = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(upkeep.cfg.interval) => {}
-                    _ = stopped.changed() => return,
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let every = |interval: Duration, pass: fn(Upkeep, StopFlag) -> PassFuture| {
+            let upkeep = upkeep.clone();
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = stopped.changed() => return,
+                    }
+                    let flag = StopFlag(stopped.clone());
+                    if let Err(e) = pass(upkeep.clone(), flag).await {
+                        tracing::error!("maintenance pass failed: {e:#}");
+                    }
                 }
-                if let Err(e) = upkeep.pass(&stopped).await {
-                    tracing::error!("maintenance pass failed: {e:#}");
-                }
-            }
-        });
-        Self { stop, handle }
+            })
+        };
+        let tasks = vec![
+            every(upkeep.cfg.expire_interval, |u, s| {
+                Box::pin(async move { u.expire_pass(&s).await })
+            }),
+            every(upkeep.cfg.interval, |u, s| {
+                Box::pin(async move { u.pass(&s).await })
+            }),
+        ];
+        Self { stop, tasks }
     }
 
-    /// Stop after the task in progress.
-    pub async fn stop(self) {
+    /// Stop: a pass in progress stops at its next step; one still running after `grace`
+    /// is cut off (what it wrote and did not commit is left to orphan cleanup).
+    pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        let _ = self.handle.await;
+        for task in self.tasks {
+            crate::server::stop_within(task, grace, "maintenance").await;
+        }
+    }
+}
+
+type PassFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Whether the processor is stopping.
+#[derive(Clone)]
+pub struct StopFlag(tokio::sync::watch::Receiver<bool>);
+
+impl StopFlag {
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
     }
 }
 
 impl Upkeep {
-    /// One pass over every table; a task that fails is logged and counted, and the others
-    /// still run.
-    pub async fn pass(&self, stopped: &tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// The retention policy of the config.
+    fn policy(&self) -> Policy {
+        Policy {
+            older_than: self.cfg.expire_older_than,
+            max_snapshots: self.cfg.max_snapshots,
+            retain_last: self.cfg.retain_last,
+        }
+    }
+
+    /// Expire old snapshots of every table; a table that fails is logged and counted, and
+    /// the others still run.
+    pub async fn expire_pass(&self, stop: &StopFlag) -> anyhow::Result<()> {
         let catalog = self.catalog.as_ref();
         let pins = model_pins(catalog).await?;
+        let stopping = || stop.is_set();
+        for ident in crate::compaction::all_tables(catalog).await? {
+            if stopping() {
+                return Ok(());
+            }
+            let table = name(&ident);
+            let pinned = pins.get(&table).map(Vec::as_slice).unwrap_or_default();
+            let r = expire(
+                catalog,
+                &self.swap,
+                &self.locks,
+                &ident,
+                &self.policy(),
+                pinned,
+                &stopping,
+            )
+            .await;
+            match &r {
+                Ok(r) if r.snapshots_after < r.snapshots_before => {
+                    tracing::info!(
+                        %table, before = r.snapshots_before, after = r.snapshots_after,
+                        files = r.files_removed, "expired snapshots"
+                    );
+                    self.metrics.expired(
+                        &table,
+                        r.snapshots_before - r.snapshots_after,
+                        r.files_removed,
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(%table, "snapshot expiry failed: {e}"),
+            }
+            let outcome = match &r {
+                Ok(_) => "ok",
+                Err(e) => e.reason(),
+            };
+            self.metrics.maintenance_run(&table, "expire", outcome);
+        }
+        Ok(())
+    }
+
+    /// Compact every table and remove its orphan files; a task that fails is logged and
+    /// counted, and the others still run.
+    pub async fn pass(&self, stop: &StopFlag) -> anyhow::Result<()> {
+        let catalog = self.catalog.as_ref();
         let opts = crate::compaction::CompactionOptions::new(
             self.cfg.target_file_size.as_u64(),
             self.compression,
         );
+        let stopping = || stop.is_set();
         for ident in crate::compaction::all_tables(catalog).await? {
             let table = name(&ident);
-            if *stopped.borrow() {
+            if stopping() {
                 return Ok(());
             }
             let outcome = |ok: bool| if ok { "ok" } else { "error" };
@@ -248,6 +374,7 @@ impl Upkeep {
                 &ident,
                 &opts,
                 &|_, _| {},
+                &stopping,
             )
             .await;
             match &r {
@@ -260,27 +387,17 @@ impl Upkeep {
             }
             self.metrics
                 .maintenance_run(&table, "compact", outcome(r.is_ok()));
-            let pinned = pins.get(&table).map(Vec::as_slice).unwrap_or_default();
-            let r = expire(
+            if stopping() {
+                return Ok(());
+            }
+            let r = remove_orphans(
                 catalog,
-                &self.locks,
+                &self.storage,
                 &ident,
-                self.cfg.expire_older_than,
-                self.cfg.retain_last,
-                pinned,
+                self.cfg.orphans_older_than,
+                &stopping,
             )
             .await;
-            match &r {
-                Ok(r) if r.snapshots_after < r.snapshots_before => tracing::info!(
-                    %table, before = r.snapshots_before, after = r.snapshots_after, "expired snapshots"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::error!(%table, "snapshot expiry failed: {e}"),
-            }
-            self.metrics
-                .maintenance_run(&table, "expire", outcome(r.is_ok()));
-            let r =
-                remove_orphans(catalog, &self.storage, &ident, self.cfg.orphans_older_than).await;
             match &r {
                 Ok(r) if r.deleted > 0 => {
                     tracing::info!(%table, files = r.deleted, bytes = r.bytes_deleted, "removed orphan files")
@@ -292,5 +409,146 @@ impl Upkeep {
                 .maintenance_run(&table, "orphans", outcome(r.is_ok()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lander::Verdict;
+    use crate::lander::tests::{TestLake, land_batch};
+
+    fn ident() -> TableIdent {
+        TableIdent::from_strs(["bronze", "events"]).expect("ident")
+    }
+
+    /// Every `id` the table holds at `snapshot`, sorted.
+    async fn ids_at(table: &Table, snapshot: i64) -> Vec<i64> {
+        use arrow_array::cast::AsArray;
+        let snap = table.metadata().snapshot_by_id(snapshot).expect("snapshot");
+        let list = crate::lake::manifest_list(table, snap).await.expect("list");
+        let mut files = Vec::new();
+        for mf in list.entries() {
+            for e in mf
+                .load_manifest(table.file_io())
+                .await
+                .expect("manifest")
+                .entries()
+            {
+                if e.is_alive() {
+                    files.push(e.data_file().clone());
+                }
+            }
+        }
+        let mut ids: Vec<i64> = crate::lake::read_data_files(table, &files)
+            .await
+            .expect("read")
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("id")
+                    .expect("id")
+                    .as_primitive::<arrow_array::types::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn expiry_keeps_recent_history_and_removes_exactly_what_only_expired_snapshots_used() {
+        let lake = TestLake::new().await;
+        let lander = lake.lander();
+        let locks = CommitLocks::default();
+        let land = async |from: u64, to: u64| {
+            for seq in from..=to {
+                let v = land_batch(&lander, "edge", seq).await;
+                lander.flush().await;
+                assert_eq!(v.await, Ok(Verdict::Committed));
+            }
+        };
+        land(1, 60).await;
+        let before = lake.table("events").await;
+        let small: Vec<String> = crate::lake::live_files(&before)
+            .await
+            .expect("files")
+            .iter()
+            .map(|f| f.file_path().to_string())
+            .collect();
+        let opts =
+            crate::compaction::CompactionOptions::new(128 << 20, crate::config::Compression::Zstd);
+        let r = crate::compaction::compact(
+            lake.catalog.as_ref(),
+            &lake.swap,
+            &locks,
+            &ident(),
+            &opts,
+            &|_, _| {},
+            &|| false,
+        )
+        .await
+        .expect("compaction");
+        assert_eq!(r.files_rewritten, 60);
+        land(61, 80).await;
+
+        let policy = Policy {
+            older_than: Duration::from_secs(3600),
+            max_snapshots: 10,
+            retain_last: 1,
+        };
+        let r = expire(
+            lake.catalog.as_ref(),
+            &lake.swap,
+            &locks,
+            &ident(),
+            &policy,
+            &[],
+            &|| false,
+        )
+        .await
+        .expect("expiry");
+        assert_eq!((r.snapshots_before, r.snapshots_after), (81, 10));
+        assert!(r.files_removed > 70, "{r:?}");
+        // The compaction's snapshot expired: the small files it replaced are gone.
+        for path in &small {
+            let local = path.strip_prefix("file://").unwrap_or(path);
+            assert!(
+                !std::path::Path::new(local).exists(),
+                "{path} is still there"
+            );
+        }
+        // Nothing that the kept snapshots use was removed, and nothing else is left over.
+        let table = lake.table("events").await;
+        for s in table.metadata().snapshots() {
+            let want: Vec<i64> = (1..s.sequence_number()).collect();
+            assert_eq!(
+                ids_at(&table, s.snapshot_id()).await,
+                want,
+                "time travel to {}",
+                s.snapshot_id()
+            );
+        }
+        let storage = ObjectStorage::new(Default::default());
+        let orphans = remove_orphans(
+            lake.catalog.as_ref(),
+            &storage,
+            &ident(),
+            Duration::ZERO,
+            &|| false,
+        )
+        .await
+        .expect("orphans");
+        assert_eq!(orphans.deleted, 0, "{orphans:?}");
+        // The marks are still read right.
+        let again = lake.lander();
+        assert_eq!(
+            again
+                .committed_mark("edge", "events")
+                .await
+                .expect("mark")
+                .0,
+            80
+        );
     }
 }

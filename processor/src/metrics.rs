@@ -107,6 +107,12 @@ pub struct Metrics {
     model_rows: Family<ModelLabels, Counter>,
     model_quarantined_rows: Family<ModelRuleLabels, Counter>,
     maintenance_runs: Family<MaintenanceLabels, Counter>,
+    manifests_merged: Family<TableLabels, Counter>,
+    snapshots_expired: Family<TableLabels, Counter>,
+    expired_files_removed: Family<TableLabels, Counter>,
+    table_manifests: Family<TableLabels, Gauge>,
+    table_metadata_bytes: Family<TableLabels, Gauge>,
+    table_metadata_files: Family<TableLabels, Gauge>,
     kafka_messages: Family<TopicLabels, Counter>,
     kafka_rebalances: Family<KindLabels, Counter>,
     kafka_dead_letters: Family<TopicLabels, Counter>,
@@ -150,6 +156,12 @@ impl Default for Metrics {
             model_rows: Family::default(),
             model_quarantined_rows: Family::default(),
             maintenance_runs: Family::default(),
+            manifests_merged: Family::default(),
+            snapshots_expired: Family::default(),
+            expired_files_removed: Family::default(),
+            table_manifests: Family::default(),
+            table_metadata_bytes: Family::default(),
+            table_metadata_files: Family::default(),
             kafka_messages: Family::default(),
             kafka_rebalances: Family::default(),
             kafka_dead_letters: Family::default(),
@@ -316,6 +328,36 @@ impl Default for Metrics {
             "Scheduled maintenance tasks by table, task and outcome",
             m.maintenance_runs.clone(),
         );
+        r.register(
+            "manifests_merged",
+            "Small manifests merged into a commit's new manifest, per table",
+            m.manifests_merged.clone(),
+        );
+        r.register(
+            "snapshots_expired",
+            "Snapshots expired by scheduled maintenance, per table",
+            m.snapshots_expired.clone(),
+        );
+        r.register(
+            "expired_files_removed",
+            "Files only expired snapshots used (manifest lists, manifests, replaced data files, marks), removed, per table",
+            m.expired_files_removed.clone(),
+        );
+        r.register(
+            "table_manifests",
+            "Manifests in each table's current manifest list (refreshed every 10 s)",
+            m.table_manifests.clone(),
+        );
+        r.register(
+            "table_metadata_bytes",
+            "Bytes under each table's metadata/ folder: metadata files, manifest lists, manifests, marks (refreshed every 10 s)",
+            m.table_metadata_bytes.clone(),
+        );
+        r.register(
+            "table_metadata_files",
+            "Files under each table's metadata/ folder (refreshed every 10 s)",
+            m.table_metadata_files.clone(),
+        );
         Self { registry: r, ..m }
     }
 }
@@ -418,6 +460,15 @@ impl Metrics {
             self.table_snapshots
                 .get_or_create(&l)
                 .set(gauge(s.snapshots as u64));
+            self.table_manifests
+                .get_or_create(&l)
+                .set(gauge(s.manifests as u64));
+            self.table_metadata_bytes
+                .get_or_create(&l)
+                .set(gauge(s.metadata_bytes));
+            self.table_metadata_files
+                .get_or_create(&l)
+                .set(gauge(s.metadata_files as u64));
             if let Some(ms) = s.last_commit_ms {
                 self.table_last_commit
                     .get_or_create(&l)
@@ -458,6 +509,24 @@ impl Metrics {
         self.batch_latency_seconds
             .get_or_create(&table(t))
             .observe(seconds);
+    }
+
+    /// A commit of table `t` merged `n` manifests into its new one.
+    pub fn manifests_merged(&self, t: &str, n: usize) {
+        self.manifests_merged
+            .get_or_create(&table(t))
+            .inc_by(n as u64);
+    }
+
+    /// Expiry dropped `snapshots` of table `t` and removed `files` only they used.
+    pub fn expired(&self, t: &str, snapshots: usize, files: usize) {
+        let l = table(t);
+        self.snapshots_expired
+            .get_or_create(&l)
+            .inc_by(snapshots as u64);
+        self.expired_files_removed
+            .get_or_create(&l)
+            .inc_by(files as u64);
     }
 
     pub fn commit_failed(&self, t: &str, reason: &str) {

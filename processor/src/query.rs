@@ -212,14 +212,23 @@ pub struct TableStats {
     pub data_files: u64,
     pub bytes: u64,
     pub snapshots: usize,
+    /// Manifests in the current snapshot's manifest list.
+    pub manifests: usize,
+    /// Files and bytes under the table's `metadata/` folder.
+    pub metadata_files: usize,
+    pub metadata_bytes: u64,
     pub current_snapshot_id: Option<i64>,
     /// Time of the last commit (RFC 3339), if any.
     pub last_commit: Option<String>,
     pub last_commit_ms: Option<i64>,
 }
 
-/// Stats of every table of every namespace, from their current snapshots' summaries.
-pub async fn tables(catalog: &dyn Catalog) -> anyhow::Result<Vec<TableStats>> {
+/// Stats of every table of every namespace, from their current snapshots' summaries and
+/// manifest lists, and a listing of their metadata folders in `storage`.
+pub async fn tables(
+    catalog: &dyn Catalog,
+    storage: &crate::storage::ObjectStorage,
+) -> anyhow::Result<Vec<TableStats>> {
     let mut out = Vec::new();
     let mut namespaces = catalog.list_namespaces(None).await?;
     namespaces.sort_by_key(NamespaceIdent::to_url_string);
@@ -237,12 +246,24 @@ pub async fn tables(catalog: &dyn Catalog) -> anyhow::Result<Vec<TableStats>> {
                     .unwrap_or(0)
             };
             let last_ms = current.map(|s| s.timestamp_ms());
+            let manifests = match current {
+                Some(s) => crate::lake::manifest_list(&table, s).await?.entries().len(),
+                None => 0,
+            };
+            let metadata = crate::storage::list(
+                storage,
+                &format!("{}/metadata", meta.location().trim_end_matches('/')),
+            )
+            .await?;
             out.push(TableStats {
                 table: qualified(&ident),
                 rows: total("total-records"),
                 data_files: total("total-data-files"),
                 bytes: total("total-files-size"),
                 snapshots: meta.snapshots().len(),
+                manifests,
+                metadata_files: metadata.len(),
+                metadata_bytes: metadata.iter().map(|(_, size, _)| size).sum(),
                 current_snapshot_id: meta.current_snapshot_id(),
                 last_commit: last_ms
                     .and_then(chrono::DateTime::from_timestamp_millis)

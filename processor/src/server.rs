@@ -4,17 +4,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::Context;
 use iceberg::Catalog;
 
 use crate::config::ProcessorConfig;
 use crate::inflight::InFlight;
 use crate::kafka::KafkaReceiver;
+use crate::lake::CatalogSwap;
 use crate::lander::Lander;
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
 use crate::receiver::Receiver;
-use crate::rewrite::CatalogSwap;
 use crate::{lake, tls};
 
 /// A running processor.
@@ -46,16 +48,18 @@ impl Server {
         let graph = cfg.model_graph()?;
         let locks = CommitLocks::default();
         let inflight = InFlight::default();
+        let swap = CatalogSwap::open(cfg)
+            .await
+            .context("cannot open the catalog database")?;
         let lander = Lander::start(
             catalog.clone(),
+            swap.clone(),
             cfg.lander.clone(),
             metrics.clone(),
             locks.clone(),
             inflight.clone(),
         );
-        let swap = CatalogSwap::open(cfg)
-            .await
-            .context("cannot open the catalog database")?;
+        let storage = crate::storage::ObjectStorage::new(cfg.catalog.s3.clone());
         let models = (!graph.order.is_empty()).then(|| {
             tracing::info!(
                 models = ?graph.order.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
@@ -81,7 +85,7 @@ impl Server {
                 cfg: cfg.maintenance.clone(),
                 compression: cfg.lander.compression,
                 metrics: metrics.clone(),
-                storage: crate::storage::ObjectStorage::new(cfg.catalog.s3.clone()),
+                storage: storage.clone(),
             })
         });
 
@@ -129,7 +133,12 @@ impl Server {
                     api.listen,
                     metrics.clone(),
                     health,
-                    crate::api::router(catalog.clone(), cfg.catalog_name(), metrics.clone()),
+                    crate::api::router(
+                        catalog.clone(),
+                        storage.clone(),
+                        cfg.catalog_name(),
+                        metrics.clone(),
+                    ),
                 )
                 .await
                 .with_context(|| format!("cannot listen on api.listen {}", api.listen))?,
@@ -137,7 +146,7 @@ impl Server {
             None => None,
         };
         tracing::info!(quic = ?quic_addr, api = ?api_addr, warehouse = %cfg.warehouse(), "processor ready");
-        let table_stats = watch_tables(catalog.clone(), metrics);
+        let table_stats = watch_tables(catalog.clone(), storage, metrics);
         Ok(Self {
             quic_addr,
             catalog,
@@ -150,42 +159,79 @@ impl Server {
         })
     }
 
-    /// Stop accepting, commit what is buffered, close connections, leave the group.
+    /// Stop accepting, commit what is buffered, close connections, leave the group — all
+    /// within [`STOP_WITHIN`], whatever the processor is doing. Maintenance and model runs
+    /// stop at their next step, and are cut off if they do not (a cut-off commit either
+    /// went in or left only files orphan cleanup removes). Batches the lander cannot commit
+    /// in time are not acknowledged: agents send them again, Kafka reads them again.
     pub async fn shutdown(self) {
+        let deadline = Instant::now() + STOP_WITHIN;
         if let Some(e) = &self.endpoint {
             e.set_server_config(None);
         }
+        let background = async {
+            if let Some(m) = self.maintenance {
+                m.stop(Duration::from_secs(5)).await;
+            }
+            if let Some(m) = self.models {
+                m.stop(Duration::from_secs(5)).await;
+            }
+        };
         let kafka = async {
             if let Some(k) = self.kafka {
-                k.stop(Duration::from_secs(30)).await;
+                k.stop(KAFKA_STOP).await;
             }
         };
         // The consumer waits for what it read to be committed, which the flush speeds up.
-        tokio::join!(kafka, self.lander.flush());
-        self.lander.flush().await;
+        let landed = async {
+            tokio::join!(kafka, self.lander.flush());
+            self.lander.flush().await;
+        };
+        let (_, on_time) = tokio::join!(background, tokio::time::timeout_at(deadline, landed));
+        if on_time.is_err() {
+            tracing::warn!(
+                "stopping without committing every buffered batch: it is not acknowledged and will be sent again"
+            );
+        }
         if let Some(e) = &self.endpoint {
             e.close(quinn::VarInt::from_u32(0), b"processor stopping");
-            e.wait_idle().await;
-        }
-        if let Some(m) = self.models {
-            m.stop().await;
-        }
-        if let Some(m) = self.maintenance {
-            m.stop().await;
+            let idle = tokio::time::timeout_at(deadline + Duration::from_secs(2), e.wait_idle());
+            if idle.await.is_err() {
+                tracing::warn!("agent connections did not close in time");
+            }
         }
         self.table_stats.abort();
     }
 }
 
+/// The most a graceful stop takes to commit what is buffered; the process exits after it
+/// (plus a couple of seconds to close connections) whatever it is doing.
+pub const STOP_WITHIN: Duration = Duration::from_secs(20);
+/// How long the Kafka consumer waits for what it read to be committed when stopping.
+const KAFKA_STOP: Duration = Duration::from_secs(15);
+
+/// Stop `task` (already told to): wait up to `grace` for it to end, then cut it off.
+pub async fn stop_within(task: tokio::task::JoinHandle<()>, grace: Duration, what: &str) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(grace, task).await.is_err() {
+        tracing::warn!("{what} did not stop within {grace:?}: cut off");
+        abort.abort();
+    }
+}
+
 /// Keep the per-table gauges and the status report up to date from the tables' current
 /// snapshots, and sample the status history.
-fn watch_tables(catalog: Arc<dyn Catalog>, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+fn watch_tables(
+    catalog: Arc<dyn Catalog>,
+    storage: crate::storage::ObjectStorage,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::status::SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let stats = match crate::query::tables(catalog.as_ref()).await {
+            let stats = match crate::query::tables(catalog.as_ref(), &storage).await {
                 Ok(stats) => {
                     metrics.table_stats(&stats);
                     Some(stats)

@@ -405,6 +405,40 @@ def pyiceberg_table(proc: Processor, name: str):
     return cat.load_table(name)
 
 
+def snapshot_marks(table, snapshot=None) -> dict:
+    """The progress marks a snapshot stores (`{"seq": {agent: n}, "ckpt": {agent: s},
+    "kafka": {topic: {partition: offset}}}`): its `sluice.marks` base, inline JSON or a
+    file, merged with the deltas of the snapshots back to the one that wrote that base."""
+    snap = snapshot or table.current_snapshot()
+    props = snap.summary.additional_properties
+    base = props["sluice.marks"]
+
+    def read(value: str) -> dict:
+        if value.startswith("{"):
+            return json.loads(value)
+        with table.io.new_input(value).open() as f:
+            return json.loads(f.read())
+
+    marks = {"seq": {}, "ckpt": {}, "kafka": {}}
+    chain = []
+    while snap is not None and snap.summary.additional_properties.get("sluice.marks") == base:
+        delta = snap.summary.additional_properties.get("sluice.marks.delta")
+        if delta:
+            chain.append(read(delta))
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+    for record in [read(base)] + chain[::-1]:
+        for agent, seq in record.get("seq", {}).items():
+            if seq > marks["seq"].get(agent, 0):
+                marks["seq"][agent] = seq
+                if agent in record.get("ckpt", {}):
+                    marks["ckpt"][agent] = record["ckpt"][agent]
+        for topic, parts in record.get("kafka", {}).items():
+            mine = marks["kafka"].setdefault(topic, {})
+            for p, offset in parts.items():
+                mine[int(p)] = max(mine.get(int(p), offset), offset)
+    return marks
+
+
 def duckdb_connection():
     import duckdb
     import duckdb_ext

@@ -1,7 +1,7 @@
 """Agent → QUIC → processor → bronze, read back by PyIceberg and DuckDB."""
 
 from harness import (Agent, Processor, checksum, pyiceberg_table, read_duckdb, read_pyiceberg,
-                     simulator_source)
+                     simulator_source, snapshot_marks)
 
 USER_COLUMNS = ["ts", "sample", "host", "region", "cpu", "mem", "load", "errors", "bytes", "ok"]
 
@@ -34,7 +34,7 @@ def test_rows_land_exactly_once_with_the_right_values(bins, certs, workdir):
         table = pyiceberg_table(proc, "bronze.telemetry")
         summary = table.current_snapshot().summary
         seqs = {r["_seq"] for r in read_pyiceberg(proc, "bronze.telemetry")}
-        assert int(summary["sluice.seq.edge-01"]) == max(seqs)
+        assert snapshot_marks(table)["seq"]["edge-01"] == max(seqs)
         assert seqs == set(range(1, max(seqs) + 1))
 
         # Counters agree with the table.

@@ -9,7 +9,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from harness import Agent, Kafka, Processor, canonical, duckdb_connection, pyiceberg_table, read_pyiceberg, \
-    simulator_source, wait_until
+    simulator_source, snapshot_marks, wait_until
 from test_fault_run import ROWS, assert_exactly, kill_schedule, reference_rows, run_with_kills
 
 TOPIC = "sluice.telemetry"
@@ -34,9 +34,7 @@ def bronze_count(proc: Processor, table: str) -> int:
 
 
 def kafka_marks(proc: Processor, table: str) -> dict[int, int]:
-    summary = pyiceberg_table(proc, table).current_snapshot().summary
-    prefix = f"sluice.kafka.{TOPIC}."
-    return {int(k[len(prefix):]): int(v) for k, v in summary.additional_properties.items() if k.startswith(prefix)}
+    return snapshot_marks(pyiceberg_table(proc, table))["kafka"].get(TOPIC, {})
 
 
 def test_kafka_lands_exactly_once_and_kcat_reads_the_topic(bins, certs, workdir):

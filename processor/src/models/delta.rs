@@ -118,7 +118,7 @@ pub async fn added_since(
 /// The data files one append snapshot added.
 async fn appended_files(table: &Table, snapshot: &Snapshot) -> Result<Vec<DataFile>, ModelError> {
     let id = snapshot.snapshot_id();
-    let list = crate::rewrite::manifest_list(table, snapshot).await?;
+    let list = crate::lake::manifest_list(table, snapshot).await?;
     let mut out = Vec::new();
     for mf in list.entries() {
         if mf.added_snapshot_id != id || mf.content != iceberg::spec::ManifestContentType::Data {

@@ -57,7 +57,7 @@ pub enum ModelError {
     #[error(transparent)]
     Read(#[from] crate::lake::ReadError),
     #[error(transparent)]
-    Rewrite(#[from] crate::rewrite::RewriteError),
+    Commit(#[from] crate::lake::CommitError),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]

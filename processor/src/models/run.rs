@@ -31,9 +31,9 @@ use super::expect;
 use super::graph::Model;
 use super::{Mode, ModelError, split};
 use crate::config::Compression;
+use crate::lake::{CatalogSwap, Change, CommitError, Head};
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
-use crate::rewrite::{self, CatalogSwap, Replace, RewriteError};
 
 /// Snapshot property holding a model's watermark for one input: the last snapshot read.
 pub const WATERMARK_PREFIX: &str = "sluice.model.input.";
@@ -438,7 +438,7 @@ impl Runner {
                             .metadata()
                             .current_snapshot()
                             .map(|s| Watermark::of(s)),
-                        files: rewrite::live_files(table).await?,
+                        files: crate::lake::live_files(table).await?,
                         snapshots: 1,
                         complete: true,
                     },
@@ -584,7 +584,7 @@ impl Runner {
                     return Err(ModelError::ConcurrentRun(name.to_string()));
                 }
                 let remove: HashSet<String> = if replace_all {
-                    rewrite::live_files(&table)
+                    crate::lake::live_files(&table)
                         .await?
                         .iter()
                         .map(|f| f.file_path().to_string())
@@ -592,7 +592,7 @@ impl Runner {
                 } else {
                     HashSet::new()
                 };
-                let replace = Replace {
+                let change = Change {
                     remove,
                     add: files.clone(),
                     operation: if replace_all && current.is_some() {
@@ -602,13 +602,13 @@ impl Runner {
                     },
                     properties: props.clone(),
                 };
-                match rewrite::commit(&self.swap, &table, &replace).await {
+                match crate::lake::snapshot::commit(&self.swap, &Head::new(table), &change).await {
                     Ok(_) => return Ok(conflicts),
-                    Err(RewriteError::Conflict) if conflicts < MAX_CONFLICTS => {
+                    Err(CommitError::Conflict) if conflicts < MAX_CONFLICTS => {
                         conflicts += 1;
                         tracing::info!(table = name, "model commit lost a race; retrying");
                     }
-                    Err(RewriteError::Conflict) => {
+                    Err(CommitError::Conflict) => {
                         return Err(ModelError::TooManyConflicts(conflicts));
                     }
                     Err(e) => return Err(e.into()),
@@ -616,7 +616,12 @@ impl Runner {
             }
         }
         .await;
-        if result.is_err() {
+        // After a swap of unknown outcome the files may be the table's: orphan cleanup
+        // removes them if not.
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, ModelError::Commit(CommitError::Unknown(_))))
+        {
             for f in &files {
                 if let Err(e) = table.file_io().delete(f.file_path()).await {
                     tracing::warn!(

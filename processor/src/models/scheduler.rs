@@ -78,8 +78,10 @@ impl Scheduler {
     }
 
     /// Stop after the run in progress (a run is never cut short between its commits).
-    pub async fn stop(self) {
+    /// Stop after the run in progress, or cut it off after `grace` (a model's commit is
+    /// one compare-and-swap: it is in or it is not).
+    pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        let _ = self.handle.await;
+        crate::server::stop_within(self.handle, grace, "the model scheduler").await;
     }
 }

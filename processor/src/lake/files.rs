@@ -1,13 +1,14 @@
-//! The Iceberg side: opening the catalog, and loading or creating tables.
+//! Data files: writing batches as Parquet files of a table, and reading them back.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
+use arrow_schema::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
+use iceberg::ErrorKind;
 use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
@@ -19,219 +20,8 @@ use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
+use super::table_arrow_schema;
 use crate::config::Compression;
-use crate::storage::{ObjectStoreFactory, S3Config};
-use iceberg::spec::TableProperties;
-use iceberg::table::Table;
-use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
-
-/// Columns the lake adds to every bronze row.
-pub const AGENT_COLUMN: &str = "_agent";
-pub const SEQ_COLUMN: &str = "_seq";
-pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
-
-/// Open the catalog a processor config names.
-pub async fn open(
-    cfg: &crate::config::ProcessorConfig,
-) -> Result<Arc<dyn Catalog>, iceberg::Error> {
-    open_catalog(
-        cfg.catalog_name(),
-        &cfg.catalog_uri(),
-        &cfg.warehouse(),
-        &cfg.catalog.s3,
-    )
-    .await
-}
-
-/// Open the SQL catalog (SQLite or PostgreSQL URI) over a warehouse: a local directory, or
-/// an `s3://bucket/prefix` on an S3-compatible store.
-async fn open_catalog(
-    name: &str,
-    uri: &str,
-    warehouse: &str,
-    s3: &S3Config,
-) -> Result<Arc<dyn Catalog>, iceberg::Error> {
-    let location = if warehouse.contains("://") {
-        warehouse.trim_end_matches('/').to_string()
-    } else {
-        std::fs::create_dir_all(warehouse).map_err(|e| {
-            iceberg::Error::new(
-                ErrorKind::Unexpected,
-                format!("cannot create warehouse {warehouse}: {e}"),
-            )
-        })?;
-        let abs = std::path::absolute(warehouse).map_err(|e| {
-            iceberg::Error::new(ErrorKind::Unexpected, format!("bad warehouse path: {e}"))
-        })?;
-        format!("file://{}", abs.display())
-    };
-    if let Some(path) = uri
-        .strip_prefix("sqlite:")
-        .map(|p| p.split('?').next().unwrap_or(p))
-        .map(|p| p.trim_start_matches("//"))
-        && let Some(dir) = Path::new(path).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            iceberg::Error::new(
-                ErrorKind::Unexpected,
-                format!("cannot create catalog directory {}: {e}", dir.display()),
-            )
-        })?;
-    }
-    let bind = if uri.starts_with("postgres") {
-        SqlBindStyle::DollarNumeric
-    } else {
-        SqlBindStyle::QMark
-    };
-    let catalog = SqlCatalogBuilder::default()
-        .uri(uri)
-        .warehouse_location(location)
-        .sql_bind_style(bind)
-        .with_storage_factory(Arc::new(ObjectStoreFactory { s3: s3.clone() }))
-        .load(name, HashMap::new())
-        .await?;
-    Ok(Arc::new(catalog))
-}
-
-/// Create the namespace if it does not exist.
-pub async fn ensure_namespace(catalog: &dyn Catalog, ns: &str) -> Result<(), iceberg::Error> {
-    let ident = NamespaceIdent::new(ns.to_string());
-    if catalog.namespace_exists(&ident).await? {
-        return Ok(());
-    }
-    match catalog.create_namespace(&ident, HashMap::new()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NamespaceAlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// The Arrow schema of a bronze table for rows shaped like `user`: the user's columns
-/// (all nullable, so later batches may omit values) plus the lake's own columns.
-pub fn bronze_arrow_schema(user: &ArrowSchema) -> ArrowSchema {
-    let mut fields: Vec<Field> = user
-        .fields()
-        .iter()
-        .map(|f| Field::new(f.name(), normalize_type(f.data_type()), true))
-        .collect();
-    fields.push(Field::new(AGENT_COLUMN, DataType::Utf8, false));
-    fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
-    fields.push(Field::new(
-        INGESTED_AT_COLUMN,
-        DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into())),
-        false,
-    ));
-    ArrowSchema::new(fields)
-}
-
-/// Iceberg stores timestamps with a zone as UTC microseconds (`+00:00` in Arrow).
-pub fn normalize_type(t: &DataType) -> DataType {
-    match t {
-        DataType::Timestamp(_, Some(_)) => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some(sluice_protocol::UTC.into()))
-        }
-        DataType::Timestamp(_, None) => DataType::Timestamp(TimeUnit::Microsecond, None),
-        other => other.clone(),
-    }
-}
-
-/// Load `ns.name`, or create it with the bronze schema derived from `user`.
-pub async fn load_or_create(
-    catalog: &dyn Catalog,
-    ns: &str,
-    name: &str,
-    user: &ArrowSchema,
-) -> Result<Table, iceberg::Error> {
-    create_if_missing(
-        catalog,
-        ns,
-        name,
-        &bronze_arrow_schema(user),
-        &[("sluice.layer", "bronze")],
-    )
-    .await
-}
-
-/// Load `ns.name`, or create it (unpartitioned, Parquet) with the columns of `arrow` and
-/// these extra table properties.
-pub async fn create_if_missing(
-    catalog: &dyn Catalog,
-    ns: &str,
-    name: &str,
-    arrow: &ArrowSchema,
-    properties: &[(&str, &str)],
-) -> Result<Table, iceberg::Error> {
-    let ident = TableIdent::new(NamespaceIdent::new(ns.to_string()), name.to_string());
-    if catalog.table_exists(&ident).await? {
-        return catalog.load_table(&ident).await;
-    }
-    ensure_namespace(catalog, ns).await?;
-    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(arrow)?;
-    let mut props: HashMap<String, String> = [
-        // Writers retry commits themselves, re-reading progress tokens each time.
-        (
-            TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
-            "0".to_string(),
-        ),
-        ("write.format.default".to_string(), "parquet".to_string()),
-    ]
-    .into_iter()
-    .collect();
-    props.extend(
-        properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    let creation = TableCreation::builder()
-        .name(name.to_string())
-        .schema(schema)
-        .properties(props)
-        .build();
-    match catalog.create_table(&ident.namespace, creation).await {
-        Ok(t) => {
-            tracing::info!(table = %ident, "created table");
-            Ok(t)
-        }
-        Err(e) if e.kind() == ErrorKind::TableAlreadyExists => catalog.load_table(&ident).await,
-        Err(e) => Err(e),
-    }
-}
-
-/// Load a table if it exists.
-pub async fn load_if_exists(
-    catalog: &dyn Catalog,
-    ns: &str,
-    name: &str,
-) -> Result<Option<Table>, iceberg::Error> {
-    let ident = TableIdent::new(NamespaceIdent::new(ns.to_string()), name.to_string());
-    if catalog.table_exists(&ident).await? {
-        catalog.load_table(&ident).await.map(Some)
-    } else {
-        Ok(None)
-    }
-}
-
-/// The Arrow schema (with Iceberg field ids) that data files of `table` are written with.
-pub fn table_arrow_schema(table: &Table) -> Result<SchemaRef, iceberg::Error> {
-    Ok(Arc::new(iceberg::arrow::schema_to_arrow_schema(
-        table.metadata().current_schema(),
-    )?))
-}
-
-/// A bronze table's own columns: its schema without the lake's columns.
-pub fn table_user_schema(table: &Table) -> Result<SchemaRef, iceberg::Error> {
-    let all = table_arrow_schema(table)?;
-    let lake = [AGENT_COLUMN, SEQ_COLUMN, INGESTED_AT_COLUMN];
-    Ok(Arc::new(ArrowSchema::new(
-        all.fields()
-            .iter()
-            .filter(|f| !lake.contains(&f.name().as_str()))
-            .cloned()
-            .collect::<Vec<_>>(),
-    )))
-}
 
 /// Write `batches` (in the table's schema) as Parquet data files of `table`, named
 /// `<prefix>-…` so that writers never collide; files of at most `target_size` bytes

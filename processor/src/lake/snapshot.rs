@@ -1,0 +1,568 @@
+//! Every commit this processor makes to a table — the lander's appends, compaction's
+//! replacements, model runs — goes through [`commit`]: one new snapshot, published with the
+//! catalog's compare-and-swap ([`CatalogSwap`]).
+//!
+//! The official `iceberg` crate (0.10) cannot make these commits: its commit builders are
+//! private, its append re-reads every manifest of the table to look for duplicates, and it
+//! never merges manifests nor deletes old metadata files, so the cost of a commit grew with
+//! the age of the table. The commit here is built from the crate's public parts:
+//! - manifests touched by a removal are rewritten (removed files as `deleted` entries, the
+//!   others as `existing`);
+//! - added files go to a new manifest, into which the newest small manifests are merged
+//!   once enough of them have piled up ([`MergePolicy`]);
+//! - a manifest list, a snapshot, and table metadata from `TableMetadataBuilder`;
+//! - after the swap, metadata files that fell out of the metadata log are deleted
+//!   (`write.metadata.delete-after-commit.enabled`, `write.metadata.previous-versions-max`).
+//!
+//! A caller that keeps the [`Head`] a commit returns commits next without reading anything:
+//! the table's metadata and current manifest list are in it. A commit that lost the race
+//! changes nothing, removes what it wrote, and says [`CommitError::Conflict`]; the caller
+//! loads the table again and decides afresh.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use iceberg::spec::{
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestWriter, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
+    SnapshotRetention, Summary, TableMetadata, TableMetadataBuilder, TableProperties,
+    UNASSIGNED_SEQUENCE_NUMBER,
+};
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, Runtime};
+
+use super::manifests::{MergePolicy, manifest_list};
+use super::swap::CatalogSwap;
+use crate::progress::{COMMIT_ID_KEY, MARKS_DELTA_KEY, MARKS_KEY, Marks};
+
+/// Table property: delete metadata files that fall out of the metadata log.
+pub const DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
+
+/// Properties every table gets, when it does not set them itself: without them a table
+/// keeps every metadata file it ever had.
+pub const TABLE_DEFAULTS: &[(&str, &str)] = &[
+    (DELETE_AFTER_COMMIT, "true"),
+    (
+        TableProperties::PROPERTY_METADATA_PREVIOUS_VERSIONS_MAX,
+        "10",
+    ),
+];
+
+/// Properties of a table's current snapshot that the next one carries forward: the
+/// lander's marks, model watermarks, and whatever else is `sluice.*`.
+const CARRIED_PREFIX: &str = "sluice.";
+/// Properties of model runs (watermarks, run id): a model commit states all of them.
+const MODEL_PREFIX: &str = "sluice.model.";
+/// Properties that belong to the one commit that set them.
+const NOT_CARRIED: &[&str] = &[MARKS_DELTA_KEY, COMMIT_ID_KEY, "sluice.compaction"];
+
+/// Why a commit did not go in.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another commit changed the table first; nothing was applied. Retry on the new state.
+    #[error("another commit changed the table first (this one was not applied)")]
+    Conflict,
+    /// A file to remove is no longer in the table (another commit removed it first).
+    #[error("data file {0} is no longer in the table")]
+    Missing(String),
+    /// There is no snapshot to remove files from.
+    #[error("the table has no snapshot to rewrite")]
+    Empty,
+    /// The table is of a kind this writer does not write.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Storage or metadata trouble before the swap: nothing was applied.
+    #[error(transparent)]
+    Iceberg(#[from] iceberg::Error),
+    /// The swap itself failed: the commit may or may not be in. Its files are kept; load
+    /// the table to find out.
+    #[error("catalog database: {0}")]
+    Unknown(#[from] sqlx::Error),
+    /// The catalog database could not be read before committing: nothing was applied.
+    #[error("catalog database: {0}")]
+    Read(#[source] sqlx::Error),
+    /// The progress marks could not be read or written.
+    #[error(transparent)]
+    Marks(Box<crate::progress::ProgressError>),
+}
+
+impl From<crate::progress::ProgressError> for CommitError {
+    fn from(e: crate::progress::ProgressError) -> Self {
+        Self::Marks(Box::new(e))
+    }
+}
+
+impl CommitError {
+    /// Whether trying again (on the table as the catalog has it now) may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Empty | Self::Unsupported(_) => false,
+            Self::Marks(e) => e.retryable(),
+            _ => true,
+        }
+    }
+
+    /// The metric reason of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Conflict | Self::Missing(_) => "conflict",
+            Self::Empty | Self::Unsupported(_) => "unsupported",
+            Self::Iceberg(_) => "storage",
+            Self::Unknown(_) | Self::Read(_) => "catalog",
+            Self::Marks(e) => e.reason(),
+        }
+    }
+}
+
+/// A table as this process last committed or loaded it, with its current snapshot's
+/// manifest list once known.
+#[derive(Debug, Clone)]
+pub struct Head {
+    table: Table,
+    manifests: Option<Arc<Vec<ManifestFile>>>,
+}
+
+impl Head {
+    /// A table as loaded from the catalog.
+    pub fn new(table: Table) -> Self {
+        Self {
+            table,
+            manifests: None,
+        }
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The metadata file this head is at.
+    pub fn location(&self) -> Option<&str> {
+        self.table.metadata_location()
+    }
+
+    /// The current snapshot's manifest list.
+    async fn manifests(&self) -> Result<Arc<Vec<ManifestFile>>, iceberg::Error> {
+        if let Some(m) = &self.manifests {
+            return Ok(m.clone());
+        }
+        Ok(Arc::new(match self.table.metadata().current_snapshot() {
+            Some(s) => manifest_list(&self.table, s).await?.entries().to_vec(),
+            None => Vec::new(),
+        }))
+    }
+}
+
+/// One change to a table: these data files (by path) out, those in, in one snapshot.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub operation: Operation,
+    pub add: Vec<DataFile>,
+    pub remove: HashSet<String>,
+    /// Snapshot properties (carried `sluice.*` ones are kept unless set here).
+    pub properties: HashMap<String, String>,
+}
+
+impl Change {
+    /// Append `files`.
+    pub fn append(files: Vec<DataFile>, properties: HashMap<String, String>) -> Self {
+        Self {
+            operation: Operation::Append,
+            add: files,
+            remove: HashSet::new(),
+            properties,
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Debug)]
+pub struct Committed {
+    /// The table as of this commit.
+    pub head: Head,
+    /// Manifests merged into its new one.
+    pub merged: usize,
+}
+
+/// Commit `change` on top of `head`'s current snapshot (or as the first snapshot of an
+/// empty table, when nothing is removed).
+pub async fn commit(
+    swap: &CatalogSwap,
+    head: &Head,
+    change: &Change,
+) -> Result<Committed, CommitError> {
+    let meta = head.table.metadata();
+    if meta.format_version() != FormatVersion::V2 {
+        return Err(CommitError::Unsupported(format!(
+            "table {} is of Iceberg format {}; this processor writes format 2 tables",
+            head.table.identifier(),
+            meta.format_version()
+        )));
+    }
+    let current = meta.current_snapshot().map(|s| &**s);
+    if current.is_none() && !change.remove.is_empty() {
+        return Err(CommitError::Empty);
+    }
+    let mut written = Written::new(&head.table);
+    let result = build_and_swap(swap, head, change, &mut written).await;
+    match &result {
+        Ok(_) => {}
+        // The swap may have gone in: its files may be the table's now.
+        Err(CommitError::Unknown(_)) => {}
+        Err(_) => written.remove().await,
+    }
+    result
+}
+
+/// Files a commit wrote, to remove if it does not go in.
+struct Written<'a> {
+    table: &'a Table,
+    paths: Vec<String>,
+}
+
+impl<'a> Written<'a> {
+    fn new(table: &'a Table) -> Self {
+        Self {
+            table,
+            paths: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, path: String) -> String {
+        self.paths.push(path.clone());
+        path
+    }
+
+    async fn remove(self) {
+        for path in self.paths {
+            if let Err(e) = self.table.file_io().delete(&path).await {
+                tracing::warn!(%path, "cannot remove a file of a failed commit: {e}");
+            }
+        }
+    }
+}
+
+async fn build_and_swap(
+    swap: &CatalogSwap,
+    head: &Head,
+    change: &Change,
+    written: &mut Written<'_>,
+) -> Result<Committed, CommitError> {
+    let table = &head.table;
+    let meta = table.metadata();
+    let file_io = table.file_io();
+    let current = meta.current_snapshot().map(|s| &**s);
+    let parent_id = current.map(Snapshot::snapshot_id);
+    let snapshot_id = loop {
+        let id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+        if id != 0 && meta.snapshot_by_id(id).is_none() {
+            break id;
+        }
+    };
+    let seq = meta.next_sequence_number();
+    let spec = meta.default_partition_spec().as_ref().clone();
+    let dir = format!("{}/metadata", meta.location().trim_end_matches('/'));
+    let tag = uuid::Uuid::now_v7();
+    let mut count = 0usize;
+    let mut new_manifest = |written: &mut Written<'_>| -> Result<ManifestWriter, iceberg::Error> {
+        count += 1;
+        let path = written.push(format!("{dir}/{tag}-m{count}.avro"));
+        Ok(ManifestWriterBuilder::new(
+            file_io.new_output(&path)?,
+            Some(snapshot_id),
+            meta.current_schema().clone(),
+            spec.clone(),
+        )
+        .build_v2_data())
+    };
+
+    let existing = head.manifests().await?;
+    // Manifests that hold files to remove are rewritten; the others are kept as they are.
+    let mut kept: Vec<ManifestFile> = Vec::with_capacity(existing.len() + 1);
+    let mut rewritten: Vec<ManifestFile> = Vec::new();
+    let mut removed: Vec<DataFile> = Vec::new();
+    for mf in existing.iter() {
+        if change.remove.is_empty() || mf.content != ManifestContentType::Data {
+            kept.push(mf.clone());
+            continue;
+        }
+        let manifest = mf.load_manifest(file_io).await?;
+        let touched = manifest
+            .entries()
+            .iter()
+            .any(|e| e.is_alive() && change.remove.contains(e.data_file().file_path()));
+        if !touched {
+            kept.push(mf.clone());
+            continue;
+        }
+        let mut w = new_manifest(written)?;
+        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let data_seq = e.sequence_number.unwrap_or(0);
+            let file = e.data_file().clone();
+            if change.remove.contains(file.file_path()) {
+                removed.push(file.clone());
+                w.add_delete_file(file, data_seq, e.file_sequence_number)?;
+            } else {
+                w.add_existing_file(
+                    file,
+                    e.snapshot_id().or(parent_id).unwrap_or(snapshot_id),
+                    data_seq,
+                    e.file_sequence_number,
+                )?;
+            }
+        }
+        rewritten.push(w.write_manifest_file().await?);
+    }
+    let found: HashSet<&str> = removed.iter().map(|f| f.file_path()).collect();
+    if let Some(missing) = change.remove.iter().find(|p| !found.contains(p.as_str())) {
+        return Err(CommitError::Missing(missing.clone()));
+    }
+
+    // Added files, with the newest small manifests merged in once there are enough.
+    let mut merged = 0;
+    if !change.add.is_empty() {
+        let picked: Vec<ManifestFile> = MergePolicy::of(meta.properties())
+            .pick(&kept, spec.spec_id())
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut w = new_manifest(written)?;
+        for file in &change.add {
+            w.add_file(file.clone(), seq)?;
+        }
+        for mf in &picked {
+            for e in mf.load_manifest(file_io).await?.entries() {
+                // Entries deleted by earlier snapshots are history: a merge drops them.
+                if !e.is_alive() {
+                    continue;
+                }
+                w.add_existing_file(
+                    e.data_file().clone(),
+                    e.snapshot_id().unwrap_or(mf.added_snapshot_id),
+                    e.sequence_number.unwrap_or(mf.sequence_number),
+                    e.file_sequence_number.or(Some(mf.sequence_number)),
+                )?;
+            }
+        }
+        merged = picked.len();
+        let gone: HashSet<&str> = picked.iter().map(|m| m.manifest_path.as_str()).collect();
+        kept.retain(|m| !gone.contains(m.manifest_path.as_str()));
+        rewritten.insert(0, w.write_manifest_file().await?);
+    }
+    // The new manifests first, as Iceberg lists them; their sequence numbers are this
+    // commit's (the list writer assigns the same).
+    let mut manifests = rewritten;
+    for m in &mut manifests {
+        if m.sequence_number == UNASSIGNED_SEQUENCE_NUMBER {
+            m.sequence_number = seq;
+        }
+        if m.min_sequence_number == UNASSIGNED_SEQUENCE_NUMBER {
+            m.min_sequence_number = seq;
+        }
+    }
+    manifests.extend(kept);
+
+    let list_path = written.push(format!("{dir}/snap-{snapshot_id}-1-{tag}.avro"));
+    let mut lw = ManifestListWriter::v2(
+        file_io.new_output(&list_path)?.writer().await?,
+        snapshot_id,
+        parent_id,
+        seq,
+    );
+    lw.add_manifests(manifests.iter().cloned())?;
+    lw.close().await?;
+
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent_id)
+        .with_sequence_number(seq)
+        .with_timestamp_ms(
+            chrono::Utc::now()
+                .timestamp_millis()
+                .max(current.map_or(0, Snapshot::timestamp_ms)),
+        )
+        .with_manifest_list(list_path)
+        .with_summary(summary(current, &removed, change))
+        .with_schema_id(meta.current_schema_id())
+        .build();
+    let old_location = table.metadata_location_result()?.to_string();
+    let mut builder =
+        TableMetadataBuilder::new_from_metadata(meta.clone(), Some(old_location.clone()));
+    let missing = missing_defaults(meta);
+    if !missing.is_empty() {
+        builder = builder.set_properties(missing)?;
+    }
+    let built = builder
+        .add_snapshot(snapshot)?
+        .set_ref(
+            MAIN_BRANCH,
+            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+        )?
+        .build()?;
+    let new_location = MetadataLocation::from_str(&old_location)?.with_next_version();
+    let new_location_str = written.push(new_location.to_string());
+    built.metadata.write_to(file_io, &new_location).await?;
+    if !swap
+        .compare_and_swap(table.identifier(), &old_location, &new_location_str)
+        .await?
+    {
+        return Err(CommitError::Conflict);
+    }
+    let metadata = built.metadata;
+    if delete_after_commit(&metadata) {
+        for old in &built.expired_metadata_logs {
+            if let Err(e) = file_io.delete(&old.metadata_file).await {
+                tracing::warn!(path = %old.metadata_file, "cannot remove an old metadata file: {e}");
+            }
+        }
+    }
+    let table = head_table(table, metadata, new_location_str)?;
+    Ok(Committed {
+        head: Head {
+            table,
+            manifests: Some(Arc::new(manifests)),
+        },
+        merged,
+    })
+}
+
+/// Defaults of [`TABLE_DEFAULTS`] the table does not set.
+fn missing_defaults(meta: &TableMetadata) -> HashMap<String, String> {
+    TABLE_DEFAULTS
+        .iter()
+        .filter(|(k, _)| !meta.properties().contains_key(*k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Whether old metadata files are deleted once out of the log.
+pub fn delete_after_commit(meta: &TableMetadata) -> bool {
+    meta.properties()
+        .get(DELETE_AFTER_COMMIT)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// The table object for newly committed metadata.
+pub fn head_table(
+    old: &Table,
+    metadata: TableMetadata,
+    location: String,
+) -> Result<Table, iceberg::Error> {
+    Table::builder()
+        .file_io(old.file_io().clone())
+        .metadata(Arc::new(metadata))
+        .metadata_location(location)
+        .identifier(old.identifier().clone())
+        .runtime(Runtime::try_current()?)
+        // A head is for committing: no scans read through it.
+        .disable_cache()
+        .build()
+}
+
+/// The new snapshot's summary: carried properties, the change's, and updated totals.
+fn summary(current: Option<&Snapshot>, removed: &[DataFile], change: &Change) -> Summary {
+    let none = HashMap::new();
+    let prev = current.map_or(&none, |c| &c.summary().additional_properties);
+    let mut props = carried(prev, &change.properties);
+    props.extend(change.properties.clone());
+    let total = |k: &str| prev.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let sum = |files: &[DataFile], f: fn(&DataFile) -> u64| {
+        files.iter().map(|x| f(x) as i64).sum::<i64>()
+    };
+    let (add_n, del_n) = (change.add.len() as i64, removed.len() as i64);
+    let (add_rows, del_rows) = (
+        sum(&change.add, DataFile::record_count),
+        sum(removed, DataFile::record_count),
+    );
+    let (add_bytes, del_bytes) = (
+        sum(&change.add, DataFile::file_size_in_bytes),
+        sum(removed, DataFile::file_size_in_bytes),
+    );
+    for (k, v) in [
+        ("added-data-files", add_n),
+        ("deleted-data-files", del_n),
+        ("added-records", add_rows),
+        ("deleted-records", del_rows),
+        ("added-files-size", add_bytes),
+        ("removed-files-size", del_bytes),
+        (
+            "total-data-files",
+            total("total-data-files") + add_n - del_n,
+        ),
+        (
+            "total-records",
+            total("total-records") + add_rows - del_rows,
+        ),
+        (
+            "total-files-size",
+            total("total-files-size") + add_bytes - del_bytes,
+        ),
+        ("total-delete-files", total("total-delete-files")),
+        ("total-position-deletes", total("total-position-deletes")),
+        ("total-equality-deletes", total("total-equality-deletes")),
+    ] {
+        props.insert(k.to_string(), v.to_string());
+    }
+    Summary {
+        operation: change.operation.clone(),
+        additional_properties: props,
+    }
+}
+
+/// The `sluice.*` properties of the previous snapshot that a snapshot setting `new`
+/// carries forward.
+fn carried(
+    prev: &HashMap<String, String>,
+    new: &HashMap<String, String>,
+) -> HashMap<String, String> {
+    // A model commit states all its watermarks: inputs it no longer reads are dropped.
+    let fresh_model = new.keys().any(|k| k.starts_with(MODEL_PREFIX));
+    // Marks in the current layout replace those of the earlier one.
+    let marks_now = new.contains_key(MARKS_KEY) || prev.contains_key(MARKS_KEY);
+    prev.iter()
+        .filter(|(k, _)| k.starts_with(CARRIED_PREFIX))
+        .filter(|(k, _)| !NOT_CARRIED.contains(&k.as_str()))
+        .filter(|(k, _)| !(fresh_model && k.starts_with(MODEL_PREFIX)))
+        .filter(|(k, _)| !(marks_now && Marks::is_legacy_key(k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn what_a_snapshot_carries_forward() {
+        let prev = props(&[
+            (MARKS_KEY, "{\"seq\":{\"a\":1}}"),
+            (MARKS_DELTA_KEY, "{\"seq\":{\"a\":1}}"),
+            (COMMIT_ID_KEY, "c1"),
+            ("sluice.compaction", "compact-1"),
+            ("sluice.seq.a", "1"),
+            ("sluice.model.watermark.bronze.x", "7"),
+            ("added-records", "10"),
+        ]);
+        let compaction = carried(&prev, &props(&[("sluice.compaction", "compact-2")]));
+        assert_eq!(
+            compaction,
+            props(&[
+                (MARKS_KEY, "{\"seq\":{\"a\":1}}"),
+                ("sluice.model.watermark.bronze.x", "7")
+            ]),
+            "the base and watermarks are carried; per-commit keys and the earlier layout are not"
+        );
+        let model = carried(&prev, &props(&[("sluice.model.run", "r")]));
+        assert!(!model.keys().any(|k| k.starts_with(MODEL_PREFIX)));
+        // A table of the earlier layout keeps its marks until the lander writes a base.
+        let legacy = props(&[("sluice.seq.a", "1"), ("sluice.ckpt.a", "x")]);
+        assert_eq!(carried(&legacy, &HashMap::new()), legacy);
+    }
+}
