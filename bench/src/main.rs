@@ -23,10 +23,15 @@
 //! `sluice-bench kafka-json [ROWS] [PARTITIONS]` times the processor landing a plain JSON
 //! topic (see `kafka_json.rs`).
 //!
+//! `sluice-bench soak [COMMITS] [AGENTS]` runs a day of 1 s commits compressed in time with
+//! marks from AGENTS agent identities, and `sluice-bench fleet [SECONDS] [AGENTS]` a fleet
+//! of AGENTS identities in real time (see `fleet.rs`).
+//!
 //! Prints rows/s and MB/s (Arrow IPC bytes) from agent start to the last commit, and the
 //! p50/p99 time from batch creation on the agent to its Iceberg commit (read off the
 //! processor's latency histogram, whose buckets are 25% apart).
 
+mod fleet;
 mod kafka_json;
 
 use std::net::SocketAddr;
@@ -413,6 +418,29 @@ fn main() {
             .map(|a| a.parse().expect("usage: sluice-bench models [SECONDS]"))
             .unwrap_or(60);
         models_bench(&processor_bin, &agent_bin, seconds);
+        return;
+    }
+    if args.first().is_some_and(|a| a == "soak") {
+        let usage = "usage: sluice-bench soak [COMMITS] [AGENTS]";
+        let commits = args
+            .get(1)
+            .map(|a| a.parse().expect(usage))
+            .unwrap_or(86_400);
+        let agents = args
+            .get(2)
+            .map(|a| a.parse().expect(usage))
+            .unwrap_or(1_000);
+        fleet::soak(&processor_bin, commits, agents);
+        return;
+    }
+    if args.first().is_some_and(|a| a == "fleet") {
+        let usage = "usage: sluice-bench fleet [SECONDS] [AGENTS]";
+        let seconds = args.get(1).map(|a| a.parse().expect(usage)).unwrap_or(60);
+        let agents = args
+            .get(2)
+            .map(|a| a.parse().expect(usage))
+            .unwrap_or(1_000);
+        fleet::fleet(&processor_bin, seconds, agents);
         return;
     }
     if args.first().is_some_and(|a| a == "kafka-json") {

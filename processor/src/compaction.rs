@@ -156,6 +156,12 @@ pub async fn compact(
             break;
         }
         let total = bins.len();
+        tracing::info!(
+            table = %report.table,
+            bins = total,
+            files = bins.iter().map(Vec::len).sum::<usize>(),
+            "compacting"
+        );
         let mut lost = false;
         for (i, bin) in bins.into_iter().enumerate() {
             if stopping() {

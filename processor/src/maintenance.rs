@@ -107,6 +107,7 @@ pub async fn expire(
         if plan.expire.is_empty() {
             return Ok(report);
         }
+        tracing::info!(table = %report.table, snapshots = plan.expire.len(), "expiring snapshots");
         match retention::commit(swap, &Head::new(table.clone()), &plan).await {
             Ok(head) => {
                 report.snapshots_after = head.table().metadata().snapshots().len();

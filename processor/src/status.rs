@@ -1,7 +1,8 @@
 //! What the processor's status report (`GET /api/status`) shows:
 //! - the agents sending to it, with the streams they write, when each was last seen, and its
 //!   rows and rate;
-//! - the tables of the catalog, with rows, files, snapshots and freshness;
+//! - the tables of the catalog, with rows, files, snapshots, manifests, metadata size and
+//!   freshness;
 //! - the landing rate and the worst freshness, sampled every 10 s over the last hour.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -18,6 +19,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const HISTORY: usize = 360;
 /// An agent's rate is over this many samples (a minute).
 const RATE_SAMPLES: usize = 6;
+/// Agents not seen for this long leave the report, so it does not grow with every agent
+/// that ever sent.
+const FORGET_AGENTS_AFTER_MS: i64 = 3600 * 1000;
 
 /// How a batch reached the processor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,6 +146,8 @@ impl Status {
             if let Some(tables) = tables {
                 s.tables = tables;
             }
+            s.agents
+                .retain(|_, a| now - a.last_seen_ms < FORGET_AGENTS_AFTER_MS);
             for a in s.agents.values_mut() {
                 if a.rows_then.len() == RATE_SAMPLES {
                     a.rows_then.pop_front();
@@ -246,6 +252,26 @@ mod tests {
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["tables"][0]["table"], "bronze.telemetry");
         assert_eq!(json["agents"][0]["via"], "kafka");
+    }
+
+    #[test]
+    fn agents_gone_for_an_hour_leave_the_report() {
+        let status = Status::default();
+        status.batch("edge-01", "telemetry", 1, 10, Via::Quic);
+        status.batch("edge-02", "telemetry", 1, 10, Via::Quic);
+        status.with(|s| {
+            if let Some(a) = s.agents.get_mut("edge-01") {
+                a.last_seen_ms -= FORGET_AGENTS_AFTER_MS;
+            }
+        });
+        status.sample(Some(Vec::new()), 2, None);
+        let agents: Vec<String> = status
+            .report(&[])
+            .agents
+            .into_iter()
+            .map(|a| a.agent)
+            .collect();
+        assert_eq!(agents, ["edge-02"]);
     }
 
     #[test]

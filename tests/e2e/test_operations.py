@@ -105,6 +105,9 @@ def test_metrics_agree_with_the_lake(bins, certs, workdir):
     assert m['sluice_processor_table_data_files{table="bronze.telemetry"}'] >= 1
     assert m['sluice_processor_table_snapshots{table="bronze.telemetry"}'] >= 1
     assert m['sluice_processor_table_size_bytes{table="bronze.telemetry"}'] > 0
+    assert m['sluice_processor_table_manifests{table="bronze.telemetry"}'] >= 1
+    assert m['sluice_processor_table_metadata_bytes{table="bronze.telemetry"}'] > 0
+    assert m['sluice_processor_table_metadata_files{table="bronze.telemetry"}'] >= 3
     assert abs(time.time() - m['sluice_processor_table_last_commit_timestamp_seconds{table="bronze.telemetry"}']) < 120
     # Freshness: the heartbeat keeps landing, so its table stays fresh; the finished
     # telemetry stream ages.
@@ -126,6 +129,7 @@ def test_metrics_agree_with_the_lake(bins, certs, workdir):
     telemetry = next(t for t in status["tables"] if t["table"] == "bronze.telemetry")
     assert telemetry["rows"] == n and telemetry["data_files"] >= 1 and telemetry["snapshots"] >= 1, telemetry
     assert telemetry["freshness_seconds"] is not None, telemetry
+    assert telemetry["manifests"] >= 1 and telemetry["metadata_bytes"] > 0, telemetry
     assert all(h["at_ms"] <= status["now_ms"] for h in status["history"])
 
     # Every series the Grafana dashboard queries is one the binaries register (a family
@@ -235,6 +239,10 @@ def test_status_page_renders_charts_in_a_browser(bins, certs, workdir):
     tables = re.search(r'<table id="tables">.*?</table>', dom, re.S).group(0)
     assert "<td>edge-01</td><td>quic</td><td>bronze.telemetry</td>" in agents, agents
     assert "<td>bronze.telemetry</td>" in tables, tables
+    # Its metadata size is shown (a number of bytes with a unit, not a placeholder).
+    row = re.search(r"<td>bronze\.telemetry</td>(.*?)</tr>", tables, re.S).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert len(cells) == 8 and re.fullmatch(r"[\d.]+ (B|KiB|MiB|GiB)", cells[6]), cells
 
     # Each series is drawn in its colour from the page's own style sheet.
     colours = {name: tuple(bytes.fromhex(hex_rgb)) for name, hex_rgb in

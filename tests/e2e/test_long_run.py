@@ -1,0 +1,190 @@
+"""Long runs, accelerated: commits every 50 ms show in minutes what the default 1 s cadence
+shows in hours. The cost of a commit, the processor's memory and the table's metadata must
+stay within fixed bounds however long the table is written to; expiry and manifest merging
+must never cost a row or land one twice, even across a SIGKILL; and SIGTERM must end the
+processor promptly even in the middle of maintenance on thousands of snapshots."""
+
+import collections
+import time
+
+from harness import (Agent, Processor, checksum, make_certs, pyiceberg_table, read_duckdb, read_pyiceberg,
+                     rss_bytes, simulator_source, wait_until)
+
+USER_COLUMNS = ["ts", "sample", "host", "region", "cpu", "mem", "load", "errors", "bytes", "ok"]
+AGENTS = ["edge-01", "edge-02", "edge-03"]
+TABLE = "bronze.telemetry"
+COMMITS = f'sluice_processor_commits_total{{table="{TABLE}"}}'
+HISTOGRAM = "sluice_processor_commit_duration_seconds"
+
+
+def histogram(m: dict[str, float]) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of the commit duration histogram."""
+    out = []
+    for k, v in m.items():
+        if k.startswith(f"{HISTOGRAM}_bucket{{") and f'table="{TABLE}"' in k:
+            le = k.split('le="')[1].split('"')[0]
+            out.append((float("inf") if le == "+Inf" else float(le), v))
+    return sorted(out)
+
+
+def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
+    """Upper bound of the bucket holding quantile `q` of the observations between two scrapes."""
+    counts = dict(before)
+    delta = [(le, c - counts.get(le, 0)) for le, c in after]
+    total = delta[-1][1] if delta else 0
+    for le, c in delta:
+        if c >= q * total:
+            return le
+    return float("inf")
+
+
+def metadata_folder(proc: Processor) -> tuple[int, int, int]:
+    """(metadata JSON files, all files, bytes) under the table's metadata folder."""
+    folder = proc.warehouse / "bronze" / "telemetry" / "metadata"
+    files = [p for p in folder.iterdir() if p.is_file()] if folder.exists() else []
+    json_files = sum(1 for p in files if p.name.endswith(".metadata.json"))
+    return json_files, len(files), sum(p.stat().st_size for p in files)
+
+
+def assert_each_agent_exactly(proc: Processor, agents: list[Agent], workdir) -> None:
+    """Every row each agent's source generated is in the table once, read by PyIceberg and
+    DuckDB alike."""
+    for reader in (read_pyiceberg, read_duckdb):
+        by_agent = collections.defaultdict(list)
+        for r in reader(proc, TABLE):
+            by_agent[r["_agent"]].append(r)
+        assert set(by_agent) == {a.agent_id for a in agents}, (reader.__name__, set(by_agent))
+        for agent in agents:
+            want = agent.reference("telemetry", workdir / f"reference-{agent.agent_id}.jsonl")
+            rows = by_agent[agent.agent_id]
+            samples = collections.Counter(r["sample"] for r in rows)
+            assert max(samples.values()) == 1, f"{reader.__name__}: {agent.agent_id} rows landed twice"
+            assert len(rows) == len(want), f"{reader.__name__}: {agent.agent_id}: {len(want) - len(rows)} rows lost"
+            assert checksum(rows, USER_COLUMNS) == checksum(want, USER_COLUMNS), reader.__name__
+
+
+def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(bins, workdir):
+    certs = workdir / "certs"
+    make_certs(bins, certs, agents=AGENTS)
+    max_snapshots, versions = 300, 10
+    proc = Processor(bins, certs, workdir, commit_interval="50ms", sections={
+        "maintenance": {"expire_interval": "2s", "max_snapshots": max_snapshots, "retain_last": 10,
+                        "interval": "30s", "orphans_older_than": "10m"},
+    }).start()
+    # About 5 minutes of data from each agent, a batch every 50 ms.
+    agents = [Agent(bins, certs, workdir, proc,
+                    {"telemetry": simulator_source(30_000, rate=100, seed=11 + i)},
+                    agent_id=a, batch={"max_rows": 5000, "max_age": "50ms"}).start()
+              for i, a in enumerate(AGENTS)]
+    # Samples per processor life: (commits, p99 window, rss, metadata json, files, bytes, snapshots).
+    lives: list[list[tuple]] = [[]]
+    done_before = 0  # commits of earlier lives
+    killed = False
+    last_hist, last_commits = [], 0
+    while any(a.proc.alive() for a in agents):
+        time.sleep(2)
+        try:
+            m = proc.metrics()
+        except OSError:
+            continue
+        commits = m.get(COMMITS, 0)
+        hist = histogram(m)
+        json_files, files, size = metadata_folder(proc)
+        snapshots = m.get(f'sluice_processor_table_snapshots{{table="{TABLE}"}}', 0)
+        # Never more metadata files than the previous versions kept, the current one and
+        # the one a commit is writing (a SIGKILL between writing it and the swap leaves one).
+        assert json_files <= versions + 2 + int(killed), json_files
+        if commits - last_commits >= 200:
+            lives[-1].append((commits, quantile(last_hist, hist, 0.99), rss_bytes(proc.proc), json_files,
+                              files, size, snapshots))
+            last_hist, last_commits = hist, commits
+        if not killed and done_before + commits >= 1500:
+            # Mid-run, with merged manifests and expired snapshots behind it.
+            proc.kill()
+            time.sleep(0.5)
+            proc.start()
+            killed = True
+            done_before += commits
+            lives.append([])
+            last_hist, last_commits = [], 0
+    for a in agents:
+        assert a.wait(60) == 0, a.proc.output()[-3000:]
+    total_commits = done_before + proc.metrics().get(COMMITS, 0)
+    print(f"{total_commits:.0f} commits; samples per life (commits, p99 s, rss, json, files, bytes, snapshots):")
+    for life in lives:
+        for s in life:
+            print("   ", s)
+    assert killed and total_commits >= 3000, total_commits
+
+    # After warm-up (the first 400 commits of a life), each reading stays within fixed
+    # bounds, and the last is no worse than the first: cost does not grow with age.
+    for life in lives:
+        warm = [s for s in life if s[0] >= 400]
+        assert len(warm) >= 2, life
+        p99s = [s[1] for s in warm]
+        assert max(p99s) <= 1.0, p99s
+        assert p99s[-1] <= 2 * max(p99s[0], 0.05), p99s
+        rss = [s[2] for s in warm]
+        assert max(rss) <= 512 << 20, rss
+        assert rss[-1] <= rss[0] * 1.3 + (32 << 20), rss
+        assert max(s[5] for s in warm) <= 16 << 20, [s[5] for s in warm]
+        # Expiry runs every 2 s: the snapshots stay near the limit.
+        assert max(s[6] for s in warm) <= max_snapshots + 100, [s[6] for s in warm]
+
+    # Nothing lost, nothing twice, across the kill, expiry and manifest merging.
+    assert_each_agent_exactly(proc, agents, workdir)
+    m = proc.metrics()
+    assert m.get(f'sluice_processor_manifests_merged_total{{table="{TABLE}"}}', 0) > 0
+    assert m.get(f'sluice_processor_snapshots_expired_total{{table="{TABLE}"}}', 0) > 0
+
+    # Time travel to the oldest snapshot kept reads exactly what it held.
+    table = pyiceberg_table(proc, TABLE)
+    assert len(table.snapshots()) <= max_snapshots + 100
+    oldest = min(table.snapshots(), key=lambda s: s.sequence_number)
+    held = int(oldest.summary["total-records"])
+    assert 0 < held < sum(30_000 for _ in AGENTS)
+    assert table.scan(snapshot_id=oldest.snapshot_id).to_arrow().num_rows == held
+    proc.stop()
+
+
+def test_sigterm_in_the_middle_of_maintenance_on_thousands_of_snapshots(bins, certs, workdir):
+    n = 200_000
+    # Without maintenance, land thousands of small commits.
+    proc = Processor(bins, certs, workdir, commit_interval="20ms",
+                     sections={"maintenance": {"enabled": False}}).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=1_000)},
+                  batch={"max_rows": 5000, "max_age": "20ms"}).start()
+    wait_until(lambda: proc.metrics().get(COMMITS, 0) >= 2500, 300, "2,500 commits", interval=1)
+    assert proc.stop() == 0
+    snapshots = len(pyiceberg_table(proc, TABLE).snapshots())
+    files = len(pyiceberg_table(proc, TABLE).inspect.files())
+    assert snapshots >= 2500 and files >= 2500, (snapshots, files)
+
+    # Maintenance starts a second after the processor does: compaction of thousands of
+    # files and expiry of thousands of snapshots. SIGTERM in the middle of it.
+    proc = Processor(bins, certs, workdir, commit_interval="20ms", sections={
+        "maintenance": {"interval": "1s", "expire_interval": "1s", "max_snapshots": 50,
+                        "orphans_older_than": "10m"},
+    })
+    proc.start()
+    wait_until(lambda: "compacting" in proc.proc.output() or "expiring snapshots" in proc.proc.output(),
+               60, "maintenance to start", interval=0.05)
+    time.sleep(0.3)
+    started = time.time()
+    proc.proc.p.send_signal(15)
+    code = proc.proc.wait(60)
+    took = time.time() - started
+    print(f"exited {code} {took:.1f} s after SIGTERM")
+    assert took < 30, took
+    assert code == 0, proc.proc.output()[-3000:]
+
+    # A restart lands everything, exactly once.
+    proc.start()
+    assert agent.wait(300) == 0, agent.proc.output()[-3000:]
+    want = agent.reference("telemetry", workdir / "reference.jsonl")
+    for reader in (read_pyiceberg, read_duckdb):
+        rows = reader(proc, TABLE)
+        assert len({r["sample"] for r in rows}) == len(rows), f"{reader.__name__}: rows landed twice"
+        assert len(rows) == n, f"{reader.__name__}: {n - len(rows)} rows lost"
+        assert checksum(rows, USER_COLUMNS) == checksum(want, USER_COLUMNS)
+    proc.stop()
