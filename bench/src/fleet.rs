@@ -9,7 +9,8 @@
 //! time (p50, p99, from the processor's histogram since the previous reading), the
 //! processor's RSS, the bytes under the table's `metadata/` folder, and freshness (p99 time
 //! from a batch's creation to its acknowledgement, which the processor sends after the
-//! commit holding it).
+//! commit holding it), the processor's CPU, and the warehouse bytes it read and wrote per
+//! commit (compaction and expiry included).
 //!
 //! `sluice-bench fleet [SECONDS] [AGENTS]` runs AGENTS (default 1,000) identities at 20
 //! rows/s each (one batch a second) in real time at the default settings, and prints
@@ -423,7 +424,7 @@ expire_older_than = "{older}"
         Duration::from_secs(2),
     );
     println!(
-        "  {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>11} {:>8}",
+        "  {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>11} {:>6} {:>9} {:>9}",
         "commits",
         "p50 ms",
         "p99 ms",
@@ -432,7 +433,9 @@ expire_older_than = "{older}"
         "meta files",
         "snapshots",
         "fresh p99 s",
-        "cores"
+        "cores",
+        "KiB read",
+        "KiB wrote"
     );
     let commits_sample = "sluice_processor_commits_total{table=\"bronze.fleet\"}";
     let hist = "sluice_processor_commit_duration_seconds";
@@ -445,6 +448,8 @@ expire_older_than = "{older}"
     let mut prev_buckets: Vec<(f64, f64)> = Vec::new();
     let mut fresh: Vec<f64> = Vec::new();
     let (mut cpu0, mut t0) = (stat.cpu_seconds(), Instant::now());
+    // Warehouse I/O and commits at the previous reading, for the I/O per commit.
+    let (mut read0, mut wrote0, mut done0) = (0.0, 0.0, 0u64);
     let mut p99s = Vec::new();
     let mut max_rss = 0u64;
     let mut last_report = Instant::now();
@@ -486,12 +491,20 @@ expire_older_than = "{older}"
             let cpu = stat.cpu_seconds();
             let cores = (cpu - cpu0) / t0.elapsed().as_secs_f64();
             (cpu0, t0) = (cpu, Instant::now());
+            let read = crate::counter(&metrics, "sluice_processor_storage_read_bytes_total");
+            let wrote = crate::counter(&metrics, "sluice_processor_storage_written_bytes_total");
+            let per_commit = |now: f64, then: f64| {
+                (now - then) / 1024.0 / done.saturating_sub(done0).max(1) as f64
+            };
             println!(
-                "  {done:>8} {p50:>9.1} {p99:>9.1} {:>9.1} {:>10.2} {files:>10} {snapshots:>9} {:>11.2} {cores:>8.2}",
+                "  {done:>8} {p50:>8.1} {p99:>8.1} {:>8.1} {:>9.2} {files:>10} {snapshots:>9} {:>11.2} {cores:>6.2} {:>9.1} {:>9.1}",
                 stat.rss_bytes() as f64 / (1 << 20) as f64,
                 bytes as f64 / (1 << 20) as f64,
                 percentile(std::mem::take(&mut fresh), 0.99),
+                per_commit(read, read0),
+                per_commit(wrote, wrote0),
             );
+            (read0, wrote0, done0) = (read, wrote, done);
             break;
         }
     }

@@ -92,7 +92,7 @@ impl Default for MaintenanceConfig {
             expire_interval: Duration::from_secs(60),
             target_file_size: ByteSize::mib(128),
             expire_older_than: Duration::from_secs(3600),
-            max_snapshots: 1000,
+            max_snapshots: 500,
             retain_last: 10,
             orphans_older_than: Duration::from_secs(3 * 24 * 3600),
         }

@@ -444,6 +444,7 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
                 let r = maintenance::remove_orphans(
                     catalog.as_ref(),
                     &storage,
+                    &locks,
                     &ident,
                     older_than,
                     &|| false,

@@ -90,6 +90,8 @@ pub async fn expire(
         table: name(ident),
         ..Default::default()
     };
+    // Orphan cleanup of this process must not read the files this removes.
+    let _upkeep = locks.upkeep(&report.table).await;
     let mut conflicts = 0;
     let (before, plan) = loop {
         let _lock = locks.lock(&report.table).await;
@@ -141,10 +143,13 @@ pub struct OrphanReport {
 pub async fn remove_orphans(
     catalog: &dyn Catalog,
     storage: &ObjectStorage,
+    locks: &CommitLocks,
     ident: &TableIdent,
     older_than: Duration,
     stopping: &(dyn Fn() -> bool + Sync),
 ) -> Result<OrphanReport, anyhow::Error> {
+    // Expiry of this process removes files the table's metadata still names meanwhile.
+    let _upkeep = locks.upkeep(&name(ident)).await;
     let table = catalog.load_table(ident).await?;
     let root = table
         .metadata()
@@ -205,6 +210,8 @@ async fn referenced_files(
         }
         out.insert(snapshot.manifest_list().to_string());
         out.extend(crate::progress::files_of(snapshot).map(str::to_string));
+        // A file that is gone fails the pass (it is tried again next time) rather than
+        // leave what it referenced looking unreferenced.
         let list = crate::lake::manifest_list(table, snapshot).await?;
         for mf in list.entries() {
             if !out.insert(mf.manifest_path.clone()) || mf.content != ManifestContentType::Data {
@@ -394,6 +401,7 @@ impl Upkeep {
             let r = remove_orphans(
                 catalog,
                 &self.storage,
+                &self.locks,
                 &ident,
                 self.cfg.orphans_older_than,
                 &stopping,
@@ -534,6 +542,7 @@ mod tests {
         let orphans = remove_orphans(
             lake.catalog.as_ref(),
             &storage,
+            &locks,
             &ident(),
             Duration::ZERO,
             &|| false,

@@ -113,6 +113,8 @@ pub struct Metrics {
     table_manifests: Family<TableLabels, Gauge>,
     table_metadata_bytes: Family<TableLabels, Gauge>,
     table_metadata_files: Family<TableLabels, Gauge>,
+    storage_read: Counter,
+    storage_written: Counter,
     kafka_messages: Family<TopicLabels, Counter>,
     kafka_rebalances: Family<KindLabels, Counter>,
     kafka_dead_letters: Family<TopicLabels, Counter>,
@@ -162,6 +164,8 @@ impl Default for Metrics {
             table_manifests: Family::default(),
             table_metadata_bytes: Family::default(),
             table_metadata_files: Family::default(),
+            storage_read: crate::storage::READ_BYTES.clone(),
+            storage_written: crate::storage::WRITTEN_BYTES.clone(),
             kafka_messages: Family::default(),
             kafka_rebalances: Family::default(),
             kafka_dead_letters: Family::default(),
@@ -342,6 +346,16 @@ impl Default for Metrics {
             "expired_files_removed",
             "Files only expired snapshots used (manifest lists, manifests, replaced data files, marks), removed, per table",
             m.expired_files_removed.clone(),
+        );
+        r.register(
+            "storage_read_bytes",
+            "Bytes read from the warehouse (data, manifests, metadata, marks)",
+            m.storage_read.clone(),
+        );
+        r.register(
+            "storage_written_bytes",
+            "Bytes written to the warehouse (data, manifests, metadata, marks)",
+            m.storage_written.clone(),
         );
         r.register(
             "table_manifests",

@@ -323,33 +323,37 @@ pub fn files_of(snapshot: &Snapshot) -> impl Iterator<Item = &str> {
 /// The oldest snapshot (by sequence number) that the current snapshot's marks are read
 /// from: expiry must keep it and everything after it.
 pub fn chain_start(meta: &TableMetadata) -> Option<i64> {
-    let current = meta.current_snapshot()?;
-    let props = |s: &Snapshot| s.summary().additional_properties.clone();
-    let marked = |p: &HashMap<String, String>| p.contains_key(MARKS_KEY) || Marks::has_legacy(p);
-    let mut next = Some(current);
+    let parent = |s: &Snapshot| {
+        s.parent_snapshot_id()
+            .and_then(|id| meta.snapshot_by_id(id))
+            .map(|s| &**s)
+    };
+    fn props(s: &Snapshot) -> &HashMap<String, String> {
+        &s.summary().additional_properties
+    }
+    let mut next = meta.current_snapshot().map(|s| &**s);
     // Snapshots of other tools carry no marks: the ones read are further back.
     while let Some(s) = next
-        && !marked(&props(s))
+        && !props(s).contains_key(MARKS_KEY)
+        && !Marks::has_legacy(props(s))
     {
-        next = s
-            .parent_snapshot_id()
-            .and_then(|id| meta.snapshot_by_id(id));
+        next = parent(s);
     }
     let start = next?;
-    let Some(base) = start.summary().additional_properties.get(MARKS_KEY) else {
+    let Some(base) = props(start).get(MARKS_KEY) else {
         return Some(start.sequence_number());
     };
+    // The base is in `start`'s own summary: of its chain, only the snapshots that hold a
+    // delta are read besides.
     let mut oldest = start;
-    let mut next = start
-        .parent_snapshot_id()
-        .and_then(|id| meta.snapshot_by_id(id));
+    let mut next = Some(start);
     while let Some(s) = next
-        && s.summary().additional_properties.get(MARKS_KEY) == Some(base)
+        && props(s).get(MARKS_KEY) == Some(base)
     {
-        oldest = s;
-        next = s
-            .parent_snapshot_id()
-            .and_then(|id| meta.snapshot_by_id(id));
+        if props(s).contains_key(MARKS_DELTA_KEY) {
+            oldest = s;
+        }
+        next = parent(s);
     }
     Some(oldest.sequence_number())
 }
@@ -576,6 +580,86 @@ mod tests {
         // Base and delta merged give every mark back, whatever the order.
         assert_eq!(before.merged(&delta), after);
         assert_eq!(delta.merged(&before), after);
+    }
+
+    /// Table metadata whose snapshots 1..=n on main have these summary properties.
+    fn history(summaries: &[&[(&str, &str)]]) -> TableMetadata {
+        use iceberg::spec::{
+            FormatVersion, MAIN_BRANCH, NestedField, Operation, PartitionSpec, PrimitiveType,
+            Schema, SnapshotReference, SnapshotRetention, SortOrder, Summary,
+            TableMetadataBuilder, Type,
+        };
+        let schema = Schema::builder()
+            .with_fields(vec![
+                NestedField::required(1, "v", Type::Primitive(PrimitiveType::Long)).into(),
+            ])
+            .build()
+            .expect("schema");
+        let mut b = TableMetadataBuilder::new(
+            schema,
+            PartitionSpec::unpartition_spec().into_unbound(),
+            SortOrder::unsorted_order(),
+            "file:///t".to_string(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .expect("builder");
+        for (i, props) in summaries.iter().enumerate() {
+            let id = i as i64 + 1;
+            let snapshot = Snapshot::builder()
+                .with_snapshot_id(id)
+                .with_parent_snapshot_id((id > 1).then_some(id - 1))
+                .with_sequence_number(id)
+                .with_timestamp_ms(1000 * id)
+                .with_manifest_list(format!("file:///t/metadata/snap-{id}.avro"))
+                .with_summary(Summary {
+                    operation: Operation::Append,
+                    additional_properties: props
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                })
+                .with_schema_id(0)
+                .build();
+            b = b
+                .add_snapshot(snapshot)
+                .expect("snapshot")
+                .set_ref(
+                    MAIN_BRANCH,
+                    SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)),
+                )
+                .expect("ref");
+        }
+        b.build().expect("metadata").metadata
+    }
+
+    #[test]
+    fn expiry_keeps_only_the_snapshots_whose_deltas_the_marks_need() {
+        let inline_a = r#"{"seq":{"a":1}}"#;
+        let inline_b = r#"{"seq":{"a":2}}"#;
+        let file = "file:///t/metadata/marks-x-base.json";
+        let delta = r#"{"seq":{"a":9}}"#;
+        // Marks inline in full: the current snapshot holds them all, even when a
+        // compaction carried them over unchanged.
+        let meta = history(&[
+            &[(MARKS_KEY, inline_a)],
+            &[(MARKS_KEY, inline_b)],
+            &[(MARKS_KEY, inline_b)],
+        ]);
+        assert_eq!(chain_start(&meta), Some(3));
+        // A base in a file and deltas after it: back to the oldest delta of the chain.
+        let meta = history(&[
+            &[(MARKS_KEY, inline_a)],
+            &[(MARKS_KEY, file)],
+            &[(MARKS_KEY, file), (MARKS_DELTA_KEY, delta)],
+            &[(MARKS_KEY, file), (MARKS_DELTA_KEY, delta)],
+            &[(MARKS_KEY, file)],
+            &[("other.tool", "x")],
+        ]);
+        assert_eq!(chain_start(&meta), Some(3));
+        // The earlier layout: the snapshot that holds them.
+        let meta = history(&[&[("sluice.seq.a", "4")], &[("other.tool", "x")]]);
+        assert_eq!(chain_start(&meta), Some(1));
     }
 
     #[test]

@@ -23,6 +23,17 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+/// Bytes this process read from and wrote to the warehouse (data and metadata files), for
+/// `/metrics`: what a commit or a maintenance pass costs in I/O.
+pub static READ_BYTES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+pub static WRITTEN_BYTES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+fn read_bytes(b: &Bytes) {
+    READ_BYTES.inc_by(b.len() as u64);
+}
+
 /// `[catalog.s3]`: how to reach an S3-compatible object store. Unset keys fall back to the
 /// usual `AWS_*` environment variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,13 +165,15 @@ impl Storage for ObjectStorage {
 
     async fn read(&self, location: &str) -> iceberg::Result<Bytes> {
         let (store, path) = self.resolve(location)?;
-        store
+        let bytes = store
             .get(&path)
             .await
             .map_err(|e| store_err(location, e))?
             .bytes()
             .await
-            .map_err(|e| store_err(location, e))
+            .map_err(|e| store_err(location, e))?;
+        read_bytes(&bytes);
+        Ok(bytes)
     }
 
     async fn reader(&self, location: &str) -> iceberg::Result<Box<dyn FileRead>> {
@@ -174,6 +187,7 @@ impl Storage for ObjectStorage {
 
     async fn write(&self, location: &str, bs: Bytes) -> iceberg::Result<()> {
         let (store, path) = self.resolve(location)?;
+        WRITTEN_BYTES.inc_by(bs.len() as u64);
         store
             .put(&path, PutPayload::from(bs))
             .await
@@ -236,10 +250,13 @@ struct ObjectRead {
 #[async_trait]
 impl FileRead for ObjectRead {
     async fn read(&self, range: Range<u64>) -> iceberg::Result<Bytes> {
-        self.store
+        let bytes = self
+            .store
             .get_range(&self.path, range)
             .await
-            .map_err(|e| store_err(&self.location, e))
+            .map_err(|e| store_err(&self.location, e))?;
+        read_bytes(&bytes);
+        Ok(bytes)
     }
 }
 
@@ -253,6 +270,7 @@ struct ObjectWrite {
 #[async_trait]
 impl FileWrite for ObjectWrite {
     async fn write(&mut self, bs: Bytes) -> iceberg::Result<()> {
+        WRITTEN_BYTES.inc_by(bs.len() as u64);
         self.writer
             .put(bs)
             .await

@@ -11,7 +11,7 @@ import time
 from harness import Agent, Processor, checksum, pyiceberg_table, read_pyiceberg, simulator_source, wait_until
 
 USER_COLUMNS = ["ts", "sample", "host", "region", "cpu", "mem", "load", "errors", "bytes", "ok"]
-FAILED = 'sluice_processor_commit_failures_total{table="bronze.telemetry",reason="error"}'
+FAILED = 'sluice_processor_commit_failures_total{table="bronze.telemetry",reason="storage"}'
 COMMITTED = 'sluice_processor_committed_rows_total{table="bronze.telemetry"}'
 
 

@@ -41,9 +41,14 @@ def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]]
 def metadata_folder(proc: Processor) -> tuple[int, int, int]:
     """(metadata JSON files, all files, bytes) under the table's metadata folder."""
     folder = proc.warehouse / "bronze" / "telemetry" / "metadata"
-    files = [p for p in folder.iterdir() if p.is_file()] if folder.exists() else []
-    json_files = sum(1 for p in files if p.name.endswith(".metadata.json"))
-    return json_files, len(files), sum(p.stat().st_size for p in files)
+    sizes = {}
+    for p in folder.iterdir() if folder.exists() else []:
+        try:
+            sizes[p.name] = p.stat().st_size
+        except FileNotFoundError:  # removed by expiry meanwhile
+            pass
+    json_files = sum(1 for name in sizes if name.endswith(".metadata.json"))
+    return json_files, len(sizes), sum(sizes.values())
 
 
 def assert_each_agent_exactly(proc: Processor, agents: list[Agent], workdir) -> None:
@@ -148,17 +153,19 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
 
 
 def test_sigterm_in_the_middle_of_maintenance_on_thousands_of_snapshots(bins, certs, workdir):
-    n = 200_000
-    # Without maintenance, land thousands of small commits.
+    n = 300_000
+    # Without maintenance, land thousands of small commits; the agent goes on sending
+    # (and holding what is not acknowledged) through what follows.
     proc = Processor(bins, certs, workdir, commit_interval="20ms",
                      sections={"maintenance": {"enabled": False}}).start()
     agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(n, rate=1_000)},
                   batch={"max_rows": 5000, "max_age": "20ms"}).start()
-    wait_until(lambda: proc.metrics().get(COMMITS, 0) >= 2500, 300, "2,500 commits", interval=1)
+    wait_until(lambda: proc.metrics().get(COMMITS, 0) >= 2000, 240, "2,000 commits", interval=1)
     assert proc.stop() == 0
+    assert agent.proc.alive(), "the agent must still have rows to send"
     snapshots = len(pyiceberg_table(proc, TABLE).snapshots())
     files = len(pyiceberg_table(proc, TABLE).inspect.files())
-    assert snapshots >= 2500 and files >= 2500, (snapshots, files)
+    assert snapshots >= 2000 and files >= 2000, (snapshots, files)
 
     # Maintenance starts a second after the processor does: compaction of thousands of
     # files and expiry of thousands of snapshots. SIGTERM in the middle of it.

@@ -45,7 +45,7 @@ pub const TABLE_DEFAULTS: &[(&str, &str)] = &[
     (DELETE_AFTER_COMMIT, "true"),
     (
         TableProperties::PROPERTY_METADATA_PREVIOUS_VERSIONS_MAX,
-        "10",
+        "5",
     ),
 ];
 
