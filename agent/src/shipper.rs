@@ -352,9 +352,15 @@ impl QuicShipper {
                                 lane.ack_log(r.lsn);
                                 continue;
                             }
-                            self.send_batch(&mut send, &lane.stream, seq, &r.batch).await?;
+                            // Pending before it is sent: a send that fails leaves it to be
+                            // sent again after the reconnect. (Taken from the log's reader
+                            // and dropped on that error, it was skipped, and acks of later
+                            // batches then removed it from the log.)
                             lane.pending.push_back(r);
                             self.metrics.set_inflight(&lane.stream, &lane.pending);
+                            if let Some(r) = lane.pending.back() {
+                                self.send_batch(&mut send, &lane.stream, seq, &r.batch).await?;
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::error!(stream = %lane.stream, "write-ahead log damaged, the rest of the segment is skipped: {e}");

@@ -340,9 +340,15 @@ impl LanderTask {
         mut rx: mpsc::Receiver<Msg>,
         mut done_rx: mpsc::UnboundedReceiver<CommitDone>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Sleep until the next table's batches have waited `commit_interval`.
+            let due = self.next_due();
+            let due = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Land(req)) => self.on_land(req).await,
@@ -357,7 +363,7 @@ impl LanderTask {
                     None => break,
                 },
                 Some(done) = done_rx.recv() => self.on_commit_done(done),
-                _ = tick.tick() => self.commit_due(),
+                _ = due => self.commit_due(),
             }
         }
         // Receivers are gone: finish in-flight commits so their batches are acknowledged.
@@ -638,6 +644,17 @@ impl LanderTask {
                 let _ = w.send(());
             }
         }
+    }
+
+    /// When the oldest batches waiting for a commit (of a table not committing now) will
+    /// have waited `commit_interval`.
+    fn next_due(&self) -> Option<Instant> {
+        self.tables
+            .values()
+            .filter(|t| !t.committing)
+            .filter_map(|t| t.pending_since)
+            .map(|since| since + self.cfg.commit_interval)
+            .min()
     }
 
     fn commit_due(&mut self) {

@@ -586,8 +586,8 @@ mod tests {
     fn history(summaries: &[&[(&str, &str)]]) -> TableMetadata {
         use iceberg::spec::{
             FormatVersion, MAIN_BRANCH, NestedField, Operation, PartitionSpec, PrimitiveType,
-            Schema, SnapshotReference, SnapshotRetention, SortOrder, Summary,
-            TableMetadataBuilder, Type,
+            Schema, SnapshotReference, SnapshotRetention, SortOrder, Summary, TableMetadataBuilder,
+            Type,
         };
         let schema = Schema::builder()
             .with_fields(vec![

@@ -27,6 +27,9 @@ pub struct Receiver {
     pub access: Arc<Access>,
     /// The lander's namespace, to name tables in metrics.
     pub namespace: String,
+    /// Set when the processor stops: lanes take no further batch, and end once the
+    /// verdicts of those taken are written.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a lane was closed.
@@ -157,6 +160,20 @@ impl Receiver {
                 None => return Err(LaneError::NoHello),
             },
         };
+        // A stopping processor takes no new lane: the agent backs off and comes back to
+        // the next one. (The lanes it has deliver their acknowledgements meanwhile.)
+        if *self.stopping.borrow() {
+            write_frame(
+                &mut send,
+                &Frame::Refused(Refused {
+                    stream: hello.stream.clone(),
+                    reason: "the processor is stopping".into(),
+                }),
+            )
+            .await?;
+            let _ = send.finish();
+            return Ok(());
+        }
         // An agent may only speak for the identity its certificate carries.
         if hello.agent != peer {
             return Err(LaneError::IdentityMismatch {
@@ -201,8 +218,18 @@ impl Receiver {
         let stream_name = hello.stream.clone();
         let writer = tokio::spawn(write_acks(send, stream_name, verdict_rx));
 
+        let mut stopping = self.stopping.clone();
         let result = loop {
-            let frame = match read_frame(recv, self.max_frame_bytes).await {
+            let read = tokio::select! {
+                biased;
+                // A frame cut short here is not acknowledged: the agent sends it again.
+                _ = stopping.wait_for(|s| *s) => {
+                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                    break Ok(());
+                }
+                read = read_frame(recv, self.max_frame_bytes) => read,
+            };
+            let frame = match read {
                 Ok(Some(f)) => f,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(LaneError::from(e)),

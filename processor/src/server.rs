@@ -26,6 +26,8 @@ pub struct Server {
     pub catalog: Arc<dyn Catalog>,
     pub lander: Lander,
     endpoint: Option<quinn::Endpoint>,
+    /// Tells the QUIC lanes to take no further batch.
+    stop_intake: tokio::sync::watch::Sender<bool>,
     kafka: Option<KafkaReceiver>,
     models: Option<crate::models::Scheduler>,
     maintenance: Option<crate::maintenance::Scheduled>,
@@ -89,6 +91,7 @@ impl Server {
             })
         });
 
+        let (stop_intake, stopping) = tokio::sync::watch::channel(false);
         let endpoint = match &cfg.quic {
             Some(quic) => {
                 let server_config = tls::server_config(&quic.ca, &quic.cert, &quic.key)
@@ -105,6 +108,7 @@ impl Server {
                             .map_err(anyhow::Error::msg)?,
                     ),
                     namespace: cfg.lander.namespace.clone(),
+                    stopping,
                 };
                 tokio::spawn(receiver.serve(endpoint.clone()));
                 Some(endpoint)
@@ -152,6 +156,7 @@ impl Server {
             catalog,
             lander,
             endpoint,
+            stop_intake,
             kafka,
             models,
             maintenance,
@@ -166,9 +171,12 @@ impl Server {
     /// in time are not acknowledged: agents send them again, Kafka reads them again.
     pub async fn shutdown(self) {
         let deadline = Instant::now() + STOP_WITHIN;
+        // No new connection, and no further batch on the open ones: what is buffered can
+        // then be committed and acknowledged, however fast agents send.
         if let Some(e) = &self.endpoint {
             e.set_server_config(None);
         }
+        let _ = self.stop_intake.send(true);
         let background = async {
             if let Some(m) = self.maintenance {
                 m.stop(Duration::from_secs(5)).await;

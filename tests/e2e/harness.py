@@ -156,12 +156,13 @@ class Processor:
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path,
                  data_dir: pathlib.Path | None = None, sections: dict | None = None, quic: dict | None = None,
-                 api: dict | None = None, **lander):
+                 api: dict | None = None, same_ports_as: "Processor | None" = None, **lander):
         self.bins = bins
         self.work = work
         self.data_dir = data_dir or work / "data"
-        self.quic_port = free_port(socket.SOCK_DGRAM)
-        self.api_port = free_port()
+        # Another configuration of the same processor keeps its addresses (agents know them).
+        self.quic_port = same_ports_as.quic_port if same_ports_as else free_port(socket.SOCK_DGRAM)
+        self.api_port = same_ports_as.api_port if same_ports_as else free_port()
         self.config = work / "processor.toml"
         write_toml(
             self.config,

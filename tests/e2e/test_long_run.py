@@ -81,17 +81,23 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
                     {"telemetry": simulator_source(30_000, rate=100, seed=11 + i)},
                     agent_id=a, batch={"max_rows": 5000, "max_age": "50ms"}).start()
               for i, a in enumerate(AGENTS)]
-    # Samples per processor life: (commits, p99 window, rss, metadata json, files, bytes, snapshots).
+    # Samples per processor life: (commits, p99 of the window, lowest RSS of the window,
+    # metadata JSON files, files, bytes, snapshots).
     lives: list[list[tuple]] = [[]]
     done_before = 0  # commits of earlier lives
     killed = False
     last_hist, last_commits = [], 0
+    # The lowest RSS seen in the window: compaction reads a bin of files at once, a peak
+    # that passes; growth shows in the low points.
+    low_rss = None
     while any(a.proc.alive() for a in agents):
         time.sleep(2)
         try:
             m = proc.metrics()
+            rss = rss_bytes(proc.proc)
         except OSError:
             continue
+        low_rss = rss if low_rss is None else min(low_rss, rss)
         commits = m.get(COMMITS, 0)
         hist = histogram(m)
         json_files, files, size = metadata_folder(proc)
@@ -100,9 +106,8 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
         # the one a commit is writing (a SIGKILL between writing it and the swap leaves one).
         assert json_files <= versions + 2 + int(killed), json_files
         if commits - last_commits >= 200:
-            lives[-1].append((commits, quantile(last_hist, hist, 0.99), rss_bytes(proc.proc), json_files,
-                              files, size, snapshots))
-            last_hist, last_commits = hist, commits
+            lives[-1].append((commits, quantile(last_hist, hist, 0.99), low_rss, json_files, files, size, snapshots))
+            last_hist, last_commits, low_rss = hist, commits, None
         if not killed and done_before + commits >= 1500:
             # Mid-run, with merged manifests and expired snapshots behind it.
             proc.kill()
@@ -111,7 +116,7 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
             killed = True
             done_before += commits
             lives.append([])
-            last_hist, last_commits = [], 0
+            last_hist, last_commits, low_rss = [], 0, None
     for a in agents:
         assert a.wait(60) == 0, a.proc.output()[-3000:]
     total_commits = done_before + proc.metrics().get(COMMITS, 0)
@@ -131,7 +136,7 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
         assert p99s[-1] <= 2 * max(p99s[0], 0.05), p99s
         rss = [s[2] for s in warm]
         assert max(rss) <= 512 << 20, rss
-        assert rss[-1] <= rss[0] * 1.3 + (32 << 20), rss
+        assert rss[-1] <= rss[0] * 1.25 + (32 << 20), rss
         assert max(s[5] for s in warm) <= 16 << 20, [s[5] for s in warm]
         # Expiry runs every 2 s: the snapshots stay near the limit.
         assert max(s[6] for s in warm) <= max_snapshots + 100, [s[6] for s in warm]
@@ -169,13 +174,12 @@ def test_sigterm_in_the_middle_of_maintenance_on_thousands_of_snapshots(bins, ce
 
     # Maintenance starts a second after the processor does: compaction of thousands of
     # files and expiry of thousands of snapshots. SIGTERM in the middle of it.
-    proc = Processor(bins, certs, workdir, commit_interval="20ms", sections={
+    proc = Processor(bins, certs, workdir, commit_interval="20ms", same_ports_as=proc, sections={
         "maintenance": {"interval": "1s", "expire_interval": "1s", "max_snapshots": 50,
                         "orphans_older_than": "10m"},
     })
     proc.start()
-    wait_until(lambda: "compacting" in proc.proc.output() or "expiring snapshots" in proc.proc.output(),
-               60, "maintenance to start", interval=0.05)
+    wait_until(lambda: "compacting" in proc.proc.output(), 60, "compaction to start", interval=0.05)
     time.sleep(0.3)
     started = time.time()
     proc.proc.p.send_signal(15)
