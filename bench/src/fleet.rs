@@ -319,7 +319,7 @@ fn counter_sum(metrics: &str, name: &str) -> f64 {
         .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
@@ -340,6 +340,52 @@ fn fleet_certs(processor_bin: &Path, dir: &TempDir, agents: usize) {
     }
     let st = cmd.status().expect("certs init");
     assert!(st.success(), "certs init failed");
+}
+
+/// A processor (config with `extra` sections) and a fleet of `agents` identities, each
+/// sending a batch of `rows` rows every `period`, on a runtime of their own.
+struct Run {
+    dir: TempDir,
+    api: SocketAddr,
+    stat: ProcStat,
+    fleet: Fleet,
+    rt: tokio::runtime::Runtime,
+    _processor: crate::Kill,
+}
+
+impl Run {
+    fn start(
+        processor_bin: &Path,
+        agents: usize,
+        extra: &str,
+        rows: usize,
+        period: Duration,
+    ) -> Self {
+        let dir = TempDir::new();
+        fleet_certs(processor_bin, &dir, agents);
+        let (quic, api) = (free_udp(), free_tcp());
+        let config = fleet_processor(&dir, quic, api, extra);
+        let processor = start_processor(processor_bin, &config, api);
+        let stat = ProcStat {
+            pid: processor.0.id(),
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let fleet = Fleet::start(&rt, &dir.path().join("certs"), quic, agents, rows, period);
+        Self {
+            dir,
+            api,
+            stat,
+            fleet,
+            rt,
+            _processor: processor,
+        }
+    }
+
+    /// Stop the agents, then the processor.
+    fn stop(self) {
+        drop(self.fleet);
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+    }
 }
 
 /// The processor config of both benches, with `extra` sections.
@@ -385,14 +431,13 @@ fn current_summary(dir: &TempDir) -> Option<String> {
 /// `sluice-bench soak`.
 pub fn soak(processor_bin: &Path, commits: u64, agents: usize) {
     const SCALE: u32 = 50;
-    let dir = TempDir::new();
-    fleet_certs(processor_bin, &dir, agents);
-    let (quic, api) = (free_udp(), free_tcp());
     let scaled = |d: Duration| format!("{}ms", (d / SCALE).as_millis());
-    let config = fleet_processor(
-        &dir,
-        quic,
-        api,
+    println!(
+        "soak bench: {commits} commits of one table at the default cadence compressed {SCALE}x (commits every 20 ms, expiry every 1.2 s, snapshots older than 72 s expire, compaction every 12 s); {agents} agent identities, each a batch of 10 rows every 2 s"
+    );
+    let run = Run::start(
+        processor_bin,
+        agents,
         &format!(
             r#"[lander]
 commit_interval = "{commit}"
@@ -406,23 +451,10 @@ expire_older_than = "{older}"
             expire = scaled(Duration::from_secs(60)),
             older = scaled(Duration::from_secs(3600)),
         ),
-    );
-    let processor = start_processor(processor_bin, &config, api);
-    let stat = ProcStat {
-        pid: processor.0.id(),
-    };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    println!(
-        "soak bench: {commits} commits of one table at the default cadence compressed {SCALE}x (commits every 20 ms, expiry every 1.2 s, snapshots older than 72 s expire, compaction every 12 s); {agents} agent identities, each a batch of 10 rows every 2 s"
-    );
-    let fleet = Fleet::start(
-        &rt,
-        &dir.path().join("certs"),
-        quic,
-        agents,
         10,
         Duration::from_secs(2),
     );
+    let (dir, api, stat, fleet) = (&run.dir, run.api, &run.stat, &run.fleet);
     println!(
         "  {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>11} {:>6} {:>9} {:>9}",
         "commits",
@@ -486,7 +518,7 @@ expire_older_than = "{older}"
             prev_buckets = now;
             let (p50, p99) = (quantile(&delta, 0.5) * 1e3, quantile(&delta, 0.99) * 1e3);
             p99s.push(p99);
-            let (files, bytes) = du(&metadata_dir(&dir));
+            let (files, bytes) = du(&metadata_dir(dir));
             let snapshots = current_snapshots(&metrics);
             let cpu = stat.cpu_seconds();
             let cores = (cpu - cpu0) / t0.elapsed().as_secs_f64();
@@ -517,13 +549,12 @@ expire_older_than = "{older}"
         max_rss as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64(),
         counter_sum(&metrics, "sluice_processor_commit_failures_total"),
-        current_summary(&dir).map_or(0, |s| s.len()),
+        current_summary(dir).map_or(0, |s| s.len()),
     );
     println!(
         "  targets: p99 commit <= 200 ms with last/first <= 1.2; RSS <= 256 MiB and flat; metadata <= 16 MiB; freshness p99 <= 2 s"
     );
-    drop(fleet);
-    rt.shutdown_timeout(Duration::from_secs(5));
+    run.stop();
 }
 
 /// The table's snapshot count as the processor last read it.
@@ -537,26 +568,17 @@ fn current_snapshots(metrics: &str) -> u64 {
 /// `sluice-bench fleet`.
 pub fn fleet(processor_bin: &Path, seconds: u64, agents: usize) {
     const ROWS_PER_SECOND: usize = 20;
-    let dir = TempDir::new();
-    fleet_certs(processor_bin, &dir, agents);
-    let (quic, api) = (free_udp(), free_tcp());
-    let config = fleet_processor(&dir, quic, api, "");
-    let processor = start_processor(processor_bin, &config, api);
-    let stat = ProcStat {
-        pid: processor.0.id(),
-    };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "fleet bench: {agents} agent identities (own certificates) at {ROWS_PER_SECOND} rows/s each, one batch a second, for {seconds} s; processor defaults (1 s commits)"
     );
-    let fleet = Fleet::start(
-        &rt,
-        &dir.path().join("certs"),
-        quic,
+    let run = Run::start(
+        processor_bin,
         agents,
+        "",
         ROWS_PER_SECOND,
         Duration::from_secs(1),
     );
+    let (dir, api, stat, fleet) = (&run.dir, run.api, &run.stat, &run.fleet);
     // Warm-up: every agent connected and acknowledged once.
     std::thread::sleep(Duration::from_secs(10));
     let warm = fleet.take();
@@ -572,7 +594,7 @@ pub fn fleet(processor_bin: &Path, seconds: u64, agents: usize) {
         max_rss = max_rss.max(stat.rss_bytes());
     }
     let cores = (stat.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
-    let summary = current_summary(&dir).unwrap_or_default();
+    let summary = current_summary(dir).unwrap_or_default();
     let metrics = http_get(api, "/metrics").unwrap_or_default();
     println!(
         "  batches committed   {committed:>10} ({:.0} rows/s)",
@@ -601,6 +623,5 @@ pub fn fleet(processor_bin: &Path, seconds: u64, agents: usize) {
             "sluice_processor_commits_total{table=\"bronze.fleet\"}"
         )
     );
-    drop(fleet);
-    rt.shutdown_timeout(Duration::from_secs(5));
+    run.stop();
 }

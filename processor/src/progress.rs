@@ -582,55 +582,8 @@ mod tests {
         assert_eq!(delta.merged(&before), after);
     }
 
-    /// Table metadata whose snapshots 1..=n on main have these summary properties.
     fn history(summaries: &[&[(&str, &str)]]) -> TableMetadata {
-        use iceberg::spec::{
-            FormatVersion, MAIN_BRANCH, NestedField, Operation, PartitionSpec, PrimitiveType,
-            Schema, SnapshotReference, SnapshotRetention, SortOrder, Summary, TableMetadataBuilder,
-            Type,
-        };
-        let schema = Schema::builder()
-            .with_fields(vec![
-                NestedField::required(1, "v", Type::Primitive(PrimitiveType::Long)).into(),
-            ])
-            .build()
-            .expect("schema");
-        let mut b = TableMetadataBuilder::new(
-            schema,
-            PartitionSpec::unpartition_spec().into_unbound(),
-            SortOrder::unsorted_order(),
-            "file:///t".to_string(),
-            FormatVersion::V2,
-            HashMap::new(),
-        )
-        .expect("builder");
-        for (i, props) in summaries.iter().enumerate() {
-            let id = i as i64 + 1;
-            let snapshot = Snapshot::builder()
-                .with_snapshot_id(id)
-                .with_parent_snapshot_id((id > 1).then_some(id - 1))
-                .with_sequence_number(id)
-                .with_timestamp_ms(1000 * id)
-                .with_manifest_list(format!("file:///t/metadata/snap-{id}.avro"))
-                .with_summary(Summary {
-                    operation: Operation::Append,
-                    additional_properties: props
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                })
-                .with_schema_id(0)
-                .build();
-            b = b
-                .add_snapshot(snapshot)
-                .expect("snapshot")
-                .set_ref(
-                    MAIN_BRANCH,
-                    SnapshotReference::new(id, SnapshotRetention::branch(None, None, None)),
-                )
-                .expect("ref");
-        }
-        b.build().expect("metadata").metadata
+        crate::lake::retention::tests::history_with(0, summaries)
     }
 
     #[test]

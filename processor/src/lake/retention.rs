@@ -236,7 +236,7 @@ pub async fn remove_files(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use iceberg::spec::{
         MAIN_BRANCH, NestedField, PrimitiveType, Schema, SnapshotReference, SnapshotRetention,
@@ -245,6 +245,13 @@ mod tests {
 
     /// Table metadata with snapshots 1..=n on main, one a second apart from `t0`.
     fn history(n: i64, t0: i64) -> TableMetadata {
+        let empty: Vec<&[(&str, &str)]> = vec![&[]; n as usize];
+        history_with(t0, &empty)
+    }
+
+    /// Table metadata whose snapshots 1..=n on main, one a second apart from `t0`, have
+    /// these summary properties.
+    pub(crate) fn history_with(t0: i64, summaries: &[&[(&str, &str)]]) -> TableMetadata {
         let schema = Schema::builder()
             .with_fields(vec![
                 NestedField::required(1, "v", Type::Primitive(PrimitiveType::Long)).into(),
@@ -260,7 +267,8 @@ mod tests {
             Default::default(),
         )
         .expect("builder");
-        for id in 1..=n {
+        for (i, props) in summaries.iter().enumerate() {
+            let id = i as i64 + 1;
             let s = Snapshot::builder()
                 .with_snapshot_id(id)
                 .with_parent_snapshot_id((id > 1).then_some(id - 1))
@@ -269,7 +277,10 @@ mod tests {
                 .with_manifest_list(format!("file:///t/metadata/snap-{id}.avro"))
                 .with_summary(Summary {
                     operation: Operation::Append,
-                    additional_properties: Default::default(),
+                    additional_properties: props
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                 })
                 .with_schema_id(0)
                 .build();
