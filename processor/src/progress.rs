@@ -451,8 +451,10 @@ pub async fn stage(
     raised: &Marks,
     tag: &str,
 ) -> Result<Staged, ProgressError> {
-    let all = stored.marks.merged(raised);
-    let delta = all.raised_over(&stored.marks);
+    // Only this commit's marks are compared: the delta costs what the commit holds, not
+    // what the fleet has.
+    let delta = raised.raised_over(&stored.marks);
+    let all = stored.marks.merged(&delta);
     let mut files = Vec::new();
     let dir = format!(
         "{}/metadata",

@@ -17,15 +17,13 @@
 //! only the metadata is expired and orphan cleanup removes the files later.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::time::Duration;
 
-use iceberg::MetadataLocation;
 use iceberg::spec::{ManifestStatus, Operation, Snapshot, TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
 
 use super::manifests::manifest_list;
-use super::snapshot::{CommitError, Head, delete_after_commit, head_table};
+use super::snapshot::{CommitError, Head, Written, publish};
 use super::swap::CatalogSwap;
 
 /// How much history a table keeps.
@@ -101,40 +99,16 @@ fn ref_heads(meta: &TableMetadata) -> HashSet<i64> {
 /// fall out of the log are deleted as after any commit. Returns the new head.
 pub async fn commit(swap: &CatalogSwap, head: &Head, plan: &Plan) -> Result<Head, CommitError> {
     let table = head.table();
-    let old_location = table.metadata_location_result()?.to_string();
     let built = TableMetadataBuilder::new_from_metadata(
         table.metadata().clone(),
-        Some(old_location.clone()),
+        Some(table.metadata_location_result()?.to_string()),
     )
     .remove_snapshots(&plan.expire)
     .build()?;
-    let new_location = MetadataLocation::from_str(&old_location)?.with_next_version();
-    let new_location_str = new_location.to_string();
-    built
-        .metadata
-        .write_to(table.file_io(), &new_location)
-        .await?;
-    let swapped = swap
-        .compare_and_swap(table.identifier(), &old_location, &new_location_str)
-        .await?;
-    if !swapped {
-        if let Err(e) = table.file_io().delete(&new_location_str).await {
-            tracing::warn!(path = %new_location_str, "cannot remove a file of a failed commit: {e}");
-        }
-        return Err(CommitError::Conflict);
-    }
-    if delete_after_commit(&built.metadata) {
-        for old in &built.expired_metadata_logs {
-            if let Err(e) = table.file_io().delete(&old.metadata_file).await {
-                tracing::warn!(path = %old.metadata_file, "cannot remove an old metadata file: {e}");
-            }
-        }
-    }
-    Ok(Head::new(head_table(
-        table,
-        built.metadata,
-        new_location_str,
-    )?))
+    let mut written = Written::new(table);
+    let result = publish(swap, table, built, &mut written).await;
+    written.settle(&result).await;
+    Ok(Head::new(result?))
 }
 
 /// Files removed by [`remove_files`].

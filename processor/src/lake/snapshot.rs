@@ -26,8 +26,8 @@ use std::sync::Arc;
 use iceberg::spec::{
     DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter,
     ManifestWriter, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
-    SnapshotRetention, Summary, TableMetadata, TableMetadataBuilder, TableProperties,
-    UNASSIGNED_SEQUENCE_NUMBER,
+    SnapshotRetention, Summary, TableMetadata, TableMetadataBuildResult, TableMetadataBuilder,
+    TableProperties, UNASSIGNED_SEQUENCE_NUMBER,
 };
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, Runtime};
@@ -205,23 +205,18 @@ pub async fn commit(
     }
     let mut written = Written::new(&head.table);
     let result = build_and_swap(swap, head, change, &mut written).await;
-    match &result {
-        Ok(_) => {}
-        // The swap may have gone in: its files may be the table's now.
-        Err(CommitError::Unknown(_)) => {}
-        Err(_) => written.remove().await,
-    }
+    written.settle(&result).await;
     result
 }
 
 /// Files a commit wrote, to remove if it does not go in.
-struct Written<'a> {
+pub(super) struct Written<'a> {
     table: &'a Table,
     paths: Vec<String>,
 }
 
 impl<'a> Written<'a> {
-    fn new(table: &'a Table) -> Self {
+    pub(super) fn new(table: &'a Table) -> Self {
         Self {
             table,
             paths: Vec::new(),
@@ -233,13 +228,49 @@ impl<'a> Written<'a> {
         path
     }
 
-    async fn remove(self) {
+    /// Remove the files unless the commit went in, or may have (a swap of unknown
+    /// outcome: its files may be the table's now).
+    pub(super) async fn settle<T>(self, result: &Result<T, CommitError>) {
+        if matches!(result, Ok(_) | Err(CommitError::Unknown(_))) {
+            return;
+        }
         for path in self.paths {
             if let Err(e) = self.table.file_io().delete(&path).await {
                 tracing::warn!(%path, "cannot remove a file of a failed commit: {e}");
             }
         }
     }
+}
+
+/// Write `built` as the table's next metadata file and swap it in; then delete the
+/// metadata files that fell out of the log. Returns the table as committed.
+pub(super) async fn publish(
+    swap: &CatalogSwap,
+    table: &Table,
+    built: TableMetadataBuildResult,
+    written: &mut Written<'_>,
+) -> Result<Table, CommitError> {
+    let old_location = table.metadata_location_result()?;
+    let new_location = MetadataLocation::from_str(old_location)?.with_next_version();
+    let new_location_str = written.push(new_location.to_string());
+    built
+        .metadata
+        .write_to(table.file_io(), &new_location)
+        .await?;
+    if !swap
+        .compare_and_swap(table.identifier(), old_location, &new_location_str)
+        .await?
+    {
+        return Err(CommitError::Conflict);
+    }
+    if delete_after_commit(&built.metadata) {
+        for old in &built.expired_metadata_logs {
+            if let Err(e) = table.file_io().delete(&old.metadata_file).await {
+                tracing::warn!(path = %old.metadata_file, "cannot remove an old metadata file: {e}");
+            }
+        }
+    }
+    Ok(head_table(table, built.metadata, new_location_str)?)
 }
 
 async fn build_and_swap(
@@ -399,24 +430,7 @@ async fn build_and_swap(
             SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
         )?
         .build()?;
-    let new_location = MetadataLocation::from_str(&old_location)?.with_next_version();
-    let new_location_str = written.push(new_location.to_string());
-    built.metadata.write_to(file_io, &new_location).await?;
-    if !swap
-        .compare_and_swap(table.identifier(), &old_location, &new_location_str)
-        .await?
-    {
-        return Err(CommitError::Conflict);
-    }
-    let metadata = built.metadata;
-    if delete_after_commit(&metadata) {
-        for old in &built.expired_metadata_logs {
-            if let Err(e) = file_io.delete(&old.metadata_file).await {
-                tracing::warn!(path = %old.metadata_file, "cannot remove an old metadata file: {e}");
-            }
-        }
-    }
-    let table = head_table(table, metadata, new_location_str)?;
+    let table = publish(swap, table, built, written).await?;
     Ok(Committed {
         head: Head {
             table,
