@@ -702,7 +702,6 @@ impl LanderTask {
             marks.raise_offset(&topic, partition, offset);
         }
         let job = CommitJob {
-            catalog: self.catalog.clone(),
             swap: self.swap.clone(),
             head: state.head.clone(),
             committed: state.committed.clone(),
@@ -808,7 +807,6 @@ impl LanderTask {
 
 /// Everything a commit needs, detached from the lander task.
 struct CommitJob {
-    catalog: Arc<dyn Catalog>,
     swap: CatalogSwap,
     /// The table as the lander last saw it, and its marks.
     head: Head,
@@ -919,7 +917,16 @@ impl CommitJob {
             .await
             .map_err(CommitError::Read)?;
         if attempt > 1 || now_at.as_deref() != head.location() {
-            let table = self.catalog.load_table(&ident).await?;
+            // The metadata file just read from the catalog, not a second lookup.
+            let location = now_at.ok_or_else(|| {
+                iceberg::Error::new(
+                    iceberg::ErrorKind::TableNotFound,
+                    format!("table {ident} is no longer in the catalog"),
+                )
+            })?;
+            let metadata =
+                iceberg::spec::TableMetadata::read_from(head.table().file_io(), &location).await?;
+            let table = lake::snapshot::head_table(head.table(), metadata, location)?;
             let same_snapshot = table.metadata().current_snapshot_id()
                 == head.table().metadata().current_snapshot_id();
             // A commit that changed only the metadata (expiry) leaves the marks as they were.
