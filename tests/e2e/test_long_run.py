@@ -127,22 +127,26 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
             print("   ", s)
     assert killed and total_commits >= 3000, total_commits
 
-    # After warm-up (the first 400 commits of a life), each reading stays within fixed
-    # bounds (debug build; the release figures are `sluice-bench soak`'s), and the typical
-    # commit of the last window costs what it did in the first: cost does not grow with
-    # age. (A window's p99 is its second-slowest commit, one that waited for compaction
+    # After warm-up (the first 600 commits of a life: 30 s, until the first compaction pass
+    # has run), each reading stays within fixed bounds (debug build; the release figures
+    # are `sluice-bench soak`'s), and the typical commit of the last window costs what it
+    # did in the first: cost does not grow with age. (A window's p99 is its second-slowest commit, one that waited for compaction
     # or expiry: bounded, but too noisy to compare.) Before this layout a commit cost
-    # 3 MB of RSS and a growing share of a core; 3,000 commits then meant gigabytes.
+    # 3 MB of RSS and a growing share of a core; 3,000 commits then meant gigabytes. RSS
+    # (a debug binary's ~90 MB of code included) stays within 64 MB of its first warm
+    # reading: compaction that held every input's decoders until its bin was written
+    # (~300 MB a pass), or an allocator that keeps what it frees (mimalloc kept ~150 MB
+    # for a live heap of ~8 MB), breaks that bound.
     for life in lives:
-        warm = [s for s in life if s[0] >= 400]
+        warm = [s for s in life if s[0] >= 600]
         assert len(warm) >= 2, life
         p99s = [s[1] for s in warm]
         assert max(p99s) <= 1.0, p99s
         p50s = [s[7] for s in warm]
         assert p50s[-1] <= 2 * max(p50s[0], 0.02), p50s
         rss = [s[2] for s in warm]
-        assert max(rss) <= 512 << 20, rss
-        assert rss[-1] - rss[0] <= 192 << 20, rss
+        assert max(rss) <= 320 << 20, rss
+        assert rss[-1] - rss[0] <= 64 << 20, rss
         assert max(s[5] for s in warm) <= 16 << 20, [s[5] for s in warm]
         # Expiry runs every 2 s: the snapshots stay near the limit.
         assert max(s[6] for s in warm) <= max_snapshots + 100, [s[6] for s in warm]
