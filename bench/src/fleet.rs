@@ -5,9 +5,9 @@
 //! by the same factor (50), so COMMITS (default 86,400: a day of 1 s commits) take about
 //! half an hour. AGENTS (default 1,000) identities, each with its own certificate, send a
 //! small batch every 2 s, so every snapshot records marks of tens of agents and the table
-//! holds marks of all of them. At 1k, 10k, 50k and COMMITS commits it prints the commit
-//! time (p50, p99, from the processor's histogram since the previous reading), the
-//! processor's RSS, the bytes under the table's `metadata/` folder, and freshness (p99 time
+//! holds marks of all of them. At 1k and 5k commits, every 10k and at COMMITS it prints
+//! the commit time (p50, p99, from the processor's histogram since the previous reading),
+//! the processor's RSS, the bytes under the table's `metadata/` folder, and freshness (p99 time
 //! from a batch's creation to its acknowledgement, which the processor sends after the
 //! commit holding it), the processor's CPU, and the warehouse bytes it read and wrote per
 //! commit (compaction and expiry included).
@@ -471,8 +471,9 @@ expire_older_than = "{older}"
     );
     let commits_sample = "sluice_processor_commits_total{table=\"bronze.fleet\"}";
     let hist = "sluice_processor_commit_duration_seconds";
-    let mut marks: Vec<u64> = [1_000, 10_000, 50_000]
+    let mut marks: Vec<u64> = [1_000, 5_000]
         .into_iter()
+        .chain((1..=9).map(|i| i * 10_000))
         .filter(|m| *m < commits)
         .collect();
     marks.push(commits);

@@ -268,6 +268,7 @@ impl Scheduled {
                     if let Err(e) = pass(upkeep.clone(), flag).await {
                         tracing::error!("maintenance pass failed: {e:#}");
                     }
+                    release_free_memory();
                 }
             })
         };
@@ -289,6 +290,19 @@ impl Scheduled {
         for task in self.tasks {
             crate::server::stop_within(task, grace, "maintenance").await;
         }
+    }
+}
+
+/// Hand the pages the allocator holds free back to the kernel. A pass frees tens of MB at
+/// once (compaction's inputs, expiry's metadata), and glibc keeps freed pages of its
+/// per-thread arenas mapped: with a live heap flat at ~130 MB, a soak of 1,000 agents
+/// saw RSS creep from 190 to 255 MiB over 40,000 commits. Trimming after each pass takes
+/// a few milliseconds.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under its own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
