@@ -319,6 +319,7 @@ fn counter_sum(metrics: &str, name: &str) -> f64 {
         .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        // Not `sum()`: a float sum of nothing is -0.0, printed as "-0".
         .fold(0.0, |a, b| a + b)
 }
 

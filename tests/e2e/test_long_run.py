@@ -130,8 +130,9 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
     # After warm-up (the first 600 commits of a life: 30 s, until the first compaction pass
     # has run), each reading stays within fixed bounds (debug build; the release figures
     # are `sluice-bench soak`'s), and the typical commit of the last window costs what it
-    # did in the first: cost does not grow with age. (A window's p99 is its second-slowest commit, one that waited for compaction
-    # or expiry: bounded, but too noisy to compare.) Before this layout a commit cost
+    # did in the first: cost does not grow with age. (A window's p99 is its second-slowest
+    # commit, one that waited for compaction or expiry: bounded, but too noisy to
+    # compare.) Before this layout a commit cost
     # 3 MB of RSS and a growing share of a core; 3,000 commits then meant gigabytes. RSS
     # (a debug binary's ~90 MB of code included) stays within 64 MB of its first warm
     # reading: compaction that held every input's decoders until its bin was written
