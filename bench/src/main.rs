@@ -405,7 +405,13 @@ fn main() {
     let bin_dir = exe.parent().expect("bin dir");
     let processor_bin: PathBuf = bin_dir.join("sluice-processor");
     let agent_bin: PathBuf = bin_dir.join("sluice-agent");
-    for b in [&processor_bin, &agent_bin] {
+    // soak, fleet and kafka-json drive the processor with in-process clients.
+    let in_process = matches!(
+        args.first().map(String::as_str),
+        Some("soak" | "fleet" | "kafka-json")
+    );
+    let needed = [&processor_bin].into_iter();
+    for b in needed.chain((!in_process).then_some(&agent_bin)) {
         assert!(
             b.exists(),
             "{} is missing: run `cargo build --release --bins` first",

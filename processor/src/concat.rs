@@ -3,133 +3,240 @@
 //! large row groups is compacted at the speed of I/O. The merged file's Iceberg metrics are
 //! those of its inputs combined (counts summed, bounds widened), which is exact because it
 //! holds exactly their rows.
+//!
+//! Memory holds one row group, not the bin: the inputs' footers are read first (a range read
+//! of each file's tail), then each row group is fetched by range, appended, and the written
+//! bytes handed to storage before the next one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat, Datum};
 use iceberg::table::Table;
 use iceberg::writer::file_writer::location_generator::{
     DefaultLocationGenerator, LocationGenerator,
 };
 use parquet::column::writer::ColumnCloseResult;
-use parquet::file::metadata::{KeyValue, ParquetMetaData};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 
 use crate::compaction::CompactionError;
 
-/// A merged file, written to memory, with the inputs it came from.
-pub struct Merged<'a> {
-    pub bytes: Vec<u8>,
-    pub rows: u64,
-    row_groups: Vec<i64>,
-    inputs: &'a [DataFile],
+/// Read `file`'s Parquet footer (its tail only) and check its row count against the manifest.
+pub async fn footer(table: &Table, file: &DataFile) -> Result<ParquetMetaData, CompactionError> {
+    // Most footers fit in the first read; a larger one says how much it needs.
+    const FIRST_READ: u64 = 64 << 10;
+    let size = file.file_size_in_bytes();
+    let reader = table
+        .file_io()
+        .new_input(file.file_path())?
+        .reader()
+        .await?;
+    let mut tail = reader.read(size.saturating_sub(FIRST_READ)..size).await?;
+    let mut parser = ParquetMetaDataReader::new();
+    match parser.try_parse_sized(&tail, size) {
+        Ok(()) => {}
+        Err(ParquetError::NeedMoreData(needed)) => {
+            let needed = u64::try_from(needed).unwrap_or(u64::MAX).min(size);
+            tail = reader.read(size - needed..size).await?;
+            parser.try_parse_sized(&tail, size)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let meta = parser.finish()?;
+    let rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(u64::MAX);
+    if rows != file.record_count() {
+        return Err(crate::lake::ReadError::CountMismatch {
+            file: file.file_path().to_string(),
+            read: rows,
+            expected: file.record_count(),
+        }
+        .into());
+    }
+    Ok(meta)
 }
 
-/// Merge `inputs` (the files of `bin`, in order) by copying row groups — or `None` when
-/// that is not worth it (row groups smaller than `min_row_group` on average) or not
-/// possible (the files' Parquet schemas differ). Row counts are checked against the
-/// manifests first.
-pub fn row_groups<'a>(
-    bin: &'a [DataFile],
-    inputs: &[Bytes],
-    min_row_group: u64,
-) -> Result<Option<Merged<'a>>, CompactionError> {
-    let readers = inputs
-        .iter()
-        .map(|b| SerializedFileReader::new(b.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let metas: Vec<&ParquetMetaData> = readers.iter().map(|r| r.metadata()).collect();
-    for (f, m) in bin.iter().zip(&metas) {
-        let rows = m.file_metadata().num_rows() as u64;
-        if rows != f.record_count() {
-            return Err(crate::lake::ReadError::CountMismatch {
-                file: f.file_path().to_string(),
-                read: rows,
-                expected: f.record_count(),
-            }
-            .into());
-        }
-    }
-    let groups: usize = metas.iter().map(|m| m.num_row_groups()).sum();
+/// Whether a bin with these footers is merged by copying: its row groups average more than
+/// `min_row_group` bytes (smaller ones are worth re-encoding into large ones) and every file
+/// has the same Parquet schema.
+pub fn copyable(metas: &[ParquetMetaData], min_row_group: u64) -> bool {
+    let groups: usize = metas.iter().map(ParquetMetaData::num_row_groups).sum();
     let bytes: u64 = metas
         .iter()
         .flat_map(|m| m.row_groups())
-        .map(|rg| rg.compressed_size() as u64)
+        .map(|rg| u64::try_from(rg.compressed_size()).unwrap_or(0))
         .sum();
     let Some(first) = metas.first() else {
-        return Ok(None);
+        return false;
     };
-    let schema = first.file_metadata().schema_descr();
-    if groups == 0
-        || bytes / groups as u64 <= min_row_group
-        || metas
+    let schema = first.file_metadata().schema_descr().root_schema();
+    groups > 0
+        && bytes / groups as u64 > min_row_group
+        && metas
             .iter()
-            .any(|m| m.file_metadata().schema_descr().root_schema() != schema.root_schema())
-    {
-        return Ok(None);
+            .all(|m| m.file_metadata().schema_descr().root_schema() == schema)
+}
+
+/// The bytes of one row group, at their offsets in the file they came from.
+struct RowGroupBytes {
+    start: u64,
+    data: Bytes,
+}
+
+impl Length for RowGroupBytes {
+    fn len(&self) -> u64 {
+        self.start + self.data.len() as u64
     }
+}
+
+impl RowGroupBytes {
+    fn range(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        let from = start
+            .checked_sub(self.start)
+            .and_then(|o| usize::try_from(o).ok())
+            .filter(|o| o.saturating_add(length) <= self.data.len())
+            .ok_or_else(|| {
+                ParquetError::General(format!(
+                    "column chunk at {start}+{length} is outside its row group"
+                ))
+            })?;
+        Ok(self.data.slice(from..from + length))
+    }
+}
+
+impl ChunkReader for RowGroupBytes {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> Result<Self::T, ParquetError> {
+        let rest = (self.start + self.data.len() as u64).saturating_sub(start);
+        Ok(self
+            .range(start, usize::try_from(rest).unwrap_or(usize::MAX))?
+            .reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        self.range(start, length)
+    }
+}
+
+/// Merge the files of `bin` (whose footers are `metas`) into one file named after `prefix`
+/// by copying their row groups, and describe it for the manifest. The caller removes the file
+/// if it is not committed.
+pub async fn copy(
+    table: &Table,
+    bin: &[DataFile],
+    metas: &[ParquetMetaData],
+    prefix: &str,
+) -> Result<DataFile, CompactionError> {
+    let Some(first) = metas.first() else {
+        return Err(ParquetError::General("nothing to merge".into()).into());
+    };
+    let location = DefaultLocationGenerator::new(table.metadata())?;
+    let path = location.generate_location(None, &format!("{prefix}-00000.parquet"));
     let kv: Option<Vec<KeyValue>> = first.file_metadata().key_value_metadata().cloned();
     let props = Arc::new(
         WriterProperties::builder()
             .set_key_value_metadata(kv)
             .build(),
     );
-    let mut out = Vec::with_capacity(bytes as usize + (1 << 16));
-    let mut writer = SerializedFileWriter::new(&mut out, schema.root_schema_ptr(), props)?;
+    let schema = first.file_metadata().schema_descr().root_schema_ptr();
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, props)?;
+    let mut out = table.file_io().new_output(&path)?.writer().await?;
+    let mut size = 0u64;
     let mut rows = 0u64;
-    for (input, meta) in inputs.iter().zip(&metas) {
-        for rg in meta.row_groups() {
-            let mut group = writer.next_row_group()?;
-            for column in rg.columns() {
-                group.append_column(
-                    input,
-                    ColumnCloseResult {
-                        bytes_written: column.compressed_size() as u64,
-                        rows_written: rg.num_rows() as u64,
-                        metadata: column.clone(),
-                        bloom_filter: None,
-                        column_index: None,
-                        offset_index: None,
-                    },
-                )?;
+    let written = async {
+        for (file, meta) in bin.iter().zip(metas) {
+            let input = table
+                .file_io()
+                .new_input(file.file_path())?
+                .reader()
+                .await?;
+            for rg in meta.row_groups() {
+                let mut start = u64::MAX;
+                let mut end = 0u64;
+                for column in rg.columns() {
+                    let from = column
+                        .dictionary_page_offset()
+                        .unwrap_or(column.data_page_offset());
+                    let from = u64::try_from(from).unwrap_or(u64::MAX);
+                    let len = u64::try_from(column.compressed_size()).unwrap_or(u64::MAX);
+                    start = start.min(from);
+                    end = end.max(from.saturating_add(len));
+                }
+                if start >= end || end > file.file_size_in_bytes() {
+                    return Err(ParquetError::General(format!(
+                        "{}: a row group's columns lie outside the file",
+                        file.file_path()
+                    ))
+                    .into());
+                }
+                let data = RowGroupBytes {
+                    start,
+                    data: input.read(start..end).await?,
+                };
+                let mut group = writer.next_row_group()?;
+                for column in rg.columns() {
+                    group.append_column(
+                        &data,
+                        ColumnCloseResult {
+                            bytes_written: u64::try_from(column.compressed_size()).unwrap_or(0),
+                            rows_written: u64::try_from(rg.num_rows()).unwrap_or(0),
+                            metadata: column.clone(),
+                            bloom_filter: None,
+                            column_index: None,
+                            offset_index: None,
+                        },
+                    )?;
+                }
+                group.close()?;
+                rows += u64::try_from(rg.num_rows()).unwrap_or(0);
+                writer.flush().map_err(ParquetError::from)?;
+                let chunk = std::mem::take(writer.inner_mut());
+                size += chunk.len() as u64;
+                out.write(Bytes::from(chunk)).await?;
             }
-            group.close()?;
-            rows += rg.num_rows() as u64;
         }
+        let merged = writer.finish()?;
+        let chunk = std::mem::take(writer.inner_mut());
+        size += chunk.len() as u64;
+        out.write(Bytes::from(chunk)).await?;
+        out.close().await?;
+        Ok::<_, CompactionError>(merged)
     }
-    let written = writer.close()?;
-    let row_groups = written
+    .await;
+    let merged = match written {
+        Ok(m) => m,
+        Err(e) => {
+            // A partial upload may have left an object behind: orphan cleanup would find it,
+            // but it is ours to remove now.
+            let _ = table.file_io().delete(&path).await;
+            return Err(e);
+        }
+    };
+    let row_groups = merged
         .row_groups()
         .iter()
         .filter_map(|rg| rg.file_offset())
         .collect();
-    Ok(Some(Merged {
-        bytes: out,
-        rows,
-        row_groups,
-        inputs: bin,
-    }))
+    describe(table, bin, path, size, rows, row_groups)
 }
 
-/// Write a merged file next to the table's data and describe it for the manifest.
-pub async fn write(
+/// The manifest entry of a file holding exactly the rows of `inputs`.
+fn describe(
     table: &Table,
-    merged: Merged<'_>,
-    prefix: &str,
+    inputs: &[DataFile],
+    path: String,
+    size: u64,
+    rows: u64,
+    row_groups: Vec<i64>,
 ) -> Result<DataFile, CompactionError> {
-    let location = DefaultLocationGenerator::new(table.metadata())?;
-    let path = location.generate_location(None, &format!("{prefix}-00000.parquet"));
-    let size = merged.bytes.len() as u64;
-    table
-        .file_io()
-        .new_output(&path)?
-        .write(Bytes::from(merged.bytes))
-        .await?;
-    let first = &merged.inputs[0];
+    let Some(first) = inputs.first() else {
+        return Err(ParquetError::General("nothing merged".into()).into());
+    };
     let mut column_sizes: HashMap<i32, u64> = HashMap::new();
     let mut value_counts: HashMap<i32, u64> = HashMap::new();
     let mut null_counts: HashMap<i32, u64> = HashMap::new();
@@ -137,9 +244,9 @@ pub async fn write(
     let mut lower: HashMap<i32, Datum> = HashMap::new();
     let mut upper: HashMap<i32, Datum> = HashMap::new();
     // A count or bound is only kept when every input has it.
-    let n = merged.inputs.len();
+    let n = inputs.len();
     let mut seen: HashMap<(u8, i32), usize> = HashMap::new();
-    for f in merged.inputs {
+    for f in inputs {
         for (kind, map, into) in [
             (0u8, f.column_sizes(), &mut column_sizes),
             (1, f.value_counts(), &mut value_counts),
@@ -183,7 +290,7 @@ pub async fn write(
         .file_format(DataFileFormat::Parquet)
         .partition(first.partition().clone())
         .partition_spec_id(table.metadata().default_partition_spec_id())
-        .record_count(merged.rows)
+        .record_count(rows)
         .file_size_in_bytes(size)
         .column_sizes(column_sizes)
         .value_counts(value_counts)
@@ -191,7 +298,7 @@ pub async fn write(
         .nan_value_counts(nan_counts)
         .lower_bounds(lower)
         .upper_bounds(upper)
-        .split_offsets(Some(merged.row_groups))
+        .split_offsets(Some(row_groups))
         .build()
         .map_err(|e| {
             iceberg::Error::new(

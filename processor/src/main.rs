@@ -37,8 +37,8 @@ use crate::config::ProcessorConfig;
 /// What `maintain` does.
 #[derive(Debug, Subcommand)]
 enum MaintainTask {
-    /// Bin-pack small data files into files of the target size (one `replace` snapshot per
-    /// bin; history is kept).
+    /// Bin-pack every small data file, whatever its size tier, into files of the target size
+    /// (one `replace` snapshot per bin; history is kept). `serve`'s passes are size-tiered.
     Compact {
         /// Only this table (`namespace.table`); default: every table.
         #[arg(long)]
@@ -476,6 +476,7 @@ async fn maintain(config: PathBuf, task: MaintainTask) -> anyhow::Result<()> {
             let tables = tables(table).await?;
             let opts = compaction::CompactionOptions {
                 copy_row_group_size: copy_row_groups_above.as_u64(),
+                tier_fanout: None,
                 ..compaction::CompactionOptions::new(
                     target_file_size.as_u64(),
                     cfg.lander.compression,
