@@ -346,12 +346,14 @@ fn fleet_certs(processor_bin: &Path, dir: &TempDir, agents: usize) {
 /// A processor (config with `extra` sections) and a fleet of `agents` identities, each
 /// sending a batch of `rows` rows every `period`, on a runtime of their own.
 struct Run {
-    dir: TempDir,
     api: SocketAddr,
     stat: ProcStat,
     fleet: Fleet,
     rt: tokio::runtime::Runtime,
+    // Fields drop in order: the processor is gone before its data directory is removed
+    // (removing it first made the processor log failed commits after every run).
     _processor: crate::Kill,
+    dir: TempDir,
 }
 
 impl Run {
