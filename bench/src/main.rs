@@ -410,8 +410,7 @@ fn main() {
         args.first().map(String::as_str),
         Some("soak" | "fleet" | "kafka-json")
     );
-    let needed = [&processor_bin].into_iter();
-    for b in needed.chain((!in_process).then_some(&agent_bin)) {
+    for b in std::iter::once(&processor_bin).chain((!in_process).then_some(&agent_bin)) {
         assert!(
             b.exists(),
             "{} is missing: run `cargo build --release --bins` first",

@@ -62,13 +62,10 @@ impl CompactionOptions {
         let Some(fanout) = self.tier_fanout.filter(|f| *f >= 2) else {
             return 0;
         };
-        let mut bound = (self.small_file_size / fanout.pow(3)).max(1);
-        let mut tier = 0;
-        while size >= bound && bound < u64::MAX {
-            tier += 1;
-            bound = bound.saturating_mul(fanout);
-        }
-        tier
+        let base = (self.small_file_size / fanout.saturating_pow(3)).max(1);
+        (size / base)
+            .checked_ilog(fanout)
+            .map_or(0, |above| above + 1)
     }
 
     /// Files a tier must hold before it is merged: any two of the smallest (commit-sized
@@ -503,7 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bin_is_copied_a_row_group_at_a_time_from_footers_past_the_first_read() {
-        use crate::lander::tests::{TestLake, land_batch};
+        use crate::lander::tests::{TestLake, ids_in, land_batch};
         let lake = TestLake::new().await;
         let lander = lake.lander();
         let landed = land_batch(&lander, "edge", 1).await;
@@ -529,20 +526,10 @@ mod tests {
             .expect("copy");
         assert_eq!(merged.record_count(), 10_000);
         assert_eq!(merged.split_offsets().map(<[i64]>::len), Some(4_006));
-        let ids: Vec<i64> = crate::lake::read_data_files(&table, &[merged])
-            .await
-            .expect("read back")
-            .iter()
-            .flat_map(|b| {
-                use arrow_array::cast::AsArray;
-                b.column_by_name("id")
-                    .expect("id")
-                    .as_primitive::<arrow_array::types::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(ids, (0..10_000).collect::<Vec<i64>>());
+        assert_eq!(
+            ids_in(&table, &[merged]).await,
+            (0..10_000).collect::<Vec<i64>>()
+        );
         // A footer that disagrees with its manifest entry stops the bin before any write.
         let wrong = data_file(a.file_path(), a.file_size_in_bytes(), 3_999);
         assert!(matches!(

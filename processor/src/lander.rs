@@ -1257,6 +1257,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// The `id` column of `files`, in file and row order.
+    pub(crate) async fn ids_in(table: &Table, files: &[iceberg::spec::DataFile]) -> Vec<i64> {
+        use arrow_array::cast::AsArray;
+        lake::read_data_files(table, files)
+            .await
+            .expect("read")
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("id")
+                    .expect("id")
+                    .as_primitive::<arrow_array::types::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_commit_stores_a_mark_past_the_commit_before_it() {
         // The receiver settles offsets when it next reads the verdicts, which may be after

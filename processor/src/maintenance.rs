@@ -447,7 +447,6 @@ mod tests {
 
     /// Every `id` the table holds at `snapshot`, sorted.
     async fn ids_at(table: &Table, snapshot: i64) -> Vec<i64> {
-        use arrow_array::cast::AsArray;
         let snap = table.metadata().snapshot_by_id(snapshot).expect("snapshot");
         let list = crate::lake::manifest_list(table, snap).await.expect("list");
         let mut files = Vec::new();
@@ -463,18 +462,7 @@ mod tests {
                 }
             }
         }
-        let mut ids: Vec<i64> = crate::lake::read_data_files(table, &files)
-            .await
-            .expect("read")
-            .iter()
-            .flat_map(|b| {
-                b.column_by_name("id")
-                    .expect("id")
-                    .as_primitive::<arrow_array::types::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
+        let mut ids = crate::lander::tests::ids_in(table, &files).await;
         ids.sort_unstable();
         ids
     }

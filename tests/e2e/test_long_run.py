@@ -132,12 +132,12 @@ def test_a_long_run_keeps_commits_memory_and_metadata_flat_and_survives_a_kill(b
     # are `sluice-bench soak`'s), and the typical commit of the last window costs what it
     # did in the first: cost does not grow with age. (A window's p99 is its second-slowest
     # commit, one that waited for compaction or expiry: bounded, but too noisy to
-    # compare.) Before this layout a commit cost
-    # 3 MB of RSS and a growing share of a core; 3,000 commits then meant gigabytes. RSS
-    # (a debug binary's ~90 MB of code included) stays within 64 MB of its first warm
-    # reading: compaction that held every input's decoders until its bin was written
-    # (~300 MB a pass), or an allocator that keeps what it frees (mimalloc kept ~150 MB
-    # for a live heap of ~8 MB), breaks that bound.
+    # compare.) Before this layout a commit cost 3 MB of RSS and a growing share of a
+    # core; 3,000 commits then meant gigabytes. RSS (a debug binary's ~90 MB of code
+    # included) stays within 64 MB of its first warm reading: compaction that held every
+    # input's decoders until its bin was written (~300 MB a pass), or an allocator that
+    # keeps what it frees (mimalloc kept ~150 MB for a live heap of ~8 MB), breaks that
+    # bound.
     for life in lives:
         warm = [s for s in life if s[0] >= 600]
         assert len(warm) >= 2, life
