@@ -170,7 +170,11 @@ fn start_processor(processor_bin: &Path, config: &Path, api: SocketAddr) -> Kill
         Command::new(processor_bin)
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            // SLUICE_BENCH_LOG sets the processor's log filter (its log goes to stderr).
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("start processor"),

@@ -889,6 +889,7 @@ impl CommitJob {
         let nothing_new = |landed: &[Landed]| landed.iter().all(|l| *l == Landed::All);
         // The files are written before taking the lock (it holds back compaction and
         // models), from what the table lacked when last seen.
+        let t0 = Instant::now();
         let mut landed = held(&committed.marks);
         if !nothing_new(&landed) && files.as_ref().is_none_or(|(l, _)| *l != landed) {
             let data: Vec<RecordBatch> = batches
@@ -906,7 +907,9 @@ impl CommitJob {
             *files = Some((landed.clone(), written));
         }
         // Compaction and model commits of this process wait while the lander commits.
+        let t1 = Instant::now();
         let _lock = self.locks.lock(&self.name).await;
+        let t2 = Instant::now();
         // Under the lock the table cannot move in this process. Whether it moved since the
         // head is one indexed read; only then (and after a failed attempt, which may have
         // gone in) is the table loaded again.
@@ -933,7 +936,7 @@ impl CommitJob {
             if !same_snapshot {
                 *committed = progress::load(&table).await?;
             }
-            *head = Head::new(table);
+            *head = head.reloaded(table);
             if attempt > 1 && holds_commit(head.table(), commit_id) {
                 // An earlier attempt reported failure but did commit.
                 tracing::warn!(table = %self.name, attempt, "an earlier attempt of this commit had succeeded; not repeating it");
@@ -957,12 +960,24 @@ impl CommitJob {
             return Ok(landed);
         }
         let data_files = files.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
+        let t3 = Instant::now();
         let staged =
             progress::stage(head.table(), committed, marks, &commit_id.to_string()).await?;
+        let t4 = Instant::now();
         let mut props = staged.properties;
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
         match lake::snapshot::commit(&self.swap, head, &Change::append(data_files, props)).await {
             Ok(done) => {
+                let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                tracing::debug!(
+                    table = %self.name,
+                    write_ms = ms(t0, t1),
+                    lock_ms = ms(t1, t2),
+                    reload_ms = ms(t2, t3),
+                    marks_ms = ms(t3, t4),
+                    commit_ms = ms(t4, Instant::now()),
+                    "commit timings"
+                );
                 *head = done.head;
                 *committed = staged.stored;
                 if done.merged > 0 {
@@ -1441,6 +1456,64 @@ pub(crate) mod tests {
             land_batch(&again, "edge", 300).await.await,
             Ok(Verdict::Duplicate)
         );
+    }
+
+    #[tokio::test]
+    async fn a_merge_takes_the_manifests_the_lander_wrote_from_memory_not_storage() {
+        let lake = TestLake::new().await;
+        let user = ArrowSchema::new(vec![Field::new("id", DataType::Int64, true)]);
+        lake::create_if_missing(
+            lake.catalog.as_ref(),
+            "bronze",
+            "events",
+            &lake::bronze_arrow_schema(&user),
+            &[(lake::manifests::MERGE_MIN_COUNT, "10")],
+        )
+        .await
+        .expect("table");
+        let lander = lake.lander();
+        for seq in 1..=9 {
+            let v = land_batch(&lander, "edge", seq).await;
+            lander.flush().await;
+            assert_eq!(v.await, Ok(Verdict::Committed), "batch {seq}");
+        }
+        // Another writer's commit (adding nothing) makes the lander load the table again;
+        // what it knows of the manifests must survive that.
+        let table = lake.table("events").await;
+        let props = [("note".to_string(), "other writer".to_string())].into();
+        lake::snapshot::commit(
+            &lake.swap,
+            &Head::new(table),
+            &Change::append(vec![], props),
+        )
+        .await
+        .expect("other writer's commit");
+        // The next commit merges the 9 manifests into its own. Take them away: the merge
+        // must not need to read them.
+        let table = lake.table("events").await;
+        let current = table.metadata().current_snapshot().expect("snapshot");
+        let list = lake::manifest_list(&table, current).await.expect("list");
+        assert_eq!(list.entries().len(), 9);
+        for m in list.entries() {
+            let path = m.manifest_path.strip_prefix("file://").expect("local");
+            std::fs::remove_file(path).expect("remove manifest");
+        }
+        let v = land_batch(&lander, "edge", 10).await;
+        let verdict = tokio::time::timeout(Duration::from_secs(20), async {
+            lander.flush().await;
+            v.await
+        })
+        .await;
+        assert_eq!(
+            verdict.map_err(|_| "no verdict in 20 s: the commit kept failing"),
+            Ok(Ok(Verdict::Committed))
+        );
+        let table = lake.table("events").await;
+        let current = table.metadata().current_snapshot().expect("snapshot");
+        let list = lake::manifest_list(&table, current).await.expect("list");
+        assert_eq!(list.entries().len(), 1, "merged into one manifest");
+        let want: Vec<(i64, i64)> = (1..=10).map(|s| (s, s)).collect();
+        assert_eq!(landed_ids(&lake.catalog).await, want, "every row once");
     }
 
     #[tokio::test]

@@ -238,6 +238,44 @@ fn name(ident: &TableIdent) -> String {
 pub struct Scheduled {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The threads the passes run on; shut down when this is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// How much less CPU priority maintenance threads have than the rest of the processor (a
+/// nice value): when the cores are busy, a pass gets about a tenth of what a receiving or
+/// committing thread gets (the kernel's weights for nice 10 and 0 are 110 and 1024), so it
+/// takes the CPU that landing leaves idle instead of delaying commits.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// A runtime for maintenance: one worker thread (plus blocking threads for file I/O), each
+/// at [`BACKGROUND_NICE`] below the threads that start it.
+pub fn background_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-upkeep")
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()
+}
+
+/// Lower the calling thread's CPU priority by [`BACKGROUND_NICE`]. On Linux the nice value
+/// belongs to a thread, so the rest of the process keeps its own.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getpriority and setpriority only read and set the calling thread's nice value.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        // -1 is also a valid nice value: errno would tell, but a failure only leaves the
+        // thread at its priority, which is what it would be without this.
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, now + BACKGROUND_NICE) != 0 {
+            tracing::debug!(
+                "cannot lower the maintenance thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Everything a maintenance pass needs.
@@ -253,12 +291,23 @@ pub struct Upkeep {
 }
 
 impl Scheduled {
+    /// Start the passes on their own low-priority threads (on the caller's runtime if those
+    /// cannot be started).
     pub fn start(upkeep: Upkeep) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let runtime = background_runtime()
+            .inspect_err(|e| {
+                tracing::warn!("maintenance runs beside landing: no threads of its own: {e}")
+            })
+            .ok();
+        let handle = runtime
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .unwrap_or_else(tokio::runtime::Handle::current);
         let every = |interval: Duration, pass: fn(Upkeep, StopFlag) -> PassFuture| {
             let upkeep = upkeep.clone();
             let mut stopped = stopped.clone();
-            tokio::spawn(async move {
+            handle.spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}
@@ -280,15 +329,31 @@ impl Scheduled {
                 Box::pin(async move { u.pass(&s).await })
             }),
         ];
-        Self { stop, tasks }
+        Self {
+            stop,
+            tasks,
+            runtime,
+        }
     }
 
     /// Stop: a pass in progress stops at its next step; one still running after `grace`
-    /// is cut off (what it wrote and did not commit is left to orphan cleanup).
-    pub async fn stop(self, grace: Duration) {
+    /// is cut off (what it wrote and did not commit is left to orphan cleanup). The threads
+    /// stay until this is dropped: connections they opened may serve the lander's last
+    /// commits.
+    pub async fn stop(&mut self, grace: Duration) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             crate::server::stop_within(task, grace, "maintenance").await;
+        }
+    }
+}
+
+impl Drop for Scheduled {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its blocking threads, which is not allowed on an
+        // async thread; a cut-off pass's file I/O ends on its own.
+        if let Some(r) = self.runtime.take() {
+            r.shutdown_background();
         }
     }
 }
@@ -443,6 +508,30 @@ mod tests {
 
     fn ident() -> TableIdent {
         TableIdent::from_strs(["bronze", "events"]).expect("ident")
+    }
+
+    /// The calling thread's nice value.
+    fn nice() -> i32 {
+        // SAFETY: reads the calling thread's nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn maintenance_threads_yield_the_cpu_to_the_threads_that_land() {
+        let own = nice();
+        let rt = background_runtime().expect("runtime");
+        let (worker, blocking) = rt.block_on(async {
+            let worker = tokio::spawn(async { nice() }).await.expect("worker task");
+            let blocking = tokio::task::spawn_blocking(nice)
+                .await
+                .expect("blocking task");
+            (worker, blocking)
+        });
+        let lowered = (own + BACKGROUND_NICE).min(19);
+        assert_eq!((worker, blocking), (lowered, lowered));
+        // The thread that started the runtime keeps its priority.
+        assert_eq!(nice(), own);
+        rt.shutdown_background();
     }
 
     /// Every `id` the table holds at `snapshot`, sorted.

@@ -177,8 +177,9 @@ impl Server {
             e.set_server_config(None);
         }
         let _ = self.stop_intake.send(true);
+        let mut maintenance = self.maintenance;
         let background = async {
-            if let Some(m) = self.maintenance {
+            if let Some(m) = maintenance.as_mut() {
                 m.stop(Duration::from_secs(5)).await;
             }
             if let Some(m) = self.models {
@@ -209,6 +210,7 @@ impl Server {
             }
         }
         self.table_stats.abort();
+        drop(maintenance);
     }
 }
 

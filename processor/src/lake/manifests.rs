@@ -1,9 +1,12 @@
-//! Manifests: reading a snapshot's manifest list and live files, and deciding which small
-//! manifests a commit merges, as Iceberg's merge-append does, so that the manifest list of a
-//! table committed to every second stays short.
+//! Manifests: reading a snapshot's manifest list and live files, keeping the live files of
+//! the manifests a table's commits rewrite or merge, and deciding which small manifests a
+//! commit merges, as Iceberg's merge-append does, so that the manifest list of a table
+//! committed to every second stays short.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
+use iceberg::io::FileIO;
 use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, ManifestList, Snapshot};
 use iceberg::table::Table;
 
@@ -94,6 +97,88 @@ pub async fn manifest_list(
         .read()
         .await?;
     ManifestList::parse_with_version(&bytes, table.metadata().format_version())
+}
+
+/// A live data file of a manifest, with the snapshot and sequence numbers it was added
+/// with (as inherited from the manifest, which a rewrite must keep).
+#[derive(Debug, Clone)]
+pub struct LiveFile {
+    pub file: DataFile,
+    pub snapshot_id: i64,
+    pub sequence_number: i64,
+    pub file_sequence_number: Option<i64>,
+}
+
+impl LiveFile {
+    /// A file added by the commit of `snapshot_id` with sequence number `seq`.
+    pub fn added(file: DataFile, snapshot_id: i64, seq: i64) -> Self {
+        Self {
+            file,
+            snapshot_id,
+            sequence_number: seq,
+            file_sequence_number: Some(seq),
+        }
+    }
+}
+
+/// The live files of manifests, by manifest path, for the commits of one table.
+///
+/// A commit that merges small manifests or removes files needs the entries of every
+/// manifest it rewrites. Reading them back cost the lander ~1 ms per manifest, and a merge
+/// of 100 manifests every 100 commits was its slowest commit by far. A commit now records
+/// the files of the manifests it writes, and reads only manifests written elsewhere (by
+/// another process, or before a restart), once. A manifest's content never changes after
+/// it is written, so an entry stays true for every later version of the table; each
+/// commit drops the manifests that left its list, which bounds this by the table's live
+/// files.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestCache(Arc<Mutex<HashMap<String, Arc<Vec<LiveFile>>>>>);
+
+impl ManifestCache {
+    /// The live files of `manifest`, read from storage unless known.
+    pub async fn live(
+        &self,
+        manifest: &ManifestFile,
+        io: &FileIO,
+    ) -> Result<Arc<Vec<LiveFile>>, iceberg::Error> {
+        if let Some(known) = self.lock().get(&manifest.manifest_path) {
+            return Ok(known.clone());
+        }
+        // load_manifest fills in the ids entries inherit from the manifest.
+        let loaded = manifest.load_manifest(io).await?;
+        let live: Arc<Vec<LiveFile>> = Arc::new(
+            loaded
+                .entries()
+                .iter()
+                .filter(|e| e.is_alive())
+                .map(|e| LiveFile {
+                    file: e.data_file().clone(),
+                    snapshot_id: e.snapshot_id().unwrap_or(manifest.added_snapshot_id),
+                    sequence_number: e.sequence_number.unwrap_or(manifest.sequence_number),
+                    file_sequence_number: e.file_sequence_number.or(Some(manifest.sequence_number)),
+                })
+                .collect(),
+        );
+        self.lock()
+            .insert(manifest.manifest_path.clone(), live.clone());
+        Ok(live)
+    }
+
+    /// Record the live files of a manifest just written.
+    pub fn insert(&self, path: &str, live: Vec<LiveFile>) {
+        self.lock().insert(path.to_string(), Arc::new(live));
+    }
+
+    /// Forget every manifest but those of `list`.
+    pub fn keep_only(&self, list: &[ManifestFile]) {
+        let keep: HashSet<&str> = list.iter().map(|m| m.manifest_path.as_str()).collect();
+        self.lock().retain(|path, _| keep.contains(path.as_str()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<LiveFile>>>> {
+        // The map is valid after any panic: every change is a single insert or retain.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The live data files of the table's current snapshot.

@@ -32,7 +32,7 @@ use iceberg::spec::{
 use iceberg::table::Table;
 use iceberg::{MetadataLocation, Runtime};
 
-use super::manifests::{MergePolicy, manifest_list};
+use super::manifests::{LiveFile, ManifestCache, MergePolicy, manifest_list};
 use super::swap::CatalogSwap;
 use crate::progress::{COMMIT_ID_KEY, MARKS_DELTA_KEY, MARKS_KEY, Marks};
 
@@ -116,11 +116,12 @@ impl CommitError {
 }
 
 /// A table as this process last committed or loaded it, with its current snapshot's
-/// manifest list once known.
+/// manifest list once known, and the live files of the manifests its commits rewrite.
 #[derive(Debug, Clone)]
 pub struct Head {
     table: Table,
     manifests: Option<Arc<Vec<ManifestFile>>>,
+    cache: ManifestCache,
 }
 
 impl Head {
@@ -129,6 +130,17 @@ impl Head {
         Self {
             table,
             manifests: None,
+            cache: ManifestCache::default(),
+        }
+    }
+
+    /// The same table as loaded again (after another writer's commit): the manifests this
+    /// head knows are still good for any version of the table.
+    pub fn reloaded(&self, table: Table) -> Self {
+        Self {
+            table,
+            manifests: None,
+            cache: self.cache.clone(),
         }
     }
 
@@ -253,16 +265,19 @@ pub(super) async fn publish(
     let old_location = table.metadata_location_result()?;
     let new_location = MetadataLocation::from_str(old_location)?.with_next_version();
     let new_location_str = written.push(new_location.to_string());
+    let t0 = std::time::Instant::now();
     built
         .metadata
         .write_to(table.file_io(), &new_location)
         .await?;
+    let t1 = std::time::Instant::now();
     if !swap
         .compare_and_swap(table.identifier(), old_location, &new_location_str)
         .await?
     {
         return Err(CommitError::Conflict);
     }
+    let t2 = std::time::Instant::now();
     if delete_after_commit(&built.metadata) {
         for old in &built.expired_metadata_logs {
             if let Err(e) = table.file_io().delete(&old.metadata_file).await {
@@ -270,6 +285,13 @@ pub(super) async fn publish(
             }
         }
     }
+    let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
+    tracing::debug!(
+        write_ms = ms(t0, t1),
+        swap_ms = ms(t1, t2),
+        delete_ms = ms(t2, std::time::Instant::now()),
+        "metadata published"
+    );
     Ok(head_table(table, built.metadata, new_location_str)?)
 }
 
@@ -307,42 +329,45 @@ async fn build_and_swap(
         .build_v2_data())
     };
 
+    let t0 = std::time::Instant::now();
     let existing = head.manifests().await?;
     // Manifests that hold files to remove are rewritten; the others are kept as they are.
     let mut kept: Vec<ManifestFile> = Vec::with_capacity(existing.len() + 1);
     let mut rewritten: Vec<ManifestFile> = Vec::new();
+    // The live files of each manifest written, for the head's cache once committed.
+    let mut known: Vec<Vec<LiveFile>> = Vec::new();
     let mut removed: Vec<DataFile> = Vec::new();
     for mf in existing.iter() {
         if change.remove.is_empty() || mf.content != ManifestContentType::Data {
             kept.push(mf.clone());
             continue;
         }
-        let manifest = mf.load_manifest(file_io).await?;
-        let touched = manifest
-            .entries()
+        let live = head.cache.live(mf, file_io).await?;
+        if !live
             .iter()
-            .any(|e| e.is_alive() && change.remove.contains(e.data_file().file_path()));
-        if !touched {
+            .any(|f| change.remove.contains(f.file.file_path()))
+        {
             kept.push(mf.clone());
             continue;
         }
         let mut w = new_manifest(written)?;
-        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
-            let data_seq = e.sequence_number.unwrap_or(0);
-            let file = e.data_file().clone();
-            if change.remove.contains(file.file_path()) {
-                removed.push(file.clone());
-                w.add_delete_file(file, data_seq, e.file_sequence_number)?;
+        let mut left = Vec::with_capacity(live.len());
+        for f in live.iter() {
+            if change.remove.contains(f.file.file_path()) {
+                removed.push(f.file.clone());
+                w.add_delete_file(f.file.clone(), f.sequence_number, f.file_sequence_number)?;
             } else {
                 w.add_existing_file(
-                    file,
-                    e.snapshot_id().or(parent_id).unwrap_or(snapshot_id),
-                    data_seq,
-                    e.file_sequence_number,
+                    f.file.clone(),
+                    f.snapshot_id,
+                    f.sequence_number,
+                    f.file_sequence_number,
                 )?;
+                left.push(f.clone());
             }
         }
         rewritten.push(w.write_manifest_file().await?);
+        known.push(left);
     }
     let found: HashSet<&str> = removed.iter().map(|f| f.file_path()).collect();
     if let Some(missing) = change.remove.iter().find(|p| !found.contains(p.as_str())) {
@@ -358,30 +383,32 @@ async fn build_and_swap(
             .cloned()
             .collect();
         let mut w = new_manifest(written)?;
+        let mut live = Vec::with_capacity(change.add.len());
         for file in &change.add {
             w.add_file(file.clone(), seq)?;
+            live.push(LiveFile::added(file.clone(), snapshot_id, seq));
         }
+        // Entries deleted by earlier snapshots are history: a merge drops them.
         for mf in &picked {
-            for e in mf.load_manifest(file_io).await?.entries() {
-                // Entries deleted by earlier snapshots are history: a merge drops them.
-                if !e.is_alive() {
-                    continue;
-                }
+            for f in head.cache.live(mf, file_io).await?.iter() {
                 w.add_existing_file(
-                    e.data_file().clone(),
-                    e.snapshot_id().unwrap_or(mf.added_snapshot_id),
-                    e.sequence_number.unwrap_or(mf.sequence_number),
-                    e.file_sequence_number.or(Some(mf.sequence_number)),
+                    f.file.clone(),
+                    f.snapshot_id,
+                    f.sequence_number,
+                    f.file_sequence_number,
                 )?;
+                live.push(f.clone());
             }
         }
         merged = picked.len();
         let gone: HashSet<&str> = picked.iter().map(|m| m.manifest_path.as_str()).collect();
         kept.retain(|m| !gone.contains(m.manifest_path.as_str()));
         rewritten.insert(0, w.write_manifest_file().await?);
+        known.insert(0, live);
     }
     // The new manifests first, as Iceberg lists them; their sequence numbers are this
     // commit's (the list writer assigns the same).
+    let rewritten_paths: Vec<String> = rewritten.iter().map(|m| m.manifest_path.clone()).collect();
     let mut manifests = rewritten;
     for m in &mut manifests {
         if m.sequence_number == UNASSIGNED_SEQUENCE_NUMBER {
@@ -393,6 +420,7 @@ async fn build_and_swap(
     }
     manifests.extend(kept);
 
+    let t1 = std::time::Instant::now();
     let list_path = written.push(format!("{dir}/snap-{snapshot_id}-1-{tag}.avro"));
     let mut lw = ManifestListWriter::v2(
         file_io.new_output(&list_path)?.writer().await?,
@@ -402,6 +430,7 @@ async fn build_and_swap(
     );
     lw.add_manifests(manifests.iter().cloned())?;
     lw.close().await?;
+    let t2 = std::time::Instant::now();
 
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
@@ -430,11 +459,27 @@ async fn build_and_swap(
             SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
         )?
         .build()?;
+    let t3 = std::time::Instant::now();
     let table = publish(swap, table, built, written).await?;
+    for (mf, live) in rewritten_paths.iter().zip(known) {
+        head.cache.insert(mf, live);
+    }
+    head.cache.keep_only(&manifests);
+    let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
+    tracing::debug!(
+        manifests = manifests.len(),
+        merged,
+        manifests_ms = ms(t0, t1),
+        list_ms = ms(t1, t2),
+        build_ms = ms(t2, t3),
+        publish_ms = ms(t3, std::time::Instant::now()),
+        "snapshot committed"
+    );
     Ok(Committed {
         head: Head {
             table,
             manifests: Some(Arc::new(manifests)),
+            cache: head.cache.clone(),
         },
         merged,
     })
