@@ -23,7 +23,7 @@ use iceberg::{Catalog, TableIdent};
 
 use crate::concat;
 use crate::config::Compression;
-use crate::lake::{CatalogSwap, Change, CommitError, Head};
+use crate::lake::{CatalogSwap, Change, CommitError};
 use crate::locks::CommitLocks;
 
 /// How compaction packs files.
@@ -295,15 +295,14 @@ async fn compact_bin(
     };
     // Under the table's lock, on its latest state: the lander may have appended since the
     // bin was read, which the replacement keeps (it removes only the bin's files).
-    let committed = {
-        let _lock = locks.lock(&report.table).await;
-        match catalog.load_table(table.identifier()).await {
-            Ok(latest) => crate::lake::snapshot::commit(swap, &Head::new(latest), &change)
-                .await
-                .map_err(CompactionError::from),
-            Err(e) => Err(e.into()),
-        }
-    };
+    let committed = async {
+        let mut locked = locks.lock(&report.table).await;
+        let latest = locked.head(swap, catalog, table.identifier()).await?;
+        let done = crate::lake::snapshot::commit(swap, &latest, &change).await?;
+        locked.committed(&done.head);
+        Ok::<_, CompactionError>(())
+    }
+    .await;
     if let Err(e) = committed {
         // After a swap of unknown outcome the files may be the table's: orphan cleanup
         // removes them if not.

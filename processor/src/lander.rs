@@ -908,7 +908,7 @@ impl CommitJob {
         }
         // Compaction and model commits of this process wait while the lander commits.
         let t1 = Instant::now();
-        let _lock = self.locks.lock(&self.name).await;
+        let mut locked = self.locks.lock(&self.name).await;
         let t2 = Instant::now();
         // Under the lock the table cannot move in this process. Whether it moved since the
         // head is one indexed read; only then (and after a failed attempt, which may have
@@ -927,16 +927,28 @@ impl CommitJob {
                     format!("table {ident} is no longer in the catalog"),
                 )
             })?;
-            let metadata =
-                iceberg::spec::TableMetadata::read_from(head.table().file_io(), &location).await?;
-            let table = lake::snapshot::head_table(head.table(), metadata, location)?;
-            let same_snapshot = table.metadata().current_snapshot_id()
+            // Maintenance and models of this process leave the table they committed with the
+            // lock: parsed already.
+            let now = match locked.head_at(&location) {
+                Some(now) => now,
+                None => {
+                    let metadata =
+                        iceberg::spec::TableMetadata::read_from(head.table().file_io(), &location)
+                            .await?;
+                    head.reloaded(lake::snapshot::head_table(
+                        head.table(),
+                        metadata,
+                        location,
+                    )?)
+                }
+            };
+            let same_snapshot = now.table().metadata().current_snapshot_id()
                 == head.table().metadata().current_snapshot_id();
             // A commit that changed only the metadata (expiry) leaves the marks as they were.
             if !same_snapshot {
-                *committed = progress::load(&table).await?;
+                *committed = progress::load(now.table()).await?;
             }
-            *head = head.reloaded(table);
+            *head = now;
             if attempt > 1 && holds_commit(head.table(), commit_id) {
                 // An earlier attempt reported failure but did commit.
                 tracing::warn!(table = %self.name, attempt, "an earlier attempt of this commit had succeeded; not repeating it");
@@ -968,6 +980,7 @@ impl CommitJob {
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
         match lake::snapshot::commit(&self.swap, head, &Change::append(data_files, props)).await {
             Ok(done) => {
+                locked.committed(&done.head);
                 let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
                 tracing::debug!(
                     table = %self.name,

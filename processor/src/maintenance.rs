@@ -19,7 +19,7 @@ use iceberg::{Catalog, TableIdent};
 use iceberg::io::Storage;
 
 use crate::lake::retention::{self, Policy};
-use crate::lake::{CatalogSwap, CommitError, Head};
+use crate::lake::{CatalogSwap, CommitError};
 use crate::locks::CommitLocks;
 use crate::models::Watermark;
 use crate::storage::ObjectStorage;
@@ -94,8 +94,9 @@ pub async fn expire(
     let _upkeep = locks.upkeep(&report.table).await;
     let mut conflicts = 0;
     let (before, plan) = loop {
-        let _lock = locks.lock(&report.table).await;
-        let table = catalog.load_table(ident).await?;
+        let mut locked = locks.lock(&report.table).await;
+        let head = locked.head(swap, catalog, ident).await?;
+        let table = head.table().clone();
         let meta = table.metadata();
         report.snapshots_before = meta.snapshots().len();
         report.snapshots_after = report.snapshots_before;
@@ -110,8 +111,9 @@ pub async fn expire(
             return Ok(report);
         }
         tracing::info!(table = %report.table, snapshots = plan.expire.len(), "expiring snapshots");
-        match retention::commit(swap, &Head::new(table.clone()), &plan).await {
+        match retention::commit(swap, &head, &plan).await {
             Ok(head) => {
+                locked.committed(&head);
                 report.snapshots_after = head.table().metadata().snapshots().len();
                 break (table, plan);
             }

@@ -108,7 +108,7 @@ pub async fn commit(swap: &CatalogSwap, head: &Head, plan: &Plan) -> Result<Head
     let mut written = Written::new(table);
     let result = publish(swap, table, built, &mut written).await;
     written.settle(&result).await;
-    Ok(Head::new(result?))
+    Ok(head.reloaded(result?))
 }
 
 /// Files removed by [`remove_files`].

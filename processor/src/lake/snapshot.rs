@@ -135,11 +135,14 @@ impl Head {
     }
 
     /// The same table as loaded again (after another writer's commit): the manifests this
-    /// head knows are still good for any version of the table.
+    /// head knows are still good for any version of the table, and its manifest list too
+    /// if the current snapshot is the same (a commit that changed only metadata).
     pub fn reloaded(&self, table: Table) -> Self {
+        let same =
+            table.metadata().current_snapshot_id() == self.table.metadata().current_snapshot_id();
         Self {
             table,
-            manifests: None,
+            manifests: self.manifests.clone().filter(|_| same),
             cache: self.cache.clone(),
         }
     }

@@ -31,7 +31,7 @@ use super::expect;
 use super::graph::Model;
 use super::{Mode, ModelError, split};
 use crate::config::Compression;
-use crate::lake::{CatalogSwap, Change, CommitError, Head};
+use crate::lake::{CatalogSwap, Change, CommitError};
 use crate::locks::CommitLocks;
 use crate::metrics::Metrics;
 
@@ -569,8 +569,11 @@ impl Runner {
         let result = async {
             let mut conflicts = 0u32;
             loop {
-                let _lock = self.locks.lock(name).await;
-                let table = self.catalog.load_table(&ident(name)).await?;
+                let mut locked = self.locks.lock(name).await;
+                let head = locked
+                    .head(&self.swap, self.catalog.as_ref(), &ident(name))
+                    .await?;
+                let table = head.table();
                 let current = table.metadata().current_snapshot();
                 if current.is_some_and(|s| {
                     s.summary().additional_properties.get(RUN_KEY) == Some(&run_id)
@@ -578,13 +581,13 @@ impl Runner {
                     // An attempt that reported failure had in fact committed.
                     return Ok(conflicts);
                 }
-                let marks = watermarks(Some(&table));
+                let marks = watermarks(Some(table));
                 let is_quarantine = name.starts_with(&format!("{}.", super::QUARANTINE_NAMESPACE));
                 if !is_quarantine && marks != *before && !marks.is_empty() {
                     return Err(ModelError::ConcurrentRun(name.to_string()));
                 }
                 let remove: HashSet<String> = if replace_all {
-                    crate::lake::live_files(&table)
+                    crate::lake::live_files(table)
                         .await?
                         .iter()
                         .map(|f| f.file_path().to_string())
@@ -602,8 +605,11 @@ impl Runner {
                     },
                     properties: props.clone(),
                 };
-                match crate::lake::snapshot::commit(&self.swap, &Head::new(table), &change).await {
-                    Ok(_) => return Ok(conflicts),
+                match crate::lake::snapshot::commit(&self.swap, &head, &change).await {
+                    Ok(done) => {
+                        locked.committed(&done.head);
+                        return Ok(conflicts);
+                    }
                     Err(CommitError::Conflict) if conflicts < MAX_CONFLICTS => {
                         conflicts += 1;
                         tracing::info!(table = name, "model commit lost a race; retrying");
