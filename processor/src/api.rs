@@ -131,6 +131,9 @@ async fn run(api: Api, p: Params) -> Response {
     let (batches, truncated) = match result {
         Ok(Ok(r)) => r,
         // Planning and execution errors are the caller's SQL, or a table that is not there.
+        Ok(Err(e)) if e.downcast_ref::<query::Refused>().is_some() => {
+            return error(StatusCode::FORBIDDEN, format!("{e:#}"));
+        }
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
         Err(_) => {
             return error(

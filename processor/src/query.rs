@@ -141,13 +141,80 @@ fn qualified(ident: &TableIdent) -> String {
     format!("{}.{}", ident.namespace().to_url_string(), ident.name())
 }
 
-/// Run one statement and collect at most `limit` rows; true when rows were left out.
+/// A statement refused before it runs: the query API and `sluice-processor query` only
+/// read. Writes through SQL (`INSERT`, `COPY ... TO`, `DROP`, `CREATE EXTERNAL TABLE`, ...)
+/// would forge rows, drop tables, or write files as the processor's user.
+#[derive(Debug, thiserror::Error)]
+#[error("only reads are allowed (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE): refused {0}")]
+pub struct Refused(pub String);
+
+/// The statement's leading words, to name what was refused.
+fn kind(statement: &impl std::fmt::Display) -> String {
+    let text = statement.to_string();
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Ok if `statement` only reads; `EXPLAIN` is judged by what it explains, since
+/// `EXPLAIN ANALYZE` runs it.
+fn reads(statement: &datafusion::sql::parser::Statement) -> Result<(), Refused> {
+    use datafusion::sql::parser::Statement as Df;
+    match statement {
+        Df::Statement(s) => sql_reads(s),
+        Df::Explain(e) => reads(&e.statement),
+        other => Err(Refused(kind(other))),
+    }
+}
+
+fn sql_reads(statement: &datafusion::sql::sqlparser::ast::Statement) -> Result<(), Refused> {
+    use datafusion::sql::sqlparser::ast::Statement as S;
+    match statement {
+        S::Query(_)
+        | S::ExplainTable { .. }
+        | S::ShowTables { .. }
+        | S::ShowColumns { .. }
+        | S::ShowVariable { .. }
+        | S::ShowVariables { .. }
+        | S::ShowFunctions { .. }
+        | S::ShowCreate { .. }
+        | S::ShowSchemas { .. }
+        | S::ShowDatabases { .. }
+        | S::ShowViews { .. } => Ok(()),
+        S::Explain { statement, .. } => sql_reads(statement),
+        other => Err(Refused(kind(other))),
+    }
+}
+
+/// Check that `sql` is one statement that only reads.
+pub fn read_only(sql: &str) -> anyhow::Result<()> {
+    let statements = datafusion::sql::parser::DFParser::parse_sql(sql)?;
+    if statements.len() != 1 {
+        anyhow::bail!(
+            "one statement at a time, please ({} given)",
+            statements.len()
+        );
+    }
+    statements.iter().try_for_each(reads)?;
+    Ok(())
+}
+
+/// Run one statement that only reads (see [`read_only`]) and collect at most `limit` rows;
+/// true when rows were left out.
 pub async fn run(
     ctx: &SessionContext,
     sql: &str,
     limit: Option<usize>,
 ) -> anyhow::Result<(Vec<RecordBatch>, bool)> {
-    let df = ctx.sql(sql).await?;
+    read_only(sql)?;
+    // DataFusion's own check of the plan as well: no DDL, DML (COPY included) or
+    // statements (SET, transactions), whatever the parser above let through.
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await?;
     let Some(limit) = limit else {
         return Ok((df.collect().await?, false));
     };
@@ -273,4 +340,77 @@ pub async fn tables(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lander::Verdict;
+    use crate::lander::tests::{TestLake, land_batch};
+
+    #[tokio::test]
+    async fn queries_that_write_are_refused_and_change_nothing() {
+        let lake = TestLake::new().await;
+        let lander = lake.lander();
+        let v = land_batch(&lander, "edge", 1).await;
+        lander.flush().await;
+        assert_eq!(v.await, Ok(Verdict::Committed));
+        let ctx = session(lake.catalog.clone(), "lake", &AsOf::default())
+            .await
+            .expect("session");
+        let count = async || {
+            let (batches, _) = run(&ctx, "SELECT count(*) FROM bronze.events", None)
+                .await
+                .expect("count");
+            let b = &batches[0];
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .expect("int64")
+                .value(0)
+        };
+        let rows = count().await;
+        assert!(rows > 0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("x.csv");
+        let attacks = [
+            format!(
+                "COPY (SELECT 'pwned' AS x) TO '{}' STORED AS CSV",
+                out.display()
+            ),
+            "INSERT INTO bronze.events (id) VALUES (666)".into(),
+            "DELETE FROM bronze.events".into(),
+            "DROP TABLE bronze.events".into(),
+            format!(
+                "CREATE EXTERNAL TABLE f STORED AS CSV LOCATION '{}'",
+                dir.path().display()
+            ),
+            "CREATE TABLE t AS SELECT 1".into(),
+            "EXPLAIN ANALYZE INSERT INTO bronze.events (id) VALUES (666)".into(),
+            format!(
+                "EXPLAIN ANALYZE COPY (SELECT 1) TO '{}' STORED AS CSV",
+                out.display()
+            ),
+            "SET datafusion.execution.batch_size = 1".into(),
+            "SELECT 1; DROP TABLE bronze.events".into(),
+        ];
+        for sql in &attacks {
+            let e = run(&ctx, sql, None).await.expect_err(sql);
+            assert!(
+                e.downcast_ref::<Refused>().is_some() || e.to_string().contains("one statement"),
+                "{sql}: {e:#}"
+            );
+        }
+        assert!(!out.exists(), "a refused COPY wrote its file");
+        assert_eq!(count().await, rows, "the table is unchanged");
+        for sql in [
+            "SELECT id FROM bronze.events",
+            "WITH t AS (SELECT 1 AS one) SELECT one FROM t",
+            "EXPLAIN SELECT 1",
+            "SHOW TABLES",
+            "DESCRIBE bronze.events",
+        ] {
+            run(&ctx, sql, None).await.expect(sql);
+        }
+    }
 }

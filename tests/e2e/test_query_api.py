@@ -98,6 +98,22 @@ def test_query_api_tables_and_time_travel(bins, certs, workdir):
             status, _, body = call(proc, "/api/query", params)
             assert status == 400 and words in json.loads(body)["error"], (params, body)
 
+        # Statements that write are refused (403, with the reason), and change nothing: no
+        # file written, no forged row, no table dropped; over the CLI too.
+        target = workdir / "pwned.csv"
+        for sql in [
+            f"COPY (SELECT 'pwned' AS x) TO '{target}' STORED AS CSV",
+            "INSERT INTO bronze.telemetry (host, _agent, _seq) VALUES ('evil', 'edge-01', 999999)",
+            "DROP TABLE bronze.telemetry",
+            f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{target}' STORED AS CSV",
+        ]:
+            status, _, body = call(proc, "/api/query", body=sql.encode())
+            assert status == 403 and "only reads are allowed" in json.loads(body)["error"], (sql, body)
+        out = proc.cli("query", f"COPY (SELECT 1) TO '{target}' STORED AS CSV", timeout=60)
+        assert out.returncode != 0 and "only reads are allowed" in out.stderr, out.stderr
+        assert not target.exists()
+        assert query(proc, "SELECT count(*) AS n FROM bronze.telemetry")["rows"] == [{"n": n}]
+
         # The CLI reads the same way.
         out = proc.cli("query", "--format", "json", "--as-of", first.timestamp_ms,
                        "SELECT count(*) AS n FROM bronze.telemetry", timeout=60)
