@@ -1279,6 +1279,20 @@ pub(crate) mod tests {
             )
         }
 
+        /// Create `bronze.events` (one `id` column) with these table properties.
+        pub async fn create_events(&self, properties: &[(&str, &str)]) {
+            let user = ArrowSchema::new(vec![Field::new("id", DataType::Int64, true)]);
+            lake::create_if_missing(
+                self.catalog.as_ref(),
+                "bronze",
+                "events",
+                &lake::bronze_arrow_schema(&user),
+                properties,
+            )
+            .await
+            .expect("table");
+        }
+
         pub async fn table(&self, name: &str) -> Table {
             let ident = iceberg::TableIdent::from_strs(["bronze", name]).expect("ident");
             self.catalog.load_table(&ident).await.expect("table")
@@ -1417,22 +1431,14 @@ pub(crate) mod tests {
     async fn a_table_committed_to_hundreds_of_times_keeps_its_manifests_and_metadata_bounded() {
         let lake = TestLake::new().await;
         // Small limits, to show in 300 commits what the defaults show in thousands.
-        let user = ArrowSchema::new(vec![Field::new("id", DataType::Int64, true)]);
-        lake::create_if_missing(
-            lake.catalog.as_ref(),
-            "bronze",
-            "events",
-            &lake::bronze_arrow_schema(&user),
-            &[
-                (lake::manifests::MERGE_MIN_COUNT, "10"),
-                (
-                    iceberg::spec::TableProperties::PROPERTY_METADATA_PREVIOUS_VERSIONS_MAX,
-                    "3",
-                ),
-            ],
-        )
-        .await
-        .expect("table");
+        lake.create_events(&[
+            (lake::manifests::MERGE_MIN_COUNT, "10"),
+            (
+                iceberg::spec::TableProperties::PROPERTY_METADATA_PREVIOUS_VERSIONS_MAX,
+                "3",
+            ),
+        ])
+        .await;
         let lander = lake.lander();
         for seq in 1..=300 {
             let v = land_batch(&lander, "edge", seq).await;
@@ -1474,16 +1480,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_merge_takes_the_manifests_the_lander_wrote_from_memory_not_storage() {
         let lake = TestLake::new().await;
-        let user = ArrowSchema::new(vec![Field::new("id", DataType::Int64, true)]);
-        lake::create_if_missing(
-            lake.catalog.as_ref(),
-            "bronze",
-            "events",
-            &lake::bronze_arrow_schema(&user),
-            &[(lake::manifests::MERGE_MIN_COUNT, "10")],
-        )
-        .await
-        .expect("table");
+        lake.create_events(&[(lake::manifests::MERGE_MIN_COUNT, "10")])
+            .await;
         let lander = lake.lander();
         for seq in 1..=9 {
             let v = land_batch(&lander, "edge", seq).await;

@@ -92,20 +92,7 @@ mod tests {
     #[tokio::test]
     async fn the_next_holder_gets_the_table_as_the_last_commit_left_it_without_reading_it() {
         let lake = crate::lander::tests::TestLake::new().await;
-        let user = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-            "id",
-            arrow_schema::DataType::Int64,
-            true,
-        )]);
-        lake::create_if_missing(
-            lake.catalog.as_ref(),
-            "bronze",
-            "events",
-            &lake::bronze_arrow_schema(&user),
-            &[],
-        )
-        .await
-        .expect("table");
+        lake.create_events(&[]).await;
         let ident = TableIdent::from_strs(["bronze", "events"]).expect("ident");
         let locks = CommitLocks::default();
         let mut locked = locks.lock("bronze.events").await;

@@ -360,12 +360,7 @@ async fn build_and_swap(
                 removed.push(f.file.clone());
                 w.add_delete_file(f.file.clone(), f.sequence_number, f.file_sequence_number)?;
             } else {
-                w.add_existing_file(
-                    f.file.clone(),
-                    f.snapshot_id,
-                    f.sequence_number,
-                    f.file_sequence_number,
-                )?;
+                add_existing(&mut w, f)?;
                 left.push(f.clone());
             }
         }
@@ -394,12 +389,7 @@ async fn build_and_swap(
         // Entries deleted by earlier snapshots are history: a merge drops them.
         for mf in &picked {
             for f in head.cache.live(mf, file_io).await?.iter() {
-                w.add_existing_file(
-                    f.file.clone(),
-                    f.snapshot_id,
-                    f.sequence_number,
-                    f.file_sequence_number,
-                )?;
+                add_existing(&mut w, f)?;
                 live.push(f.clone());
             }
         }
@@ -411,7 +401,6 @@ async fn build_and_swap(
     }
     // The new manifests first, as Iceberg lists them; their sequence numbers are this
     // commit's (the list writer assigns the same).
-    let rewritten_paths: Vec<String> = rewritten.iter().map(|m| m.manifest_path.clone()).collect();
     let mut manifests = rewritten;
     for m in &mut manifests {
         if m.sequence_number == UNASSIGNED_SEQUENCE_NUMBER {
@@ -464,8 +453,9 @@ async fn build_and_swap(
         .build()?;
     let t3 = std::time::Instant::now();
     let table = publish(swap, table, built, written).await?;
-    for (mf, live) in rewritten_paths.iter().zip(known) {
-        head.cache.insert(mf, live);
+    // The manifests written come first in the list, in the order of `known`.
+    for (mf, live) in manifests.iter().zip(known) {
+        head.cache.insert(&mf.manifest_path, live);
     }
     head.cache.keep_only(&manifests);
     let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
@@ -486,6 +476,16 @@ async fn build_and_swap(
         },
         merged,
     })
+}
+
+/// Carry a live file into a rewritten manifest as it was added.
+fn add_existing(w: &mut ManifestWriter, f: &LiveFile) -> Result<(), iceberg::Error> {
+    w.add_existing_file(
+        f.file.clone(),
+        f.snapshot_id,
+        f.sequence_number,
+        f.file_sequence_number,
+    )
 }
 
 /// Defaults of [`TABLE_DEFAULTS`] the table does not set.
