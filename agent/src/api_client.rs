@@ -4,16 +4,31 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::config::AgentConfig;
 
+/// How `top` and `tap` reach a running agent.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The running agent's config file (its `[api] listen` is where to ask).
+    #[arg(short, long, required_unless_present = "url")]
+    pub config: Option<PathBuf>,
+    /// The running agent's endpoint, `host:port` (instead of --config).
+    #[arg(long, conflicts_with = "config")]
+    pub url: Option<String>,
+    /// A bearer token with the `read` and `metrics` roles (`sluice-agent token`).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 /// Where a running agent answers.
 pub struct Api {
     addr: SocketAddr,
+    token: Option<String>,
 }
 
 impl fmt::Display for Api {
@@ -25,8 +40,8 @@ impl fmt::Display for Api {
 impl Api {
     /// The endpoint named by `url` (`host:port`, `http://` optional), or else the `[api]
     /// listen` of the agent config at `config` (an unspecified address means this host).
-    pub fn locate(config: Option<&Path>, url: Option<&str>) -> anyhow::Result<Self> {
-        let addr = match (url, config) {
+    pub fn locate(target: &Target) -> anyhow::Result<Self> {
+        let addr = match (target.url.as_deref(), target.config.as_deref()) {
             (Some(url), _) => {
                 let hostport = url.trim_start_matches("http://").trim_end_matches('/');
                 hostport
@@ -55,7 +70,10 @@ impl Api {
             }
             (None, None) => anyhow::bail!("give --config or --url"),
         };
-        Ok(Self { addr })
+        Ok(Self {
+            addr,
+            token: target.token.clone(),
+        })
     }
 
     /// GET `path`: the status and the whole body.
@@ -71,8 +89,17 @@ impl Api {
     pub fn open(&self, path: &str) -> anyhow::Result<(u16, BufReader<TcpStream>)> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
             .with_context(|| format!("cannot reach the agent at {self} (is it running?)"))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr)
-            .with_context(|| format!("cannot ask {self}"))?;
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\n{auth}\r\n",
+            self.addr
+        )
+        .with_context(|| format!("cannot ask {self}"))?;
         let mut r = BufReader::new(s);
         let mut status_line = String::new();
         r.read_line(&mut status_line)

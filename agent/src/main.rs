@@ -71,6 +71,9 @@ enum Command {
     Top(top::TopArgs),
     /// Print a sample of the records flowing through a running agent's stream, as JSON lines.
     Tap(tap::TapArgs),
+    /// Make a bearer token for the agent's HTTP endpoint: prints the token once, and the
+    /// `[[api.tokens]]` entry (its digest and roles) to add to the config.
+    Token(sluice_ops::TokenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +167,7 @@ build it with:
         Command::BenchWal(args) => wal_bench::run(args).await,
         Command::Top(args) => top::run(args),
         Command::Tap(args) => tap::run(args),
+        Command::Token(args) => Ok(sluice_ops::print_new_token(&args)?),
     }
 }
 
@@ -173,10 +177,13 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new(health.clone());
     let taps = tap::Taps::new(cfg.sources.iter().flat_map(|(n, s)| s.streams(n)));
     if let Some(api) = &cfg.api {
-        let addr =
-            sluice_ops::serve_api_with(api.listen, metrics.clone(), health.clone(), taps.router())
-                .await
-                .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
+        let routes = sluice_ops::Routes {
+            read: taps.router(),
+            ..Default::default()
+        };
+        let addr = sluice_ops::serve_api(api, metrics.clone(), health.clone(), routes)
+            .await
+            .with_context(|| format!("cannot listen on api.listen {}", api.listen))?;
         tracing::info!(%addr, "agent API listening");
     }
     let (stop_tx, stop_rx) = watch::channel(false);

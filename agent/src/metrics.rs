@@ -35,6 +35,11 @@ struct PluginReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     stream: String,
     reason: String,
@@ -56,6 +61,7 @@ pub struct Metrics {
     rows_acked: Family<StreamLabels, Counter>,
     rows_duplicate: Family<StreamLabels, Counter>,
     rows_lost: Family<ReasonLabels, Counter>,
+    api_refused: Family<RefusalLabels, Counter>,
     inflight: Family<StreamLabels, Gauge>,
     wal_bytes: Family<StreamLabels, Gauge>,
     wal_written_bytes: Family<StreamLabels, Counter>,
@@ -97,6 +103,7 @@ impl Default for Metrics {
             rows_acked: Family::default(),
             rows_duplicate: Family::default(),
             rows_lost: Family::default(),
+            api_refused: Family::default(),
             inflight: Family::default(),
             wal_bytes: Family::default(),
             wal_written_bytes: Family::default(),
@@ -165,6 +172,12 @@ impl Default for Metrics {
             "lost_rows",
             "Rows that will never land, by reason",
             m.rows_lost.clone(),
+        );
+        registry.register(
+            "api_refused_requests",
+            "HTTP requests refused (no or unknown token, missing role, foreign host or origin, \
+             not JSON), by reason",
+            m.api_refused.clone(),
         );
         registry.register(
             "inflight_batches",
@@ -409,7 +422,13 @@ impl Metrics {
     }
 }
 
-impl sluice_ops::RenderMetrics for Metrics {
+impl sluice_ops::ApiMetrics for Metrics {
+    fn refused(&self, reason: &'static str) {
+        self.api_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
     /// Prometheus text exposition of every metric.
     fn render(&self) -> String {
         // Ages move with the clock: set them as of this scrape.

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -134,12 +133,8 @@ fn json_lines(batch: &RecordBatch) -> Result<Bytes, arrow_schema::ArrowError> {
 pub struct TapArgs {
     /// The stream to watch.
     pub stream: String,
-    /// The running agent's config file (its `[api] listen` is where to ask).
-    #[arg(short, long, required_unless_present = "url")]
-    pub config: Option<PathBuf>,
-    /// The running agent's endpoint, `host:port` (instead of --config).
-    #[arg(long, conflicts_with = "config")]
-    pub url: Option<String>,
+    #[command(flatten)]
+    pub target: crate::api_client::Target,
     /// Rows to print before stopping; 0: until interrupted.
     #[arg(short = 'n', long, default_value_t = DEFAULT_LIMIT)]
     pub limit: u64,
@@ -147,7 +142,7 @@ pub struct TapArgs {
 
 /// Print the rows a running agent's stream shows, one JSON object per line.
 pub fn run(args: TapArgs) -> anyhow::Result<()> {
-    let api = Api::locate(args.config.as_deref(), args.url.as_deref())?;
+    let api = Api::locate(&args.target)?;
     let path = format!("/tap/{}?limit={}", args.stream, args.limit);
     let (status, mut body) = api.open(&path)?;
     if status != 200 {

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::api_client::Api;
@@ -13,12 +12,8 @@ use crate::api_client::Api;
 /// `sluice-agent top`.
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
-    /// The running agent's config file (its `[api] listen` is where to ask).
-    #[arg(short, long, required_unless_present = "url")]
-    pub config: Option<PathBuf>,
-    /// The running agent's endpoint, `host:port` (instead of --config).
-    #[arg(long, conflicts_with = "config")]
-    pub url: Option<String>,
+    #[command(flatten)]
+    pub target: crate::api_client::Target,
     /// Time between refreshes (rates are over this interval).
     #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -29,7 +24,7 @@ pub struct TopArgs {
 
 /// Refresh the view every interval until interrupted (or once).
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
-    let api = Api::locate(args.config.as_deref(), args.url.as_deref())?;
+    let api = Api::locate(&args.target)?;
     let terminal = std::io::stdout().is_terminal();
     let mut before = Sample::take(&api)?;
     loop {
@@ -65,7 +60,11 @@ struct Sample {
 impl Sample {
     fn take(api: &Api) -> anyhow::Result<Self> {
         let (status, text) = api.get("/metrics")?;
-        anyhow::ensure!(status == 200, "{api}/metrics answered {status}");
+        anyhow::ensure!(
+            status == 200,
+            "{api}/metrics answered {status}: {}",
+            text.trim()
+        );
         Ok(Self {
             at: Instant::now(),
             series: parse(&text),

@@ -40,6 +40,8 @@ pub fn run(processor_bin: &Path, rows: u64, partitions: u32) {
 data_dir = "data"
 [api]
 listen = "{api}"
+# The bench reads /metrics on loopback without credentials.
+anonymous = ["metrics"]
 [lander]
 commit_interval = "1s"
 [kafka]

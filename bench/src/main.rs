@@ -88,7 +88,7 @@ fn free_tcp() -> SocketAddr {
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
@@ -251,6 +251,8 @@ key = "certs/server.key"
 ca = "certs/ca.pem"
 [api]
 listen = "{api}"
+# The bench reads /metrics on loopback without credentials.
+anonymous = ["metrics"]
 "#
     )
 }

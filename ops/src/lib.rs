@@ -1,6 +1,13 @@
 //! What both Sluice binaries need to be operated: process start-up, logging, stop signals
 //! and the HTTP endpoint serving `/metrics`, `/health` and `/ready`.
+//!
+//! | file | job |
+//! |---|---|
+//! | `lib.rs` | start-up, logging, signals, the endpoint and its `[api]` config |
+//! | `health.rs` | `/health` and `/ready` from what each part of a pipeline reports |
+//! | `auth.rs` | bearer tokens with roles, and the checks that stop browsers being used |
 
+mod auth;
 mod health;
 
 use std::future::Future;
@@ -9,6 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{Refusal, Role, TokenArgs, TokenConfig, TokenDigest, new_token, print_new_token};
 pub use health::{Health, Report, Watch};
 
 use axum::Router;
@@ -91,6 +99,16 @@ pub struct ApiConfig {
     /// `/ready` fail.
     #[serde(default = "default_stalled_after", with = "humantime_serde")]
     pub stalled_after: Duration,
+    /// Who may call: each token's digest and roles (`[[api.tokens]]`).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Roles granted without a token; none by default. `["metrics"]` lets a Prometheus
+    /// without credentials scrape.
+    #[serde(default)]
+    pub anonymous: Vec<Role>,
+    /// Host names, besides IP addresses and `localhost`, that clients reach this endpoint by.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// How long a part may have work waiting without progress when `[api]` does not say.
@@ -105,29 +123,46 @@ pub fn health_for(api: Option<&ApiConfig>) -> Health {
     Health::new(api.map_or(DEFAULT_STALLED_AFTER, |a| a.stalled_after))
 }
 
-/// What the HTTP endpoint shows as `/metrics`: the Prometheus text exposition.
-pub trait RenderMetrics: Send + Sync + 'static {
+/// What the HTTP endpoint needs of a binary's metrics.
+pub trait ApiMetrics: Send + Sync + 'static {
+    /// `/metrics`: the Prometheus text exposition.
     fn render(&self) -> String;
+    /// Count a request refused for `reason` (a [`Refusal::reason`]).
+    fn refused(&self, reason: &'static str) {
+        let _ = reason;
+    }
 }
 
-/// Serve `/metrics`, `/health` and `/ready` in the background; returns the bound address.
+/// A binary's own routes on the endpoint.
+#[derive(Default)]
+pub struct Routes {
+    /// Pages anyone may load (they hold no data: the status page's HTML).
+    pub public: Router,
+    /// Routes for tokens with the `read` role.
+    pub read: Router,
+}
+
+/// Serve `/metrics`, `/health`, `/ready` and the binary's own `routes` on `api.listen` in
+/// the background, under `api`'s rules; returns the bound address.
 pub async fn serve_api(
-    listen: SocketAddr,
-    metrics: Arc<dyn RenderMetrics>,
+    api: &ApiConfig,
+    metrics: Arc<dyn ApiMetrics>,
     health: Health,
+    routes: Routes,
 ) -> std::io::Result<SocketAddr> {
-    serve_api_with(listen, metrics, health, Router::new()).await
-}
-
-/// Serve `/metrics`, `/health`, `/ready` and the binary's own `routes` in the background;
-/// returns the bound address.
-pub async fn serve_api_with(
-    listen: SocketAddr,
-    metrics: Arc<dyn RenderMetrics>,
-    health: Health,
-    routes: Router,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let guard = Arc::new(auth::Guard::new(api, metrics.clone()));
+    let guarded = |routes: Router, role: Option<Role>| {
+        // axum refuses a route layer on a router with no routes.
+        if routes.has_routes() {
+            routes.route_layer(axum::middleware::from_fn_with_state(
+                (guard.clone(), role),
+                auth::enforce,
+            ))
+        } else {
+            routes
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(api.listen).await?;
     let addr = listener.local_addr()?;
     let answer = |r: Report, ok: &str, not_ok: &str| {
         let status = if r.ok {
@@ -138,23 +173,23 @@ pub async fn serve_api_with(
         (status, r.body(ok, not_ok))
     };
     let ready = health.clone();
+    let scrape = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+                    .into_response()
+            }
+        }),
+    );
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
         .route(
             "/health",
             get(move || {
@@ -169,7 +204,9 @@ pub async fn serve_api_with(
                 async move { answer(r, "ready", "not ready") }
             }),
         )
-        .merge(routes);
+        .merge(guarded(scrape, Some(Role::Metrics)))
+        .merge(guarded(routes.public, None))
+        .merge(guarded(routes.read, Some(Role::Read)));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");

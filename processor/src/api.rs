@@ -1,17 +1,19 @@
 //! The processor's query API, served next to `/metrics` and `/health`:
 //!
-//! - `GET|POST /api/query` — SQL over the lake; `sql` in the query string or the body (plain
-//!   text, or JSON `{"sql": ...}`); `format=json` (default) or `csv`; `limit` rows (default
-//!   10,000); time travel with `as_of` (RFC 3339 or epoch ms) and/or
-//!   `snapshot=ns.table=ID,...`.
+//! - `GET|POST /api/query` — SQL over the lake; `sql` in the query string or a JSON body
+//!   (`{"sql": ...}`); `format=json` (default) or `csv`; `limit` rows (default 10,000); time
+//!   travel with `as_of` (RFC 3339 or epoch ms) and/or `snapshot=ns.table=ID,...`.
 //! - `GET /api/tables` — every table with rows, files, bytes, snapshots, last commit.
 //! - `GET /api/status` — agents (streams, last seen, rows, rate), tables (with freshness)
 //!   and the last hour's landing rate and worst freshness (see [`crate::status`]).
 //! - `GET /` (also `/status`) — the status page: that report and `/ready` for people, with
-//!   charts of the last hour, refreshed every 5 s by the page itself.
+//!   charts of the last hour, refreshed every 5 s by the page itself. The page holds no data
+//!   and loads without a token; it asks for one and fetches the report with it.
+//!
+//! Everything but the page needs a token with the `read` role (see `sluice_ops`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -28,8 +30,6 @@ use crate::query::{self, AsOf};
 const DEFAULT_LIMIT: usize = 10_000;
 /// The most rows a request may ask for.
 const MAX_LIMIT: usize = 1_000_000;
-/// A query running longer is cancelled.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct Api {
@@ -37,27 +37,34 @@ struct Api {
     storage: crate::storage::ObjectStorage,
     name: String,
     metrics: Arc<Metrics>,
+    limits: Arc<query::Limits>,
 }
 
-/// The `/api` routes over `catalog` (named `name` in SQL), its warehouse in `storage`.
-pub fn router(
+/// The `/api` routes over `catalog` (named `name` in SQL), its warehouse in `storage`, and
+/// the status page.
+pub fn routes(
     catalog: Arc<dyn Catalog>,
     storage: crate::storage::ObjectStorage,
     name: &str,
     metrics: Arc<Metrics>,
-) -> Router {
-    Router::new()
-        .route("/api/query", get(query_get).post(query_post))
-        .route("/api/tables", get(tables))
-        .route("/api/status", get(status))
-        .route("/", get(status_page))
-        .route("/status", get(status_page))
-        .with_state(Api {
-            catalog,
-            storage,
-            name: name.to_string(),
-            metrics,
-        })
+    limits: Arc<query::Limits>,
+) -> sluice_ops::Routes {
+    sluice_ops::Routes {
+        public: Router::new()
+            .route("/", get(status_page))
+            .route("/status", get(status_page)),
+        read: Router::new()
+            .route("/api/query", get(query_get).post(query_post))
+            .route("/api/tables", get(tables))
+            .route("/api/status", get(status))
+            .with_state(Api {
+                catalog,
+                storage,
+                name: name.to_string(),
+                metrics,
+                limits,
+            }),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,21 +81,18 @@ async fn query_get(State(api): State<Api>, Query(p): Query<Params>) -> Response 
     run(api, p).await
 }
 
+/// The body is JSON: the endpoint refuses other content types before this runs, so a web
+/// page elsewhere cannot post a query as a form or plain text.
 async fn query_post(State(api): State<Api>, Query(mut p): Query<Params>, body: String) -> Response {
-    let body = body.trim();
-    if body.starts_with('{') {
-        match serde_json::from_str::<Params>(body) {
-            Ok(b) => {
-                p.sql = b.sql.or(p.sql);
-                p.format = b.format.or(p.format);
-                p.limit = b.limit.or(p.limit);
-                p.as_of = b.as_of.or(p.as_of);
-                p.snapshot = b.snapshot.or(p.snapshot);
-            }
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
+    match serde_json::from_str::<Params>(&body) {
+        Ok(b) => {
+            p.sql = b.sql.or(p.sql);
+            p.format = b.format.or(p.format);
+            p.limit = b.limit.or(p.limit);
+            p.as_of = b.as_of.or(p.as_of);
+            p.snapshot = b.snapshot.or(p.snapshot);
         }
-    } else if !body.is_empty() {
-        p.sql = Some(body.to_string());
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
     }
     run(api, p).await
 }
@@ -123,23 +127,35 @@ async fn run(api: Api, p: Params) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let started = Instant::now();
-    let result = tokio::time::timeout(QUERY_TIMEOUT, async {
-        let ctx = query::session(api.catalog.clone(), &api.name, &as_of).await?;
-        query::run(&ctx, &sql, Some(limit)).await
-    })
-    .await;
+    let (catalog, name) = (api.catalog.clone(), api.name.clone());
+    let result = api
+        .limits
+        .run(|env| async move {
+            let ctx = query::session(catalog, &name, &as_of, env).await?;
+            query::run(&ctx, &sql, Some(limit)).await
+        })
+        .await;
     let (batches, truncated) = match result {
-        Ok(Ok(r)) => r,
-        // Planning and execution errors are the caller's SQL, or a table that is not there.
-        Ok(Err(e)) if e.downcast_ref::<query::Refused>().is_some() => {
-            return error(StatusCode::FORBIDDEN, format!("{e:#}"));
+        Ok(r) => {
+            api.metrics.query("ok");
+            r
         }
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-        Err(_) => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("query took longer than {QUERY_TIMEOUT:?}"),
-            );
+        Err(e) => {
+            let (status, reason) = if e.downcast_ref::<query::Refused>().is_some() {
+                (StatusCode::FORBIDDEN, "refused")
+            } else if let Some(limit) = e.downcast_ref::<query::LimitError>() {
+                let status = match limit {
+                    query::LimitError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+                    query::LimitError::Memory(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    query::LimitError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                };
+                (status, limit.reason())
+            } else {
+                // Planning and execution errors are the caller's SQL, or a missing table.
+                (StatusCode::BAD_REQUEST, "error")
+            };
+            api.metrics.query(reason);
+            return error(status, format!("{e:#}"));
         }
     };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

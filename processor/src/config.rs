@@ -34,6 +34,33 @@ pub struct ProcessorConfig {
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    #[serde(default)]
+    pub query: QueryConfig,
+}
+
+/// `[query]`: what SQL from the query API (and `sluice-processor query`) may use, so that
+/// a query cannot take the memory or the CPU that landing needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Memory all running queries may hold together. A query that needs more fails; none
+    /// spills to disk.
+    pub memory_limit: ByteSize,
+    /// Queries the API runs at once; more are refused (429) until one ends.
+    pub max_concurrent: usize,
+    /// A query running longer is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: ByteSize::gib(1),
+            max_concurrent: 4,
+            timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[processor]`.
@@ -357,6 +384,15 @@ impl ProcessorConfig {
         }
         if let Some(name) = &self.catalog.name {
             sluice_protocol::validate_name("catalog.name", name).context("catalog.name")?;
+        }
+        if self.query.max_concurrent == 0 {
+            bail!("query.max_concurrent: must be at least 1");
+        }
+        if self.query.timeout.is_zero() {
+            bail!("query.timeout: must be greater than zero");
+        }
+        if self.query.memory_limit.as_u64() < 1024 * 1024 {
+            bail!("query.memory_limit: must be at least 1 MiB");
         }
         if self.processor.model_poll_interval.is_zero() {
             bail!("processor.model_poll_interval: must be greater than zero");

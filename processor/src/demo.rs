@@ -144,6 +144,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         server.catalog.clone(),
         cfg.catalog_name(),
         &query::AsOf::default(),
+        query::Limits::new(&cfg.query, false)?.env(),
     )
     .await?;
     let tables = server

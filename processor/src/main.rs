@@ -141,6 +141,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Make a bearer token for the HTTP endpoint: prints the token once, and the
+    /// `[[api.tokens]]` entry (its digest and roles) to add to the config.
+    Token(sluice_ops::TokenArgs),
     /// Manage the development certificate authority.
     Certs {
         #[command(subcommand)]
@@ -266,6 +269,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Token(args) => Ok(sluice_ops::print_new_token(&args)?),
         Command::Certs { command } => match command {
             CertsCommand::Init {
                 dir,
@@ -299,8 +303,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))?;
             let cfg = ProcessorConfig::load(&config)?;
             let catalog = lake::open(&cfg).await?;
-            let ctx = query::session(catalog, cfg.catalog_name(), &as_of).await?;
-            let (batches, _) = query::run(&ctx, &sql, None).await?;
+            // The same memory and time limits as the API; the threads are this process's.
+            let limits = query::Limits::new(&cfg.query, false)?;
+            let name = cfg.catalog_name().to_string();
+            let (batches, _) = limits
+                .run(|env| async move {
+                    let ctx = query::session(catalog, &name, &as_of, env).await?;
+                    query::run(&ctx, &sql, None).await
+                })
+                .await?;
             match format {
                 QueryFormat::Table => println!("{}", query::pretty(&batches)?),
                 QueryFormat::Json => println!("{}", query::json_rows(&batches)?),

@@ -250,12 +250,13 @@ pub struct Scheduled {
 /// takes the CPU that landing leaves idle instead of delaying commits.
 pub const BACKGROUND_NICE: i32 = 10;
 
-/// A runtime for maintenance: one worker thread (plus blocking threads for file I/O), each
-/// at [`BACKGROUND_NICE`] below the threads that start it.
-pub fn background_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// A runtime for work that must not delay landing (maintenance, queries): `workers` threads
+/// named `name` (plus blocking threads for file I/O), each at [`BACKGROUND_NICE`] below the
+/// threads that start it.
+pub fn background_runtime(name: &str, workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("sluice-upkeep")
+        .worker_threads(workers)
+        .thread_name(name)
         .on_thread_start(lower_priority)
         .enable_all()
         .build()
@@ -297,7 +298,7 @@ impl Scheduled {
     /// cannot be started).
     pub fn start(upkeep: Upkeep) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let runtime = background_runtime()
+        let runtime = background_runtime("sluice-upkeep", 1)
             .inspect_err(|e| {
                 tracing::warn!("maintenance runs beside landing: no threads of its own: {e}")
             })
@@ -521,7 +522,7 @@ mod tests {
     #[test]
     fn maintenance_threads_yield_the_cpu_to_the_threads_that_land() {
         let own = nice();
-        let rt = background_runtime().expect("runtime");
+        let rt = background_runtime("sluice-upkeep", 1).expect("runtime");
         let (worker, blocking) = rt.block_on(async {
             let worker = tokio::spawn(async { nice() }).await.expect("worker task");
             let blocking = tokio::task::spawn_blocking(nice)

@@ -17,6 +17,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabels {
     topic: String,
 }
@@ -77,6 +82,8 @@ pub struct Metrics {
     registry: Registry,
     connections: Counter,
     connections_rejected: Family<ReasonLabels, Counter>,
+    api_refused: Family<ReasonLabels, Counter>,
+    queries: Family<OutcomeLabels, Counter>,
     lanes_refused: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     frames_rejected: Family<ReasonLabels, Counter>,
@@ -129,6 +136,8 @@ impl Default for Metrics {
             registry: Registry::default(),
             connections: Counter::default(),
             connections_rejected: Family::default(),
+            api_refused: Family::default(),
+            queries: Family::default(),
             lanes_refused: Family::default(),
             connections_open: Gauge::default(),
             frames_rejected: Family::default(),
@@ -195,6 +204,18 @@ impl Default for Metrics {
             "connections_rejected",
             "Connections refused during the handshake, by reason",
             m.connections_rejected.clone(),
+        );
+        r.register(
+            "api_refused_requests",
+            "HTTP requests refused (no or unknown token, missing role, foreign host or origin, \
+             not JSON), by reason",
+            m.api_refused.clone(),
+        );
+        r.register(
+            "queries",
+            "Queries run through the API, by outcome (ok, refused: not a read, busy, memory, \
+             timeout, error: the SQL failed)",
+            m.queries.clone(),
         );
         r.register(
             "lanes_refused",
@@ -617,12 +638,24 @@ impl Metrics {
             .inc();
     }
 
+    pub fn query(&self, outcome: &'static str) {
+        self.queries.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
     pub fn sequence_gap(&self, t: &str) {
         self.sequence_gaps.get_or_create(&table(t)).inc();
     }
 }
 
-impl sluice_ops::RenderMetrics for Metrics {
+impl sluice_ops::ApiMetrics for Metrics {
+    fn refused(&self, reason: &'static str) {
+        self.api_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
     /// Prometheus text exposition of every metric.
     fn render(&self) -> String {
         // Freshness moves with the clock: set it as of this scrape.

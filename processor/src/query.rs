@@ -9,11 +9,15 @@ use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
 use datafusion::datasource::MemTable;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
 use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
 use serde::Serialize;
+
+use crate::config::QueryConfig;
 
 /// Which version of the tables a query reads.
 #[derive(Debug, Clone, Default)]
@@ -66,17 +70,156 @@ impl AsOf {
     }
 }
 
+/// What queries may use (`[query]`): one memory pool shared by every running query, with
+/// nothing spilled to disk; a number of queries at once; a time limit; and threads of their
+/// own below landing's priority, so a heavy query slows itself, not the commits.
+pub struct Limits {
+    env: Arc<RuntimeEnv>,
+    slots: Arc<tokio::sync::Semaphore>,
+    config: QueryConfig,
+    /// `None` when the threads could not be made: queries then run beside landing.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Why a query was not run to the end, beyond the caller's SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("{0} queries are running (query.max_concurrent); retry when one ends")]
+    Busy(usize),
+    #[error("the query needs more memory than query.memory_limit ({0}) leaves it")]
+    Memory(bytesize::ByteSize),
+    #[error("the query took longer than query.timeout ({0:?})")]
+    Timeout(std::time::Duration),
+}
+
+impl LimitError {
+    /// The metric reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LimitError::Busy(_) => "busy",
+            LimitError::Memory(_) => "memory",
+            LimitError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+impl Limits {
+    /// Limits from `config`; `threads` gives queries threads of their own.
+    pub fn new(config: &QueryConfig, threads: bool) -> anyhow::Result<Self> {
+        let memory = usize::try_from(config.memory_limit.as_u64()).unwrap_or(usize::MAX);
+        let env = RuntimeEnvBuilder::new()
+            .with_memory_limit(memory, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let runtime = threads
+            .then(|| {
+                let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+                crate::maintenance::background_runtime("sluice-query", workers)
+                    .inspect_err(|e| {
+                        tracing::warn!("queries run beside landing: no threads of their own: {e}")
+                    })
+                    .ok()
+            })
+            .flatten();
+        Ok(Self {
+            env,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
+            config: config.clone(),
+            runtime,
+        })
+    }
+
+    /// The memory pool, for a session run outside [`Limits::run`] (the demo's own queries).
+    pub fn env(&self) -> Arc<RuntimeEnv> {
+        self.env.clone()
+    }
+
+    /// Run `query` within the limits: refused at once when `max_concurrent` queries run,
+    /// cancelled at `timeout` (or when the caller gives up), failed when it needs more
+    /// memory than the pool has.
+    pub async fn run<T, F>(&self, query: impl FnOnce(Arc<RuntimeEnv>) -> F) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitError::Busy(self.config.max_concurrent))?;
+        let timeout = self.config.timeout;
+        let work = query(self.env.clone());
+        let task = async move {
+            let _permit = permit;
+            tokio::time::timeout(timeout, work).await
+        };
+        let handle = match &self.runtime {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        };
+        // Dropping this (the caller went away) cancels the query.
+        let mut task = AbortOnDrop(handle);
+        let result = match (&mut task.0).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => return Err(LimitError::Timeout(timeout).into()),
+            Err(e) => anyhow::bail!("the query stopped: {e}"),
+        };
+        result.map_err(|e| {
+            if is_out_of_memory(&e) {
+                anyhow::Error::new(LimitError::Memory(self.config.memory_limit))
+                    .context(format!("{e:#}"))
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl Drop for Limits {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its blocking threads, which an async thread may not.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<datafusion::error::DataFusionError>()
+            .is_some_and(|d| {
+                matches!(
+                    d.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                )
+            })
+    })
+}
+
 /// A session where the lake's tables are `<catalog>.<namespace>.<table>`, with the catalog
-/// also the default so `bronze.cpu` works. Tables are read as of `as_of`.
+/// also the default so `bronze.cpu` works. Tables are read as of `as_of`; memory comes from
+/// `env` (see [`Limits`]).
 pub async fn session(
     catalog: Arc<dyn Catalog>,
     name: &str,
     as_of: &AsOf,
+    env: Arc<RuntimeEnv>,
 ) -> anyhow::Result<SessionContext> {
     let config = datafusion::prelude::SessionConfig::new()
         .with_default_catalog_and_schema(name, "bronze")
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, env);
     if as_of.is_current() {
         let provider = IcebergCatalogProvider::try_new(catalog).await?;
         ctx.register_catalog(name, Arc::new(provider));
@@ -355,7 +498,8 @@ mod tests {
         let v = land_batch(&lander, "edge", 1).await;
         lander.flush().await;
         assert_eq!(v.await, Ok(Verdict::Committed));
-        let ctx = session(lake.catalog.clone(), "lake", &AsOf::default())
+        let limits = Limits::new(&QueryConfig::default(), false).expect("limits");
+        let ctx = session(lake.catalog.clone(), "lake", &AsOf::default(), limits.env())
             .await
             .expect("session");
         let count = async || {
@@ -402,6 +546,13 @@ mod tests {
             );
         }
         assert!(!out.exists(), "a refused COPY wrote its file");
+        // Paths are not tables: nothing outside the lake can be read.
+        for sql in [
+            "SELECT * FROM '/etc/passwd'",
+            "SELECT * FROM 'file:///etc/hostname'",
+        ] {
+            run(&ctx, sql, None).await.expect_err(sql);
+        }
         assert_eq!(count().await, rows, "the table is unchanged");
         for sql in [
             "SELECT id FROM bronze.events",
@@ -412,5 +563,76 @@ mod tests {
         ] {
             run(&ctx, sql, None).await.expect(sql);
         }
+    }
+
+    fn limits(memory: u64, max_concurrent: usize, timeout: std::time::Duration) -> Limits {
+        let config = QueryConfig {
+            memory_limit: bytesize::ByteSize::b(memory),
+            max_concurrent,
+            timeout,
+        };
+        Limits::new(&config, true).expect("limits")
+    }
+
+    async fn in_limits(limits: &Limits, sql: &'static str) -> anyhow::Result<usize> {
+        let lake = TestLake::new().await;
+        let catalog = lake.catalog.clone();
+        limits
+            .run(|env| async move {
+                let ctx = session(catalog, "lake", &AsOf::default(), env).await?;
+                let (batches, _) = run(&ctx, sql, None).await?;
+                Ok(batches.iter().map(|b| b.num_rows()).sum())
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_query_that_needs_more_than_the_memory_limit_fails_and_the_next_runs() {
+        let limits = limits(8 << 20, 2, std::time::Duration::from_secs(60));
+        let started = std::time::Instant::now();
+        let e = in_limits(&limits, "SELECT array_agg(value) FROM range(10000000000)")
+            .await
+            .expect_err("ten billion values in one array");
+        assert!(
+            matches!(e.downcast_ref::<LimitError>(), Some(LimitError::Memory(_))),
+            "{e:#}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert_eq!(
+            in_limits(&limits, "SELECT 1").await.expect("small query"),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn queries_beyond_max_concurrent_are_refused_and_a_slow_one_is_cancelled_at_the_timeout()
+    {
+        let limits = Arc::new(limits(64 << 20, 1, std::time::Duration::from_secs(2)));
+        let slow = tokio::spawn({
+            let limits = limits.clone();
+            async move { in_limits(&limits, "SELECT count(*) FROM range(10000000000)").await }
+        });
+        // Wait until the slow query holds the only slot.
+        let started = std::time::Instant::now();
+        while limits.slots.available_permits() > 0 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let busy = in_limits(&limits, "SELECT 1").await.expect_err("no slot");
+        assert!(
+            matches!(busy.downcast_ref::<LimitError>(), Some(LimitError::Busy(1))),
+            "{busy:#}"
+        );
+        let slow = slow.await.expect("task").expect_err("cancelled");
+        assert!(
+            matches!(
+                slow.downcast_ref::<LimitError>(),
+                Some(LimitError::Timeout(_))
+            ),
+            "{slow:#}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        // The slot came back with the cancelled query.
+        assert_eq!(in_limits(&limits, "SELECT 1").await.expect("slot free"), 1);
     }
 }

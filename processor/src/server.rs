@@ -133,15 +133,16 @@ impl Server {
 
         let api_addr = match &cfg.api {
             Some(api) => Some(
-                sluice_ops::serve_api_with(
-                    api.listen,
+                sluice_ops::serve_api(
+                    api,
                     metrics.clone(),
                     health,
-                    crate::api::router(
+                    crate::api::routes(
                         catalog.clone(),
                         storage.clone(),
                         cfg.catalog_name(),
                         metrics.clone(),
+                        Arc::new(crate::query::Limits::new(&cfg.query, true)?),
                     ),
                 )
                 .await

@@ -84,6 +84,7 @@ ca = "certs/ca.pem"
 max_frame_bytes = "1MiB"
 [api]
 listen = "{api}"
+anonymous = ["metrics"]
 [lander]
 commit_interval = "100ms"
 "#
@@ -122,9 +123,8 @@ commit_interval = "100ms"
 
     async fn metrics(&self) -> Option<String> {
         let mut s = tokio::net::TcpStream::connect(self.api).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .ok()?;
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.api);
+        s.write_all(request.as_bytes()).await.ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).await.ok()?;
         Some(body)
@@ -333,6 +333,23 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
         .expect("send");
     assert_eq!(next_ack(&mut recv).await.status, AckStatus::Duplicate);
 
+    // A compression bomb (a buffer claiming 2^62 bytes uncompressed) and a buffer outside
+    // its body: each would have aborted or panicked the decoder; both are rejected.
+    for (seq, hostile) in [
+        (6, sluice_protocol::hostile::compression_bomb(&batch(300, 10))),
+        (7, sluice_protocol::hostile::buffer_outside_body(&batch(300, 10))),
+    ] {
+        let mut frame = batch_frame("edge-01", seq, &batch(300, 10));
+        if let Frame::Batch(b) = &mut frame {
+            b.ipc = Bytes::from(hostile.expect("hostile payload"));
+        }
+        write_frame(&mut send, &frame).await.expect("send");
+        let ack = next_ack(&mut recv).await;
+        assert_eq!(ack.status, AckStatus::Rejected);
+        assert!(ack.message.contains("invalid Arrow IPC"), "{}", ack.message);
+    }
+    assert!(p.alive(), "the processor survives the bomb");
+
     // Garbage instead of a frame: the lane is closed and counted.
     let (mut send2, mut recv2) = conn.open_bi().await.expect("open");
     send2
@@ -400,7 +417,7 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
         ),
         (
             "sluice_processor_frames_rejected_total{reason=\"invalid_ipc\"}",
-            1.0,
+            3.0,
         ),
         (
             "sluice_processor_frames_rejected_total{reason=\"row_count_mismatch\"}",

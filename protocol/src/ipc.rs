@@ -16,12 +16,32 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
     Ok(out)
 }
 
+/// The most fields (columns, nested ones included) a batch's schema may have.
+pub const MAX_FIELDS: usize = 4096;
+
 /// Decode an Arrow IPC stream that must hold exactly one batch.
 ///
 /// Uses arrow's push decoder over the bytes at hand, which never allocates more than the
 /// payload holds: a hostile length prefix cannot make it reserve gigabytes. Buffers are
 /// sliced from `bytes` without copying where alignment allows.
+///
+/// The stream is checked first ([`check_stream`]): compressed buffers are refused (their
+/// declared uncompressed length is allocated before anything else is read, so a few bytes
+/// could claim 2^62), as are buffers outside their message's body and schemas of more than
+/// [`MAX_FIELDS`] fields. A panic in the decoder, on a shape these checks did not foresee,
+/// is an error too: bytes from a peer never take the process down.
 pub fn decode_batch(bytes: Bytes) -> Result<RecordBatch, ArrowError> {
+    check_stream(&bytes)?;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_checked(bytes))).unwrap_or_else(
+        |_| {
+            Err(ArrowError::IpcError(
+                "the IPC payload made the decoder fail".into(),
+            ))
+        },
+    )
+}
+
+fn decode_checked(bytes: Bytes) -> Result<RecordBatch, ArrowError> {
     let mut buf = Buffer::from(bytes);
     let mut decoder = StreamDecoder::new();
     let batch = decoder.decode(&mut buf)?.ok_or_else(|| {
@@ -35,6 +55,100 @@ pub fn decode_batch(bytes: Bytes) -> Result<RecordBatch, ArrowError> {
     }
     decoder.finish()?;
     Ok(batch)
+}
+
+/// Walk the messages of an IPC stream and refuse what arrow's decoder would trust: a
+/// compressed body, a buffer beyond its message's body, a body beyond the bytes, a schema of
+/// more than [`MAX_FIELDS`] fields. Each message's flatbuffer is verified on the way.
+pub fn check_stream(bytes: &[u8]) -> Result<(), ArrowError> {
+    let bad = |what: String| ArrowError::IpcError(what);
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let word = |i: usize| -> Result<u32, ArrowError> {
+            bytes
+                .get(i..i + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes)
+                .ok_or_else(|| bad("IPC stream is truncated".into()))
+        };
+        // A message opens with the continuation marker, or (the legacy format) not.
+        let mut len = word(at)?;
+        at += 4;
+        if len == 0xFFFF_FFFF {
+            len = word(at)?;
+            at += 4;
+        }
+        if len == 0 {
+            // The end-of-stream marker.
+            break;
+        }
+        let meta = bytes
+            .get(at..at.saturating_add(len as usize))
+            .ok_or_else(|| bad("IPC message metadata is truncated".into()))?;
+        at += len as usize;
+        let message = arrow_ipc::root_as_message(meta)
+            .map_err(|e| bad(format!("IPC message metadata is not valid: {e}")))?;
+        let body = usize::try_from(message.bodyLength())
+            .ok()
+            .filter(|b| at.checked_add(*b).is_some_and(|end| end <= bytes.len()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "IPC message declares a body of {} bytes; {} are left",
+                    message.bodyLength(),
+                    bytes.len() - at
+                ))
+            })?;
+        if let Some(schema) = message.header_as_schema() {
+            let fields = schema.fields().map_or(0, |f| count_fields(f.iter()));
+            if fields > MAX_FIELDS {
+                return Err(bad(format!(
+                    "the schema has {fields} fields; at most {MAX_FIELDS} are accepted"
+                )));
+            }
+        }
+        let batches = [
+            message.header_as_record_batch(),
+            message.header_as_dictionary_batch().and_then(|d| d.data()),
+        ];
+        for batch in batches.into_iter().flatten() {
+            if batch.compression().is_some() {
+                return Err(bad(
+                    "compressed IPC buffers are refused: send them uncompressed".into(),
+                ));
+            }
+            for b in batch.buffers().iter().flat_map(|v| v.iter()) {
+                let inside = u64::try_from(b.offset())
+                    .ok()
+                    .zip(u64::try_from(b.length()).ok())
+                    .and_then(|(o, l)| o.checked_add(l))
+                    .is_some_and(|end| end <= body as u64);
+                if !inside {
+                    return Err(bad(format!(
+                        "an IPC buffer at {} of {} bytes lies outside its body of {body} bytes",
+                        b.offset(),
+                        b.length()
+                    )));
+                }
+            }
+            if batch.length() < 0
+                || batch
+                    .nodes()
+                    .iter()
+                    .flat_map(|n| n.iter())
+                    .any(|n| n.length() < 0 || n.null_count() < 0)
+            {
+                return Err(bad("an IPC batch declares a negative length".into()));
+            }
+        }
+        at += body;
+    }
+    Ok(())
+}
+
+fn count_fields<'a>(fields: impl Iterator<Item = arrow_ipc::Field<'a>>) -> usize {
+    fields
+        .map(|f| 1 + f.children().map_or(0, |c| count_fields(c.iter())))
+        .sum()
 }
 
 /// A stable 64-bit fingerprint (FNV-1a) of a schema's field names, types and nullability.
@@ -126,6 +240,35 @@ mod tests {
             sw.finish().expect("finish");
         }
         assert!(decode_batch(Bytes::from(w)).is_err(), "two batches");
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_before_anything_is_allocated() {
+        let bomb = crate::hostile::compression_bomb(&batch()).expect("bomb");
+        let e = decode_batch(Bytes::from(bomb)).expect_err("a bomb");
+        assert!(
+            e.to_string().contains("compressed IPC buffers are refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_buffer_outside_its_body_and_a_schema_too_wide_are_refused() {
+        let outside = crate::hostile::buffer_outside_body(&batch()).expect("payload");
+        let e = decode_batch(Bytes::from(outside)).expect_err("out of the body");
+        assert!(e.to_string().contains("outside its body"), "{e}");
+
+        let wide = Arc::new(Schema::new(
+            (0..MAX_FIELDS + 1)
+                .map(|i| Field::new(format!("c{i}"), DataType::Int64, true))
+                .collect::<Vec<_>>(),
+        ));
+        let columns = (0..MAX_FIELDS + 1)
+            .map(|_| Arc::new(Int64Array::from(vec![1])) as arrow_array::ArrayRef)
+            .collect();
+        let b = RecordBatch::try_new(wide, columns).expect("wide batch");
+        let e = decode_batch(Bytes::from(encode_batch(&b).expect("encode"))).expect_err("too wide");
+        assert!(e.to_string().contains("at most 4096"), "{e}");
     }
 
     #[test]

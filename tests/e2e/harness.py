@@ -17,8 +17,38 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.message import Message
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# The bearer token every process started here admits (read and metrics); its config holds
+# only the digest, as an operator's would.
+TOKEN = "sluice_" + os.urandom(32).hex()
+
+
+def api_section(port: int, extra: dict | None = None) -> dict:
+    """An `[api]` section on 127.0.0.1:`port` admitting `TOKEN`."""
+    return {
+        "listen": f"127.0.0.1:{port}",
+        "tokens": [{"name": "e2e", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                    "roles": ["read", "metrics"]}],
+        **(extra or {}),
+    }
+
+
+def http_request(port: int, path: str, *, token: str | None = TOKEN, method: str = "GET",
+                 body: bytes | None = None, headers: dict | None = None) -> tuple[int, Message, str]:
+    """Status, headers and body of a request to 127.0.0.1:`port`, error statuses included;
+    with `token` as bearer unless it is None."""
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
 
 
 @dataclass
@@ -142,13 +172,18 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
-def http_status(port: int, path: str) -> tuple[int, str]:
+def http_status(port: int, path: str, token: str | None = TOKEN) -> tuple[int, str]:
     """Status and body of a GET on 127.0.0.1:`port`, error statuses included."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    status, _, body = http_request(port, path, token=token)
+    return status, body
+
+
+def scrape(port: int) -> str:
+    """The `/metrics` text of the endpoint on `port`."""
+    status, _, body = http_request(port, "/metrics")
+    if status != 200:
+        raise OSError(f"/metrics answered {status}: {body}")
+    return body
 
 
 class Processor:
@@ -176,7 +211,7 @@ class Processor:
                     "ca": str(certs / "ca.pem"),
                     **(quic or {}),
                 },
-                "api": {"listen": f"127.0.0.1:{self.api_port}", **(api or {})},
+                "api": api_section(self.api_port, api),
                 "lander": {"commit_interval": "300ms", **lander},
                 **(sections or {}),
             },
@@ -204,8 +239,7 @@ class Processor:
         raise RuntimeError("processor did not become healthy:\n" + self.proc.output())
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as r:
-            return parse_metrics(r.read().decode())
+        return parse_metrics(scrape(self.api_port))
 
     def ready(self) -> tuple[int, str]:
         return http_status(self.api_port, "/ready")
@@ -325,7 +359,7 @@ class Agent:
             self.config,
             {
                 "agent": {"id": agent_id, "data_dir": str(self.data_dir)},
-                "api": {"listen": f"127.0.0.1:{self.api_port}", **(api or {})},
+                "api": api_section(self.api_port, api),
                 "batch": batch or {"max_rows": 5000, "max_age": "200ms"},
                 **({"buffer": buffer} if buffer else {}),
                 "sink": {
@@ -359,8 +393,7 @@ class Agent:
         return self.proc.wait(timeout)
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=5) as r:
-            return parse_metrics(r.read().decode())
+        return parse_metrics(scrape(self.api_port))
 
     def wait_api(self, timeout=30) -> "Agent":
         """Wait until the agent's HTTP endpoint answers."""

@@ -7,10 +7,9 @@ import re
 import signal
 import subprocess
 import time
-import urllib.request
 
-from harness import (Agent, Chromium, Processor, duckdb_connection, http_status, pyiceberg_table, simulator_source,
-                     wait_until)
+from harness import (TOKEN, Agent, Chromium, Processor, duckdb_connection, http_status, pyiceberg_table, scrape,
+                     simulator_source, wait_until)
 
 STALLED_AFTER = 3
 
@@ -119,8 +118,7 @@ def test_metrics_agree_with_the_lake(bins, certs, workdir):
     # The status report: the agent with its streams, the table with its freshness, and a
     # history whose landing rate saw the run (sampled every 10 s).
     def status_with_history():
-        with urllib.request.urlopen(f"http://127.0.0.1:{proc.api_port}/api/status", timeout=5) as r:
-            s = json.loads(r.read())
+        s = json.loads(http_status(proc.api_port, "/api/status")[1])
         return any(h["rows_per_second"] > 0 for h in s["history"]) and s
     status = wait_until(status_with_history, 30, "the status history to show the run")
     edge = next(a for a in status["agents"] if a["agent"] == "edge-01")
@@ -152,8 +150,7 @@ SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "
 
 def exposed_series(port: int) -> set[str]:
     """Sample names a `/metrics` endpoint declares (`# TYPE` lines)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    text = scrape(port)
     return {name + suffix
             for kind_line in text.splitlines() if kind_line.startswith("# TYPE ")
             for _, _, name, kind in [kind_line.split(" ")]
@@ -180,8 +177,9 @@ def test_top_and_tap_show_a_running_agent(bins, certs, workdir):
     acked = 'sluice_agent_acked_rows_total{stream="telemetry"}'
     wait_until(lambda: agent.metrics().get(acked, 0) > 0, 60, "rows to be acknowledged")
 
+    # The token from the environment here, from --token below.
     tap = subprocess.run([str(bins.agent), "tap", "telemetry", "--config", str(agent.config), "-n", "7"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "SLUICE_TOKEN": TOKEN})
     assert tap.returncode == 0, tap.stderr
     rows = [json.loads(line) for line in tap.stdout.splitlines()]
     assert len(rows) == 7, tap.stdout
@@ -189,13 +187,13 @@ def test_top_and_tap_show_a_running_agent(bins, certs, workdir):
     samples = [r["sample"] for r in rows]
     assert samples == sorted(samples), "rows in the order they flow"
 
-    missing = subprocess.run([str(bins.agent), "tap", "nosuch", "--url", f"127.0.0.1:{agent.api_port}"],
-                             capture_output=True, text=True, timeout=30)
+    missing = subprocess.run([str(bins.agent), "tap", "nosuch", "--url", f"127.0.0.1:{agent.api_port}",
+                              "--token", TOKEN], capture_output=True, text=True, timeout=30)
     assert missing.returncode != 0
     assert 'no stream "nosuch"' in missing.stderr and "telemetry" in missing.stderr, missing.stderr
 
     top = subprocess.run([str(bins.agent), "top", "--url", f"127.0.0.1:{agent.api_port}", "--once",
-                          "--interval", "2s"], capture_output=True, text=True, timeout=60)
+                          "--interval", "2s", "--token", TOKEN], capture_output=True, text=True, timeout=60)
     assert top.returncode == 0, top.stderr
     lines = top.stdout.splitlines()
     assert lines[0].endswith(": READY"), top.stdout
@@ -224,13 +222,20 @@ def test_status_page_renders_charts_in_a_browser(bins, certs, workdir):
     # The history is sampled every 10 s.
     wait_until(history, 90, "three samples of the run in the status history", interval=1)
 
-    url = f"http://127.0.0.1:{proc.api_port}/"
-    status, page = http_status(proc.api_port, "/")
+    # The page itself loads without a token; it takes one from the address's fragment.
+    url = f"http://127.0.0.1:{proc.api_port}/#token={TOKEN}"
+    status, page = http_status(proc.api_port, "/", token=None)
     assert status == 200 and "<title>Sluice processor</title>" in page, page[:300]
     assert http_status(proc.api_port, "/status") == (200, page)
 
+    # Without a token the page shows no data, only the form asking for one.
+    dom = chromium.dom(f"http://127.0.0.1:{proc.api_port}/")
+    assert '<form id="login">' in dom and "edge-01" not in dom, dom[:3000]
+    assert "HTTP 401" in dom, dom[:3000]
+
     dom = chromium.dom(url)
     assert re.search(r'id="state" class="state ok">ready<', dom), dom[:2000]
+    assert '<form id="login" hidden="">' in dom, dom[:2000]
     charts = re.search(r'<div class="charts">.*?<section>', dom, re.S).group(0)
     points = dict(re.findall(r'<div class="chart" id="chart-(\w+)">.*?<svg [^>]*data-points="(\d+)"', charts, re.S))
     assert set(points) == {"rows", "freshness"} and all(int(n) >= 3 for n in points.values()), points
