@@ -253,6 +253,9 @@ ca = "certs/ca.pem"
 listen = "{api}"
 # The bench reads /metrics on loopback without credentials.
 anonymous = ["metrics"]
+[access]
+# The bench's own agents, on loopback.
+allow_all = true
 "#
     )
 }

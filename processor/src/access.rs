@@ -1,14 +1,22 @@
-//! Which streams each agent may write (`[quic.allow]`). Agents are identified by the common
-//! name of their client certificate, so this is authorisation on top of mutual TLS.
+//! Which streams each agent may write (`[access]`), over QUIC and Kafka alike. Agents are
+//! identified by the common name of their client certificate, so this is authorisation on
+//! top of mutual TLS (and, on Kafka, of the batch's signature). Nothing is granted unless
+//! the config says so.
 
 use std::collections::BTreeMap;
 
-/// Why a lane was refused.
+use crate::config::AccessConfig;
+
+/// Why a lane or a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    #[error("agent {0:?} is not listed in the processor's [quic.allow]")]
+    #[error(
+        "the processor grants no streams: add [access.allow] rules (or access.allow_all = true)"
+    )]
+    NoRules,
+    #[error("agent {0:?} is not listed in the processor's [access.allow]")]
     UnknownAgent(String),
-    #[error("agent {agent:?} may not write stream {stream:?} (see [quic.allow])")]
+    #[error("agent {agent:?} may not write stream {stream:?} (see [access.allow])")]
     Stream { agent: String, stream: String },
 }
 
@@ -16,42 +24,65 @@ impl Denied {
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         match self {
+            Denied::NoRules => "no_rules",
             Denied::UnknownAgent(_) => "agent_not_allowed",
             Denied::Stream { .. } => "stream_not_allowed",
         }
     }
 }
 
-/// Stream permissions per agent; `None` lets every certified agent write every stream.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    rules: Option<BTreeMap<String, Vec<String>>>,
+/// Stream permissions per agent.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Every agent the CA certified may write every stream (`allow_all = true`).
+    All,
+    /// Agent id (or `*` for every agent) → stream patterns; empty refuses everything.
+    Rules(BTreeMap<String, Vec<String>>),
 }
 
 impl Access {
-    /// Rules from config: agent id (or `*` for every agent) → stream patterns, where `*`
-    /// matches any run of characters.
-    pub fn new(rules: Option<BTreeMap<String, Vec<String>>>) -> Result<Self, String> {
-        if let Some(rules) = &rules {
-            for (agent, patterns) in rules {
-                if agent != "*" {
-                    sluice_protocol::validate_name("agent", agent)
-                        .map_err(|e| format!("quic.allow.{agent}: {e}"))?;
-                }
-                for p in patterns {
-                    let plain = p.replace('*', "a");
-                    sluice_protocol::validate_name("stream pattern", &plain)
-                        .map_err(|e| format!("quic.allow.{agent}: pattern {p:?}: {e}"))?;
-                }
+    /// The rules of `[access]`, where `*` in a pattern matches any run of characters.
+    pub fn new(config: &AccessConfig) -> Result<Self, String> {
+        if config.allow_all {
+            if !config.allow.is_empty() {
+                return Err(
+                    "access.allow_all = true grants everything access.allow would: keep one".into(),
+                );
+            }
+            return Ok(Self::All);
+        }
+        for (agent, patterns) in &config.allow {
+            if agent != "*" {
+                sluice_protocol::validate_name("agent", agent)
+                    .map_err(|e| format!("access.allow.{agent}: {e}"))?;
+            }
+            for p in patterns {
+                let plain = p.replace('*', "a");
+                sluice_protocol::validate_name("stream pattern", &plain)
+                    .map_err(|e| format!("access.allow.{agent}: pattern {p:?}: {e}"))?;
             }
         }
-        Ok(Self { rules })
+        Ok(Self::Rules(config.allow.clone()))
+    }
+
+    /// Say at start what is granted: nothing, or everything, are both worth a warning.
+    pub fn log(&self) {
+        match self {
+            Access::All => tracing::warn!(
+                "access.allow_all = true: every agent with a certificate from the CA may write \
+                 every stream, and create its table"
+            ),
+            Access::Rules(rules) if rules.is_empty() => tracing::warn!("{}", Denied::NoRules),
+            Access::Rules(rules) => tracing::info!(agents = rules.len(), "stream permissions"),
+        }
     }
 
     /// May `agent` write `stream`?
     pub fn check(&self, agent: &str, stream: &str) -> Result<(), Denied> {
-        let Some(rules) = &self.rules else {
-            return Ok(());
+        let rules = match self {
+            Access::All => return Ok(()),
+            Access::Rules(rules) if rules.is_empty() => return Err(Denied::NoRules),
+            Access::Rules(rules) => rules,
         };
         let own = rules.get(agent);
         let any = rules.get("*");
@@ -100,12 +131,13 @@ mod tests {
     use super::*;
 
     fn access(rules: &[(&str, &[&str])]) -> Access {
-        Access::new(Some(
-            rules
+        Access::new(&AccessConfig {
+            allow: rules
                 .iter()
                 .map(|(a, ps)| (a.to_string(), ps.iter().map(|p| p.to_string()).collect()))
                 .collect(),
-        ))
+            allow_all: false,
+        })
         .unwrap()
     }
 
@@ -137,7 +169,32 @@ mod tests {
             strict.check("edge-02", "telemetry").unwrap_err().reason(),
             "agent_not_allowed"
         );
-        assert_eq!(Access::default().check("anyone", "anything"), Ok(()));
-        assert!(Access::new(Some([("edge 01".into(), vec![])].into())).is_err());
+        assert!(
+            Access::new(&AccessConfig {
+                allow: [("edge 01".into(), vec![])].into(),
+                allow_all: false
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn nothing_is_granted_unless_the_config_says_so() {
+        let none = Access::new(&AccessConfig::default()).unwrap();
+        assert_eq!(none.check("edge-01", "telemetry"), Err(Denied::NoRules));
+        let all = Access::new(&AccessConfig {
+            allow: BTreeMap::new(),
+            allow_all: true,
+        })
+        .unwrap();
+        assert_eq!(all.check("anyone", "anything"), Ok(()));
+        // Both at once is a mistake worth naming.
+        assert!(
+            Access::new(&AccessConfig {
+                allow: [("edge-01".into(), vec!["t".into()])].into(),
+                allow_all: true
+            })
+            .is_err()
+        );
     }
 }

@@ -36,6 +36,8 @@ pub struct ProcessorConfig {
     pub maintenance: MaintenanceConfig,
     #[serde(default)]
     pub query: QueryConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
 }
 
 /// `[query]`: what SQL from the query API (and `sluice-processor query`) may use, so that
@@ -154,10 +156,21 @@ pub struct QuicConfig {
     /// Largest frame accepted; bigger frames are refused before being read.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: ByteSize,
-    /// Which streams each agent may write: agent id (or `"*"`) → stream patterns (`*` is a
-    /// wildcard). Absent: every agent the CA certified may write every stream.
+    /// Moved to `[access.allow]` (it applies to Kafka too); kept to say so when found.
     #[serde(default)]
-    pub allow: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    pub allow: Option<toml::Value>,
+}
+
+/// `[access]`: which streams each agent may write, over QUIC and Kafka alike. Nothing is
+/// granted by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Agent id (its certificate's common name), or `"*"` for every agent → stream
+    /// patterns, where `*` matches any run of characters.
+    pub allow: BTreeMap<String, Vec<String>>,
+    /// Let every agent the CA certified write every stream (logged as a warning).
+    pub allow_all: bool,
 }
 
 /// `[kafka]`: consume the topics agents' Kafka sinks write, as one member of a consumer
@@ -322,7 +335,12 @@ impl ProcessorConfig {
             if quic.max_frame_bytes.as_u64() < 1024 {
                 bail!("quic.max_frame_bytes: must be at least 1 KiB");
             }
-            crate::access::Access::new(quic.allow.clone()).map_err(anyhow::Error::msg)?;
+            if quic.allow.is_some() {
+                bail!(
+                    "quic.allow: stream permissions moved to [access.allow] (they apply to \
+                     Kafka too); move the rules there"
+                );
+            }
         }
         if let Some(kafka) = &self.kafka {
             if kafka.brokers.trim().is_empty() {
@@ -385,6 +403,7 @@ impl ProcessorConfig {
         if let Some(name) = &self.catalog.name {
             sluice_protocol::validate_name("catalog.name", name).context("catalog.name")?;
         }
+        crate::access::Access::new(&self.access).map_err(anyhow::Error::msg)?;
         if self.query.max_concurrent == 0 {
             bail!("query.max_concurrent: must be at least 1");
         }

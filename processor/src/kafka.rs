@@ -57,6 +57,7 @@ impl KafkaReceiver {
         lander: Lander,
         inflight: InFlight,
         metrics: Arc<Metrics>,
+        access: Arc<crate::access::Access>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let mut json = HashMap::new();
@@ -131,6 +132,7 @@ impl KafkaReceiver {
             last_commit: Instant::now(),
             topics,
             json,
+            access,
             dead_letter_table: cfg.dead_letter_table.clone(),
             stalled_after: cfg.rejoin_when_stalled,
             stall: Stall::default(),
@@ -354,6 +356,8 @@ struct ConsumeLoop {
     topics: Vec<String>,
     /// Plain JSON topics, by name.
     json: HashMap<String, JsonTopic>,
+    /// Which streams each agent may write (as over QUIC).
+    access: Arc<crate::access::Access>,
     dead_letter_table: String,
     stalled_after: Duration,
     stall: Stall,
@@ -418,6 +422,10 @@ impl ConsumeLoop {
         }
         match decode(&msg) {
             Ok((envelope, batch, wire_bytes)) => {
+                if let Err(denied) = self.access.check(&envelope.agent, &envelope.stream) {
+                    self.metrics.lane_refused(denied.reason());
+                    return self.dead_letter(vec![(msg, denied.to_string())], false);
+                }
                 let origin = Origin::Message { partition, offset };
                 self.submit(envelope, batch, wire_bytes, origin, vec![msg]);
             }

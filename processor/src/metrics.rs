@@ -219,7 +219,7 @@ impl Default for Metrics {
         );
         r.register(
             "lanes_refused",
-            "Lanes refused because the agent may not write the stream, by reason",
+            "Lanes (QUIC) and batches (Kafka) refused because the agent may not write the stream, by reason",
             m.lanes_refused.clone(),
         );
         r.register(

@@ -182,7 +182,7 @@ impl Receiver {
             });
         }
         // Authorised streams only; the agent is told why (it keeps retrying, slowly, so a
-        // fixed [quic.allow] takes effect without restarting it).
+        // fixed [access] takes effect without restarting it).
         if let Err(denied) = self.access.check(&hello.agent, &hello.stream) {
             self.metrics.lane_refused(denied.reason());
             write_frame(

@@ -92,6 +92,8 @@ impl Server {
         });
 
         let (stop_intake, stopping) = tokio::sync::watch::channel(false);
+        let access = Arc::new(crate::access::Access::new(&cfg.access).map_err(anyhow::Error::msg)?);
+        access.log();
         let endpoint = match &cfg.quic {
             Some(quic) => {
                 let server_config = tls::server_config(&quic.ca, &quic.cert, &quic.key)
@@ -103,10 +105,7 @@ impl Server {
                     metrics: metrics.clone(),
                     max_frame_bytes: usize::try_from(quic.max_frame_bytes.as_u64())
                         .unwrap_or(usize::MAX),
-                    access: Arc::new(
-                        crate::access::Access::new(quic.allow.clone())
-                            .map_err(anyhow::Error::msg)?,
-                    ),
+                    access: access.clone(),
                     namespace: cfg.lander.namespace.clone(),
                     stopping,
                 };
@@ -125,6 +124,7 @@ impl Server {
                     lander.clone(),
                     inflight,
                     metrics.clone(),
+                    access.clone(),
                 )
                 .await?,
             ),

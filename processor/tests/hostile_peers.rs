@@ -85,6 +85,8 @@ max_frame_bytes = "1MiB"
 [api]
 listen = "{api}"
 anonymous = ["metrics"]
+[access]
+allow = {{ "edge-01" = ["t"] }}
 [lander]
 commit_interval = "100ms"
 "#
@@ -336,8 +338,14 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
     // A compression bomb (a buffer claiming 2^62 bytes uncompressed) and a buffer outside
     // its body: each would have aborted or panicked the decoder; both are rejected.
     for (seq, hostile) in [
-        (6, sluice_protocol::hostile::compression_bomb(&batch(300, 10))),
-        (7, sluice_protocol::hostile::buffer_outside_body(&batch(300, 10))),
+        (
+            6,
+            sluice_protocol::hostile::compression_bomb(&batch(300, 10)),
+        ),
+        (
+            7,
+            sluice_protocol::hostile::buffer_outside_body(&batch(300, 10)),
+        ),
     ] {
         let mut frame = batch_frame("edge-01", seq, &batch(300, 10));
         if let Frame::Batch(b) = &mut frame {

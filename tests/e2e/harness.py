@@ -213,6 +213,8 @@ class Processor:
                 },
                 "api": api_section(self.api_port, api),
                 "lander": {"commit_interval": "300ms", **lander},
+                # Stream permissions deny by default; tests of them give their own.
+                "access": {"allow_all": True},
                 **(sections or {}),
             },
         )

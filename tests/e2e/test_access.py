@@ -10,7 +10,7 @@ from harness import Agent, Processor, pyiceberg_table, simulator_source, wait_un
 
 
 def test_agents_write_only_their_streams(bins, certs, workdir):
-    proc = Processor(bins, certs, workdir, quic={"allow": {"edge-01": ["telemetry", "cpu_*"]}}).start()
+    proc = Processor(bins, certs, workdir, sections={"access": {"allow": {"edge-01": ["telemetry", "cpu_*"]}}}).start()
     allowed = refused = stranger = None
     try:
         allowed = Agent(bins, certs, workdir, proc, {
@@ -40,4 +40,25 @@ def test_agents_write_only_their_streams(bins, certs, workdir):
         for a in (allowed, stranger):
             if a and a.proc:
                 a.proc.kill()
+        proc.stop()
+
+
+def test_a_processor_without_rules_refuses_every_stream(bins, certs, workdir):
+    """Stream permissions deny by default: with no `[access]` rules, a certified agent's
+    lanes are refused with a reason that says how to grant them, and nothing lands."""
+    proc = Processor(bins, certs, workdir, sections={"access": {}}).start()
+    agent = None
+    try:
+        agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(1_000)}).start()
+        wait_until(lambda: proc.metrics().get('sluice_processor_lanes_refused_total{reason="no_rules"}', 0) > 0,
+                   60, "the lane to be refused")
+        assert "the processor grants no streams: add [access.allow] rules" in proc.proc.output()
+        wait_until(lambda: "grants no streams" in agent.proc.output(), 30, "the agent to log the refusal")
+        assert agent.proc.alive(), "the agent keeps its batches and retries"
+        assert proc.metrics().get('sluice_processor_committed_rows_total{table="bronze.telemetry"}', 0) == 0
+        with pytest.raises(NoSuchTableError):
+            pyiceberg_table(proc, "bronze.telemetry")
+    finally:
+        if agent and agent.proc:
+            agent.proc.kill()
         proc.stop()

@@ -4,6 +4,7 @@ name file, line and key) and scenario sources landing related streams in bronze.
 import hashlib
 import json
 import pathlib
+import re
 import subprocess
 
 import duckdb
@@ -160,3 +161,14 @@ def test_example_agent_configs_validate(bins):
     r = subprocess.run([str(bins.agent), "validate", "--config", str(REPO / "examples" / "agent-scenario.toml")],
                        capture_output=True, text=True, timeout=60)
     assert "-> stream fleet_cpu" in r.stdout and "-> stream fleet_logs" in r.stdout and "_anomaly" in r.stdout
+    # The example processor grants edge-01 every stream the example agents write.
+    import fnmatch
+    import tomllib
+    grants = tomllib.loads((REPO / "examples" / "processor.toml").read_text())["access"]["allow"]["edge-01"]
+    agent = tomllib.loads((REPO / "examples" / "agent.toml").read_text())
+    plugins = tomllib.loads((REPO / "examples" / "agent-plugins.toml").read_text())
+    streams = [*agent["sources"], *plugins["sources"],
+               *re.findall(r"-> stream (\w+)", r.stdout)]
+    assert len(streams) >= 6, streams
+    for stream in streams:
+        assert any(fnmatch.fnmatchcase(stream, g) for g in grants), (stream, grants)
