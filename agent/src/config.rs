@@ -156,6 +156,11 @@ pub enum SinkConfig {
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port[,host:port...]`.
     pub brokers: String,
+    /// The agent's certificate (PEM, from the processor's CA): sent with each batch, whose
+    /// signature the processor checks against its CA.
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM): signs each batch.
+    pub key: PathBuf,
     /// Topic of a stream's batches; `{stream}` is replaced by the stream's name. Without
     /// `{stream}`, every stream goes to one topic.
     #[serde(default = "default_topic")]
@@ -179,7 +184,7 @@ pub struct KafkaSinkConfig {
     pub drain_timeout: Duration,
     /// Extra librdkafka producer properties (security settings, `linger.ms`, ...).
     #[serde(default)]
-    pub options: std::collections::BTreeMap<String, String>,
+    pub options: sluice_ops::Options,
 }
 
 /// Kafka message compression.
@@ -531,11 +536,13 @@ impl AgentConfig {
         for TransformConfig::Wasm(t) in self.transforms.values_mut() {
             t.resolve_paths(base);
         }
-        if let SinkConfig::Quic(q) = &mut self.sink {
-            for p in [&mut q.ca, &mut q.cert, &mut q.key] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
+        let paths = match &mut self.sink {
+            SinkConfig::Quic(q) => vec![&mut q.ca, &mut q.cert, &mut q.key],
+            SinkConfig::Kafka(k) => vec![&mut k.cert, &mut k.key],
+        };
+        for p in paths {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
     }
@@ -603,6 +610,8 @@ load = { type = "normal", mean = 40.0, stddev = 10.0 }
     const KAFKA_SINK: &str = r#"[sink]
 type = "kafka"
 brokers = "127.0.0.1:9092"
+cert = "certs/agent.pem"
+key = "certs/agent.key"
 "#;
 
     fn with_kafka(extra: &str) -> String {

@@ -56,6 +56,8 @@ pub struct KafkaShipper {
     agent: String,
     cfg: KafkaSinkConfig,
     metrics: Arc<Metrics>,
+    /// Signs each batch: the processor takes only batches its CA's agents signed.
+    signer: crate::tls::BatchSigner,
 }
 
 /// Why a producer session ended (the lane starts a new one).
@@ -67,6 +69,8 @@ enum SessionError {
     Delivery(KafkaError),
     #[error("the producer went away")]
     Canceled,
+    #[error("cannot sign the batch: {0}")]
+    Sign(rustls::Error),
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -75,10 +79,13 @@ impl KafkaShipper {
     /// Check the producer settings (no connection is made yet).
     pub fn new(agent: String, cfg: KafkaSinkConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         use anyhow::Context as _;
+        let signer = crate::tls::BatchSigner::load(&cfg.cert, &cfg.key)
+            .context("sink.cert and sink.key sign the batches produced to Kafka")?;
         let this = Self {
             agent,
             cfg,
             metrics,
+            signer,
         };
         // Fail at start on an option librdkafka does not take, not on the first batch.
         drop(this.producer().context("invalid Kafka producer settings")?);
@@ -308,8 +315,16 @@ impl KafkaShipper {
             rows: b.rows,
             checkpoint: b.checkpoint.clone(),
         };
+        let signature = self
+            .signer
+            .sign(&envelope, &b.ipc)
+            .map_err(SessionError::Sign)?;
         let mut headers = OwnedHeaders::new();
-        for (key, value) in envelope.to_kafka_headers() {
+        for (key, value) in envelope
+            .to_kafka_headers()
+            .into_iter()
+            .chain(signature.to_kafka_headers())
+        {
             headers = headers.insert(Header {
                 key,
                 value: Some(value.as_bytes()),

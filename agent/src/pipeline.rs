@@ -119,9 +119,7 @@ pub async fn run(
         .values()
         .any(|s| matches!(s, SourceConfig::Wasm(_)) || !s.transforms().is_empty());
     let runtime = if needs_wasm {
-        Some(wasm::Runtime::new(Some(
-            cfg.agent.data_dir.join("wasm-cache"),
-        ))?)
+        Some(wasm::Runtime::new(Some(cfg.agent.data_dir.clone()))?)
     } else {
         None
     };

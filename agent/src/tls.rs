@@ -1,5 +1,7 @@
 //! TLS for the QUIC shipper: the agent verifies the processor against the project CA and
 //! presents its own certificate (mutual TLS). There is no way to turn verification off.
+//! Over Kafka, where the broker authenticates no one to the processor, the same key signs
+//! each batch ([`BatchSigner`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,27 +13,83 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} from {path}: {source}")]
+    #[error("cannot read {what} from {path}: {cause}")]
     Pem {
         what: &'static str,
         path: String,
-        source: rustls_pki_types::pem::Error,
+        cause: rustls_pki_types::pem::Error,
     },
     #[error("{path} holds no certificate")]
     NoCertificate { path: String },
-    #[error("invalid CA certificate in {path}: {source}")]
-    BadCa { path: String, source: rustls::Error },
+    #[error("invalid CA certificate in {path}: {cause}")]
+    BadCa { path: String, cause: rustls::Error },
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
     #[error("TLS configuration unusable for QUIC: {0}")]
     Quic(String),
+    #[error("the key in {path} cannot sign batches: {reason}")]
+    Signing { path: String, reason: String },
+}
+
+/// Signs the batches the agent produces to Kafka with its certificate's key.
+pub struct BatchSigner {
+    chain: Vec<Vec<u8>>,
+    signer: Box<dyn rustls::sign::Signer>,
+}
+
+impl BatchSigner {
+    /// The signer of `cert`'s holder, with its `key` (ECDSA P-256/P-384, Ed25519 or RSA).
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = certs(cert, "agent certificate")?;
+        let path = key.display().to_string();
+        let der = PrivateKeyDer::from_pem_file(key).map_err(|cause| TlsError::Pem {
+            what: "agent private key",
+            path: path.clone(),
+            cause,
+        })?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
+            TlsError::Signing {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        use rustls::SignatureScheme as S;
+        let signer = signing
+            .choose_scheme(&[
+                S::ECDSA_NISTP256_SHA256,
+                S::ECDSA_NISTP384_SHA384,
+                S::ED25519,
+                S::RSA_PSS_SHA256,
+            ])
+            .ok_or_else(|| TlsError::Signing {
+                path,
+                reason: "no supported signature scheme".into(),
+            })?;
+        Ok(Self {
+            chain: chain.into_iter().map(|c| c.to_vec()).collect(),
+            signer,
+        })
+    }
+
+    /// The signature of a batch: its envelope and payload.
+    pub fn sign(
+        &self,
+        envelope: &sluice_protocol::Envelope,
+        payload: &[u8],
+    ) -> Result<sluice_protocol::kafka::Signature, rustls::Error> {
+        Ok(sluice_protocol::kafka::Signature {
+            chain: self.chain.clone(),
+            scheme: format!("{:?}", self.signer.scheme()),
+            signature: self.signer.sign(&envelope.signed_bytes(payload))?,
+        })
+    }
 }
 
 fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem_err = |source| TlsError::Pem {
+    let pem_err = |cause| TlsError::Pem {
         what,
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(pem_err)?
@@ -54,16 +112,16 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca, "CA certificate")? {
-        roots.add(c).map_err(|source| TlsError::BadCa {
+        roots.add(c).map_err(|cause| TlsError::BadCa {
             path: ca.display().to_string(),
-            source,
+            cause,
         })?;
     }
     let chain = certs(cert, "agent certificate")?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|cause| TlsError::Pem {
         what: "agent private key",
         path: key.display().to_string(),
-        source,
+        cause,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)

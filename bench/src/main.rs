@@ -499,7 +499,8 @@ fn main() {
             "[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"sluice.telemetry\"]\n"
         ));
         sink = format!(
-            "[sink]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ncompression = \"{}\"\n",
+            "[sink]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ncompression = \"{}\"\n\
+             cert = \"certs/agent-bench.pem\"\nkey = \"certs/agent-bench.key\"\n",
             std::env::var("SLUICE_BENCH_KAFKA_COMPRESSION").unwrap_or_else(|_| "none".into())
         );
         Some(broker)

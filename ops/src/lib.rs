@@ -6,9 +6,11 @@
 //! | `lib.rs` | start-up, logging, signals, the endpoint and its `[api]` config |
 //! | `health.rs` | `/health` and `/ready` from what each part of a pipeline reports |
 //! | `auth.rs` | bearer tokens with roles, and the checks that stop browsers being used |
+//! | `secret.rs` | config values that never reach a log (`Secret`, `Options`, `redact_uri`) |
 
 mod auth;
 mod health;
+mod secret;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 pub use auth::{Refusal, Role, TokenArgs, TokenConfig, TokenDigest, new_token, print_new_token};
 pub use health::{Health, Report, Watch};
+pub use secret::{Options, Secret, is_secret_key, redact_uri};
 
 use axum::Router;
 use axum::http::header;

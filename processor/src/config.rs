@@ -129,7 +129,7 @@ impl Default for MaintenanceConfig {
 }
 
 /// `[catalog]`: the Iceberg catalog and warehouse.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogConfig {
     /// Catalog name recorded in the catalog database (readers must use the same name).
@@ -140,6 +140,18 @@ pub struct CatalogConfig {
     pub warehouse: Option<String>,
     /// How to reach the object store of an `s3://` warehouse.
     pub s3: crate::storage::S3Config,
+}
+
+impl std::fmt::Debug for CatalogConfig {
+    /// The URI without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("name", &self.name)
+            .field("uri", &self.uri.as_deref().map(sluice_ops::redact_uri))
+            .field("warehouse", &self.warehouse)
+            .field("s3", &self.s3)
+            .finish()
+    }
 }
 
 /// `[quic]`: the QUIC receiver.
@@ -153,9 +165,27 @@ pub struct QuicConfig {
     pub key: PathBuf,
     /// CA (PEM) that agent certificates must chain to.
     pub ca: PathBuf,
+    /// The CA's certificate revocation list (PEM, `certs revoke` writes it): a revoked
+    /// agent certificate is refused. Read at start.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// Largest frame accepted; bigger frames are refused before being read.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: ByteSize,
+    /// A frame whose header has arrived must be whole within this (a peer cannot hold a
+    /// lane by trickling bytes).
+    #[serde(default = "default_frame_timeout", with = "humantime_serde")]
+    pub frame_timeout: Duration,
+    /// Connections one agent may hold at once.
+    #[serde(default = "default_max_connections_per_agent")]
+    pub max_connections_per_agent: usize,
+    /// Lanes (streams) one agent may hold open at once.
+    #[serde(default = "default_max_lanes_per_agent")]
+    pub max_lanes_per_agent: usize,
+    /// Bytes of one agent's batches read and not yet committed or refused; past it, its
+    /// lanes are not read until some are settled.
+    #[serde(default = "default_max_inflight_bytes_per_agent")]
+    pub max_inflight_bytes_per_agent: ByteSize,
     /// Moved to `[access.allow]` (it applies to Kafka too); kept to say so when found.
     #[serde(default)]
     pub allow: Option<toml::Value>,
@@ -198,9 +228,20 @@ pub struct KafkaConfig {
     /// `"0s"` never does.
     #[serde(default = "default_rejoin", with = "humantime_serde")]
     pub rejoin_when_stalled: Duration,
+    /// CA (PEM) whose agents' signatures on batches are accepted; default `quic.ca`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Revocation list of that CA; default `quic.crl` when `ca` is `quic.ca`.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// Take only batches an agent of the CA signed (the broker authenticates no one to the
+    /// processor). `false` also lands unsigned batches, as their headers claim: only for a
+    /// migration, and warned at start.
+    #[serde(default = "default_true")]
+    pub require_signed: bool,
     /// Extra librdkafka consumer properties (security settings, timeouts).
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: sluice_ops::Options,
 }
 
 /// `[kafka.json.TOPIC]`: a topic of JSON objects, one per message.
@@ -240,6 +281,23 @@ impl KafkaConfig {
 fn default_group() -> String {
     "sluice-processor".into()
 }
+fn default_frame_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_connections_per_agent() -> usize {
+    4
+}
+fn default_max_lanes_per_agent() -> usize {
+    256
+}
+fn default_max_inflight_bytes_per_agent() -> ByteSize {
+    ByteSize::mib(512)
+}
+
+fn default_true() -> bool {
+    true
+}
+
 fn default_dead_letter_table() -> String {
     "dead_letters".into()
 }
@@ -335,6 +393,17 @@ impl ProcessorConfig {
             if quic.max_frame_bytes.as_u64() < 1024 {
                 bail!("quic.max_frame_bytes: must be at least 1 KiB");
             }
+            if quic.max_connections_per_agent == 0 || quic.max_lanes_per_agent == 0 {
+                bail!(
+                    "quic.max_connections_per_agent and quic.max_lanes_per_agent: must be at least 1"
+                );
+            }
+            if quic.max_inflight_bytes_per_agent < quic.max_frame_bytes {
+                bail!("quic.max_inflight_bytes_per_agent: must be at least quic.max_frame_bytes");
+            }
+            if quic.frame_timeout < Duration::from_secs(1) {
+                bail!("quic.frame_timeout: must be at least 1s");
+            }
             if quic.allow.is_some() {
                 bail!(
                     "quic.allow: stream permissions moved to [access.allow] (they apply to \
@@ -351,6 +420,12 @@ impl ProcessorConfig {
             }
             if kafka.topics.is_empty() && kafka.json.is_empty() {
                 bail!("kafka.topics: list at least one topic (or declare [kafka.json.TOPIC])");
+            }
+            if !kafka.topics.is_empty() && kafka.require_signed && self.kafka_ca().is_none() {
+                bail!(
+                    "kafka.ca: agents sign their batches with their certificate's key; give the \
+                     CA (PEM) that issued them (or a [quic] section, whose ca is used)"
+                );
             }
             sluice_protocol::validate_name("kafka.dead_letter_table", &kafka.dead_letter_table)
                 .context("kafka.dead_letter_table")?;
@@ -452,6 +527,14 @@ impl ProcessorConfig {
             abs(&mut quic.cert);
             abs(&mut quic.key);
             abs(&mut quic.ca);
+            if let Some(crl) = &mut quic.crl {
+                abs(crl);
+            }
+        }
+        if let Some(kafka) = &mut self.kafka {
+            for p in [&mut kafka.ca, &mut kafka.crl].into_iter().flatten() {
+                abs(p);
+            }
         }
         if let Some(w) = &mut self.catalog.warehouse
             && !w.contains("://")
@@ -459,6 +542,21 @@ impl ProcessorConfig {
         {
             *w = base.join(&*w).display().to_string();
         }
+    }
+
+    /// The CA that Kafka batches' signatures must chain to, and its revocation list.
+    pub fn kafka_ca(&self) -> Option<(&Path, Option<&Path>)> {
+        let kafka = self.kafka.as_ref()?;
+        match (&kafka.ca, &self.quic) {
+            (Some(ca), _) => Some((ca, kafka.crl.as_deref())),
+            (None, Some(q)) => Some((&q.ca, kafka.crl.as_deref().or(q.crl.as_deref()))),
+            (None, None) => None,
+        }
+    }
+
+    /// The catalog database URI in effect, without its password: for messages.
+    pub fn catalog_uri_shown(&self) -> String {
+        sluice_ops::redact_uri(&self.catalog_uri())
     }
 
     /// The catalog database URI in effect.
@@ -524,6 +622,32 @@ ca = "certs/ca.pem"
     }
 
     #[test]
+    fn secrets_stay_out_of_debug_output_and_messages() {
+        let cfg = ProcessorConfig::parse(&format!(
+            "{GOOD}
+[catalog]
+uri = \"postgres://sluice:hunter2@db:5432/lake\"
+warehouse = \"s3://lake/wh\"
+[catalog.s3]
+access_key_id = \"AKIA\"
+secret_access_key = \"hunter3\"
+[kafka]
+brokers = \"b:9092\"
+topics = [\"t\"]
+options = {{ \"sasl.password\" = \"hunter4\", \"sasl.username\" = \"u\" }}
+"
+        ))
+        .expect("valid");
+        let shown = format!("{cfg:?} {}", cfg.catalog_uri_shown());
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("sluice:***@db") && shown.contains("\"sasl.username\": \"u\""));
+        assert!(
+            cfg.catalog_uri().contains("hunter2"),
+            "the catalog still gets it"
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = ProcessorConfig::parse(&format!("{GOOD}\n[lander]\ncommit_every = \"1s\"\n"))
             .unwrap_err();
@@ -543,9 +667,21 @@ ca = "certs/ca.pem"
 
     #[test]
     fn kafka_section() {
-        let kafka = "[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"sluice.cpu\", \"^sluice\\\\..*\"]\n";
+        let unsigned = "[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"sluice.cpu\", \"^sluice\\\\..*\"]\n";
+        // Agent batches are signed: their CA is needed (from [quic], or kafka.ca).
+        let err = ProcessorConfig::parse(unsigned)
+            .expect("parses")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("kafka.ca"), "{err}");
+        let kafka = format!("{unsigned}ca = \"certs/ca.pem\"\n");
+        let kafka = kafka.as_str();
         let cfg = ProcessorConfig::parse(kafka).expect("kafka alone is enough");
         cfg.validate().expect("valid");
+        assert!(
+            cfg.kafka_ca()
+                .is_some_and(|(ca, crl)| ca.ends_with("certs/ca.pem") && crl.is_none())
+        );
         let k = cfg.kafka.as_ref().expect("kafka");
         assert_eq!(k.group, "sluice-processor");
         assert_eq!(k.topics[1], "^sluice\\..*");

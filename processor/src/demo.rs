@@ -41,6 +41,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             &certs_dir,
             &["localhost".into(), "127.0.0.1".into()],
             &[DEMO_AGENT.into()],
+            certs::DEFAULT_DAYS,
             false,
         )?;
     }
@@ -184,7 +185,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!(
         "\nwarehouse: {}\ncatalog:   {} (catalog name {:?})",
         cfg.warehouse(),
-        cfg.catalog_uri(),
+        cfg.catalog_uri_shown(),
         cfg.catalog_name()
     );
     server.shutdown().await;

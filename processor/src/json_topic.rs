@@ -132,6 +132,10 @@ fn infer(value: &serde_json::Value) -> Result<SchemaRef, String> {
             .map_err(|e| format!("cannot infer columns: {e}"))?;
     let mut fields = Vec::new();
     for f in inferred.fields() {
+        if crate::lake::LAKE_COLUMNS.contains(&f.name().as_str()) {
+            tracing::warn!(field = %f.name(), "field left out of the inferred columns: the name is reserved for the lake");
+            continue;
+        }
         match f.data_type() {
             DataType::Int64 | DataType::Float64 | DataType::Utf8 | DataType::Boolean => {
                 fields.push(Field::new(f.name(), f.data_type().clone(), true));
@@ -271,6 +275,18 @@ mod tests {
             .decode(br#"{"id":8,"new":1}"#)
             .expect("extra fields are ignored");
         assert_eq!(b.num_columns(), 4);
+    }
+
+    #[test]
+    fn reserved_keys_in_the_first_message_are_left_out_of_the_columns() {
+        let mut t = JsonTopic::new("events".into(), None);
+        let b = t
+            .decode(br#"{"_seq":5,"_agent":"forged","_ingested_at":"x","msg":"hi"}"#)
+            .expect("infers");
+        let schema = b.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["msg"]);
+        assert!(crate::lake::uncreatable(&schema).is_none());
     }
 
     #[test]

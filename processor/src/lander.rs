@@ -477,6 +477,19 @@ impl LanderTask {
             self.blocked.remove(&lane);
         }
         if !self.tables.contains_key(&stream) {
+            // The batch's fault, not the catalog's: refuse it rather than retry for ever.
+            if let Some(reason) = lake::uncreatable(&req.batch.schema()) {
+                self.metrics.batch_rejected(
+                    &format!("{}.{stream}", self.cfg.namespace),
+                    "uncreatable",
+                    req.batch.num_rows(),
+                );
+                let _ = req.reply.send(Verdict::Rejected(format!(
+                    "cannot create table {}.{stream}: {reason}",
+                    self.cfg.namespace
+                )));
+                return;
+            }
             let created = match lake::load_or_create(
                 self.catalog.as_ref(),
                 &self.cfg.namespace,
@@ -1048,13 +1061,8 @@ fn holds_commit(table: &Table, commit_id: uuid::Uuid) -> bool {
 }
 
 fn map_columns(batch: &ArrowSchema, table: &SchemaRef) -> Result<Vec<ColumnSource>, String> {
-    let lake_columns = [
-        lake::AGENT_COLUMN,
-        lake::SEQ_COLUMN,
-        lake::INGESTED_AT_COLUMN,
-    ];
     for f in batch.fields() {
-        if lake_columns.contains(&f.name().as_str()) {
+        if lake::LAKE_COLUMNS.contains(&f.name().as_str()) {
             return Err(format!("column {:?} is reserved for the lake", f.name()));
         }
         if table.field_with_name(f.name()).is_err() {
@@ -1067,7 +1075,7 @@ fn map_columns(batch: &ArrowSchema, table: &SchemaRef) -> Result<Vec<ColumnSourc
     table
         .fields()
         .iter()
-        .filter(|f| !lake_columns.contains(&f.name().as_str()))
+        .filter(|f| !lake::LAKE_COLUMNS.contains(&f.name().as_str()))
         .map(|tf| match batch.index_of(tf.name()) {
             Ok(i) => {
                 let bt = lake::normalize_type(batch.field(i).data_type());
@@ -1393,15 +1401,26 @@ pub(crate) mod tests {
         let batch =
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![id]))])
                 .expect("batch");
+        land(lander, agent, "events", seq, batch).await
+    }
+
+    /// Hand `batch` to the lander as `agent`'s batch `seq` of `stream`.
+    pub(crate) async fn land(
+        lander: &Lander,
+        agent: &str,
+        stream: &str,
+        seq: u64,
+        batch: RecordBatch,
+    ) -> oneshot::Receiver<Verdict> {
         let (reply, verdict) = oneshot::channel();
         let req = LandRequest {
             envelope: Envelope {
                 agent: agent.into(),
-                stream: "events".into(),
+                stream: stream.into(),
                 seq,
-                schema_fingerprint: sluice_protocol::schema_fingerprint(&schema),
+                schema_fingerprint: sluice_protocol::schema_fingerprint(&batch.schema()),
                 created_at_us: 0,
-                rows: 1,
+                rows: u32::try_from(batch.num_rows()).expect("rows"),
                 checkpoint: Some(format!("ckpt-{seq}")),
             },
             batch,
@@ -1425,6 +1444,41 @@ pub(crate) mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_make_a_table_is_refused_not_retried() {
+        let lake = TestLake::new().await;
+        let lander = lake.lander();
+        let one = |name: &str| {
+            RecordBatch::try_new(
+                Arc::new(ArrowSchema::new(vec![
+                    Field::new("v", DataType::Int64, true),
+                    Field::new(name, DataType::Int64, true),
+                ])),
+                vec![
+                    Arc::new(Int64Array::from(vec![1])),
+                    Arc::new(Int64Array::from(vec![2])),
+                ],
+            )
+            .expect("batch")
+        };
+        for (stream, column, why) in [
+            ("a", "_seq", "reserved for the lake"),
+            ("b", "v", "given twice"),
+        ] {
+            let v = land(&lander, "edge", stream, 1, one(column)).await;
+            match tokio::time::timeout(Duration::from_secs(20), v).await {
+                Ok(Ok(Verdict::Rejected(reason))) => {
+                    assert!(reason.contains(why), "{reason}")
+                }
+                other => panic!("{stream}: expected a rejection, got {other:?}"),
+            }
+        }
+        // The lane is not blocked: the agent's next batch of the stream lands.
+        let v = land(&lander, "edge", "a", 2, one("w")).await;
+        lander.flush().await;
+        assert_eq!(v.await, Ok(Verdict::Committed));
     }
 
     #[tokio::test]

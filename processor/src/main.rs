@@ -19,8 +19,10 @@ mod metrics;
 mod models;
 mod progress;
 mod query;
+mod quota;
 mod receiver;
 mod server;
+mod signed;
 mod status;
 mod storage;
 mod tls;
@@ -221,6 +223,9 @@ enum CertsCommand {
         /// Agent ids to issue certificates for (repeatable).
         #[arg(long = "agent")]
         agents: Vec<String>,
+        /// Days the server and agent certificates are valid (the CA: ten years).
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
         /// Replace an existing CA.
         #[arg(long)]
         force: bool,
@@ -231,6 +236,18 @@ enum CertsCommand {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
         /// Agent id (becomes the certificate's common name).
+        agent: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// Revoke an agent's certificate: list it in the CA's revocation list (crl.pem), which a
+    /// processor reads at start from quic.crl and kafka.crl.
+    Revoke {
+        /// Directory holding ca.pem, ca.key and the agent's certificate.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Agent id whose current certificate is revoked.
         agent: String,
     },
 }
@@ -254,7 +271,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!(
                 "{}: OK (catalog {}, warehouse {})",
                 config.display(),
-                cfg.catalog_uri(),
+                cfg.catalog_uri_shown(),
                 cfg.warehouse()
             );
             for m in cfg.model_graph()?.order {
@@ -275,9 +292,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 dir,
                 server_names,
                 agents,
+                days,
                 force,
             } => {
-                certs::init(&dir, &server_names, &agents, force)?;
+                certs::init(&dir, &server_names, &agents, days, force)?;
                 println!(
                     "wrote CA, server and {} agent certificate(s) to {}",
                     agents.len(),
@@ -285,10 +303,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            CertsCommand::Issue { dir, agent } => {
-                certs::issue(&dir, &agent)?;
+            CertsCommand::Issue { dir, agent, days } => {
+                certs::issue(&dir, &agent, days)?;
                 let (cert, key) = certs::agent_files(&dir, &agent);
                 println!("wrote {} and {}", cert.display(), key.display());
+                Ok(())
+            }
+            CertsCommand::Revoke { dir, agent } => {
+                let (serial, count) = certs::revoke(&dir, &agent)?;
+                println!(
+                    "revoked {agent}'s certificate (serial {serial}); {} lists {count} \
+                     certificate(s); restart processors to apply it",
+                    dir.join(certs::CRL).display()
+                );
                 Ok(())
             }
         },

@@ -125,6 +125,7 @@ pub struct Metrics {
     kafka_messages: Family<TopicLabels, Counter>,
     kafka_rebalances: Family<KindLabels, Counter>,
     kafka_dead_letters: Family<TopicLabels, Counter>,
+    kafka_unverified: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,6 +179,7 @@ impl Default for Metrics {
             kafka_messages: Family::default(),
             kafka_rebalances: Family::default(),
             kafka_dead_letters: Family::default(),
+            kafka_unverified: Family::default(),
         };
         let mut r = Registry::with_prefix("sluice_processor");
         r.register(
@@ -216,6 +218,12 @@ impl Default for Metrics {
             "Queries run through the API, by outcome (ok, refused: not a read, busy, memory, \
              timeout, error: the SQL failed)",
             m.queries.clone(),
+        );
+        r.register(
+            "kafka_unverified_batches",
+            "Kafka batches dead-lettered because their signature does not prove their agent \
+             (unsigned, untrusted_certificate, wrong_agent, unsupported_scheme, bad_signature)",
+            m.kafka_unverified.clone(),
         );
         r.register(
             "lanes_refused",
@@ -640,6 +648,14 @@ impl Metrics {
 
     pub fn query(&self, outcome: &'static str) {
         self.queries.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn kafka_unverified(&self, reason: &str) {
+        self.kafka_unverified
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn sequence_gap(&self, t: &str) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_protocol::{
     Ack, AckStatus, Frame, ProtocolError, Refused, Welcome, decode_batch, read_frame,
-    schema_fingerprint, write_frame,
+    read_frame_within, schema_fingerprint, write_frame,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +27,10 @@ pub struct Receiver {
     pub access: Arc<Access>,
     /// The lander's namespace, to name tables in metrics.
     pub namespace: String,
+    /// Each agent's share of connections, lanes and bytes in flight.
+    pub quotas: Arc<crate::quota::Quotas>,
+    /// A frame whose header arrived must be whole within this.
+    pub frame_timeout: Duration,
     /// Set when the processor stops: lanes take no further batch, and end once the
     /// verdicts of those taken are written.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -49,6 +53,8 @@ enum LaneError {
     Lander(String),
     #[error("refused: {0}")]
     Denied(Denied),
+    #[error("refused: {0}")]
+    Quota(crate::quota::Exceeded),
 }
 
 impl LaneError {
@@ -60,6 +66,7 @@ impl LaneError {
             LaneError::IdentityMismatch { .. } => "identity_mismatch",
             LaneError::Lander(_) => "lander",
             LaneError::Denied(d) => d.reason(),
+            LaneError::Quota(e) => e.reason(),
         }
     }
 }
@@ -99,6 +106,15 @@ impl Receiver {
             return;
         };
         let peer: Arc<str> = peer.into();
+        let _slot = match self.quotas.connection(&peer) {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::warn!(%remote, "refused connection: {e}");
+                self.metrics.connection_rejected(e.reason());
+                conn.close(quinn::VarInt::from_u32(4), e.to_string().as_bytes());
+                return;
+            }
+        };
         tracing::info!(%remote, agent = %peer, "agent connected");
         self.metrics.connection_opened();
         loop {
@@ -124,7 +140,11 @@ impl Receiver {
         send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        if let Err(e) = self.lane_inner(&peer, send, &mut recv).await {
+        let result = match self.quotas.lane(&peer) {
+            Ok(_slot) => self.lane_inner(&peer, send, &mut recv).await,
+            Err(e) => Err(LaneError::Quota(e)),
+        };
+        if let Err(e) = result {
             let reason = e.reason();
             if let LaneError::Denied(d) = &e {
                 tracing::warn!(%remote, "refused lane: {d}");
@@ -141,7 +161,7 @@ impl Receiver {
 
     async fn lane_inner(
         &self,
-        peer: &str,
+        peer: &Arc<str>,
         mut send: quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<(), LaneError> {
@@ -175,7 +195,7 @@ impl Receiver {
             return Ok(());
         }
         // An agent may only speak for the identity its certificate carries.
-        if hello.agent != peer {
+        if hello.agent != **peer {
             return Err(LaneError::IdentityMismatch {
                 claimed: hello.agent,
                 certified: peer.to_string(),
@@ -213,8 +233,7 @@ impl Receiver {
 
         // Verdicts are written in arrival order by their own task, so reading never waits
         // for a commit.
-        let (verdict_tx, verdict_rx) =
-            mpsc::unbounded_channel::<(u64, oneshot::Receiver<Verdict>)>();
+        let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Pending>();
         let stream_name = hello.stream.clone();
         let writer = tokio::spawn(write_acks(send, stream_name, verdict_rx));
 
@@ -227,7 +246,7 @@ impl Receiver {
                     let _ = recv.stop(quinn::VarInt::from_u32(0));
                     break Ok(());
                 }
-                read = read_frame(recv, self.max_frame_bytes) => read,
+                read = read_frame_within(recv, self.max_frame_bytes, Some(self.frame_timeout)) => read,
             };
             let frame = match read {
                 Ok(Some(f)) => f,
@@ -252,6 +271,12 @@ impl Receiver {
                 });
             }
             let seq = env.seq;
+            // The agent's share of bytes in flight, held until the verdict is written.
+            let permit = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|s| *s) => break Ok(()),
+                p = self.quotas.bytes(peer, batch.ipc.len()) => p,
+            };
             let (reply, verdict) = oneshot::channel();
             match validate(&env, batch.ipc.clone()) {
                 Ok(decoded) => {
@@ -278,7 +303,7 @@ impl Receiver {
                     let _ = reply.send(Verdict::Rejected(message));
                 }
             }
-            if verdict_tx.send((seq, verdict)).is_err() {
+            if verdict_tx.send((seq, verdict, permit)).is_err() {
                 break Ok(());
             }
         };
@@ -324,12 +349,20 @@ pub(crate) fn validate(
     Ok(batch)
 }
 
+/// A batch handed on: its sequence number, its verdict to come, and its share of the
+/// agent's bytes in flight.
+type Pending = (
+    u64,
+    oneshot::Receiver<Verdict>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 async fn write_acks(
     mut send: quinn::SendStream,
     stream: String,
-    mut verdicts: mpsc::UnboundedReceiver<(u64, oneshot::Receiver<Verdict>)>,
+    mut verdicts: mpsc::UnboundedReceiver<Pending>,
 ) {
-    while let Some((seq, verdict)) = verdicts.recv().await {
+    while let Some((seq, verdict, _permit)) = verdicts.recv().await {
         // A dropped reply means the lander could not take the batch (e.g. the catalog is
         // down): send no ack; closing the lane makes the agent resend it.
         let Ok(verdict) = verdict.await else {

@@ -43,7 +43,7 @@ impl Server {
         let metrics = Metrics::with_health(health.clone());
         let catalog = lake::open(cfg)
             .await
-            .with_context(|| format!("cannot open the catalog at {}", cfg.catalog_uri()))?;
+            .with_context(|| format!("cannot open the catalog at {}", cfg.catalog_uri_shown()))?;
         lake::ensure_namespace(catalog.as_ref(), &cfg.lander.namespace)
             .await
             .context("cannot create the bronze namespace")?;
@@ -96,8 +96,9 @@ impl Server {
         access.log();
         let endpoint = match &cfg.quic {
             Some(quic) => {
-                let server_config = tls::server_config(&quic.ca, &quic.cert, &quic.key)
-                    .context("cannot set up TLS for the QUIC receiver")?;
+                let server_config =
+                    tls::server_config(&quic.ca, quic.crl.as_deref(), &quic.cert, &quic.key)
+                        .context("cannot set up TLS for the QUIC receiver")?;
                 let endpoint = quinn::Endpoint::server(server_config, quic.listen)
                     .with_context(|| format!("cannot listen on quic.listen {}", quic.listen))?;
                 let receiver = Receiver {
@@ -106,6 +107,13 @@ impl Server {
                     max_frame_bytes: usize::try_from(quic.max_frame_bytes.as_u64())
                         .unwrap_or(usize::MAX),
                     access: access.clone(),
+                    quotas: crate::quota::Quotas::new(crate::quota::Limits {
+                        connections: quic.max_connections_per_agent,
+                        lanes: quic.max_lanes_per_agent,
+                        inflight_bytes: usize::try_from(quic.max_inflight_bytes_per_agent.as_u64())
+                            .unwrap_or(usize::MAX),
+                    }),
+                    frame_timeout: quic.frame_timeout,
                     namespace: cfg.lander.namespace.clone(),
                     stopping,
                 };
@@ -124,7 +132,11 @@ impl Server {
                     lander.clone(),
                     inflight,
                     metrics.clone(),
-                    access.clone(),
+                    crate::signed::Admission::new(
+                        access.clone(),
+                        cfg.kafka_ca(),
+                        k.require_signed,
+                    )?,
                 )
                 .await?,
             ),

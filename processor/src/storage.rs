@@ -43,7 +43,7 @@ pub struct S3Config {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<sluice_ops::Secret>,
     /// Allow `http://` endpoints (test servers on loopback).
     pub allow_http: bool,
     /// Address buckets as `bucket.host` instead of `host/bucket`.
@@ -132,7 +132,7 @@ impl ObjectStorage {
                     b = b.with_access_key_id(v);
                 }
                 if let Some(v) = &self.s3.secret_access_key {
-                    b = b.with_secret_access_key(v);
+                    b = b.with_secret_access_key(v.expose());
                 }
                 Arc::new(b.build().map_err(|e| store_err(location, e))?)
             }

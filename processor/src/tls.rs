@@ -18,18 +18,50 @@ fn certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-/// Build the QUIC server configuration from PEM files.
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// The CA certificates in `ca` (PEM), as trust roots.
+pub fn roots(ca: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca, "CA certificate")? {
         roots
             .add(c)
             .with_context(|| format!("invalid CA certificate in {}", ca.display()))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    Ok(roots)
+}
+
+/// A verifier of agent certificates: chained to the CA in `ca`, valid now, and not in the
+/// revocation list `crl` (PEM) when one is given.
+pub fn agent_verifier(
+    ca: &Path,
+    crl: Option<&Path>,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
+    if let Some(crl) = crl {
+        let crls = rustls_pki_types::CertificateRevocationListDer::pem_file_iter(crl)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("cannot read the revocation list {}", crl.display()))?;
+        anyhow::ensure!(
+            !crls.is_empty(),
+            "{} holds no revocation list",
+            crl.display()
+        );
+        builder = builder.with_crls(crls);
+    }
+    builder
         .build()
-        .context("cannot build the client certificate verifier")?;
+        .context("cannot build the agent certificate verifier")
+}
+
+/// Build the QUIC server configuration from PEM files.
+pub fn server_config(
+    ca: &Path,
+    crl: Option<&Path>,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = agent_verifier(ca, crl)?;
     let chain = certs(cert, "server certificate")?;
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read the server key from {}", key.display()))?;
@@ -59,8 +91,12 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<quinn
 pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    let leaf = chain.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    common_name(chain.first()?)
+}
+
+/// The common name of a certificate (DER): an agent's id.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
 }

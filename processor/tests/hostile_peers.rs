@@ -82,6 +82,9 @@ cert = "certs/server.pem"
 key = "certs/server.key"
 ca = "certs/ca.pem"
 max_frame_bytes = "1MiB"
+frame_timeout = "2s"
+max_connections_per_agent = 3
+max_lanes_per_agent = 8
 [api]
 listen = "{api}"
 anonymous = ["metrics"]
@@ -537,4 +540,118 @@ async fn assert_refusal_counted(p: &mut TestProcessor, at_least: u32) {
     }
     assert!(n >= f64::from(at_least), "refusals counted: {n}");
     assert!(p.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_gets_only_its_share_of_connections_and_lanes_and_cannot_trickle_a_frame() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut p = TestProcessor::start().await;
+    // Three connections are its share; the fourth is closed with the reason.
+    // Each is proven taken by a lane welcomed on it before the next one comes.
+    let mut conns = Vec::new();
+    let mut lanes = Vec::new();
+    for _ in 0..3 {
+        let c = connect(&p).await;
+        lanes.push(lane(&c).await);
+        conns.push(c);
+    }
+    let fourth = connect(&p).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), fourth.closed())
+        .await
+        .expect("the fourth connection is closed");
+    assert!(
+        format!("{closed}").contains("max_connections_per_agent"),
+        "{closed}"
+    );
+
+    // Eight lanes are its share (three are open); the ninth is closed.
+    for _ in 0..5 {
+        lanes.push(lane(&conns[0]).await);
+    }
+    let (mut send9, mut recv9) = conns[0].open_bi().await.expect("open");
+    write_frame(
+        &mut send9,
+        &Frame::Hello(Hello {
+            agent: "edge-01".into(),
+            stream: "t".into(),
+        }),
+    )
+    .await
+    .expect("hello");
+    expect_lane_closed(&mut recv9).await;
+    drop(lanes);
+
+    // A frame header declaring 512 KiB, then a trickle: the lane is closed after
+    // frame_timeout instead of being held.
+    let (mut send, mut recv) = lane_when_free(&conns[1]).await;
+    let mut header = Vec::from(*b"SLC");
+    header.extend_from_slice(&[sluice_protocol::VERSION, 3]);
+    header.extend_from_slice(&(512u32 << 10).to_be_bytes());
+    send.write_all(&header).await.expect("header");
+    let started = std::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            if send.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    expect_lane_closed(&mut recv).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    trickle.abort();
+
+    assert!(p.alive());
+    for (sample, want) in [
+        (
+            "sluice_processor_connections_rejected_total{reason=\"too_many_connections\"}",
+            1.0,
+        ),
+        (
+            "sluice_processor_frames_rejected_total{reason=\"frame_timeout\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(p.counter(sample).await, want, "{sample}");
+    }
+    // At least the ninth lane (a lane opened while the processor had not yet seen others
+    // end is refused too, and retried).
+    let lanes_refused = p
+        .counter("sluice_processor_frames_rejected_total{reason=\"too_many_lanes\"}")
+        .await;
+    assert!(lanes_refused >= 1.0, "{lanes_refused}");
+    // Its share is back once it closes something (as soon as the processor sees it).
+    drop(conns);
+    let again = connect(&p).await;
+    lane_when_free(&again).await;
+}
+
+/// A lane on `conn` once the agent's share has room again (the processor frees a lane's
+/// slot when it sees the lane end).
+async fn lane_when_free(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (mut send, mut recv) = conn.open_bi().await.expect("open lane");
+        write_frame(
+            &mut send,
+            &Frame::Hello(Hello {
+                agent: "edge-01".into(),
+                stream: "t".into(),
+            }),
+        )
+        .await
+        .expect("hello");
+        if let Ok(Some(Frame::Welcome(_))) = read_frame(&mut recv, 1 << 20).await {
+            return (send, recv);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -3,6 +3,10 @@ use bytes::BufMut;
 use crate::ProtocolError;
 use crate::codec::{Reader, put_opt_long_str, put_str};
 
+/// The largest source checkpoint a batch may carry: each table keeps its agents'
+/// checkpoints in every snapshot's summary, so a large one would be copied forever.
+pub const MAX_CHECKPOINT_BYTES: usize = 4096;
+
 /// Metadata that travels with every batch.
 ///
 /// `seq` is assigned by the agent per (agent, stream) and increases by one per batch; the
@@ -54,10 +58,19 @@ impl Envelope {
     }
 
     /// Checks every decoder applies: names in the safe alphabet, sequences from 1 and
-    /// within the lake's `_seq` column (a signed 64-bit integer).
+    /// within the lake's `_seq` column (a signed 64-bit integer), a checkpoint of at most
+    /// [`MAX_CHECKPOINT_BYTES`] (it is kept in every later snapshot's summary).
     pub(crate) fn validate(&self) -> Result<(), ProtocolError> {
         validate_name("agent", &self.agent)?;
         validate_name("stream", &self.stream)?;
+        if let Some(c) = &self.checkpoint
+            && c.len() > MAX_CHECKPOINT_BYTES
+        {
+            return Err(ProtocolError::InvalidField {
+                field: "checkpoint",
+                reason: format!("{} bytes; at most {MAX_CHECKPOINT_BYTES} are kept", c.len()),
+            });
+        }
         if self.seq == 0 || self.seq > i64::MAX as u64 {
             return Err(ProtocolError::InvalidField {
                 field: "seq",

@@ -28,6 +28,8 @@ pub enum ProtocolError {
     },
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    #[error("a frame took longer than {0:?} to arrive")]
+    FrameTimeout(std::time::Duration),
 }
 
 impl ProtocolError {
@@ -43,6 +45,7 @@ impl ProtocolError {
             Self::TrailingBytes(_) => "trailing_bytes",
             Self::InvalidField { .. } => "invalid_field",
             Self::Ipc(_) => "invalid_ipc",
+            Self::FrameTimeout(_) => "frame_timeout",
             Self::UnexpectedFrame { .. } => "unexpected_frame",
             Self::Io(_) => "io",
         }

@@ -254,6 +254,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_body: usize,
 ) -> Result<Option<Frame>, ProtocolError> {
+    read_frame_within(reader, max_body, None).await
+}
+
+/// Bytes of a frame body reserved before any of it arrived: a header may declare up to
+/// the limit, but memory is only given to bytes a peer actually sends.
+const FIRST_BODY_CHUNK: usize = 1 << 20;
+
+/// [`read_frame`], where a frame whose header has arrived must be whole within
+/// `body_timeout`: a peer cannot hold a lane and its buffer by trickling a frame.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_body: usize,
+    body_timeout: Option<std::time::Duration>,
+) -> Result<Option<Frame>, ProtocolError> {
     let mut h = [0u8; HEADER_LEN];
     // Distinguish a clean close (zero bytes) from a header cut in the middle.
     let mut filled = 0;
@@ -271,18 +285,38 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         filled += n;
     }
     let (kind, len) = parse_header(&h, max_body)?;
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Truncated {
-                what: "frame body",
-                needed: len,
-            }
-        } else {
-            ProtocolError::Io(e)
-        }
-    })?;
+    let body = read_body(reader, len);
+    let body = match body_timeout {
+        None => body.await?,
+        Some(t) => tokio::time::timeout(t, body)
+            .await
+            .map_err(|_| ProtocolError::FrameTimeout(t))??,
+    };
     Frame::decode(kind, Bytes::from(body)).map(Some)
+}
+
+async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut body = Vec::with_capacity(len.min(FIRST_BODY_CHUNK));
+    let mut rest = reader.take(len as u64);
+    loop {
+        if body.len() == body.capacity() && body.len() < len {
+            // The peer sent the first chunk: now reserve the rest at once.
+            body.reserve_exact(len - body.len());
+        }
+        if rest.read_buf(&mut body).await? == 0 {
+            break;
+        }
+    }
+    if body.len() < len {
+        return Err(ProtocolError::Truncated {
+            what: "frame body",
+            needed: len - body.len(),
+        });
+    }
+    Ok(body)
 }
 
 /// Write one frame. Does not flush.

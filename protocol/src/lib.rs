@@ -21,12 +21,12 @@ pub mod hostile;
 mod ipc;
 pub mod kafka;
 
-pub use envelope::Envelope;
 pub use envelope::validate_name;
+pub use envelope::{Envelope, MAX_CHECKPOINT_BYTES};
 pub use error::ProtocolError;
 pub use frame::{
     Ack, AckStatus, BatchFrame, Frame, FrameKind, HEADER_LEN, Hello, MAGIC, Refused, VERSION,
-    Welcome, parse_header, read_frame, write_frame,
+    Welcome, parse_header, read_frame, read_frame_within, write_frame,
 };
 pub use ipc::{MAX_FIELDS, check_stream, decode_batch, encode_batch, schema_fingerprint};
 

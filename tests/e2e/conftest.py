@@ -25,7 +25,8 @@ def bins() -> Bins:
 @pytest.fixture(scope="session")
 def certs(bins, tmp_path_factory) -> pathlib.Path:
     d = tmp_path_factory.mktemp("certs")
-    make_certs(bins, d, agents=["edge-01", "edge-02"])
+    # Agents sign their Kafka batches with their key, so every id a test uses has one.
+    make_certs(bins, d, agents=["edge-01", "edge-02", "edge-03", "edge-04"])
     return d
 
 

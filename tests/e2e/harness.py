@@ -367,6 +367,9 @@ class Agent:
                 "sink": {
                     "backoff_initial": "50ms",
                     "backoff_max": "500ms",
+                    # Each batch is signed with the agent's certificate key.
+                    "cert": str(certs / f"agent-{agent_id}.pem"),
+                    "key": str(certs / f"agent-{agent_id}.key"),
                     **(sink or {}),
                 } if (sink or {}).get("type") == "kafka" else {
                     "type": "quic",

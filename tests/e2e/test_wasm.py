@@ -2,9 +2,11 @@
 plugins that must not hurt the agent or the healthy connectors beside them."""
 
 import hashlib
+import os
+import subprocess
 import time
 
-from harness import Agent, Processor, plugin_path, read_duckdb, read_pyiceberg
+from harness import Agent, Processor, plugin_path, read_duckdb, read_pyiceberg, wait_until, write_toml
 
 START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, as in plugins/examples/counter
 
@@ -66,6 +68,10 @@ HOSTILE = {
     "wrongschema": ("hostile_wrong_schema", "bad_batch", "1 columns but the plugin declared 2"),
     "badjson": ("hostile_bad_json", "bad_batch", "invalid JSON lines"),
     "snoop": ("hostile_snoop", "plugin_error", "cannot read /etc/hostname"),
+    # Granted /proc/stat only: the agent's environment (its secrets) stays out of reach.
+    "environ": ("hostile_snoop", "plugin_error", "cannot read /proc/self/environ"),
+    # Reads a FIFO nobody writes: stuck in the host, where the epoch cannot stop it.
+    "blocked": ("hostile_snoop", "blocked", "blocked in a host call"),
 }
 
 
@@ -73,10 +79,19 @@ def test_hostile_plugins_fail_alone(bins, certs, workdir):
     limits = {"call_timeout": "300ms", "memory_limit": "32MiB", "restart_backoff_initial": "100ms",
               "restart_backoff_max": "200ms", "max_failures": 3, "failure_window": "1m", "poll_interval": "20ms"}
     sources = {"healthy": counter(mode="columns", max_rows=2000)}
+    fifo_dir = workdir / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "never-written")
     for name, (component, _, _) in HOSTILE.items():
         src = {"type": "wasm", "plugin": str(plugin_path(component)), **limits}
         if name == "snoop":
             src["config"] = {"path": "/etc/hostname"}
+        if name == "environ":
+            src["allow_files"] = ["/proc/stat"]
+            src["config"] = {"path": "/proc/self/environ"}
+        if name == "blocked":
+            src["allow_dirs"] = [str(fifo_dir)]
+            src["config"] = {"path": str(fifo_dir / "never-written")}
         sources[name] = src
     proc = Processor(bins, certs, workdir).start()
     agent = Agent(bins, certs, workdir, proc, sources).start().wait_api()
@@ -193,8 +208,11 @@ def test_file_tail_resumes_exactly_after_agent_kill(bins, certs, workdir):
         proc.stop()
 
 
-def test_host_metrics_reads_only_a_granted_proc(bins, certs, workdir):
-    metrics = {"type": "wasm", "plugin": str(plugin_path("host_metrics")), "allow_dirs": ["/proc"],
+HOST_FILES = ["/proc/stat", "/proc/meminfo", "/proc/loadavg", "/proc/sys/kernel/hostname"]
+
+
+def test_host_metrics_reads_only_its_granted_files(bins, certs, workdir):
+    metrics = {"type": "wasm", "plugin": str(plugin_path("host_metrics")), "allow_files": HOST_FILES,
                "poll_interval": "20ms", "config": {"interval_ms": 100}}
     denied = {"type": "wasm", "plugin": str(plugin_path("host_metrics")), "max_failures": 1,
               "config": {"interval_ms": 100}}
@@ -209,7 +227,7 @@ def test_host_metrics_reads_only_a_granted_proc(bins, certs, workdir):
                 break
             time.sleep(0.2)
         status, body = agent.health()
-        assert status == 503 and 'plugin "nogrant" failed' in body and "is /proc granted" in body, body
+        assert status == 503 and 'plugin "nogrant" failed' in body and "granted with allow_files" in body, body
         assert agent.proc.stop(timeout=60) == 1, agent.proc.output()
         assert 'plugin "nogrant" failed' in agent.proc.output()
         rows = read_duckdb(proc, "bronze.hostm")
@@ -228,6 +246,49 @@ def test_host_metrics_reads_only_a_granted_proc(bins, certs, workdir):
     finally:
         if agent.proc:
             agent.proc.kill()
+        proc.stop()
+
+
+def test_the_agents_own_process_cannot_be_granted(bins, workdir):
+    """Granting /proc (or /, or a process's files) would hand a plugin /proc/self/mem and
+    /proc/self/environ: the agent's memory, keys and secrets. The config is refused."""
+    for grant in [{"allow_dirs": ["/proc"]}, {"allow_dirs": ["/"]}, {"allow_files": ["/proc/self/environ"]},
+                  {"allow_files": [f"/proc/{os.getpid()}/mem"]}]:
+        config = workdir / "agent.toml"
+        write_toml(config, {
+            "agent": {"id": "edge-01", "data_dir": str(workdir / "data")},
+            "sink": {"type": "quic", "endpoint": "127.0.0.1:1", "server_name": "localhost", "ca": "ca.pem",
+                     "cert": "a.pem", "key": "a.key"},
+            "sources": {"snoop": {"type": "wasm", "plugin": str(plugin_path("hostile_snoop")), **grant}},
+        })
+        r = subprocess.run([str(bins.agent), "validate", "--config", str(config)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0, (grant, r.stdout)
+        assert "sources.snoop.allow_" in r.stderr and ("agent's own process" in r.stderr
+                                                      or "belongs to a process" in r.stderr), r.stderr
+
+
+def test_a_plugin_flooding_the_log_is_cut_to_the_rate(bins, certs, workdir):
+    """A plugin logging 20,000 lines of 10 KB per poll: the agent logs at most the burst and
+    the rate, each line cut to 4 KiB, says how many it dropped, and the rows still land."""
+    proc = Processor(bins, certs, workdir).start()
+    flood = {"type": "wasm", "plugin": str(plugin_path("hostile_logflood")), "poll_interval": "20ms",
+             "call_timeout": "10s"}
+    agent = Agent(bins, certs, workdir, proc, {"flood": flood}).start().wait_api()
+    try:
+        started = time.time()
+        wait_until(lambda: agent.metrics().get('sluice_agent_acked_rows_total{stream="flood"}', 0) >= 5, 120,
+                   "five polls to land")
+        elapsed = time.time() - started
+        log = agent.proc.output()
+        lines = [line for line in log.splitlines() if "xxxxxxxxxx" in line]
+        # 1,000 at once, then 100 a second (and a margin for the clock).
+        assert 0 < len(lines) <= 1_000 + 100 * (elapsed + 10), (len(lines), elapsed)
+        assert all(len(line) < 4096 + 400 for line in lines), max(map(len, lines))
+        assert "more bytes cut" in lines[0]
+        assert "log lines dropped" in log
+    finally:
+        agent.proc.kill()
         proc.stop()
 
 

@@ -127,6 +127,7 @@ fn bench_sandbox() -> Sandbox {
         memory_limit: 512 << 20,
         call_timeout: Duration::from_secs(30),
         allow_dirs: Vec::new(),
+        allow_files: Vec::new(),
         allow_env: Vec::new(),
     }
 }
@@ -155,7 +156,7 @@ pub fn transform(
     let mut n = 0u64;
     while n < rows {
         let wit = arrow::to_wit(&input).map_err(|e| err(&e))?;
-        let out = inst.apply(&wit).map_err(|e| err(&e))?;
+        let out = inst.apply(wit).map_err(|e| err(&e))?;
         arrow::to_record_batch(&output, out).map_err(|e| err(&e))?;
         n += input.num_rows() as u64;
     }

@@ -37,9 +37,14 @@ pub struct WasmSourceConfig {
     /// Time budget of each call into the plugin.
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
-    /// Host directories the plugin may read (mounted read-only at the same path).
+    /// Host directories the plugin may read (mounted read-only at the same path). Not
+    /// `/`, `/proc` or anything under it: they expose the agent's own process.
     #[serde(default)]
     pub allow_dirs: Vec<PathBuf>,
+    /// Host files the plugin may read, at the same path, as copies refreshed before each
+    /// call (at most 1 MiB each): `/proc/stat`, `/proc/meminfo`. Not a process's files.
+    #[serde(default)]
+    pub allow_files: Vec<PathBuf>,
     /// Environment variables the plugin may see (their host values).
     #[serde(default)]
     pub allow_env: Vec<String>,
@@ -74,6 +79,8 @@ pub struct WasmTransformConfig {
     pub call_timeout: Duration,
     #[serde(default)]
     pub allow_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub allow_files: Vec<PathBuf>,
     #[serde(default)]
     pub allow_env: Vec<String>,
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
@@ -130,6 +137,7 @@ struct Common<'a> {
     memory_limit: ByteSize,
     call_timeout: Duration,
     allow_dirs: &'a [PathBuf],
+    allow_files: &'a [PathBuf],
     allow_env: &'a [String],
     policy: RestartPolicy,
     config: &'a toml::Table,
@@ -142,6 +150,7 @@ macro_rules! common {
             memory_limit: c.memory_limit,
             call_timeout: c.call_timeout,
             allow_dirs: &c.allow_dirs,
+            allow_files: &c.allow_files,
             allow_env: &c.allow_env,
             policy: RestartPolicy {
                 backoff_initial: c.restart_backoff_initial,
@@ -168,6 +177,19 @@ impl Common<'_> {
                 "must be at least 20ms",
             ));
         }
+        for (grants, dir, what) in [
+            (self.allow_dirs, true, "allow_dirs"),
+            (self.allow_files, false, "allow_files"),
+        ] {
+            for path in grants {
+                if let Some(why) = super::grants::refused_grant(path, dir) {
+                    return Err(Invalid::new(
+                        format!("{key}.{what}"),
+                        format!("{}: {why}", path.display()),
+                    ));
+                }
+            }
+        }
         if self.policy.max_failures == 0 {
             return Err(Invalid::new(
                 format!("{key}.max_failures"),
@@ -190,6 +212,7 @@ impl Common<'_> {
             memory_limit: usize::try_from(self.memory_limit.as_u64()).unwrap_or(usize::MAX),
             call_timeout: self.call_timeout,
             allow_dirs: self.allow_dirs.to_vec(),
+            allow_files: self.allow_files.to_vec(),
             allow_env: self.allow_env.to_vec(),
         }
     }

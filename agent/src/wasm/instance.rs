@@ -1,18 +1,31 @@
-//! One sandboxed connector instance: its own store with a memory cap, WASI with only the
-//! granted capabilities, and calls bounded by a time budget.
+//! One sandboxed connector instance: its own store with a memory budget, WASI with only
+//! the granted capabilities, calls bounded by a time budget, and logs bounded in size and
+//! rate.
+//!
+//! The instance lives on a thread of its own. Epoch interruption stops wasm code at its
+//! budget, but not a call blocked in the host (a read of a FIFO, a hung network file
+//! system): the caller waits for the budget plus [`HOST_GRACE`], then gives the instance up
+//! and leaves its thread to finish the host call on its own.
 
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::host::Host;
 use super::bindings::sluice::plugin::types::{Batch, Column, Level, PollResult};
 use super::bindings::{Source, Transform};
+use super::grants::FileGrants;
+use super::limits::{Budget, LogBudget};
 use super::runtime::{EPOCH_TICK, Runtime};
+
+/// How much longer than its budget a call may take before it is given up: the time for an
+/// epoch trap to land, so only a call stuck in the host reaches it.
+pub const HOST_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connector may do and use.
 #[derive(Debug, Clone)]
@@ -21,6 +34,9 @@ pub struct Sandbox {
     pub call_timeout: Duration,
     /// Host directories readable by the guest, at the same path.
     pub allow_dirs: Vec<std::path::PathBuf>,
+    /// Host files readable by the guest, at the same path, as copies refreshed before each
+    /// call (see [`FileGrants`]).
+    pub allow_files: Vec<std::path::PathBuf>,
     /// Environment variables passed through (only those set on the host).
     pub allow_env: Vec<String>,
 }
@@ -30,7 +46,8 @@ pub struct State {
     plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    budget: Budget,
+    logs: LogBudget,
 }
 
 impl WasiView for State {
@@ -46,6 +63,9 @@ impl super::bindings::sluice::plugin::types::Host for State {}
 
 impl Host for State {
     fn log(&mut self, level: Level, message: String) {
+        let Some(message) = self.logs.admit(message) else {
+            return;
+        };
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -65,6 +85,11 @@ pub enum Failure {
         call: &'static str,
         budget: Duration,
     },
+    #[error("{call}() blocked in a host call past its time budget of {budget:?}; given up")]
+    Blocked {
+        call: &'static str,
+        budget: Duration,
+    },
     #[error("memory cap of {cap_mib} MiB exceeded in {call}()")]
     Memory { call: &'static str, cap_mib: usize },
     #[error("trapped in {call}(): {detail}")]
@@ -81,6 +106,7 @@ impl Failure {
     pub fn reason(&self) -> &'static str {
         match self {
             Failure::Timeout { .. } => "timeout",
+            Failure::Blocked { .. } => "blocked",
             Failure::Memory { .. } => "memory",
             Failure::Trap { .. } => "trap",
             Failure::Plugin { .. } => "plugin_error",
@@ -91,7 +117,7 @@ impl Failure {
 }
 
 /// A world a plugin implements: `Source` or `Transform`.
-pub trait World: Sized {
+pub trait World: Sized + Send + 'static {
     fn instantiate(
         store: &mut Store<State>,
         component: &Component,
@@ -119,24 +145,137 @@ impl World for Transform {
     }
 }
 
-/// A live instance of a plugin of world `W`.
-pub struct Instance<W> {
+/// What the instance's thread owns.
+struct Live<W> {
     store: Store<State>,
     bindings: W,
     sandbox: Sandbox,
     stderr: MemoryOutputPipe,
+    files: FileGrants,
+}
+
+type Job<W> = Box<dyn FnOnce(&mut Live<W>) + Send>;
+
+/// A live instance of a plugin of world `W`, on a thread of its own.
+pub struct Instance<W> {
+    /// `None` once a call was given up: the thread may still be inside it.
+    jobs: Option<SyncSender<Job<W>>>,
+    plugin: Arc<str>,
+    sandbox: Sandbox,
 }
 
 impl<W: World> Instance<W> {
-    /// Instantiate `component` in a fresh store.
+    /// Instantiate `component` in a fresh store, on a new thread.
     pub fn new(
         runtime: &Runtime,
         component: &Component,
         plugin: Arc<str>,
         sandbox: &Sandbox,
     ) -> Result<Self, Failure> {
+        let (jobs, inbox) = sync_channel::<Job<W>>(1);
+        let (ready_tx, ready) = sync_channel(1);
+        let (engine, component, s, name) = (
+            runtime.engine.clone(),
+            component.clone(),
+            sandbox.clone(),
+            plugin.clone(),
+        );
+        let files = runtime.grants_dir(&plugin);
+        std::thread::Builder::new()
+            .name(format!("wasm-{plugin}"))
+            .spawn(move || {
+                let live = Live::<W>::new(&engine, &component, name, s, files);
+                let mut live = match live {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                serve(&mut live, inbox);
+            })
+            .map_err(|e| Failure::Instantiate(format!("cannot start its thread: {e}")))?;
+        let this = Self {
+            jobs: Some(jobs),
+            plugin,
+            sandbox: sandbox.clone(),
+        };
+        this.wait("instantiate", &ready)?;
+        Ok(this)
+    }
+
+    /// Wait for a call's answer within its budget plus the grace; past it, give up.
+    fn wait<T>(
+        &self,
+        call: &'static str,
+        answer: &Receiver<Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        match answer.recv_timeout(self.sandbox.call_timeout + HOST_GRACE) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(plugin = %self.plugin, "{call}() is stuck in a host call past its budget; its thread is left to finish it");
+                Err(Failure::Blocked {
+                    call,
+                    budget: self.sandbox.call_timeout,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Failure::Trap {
+                call,
+                detail: "the instance's thread ended".into(),
+            }),
+        }
+    }
+
+    /// Run `f` on the instance's thread within the time budget.
+    fn call<T: Send + 'static>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&mut Live<W>) -> Result<T, Failure> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let Some(jobs) = &self.jobs else {
+            return Err(Failure::Blocked {
+                call,
+                budget: self.sandbox.call_timeout,
+            });
+        };
+        let (tx, answer) = sync_channel(1);
+        let job: Job<W> = Box::new(move |live| {
+            let _ = tx.send(f(live));
+        });
+        if jobs.send(job).is_err() {
+            return Err(Failure::Trap {
+                call,
+                detail: "the instance's thread ended".into(),
+            });
+        }
+        let r = self.wait(call, &answer);
+        if matches!(r, Err(Failure::Blocked { .. })) {
+            self.jobs = None;
+        }
+        r
+    }
+}
+
+/// The instance's thread: run jobs until the instance is dropped.
+fn serve<W>(live: &mut Live<W>, inbox: Receiver<Job<W>>) {
+    while let Ok(job) = inbox.recv() {
+        job(live);
+    }
+}
+
+impl<W: World> Live<W> {
+    fn new(
+        engine: &Engine,
+        component: &Component,
+        plugin: Arc<str>,
+        sandbox: Sandbox,
+        grants_dir: std::path::PathBuf,
+    ) -> Result<Self, Failure> {
         let inst = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
-        let mut linker: Linker<State> = Linker::new(&runtime.engine);
+        let mut linker: Linker<State> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(inst)?;
         // Both worlds import the same interfaces (`host`), so one linker setup serves both.
         Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
@@ -149,6 +288,15 @@ impl<W: World> Instance<W> {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        let files = FileGrants::new(grants_dir, &sandbox.allow_files)
+            .map_err(|e| Failure::Instantiate(format!("cannot grant the files: {e}")))?;
+        files
+            .refresh()
+            .map_err(|e| Failure::Instantiate(format!("cannot copy a granted file: {e}")))?;
+        for (host, guest) in files.preopens() {
+            wasi.preopened_dir(&host, &guest, FsPerms::ReadOnly)
+                .map_err(|e| Failure::Instantiate(format!("cannot grant {guest}: {e:#}")))?;
+        }
         for dir in &sandbox.allow_dirs {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
@@ -161,36 +309,38 @@ impl<W: World> Instance<W> {
                 wasi.env(var, v);
             }
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(sandbox.memory_limit)
-            .trap_on_grow_failure(true)
-            .instances(16)
-            .build();
         let mut store = Store::new(
-            &runtime.engine,
+            engine,
             State {
+                logs: LogBudget::new(plugin.clone()),
                 plugin,
                 wasi: wasi.build(),
                 table: ResourceTable::new(),
-                limits,
+                budget: Budget::new(sandbox.memory_limit),
             },
         );
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.budget);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(budget_ticks(sandbox.call_timeout));
         let bindings = W::instantiate(&mut store, component, &linker)
-            .map_err(|e| classify(e, "instantiate", sandbox, &stderr))?;
+            .map_err(|e| classify(e, "instantiate", &sandbox, &stderr))?;
         Ok(Self {
             store,
             bindings,
-            sandbox: sandbox.clone(),
+            sandbox,
             stderr,
+            files,
         })
     }
 
-    fn arm(&mut self) {
+    /// Before a call: a fresh time budget, fresh copies of the granted files.
+    fn arm(&mut self, call: &'static str) -> Result<(), Failure> {
         self.store
             .set_epoch_deadline(budget_ticks(self.sandbox.call_timeout));
+        self.files.refresh().map_err(|e| Failure::Plugin {
+            call,
+            message: format!("cannot copy a granted file: {e}"),
+        })
     }
 
     /// Turn a call's outcome into the plugin's answer or a classified failure.
@@ -210,44 +360,55 @@ impl<W: World> Instance<W> {
 impl Instance<Source> {
     /// `open(config, checkpoint)` → declared columns.
     pub fn open(&mut self, config: &str, checkpoint: Option<&str>) -> Result<Vec<Column>, Failure> {
-        self.arm();
-        let r =
-            self.bindings
-                .sluice_plugin_connector()
-                .call_open(&mut self.store, config, checkpoint);
-        self.outcome("open", r)
+        let (config, checkpoint) = (config.to_string(), checkpoint.map(str::to_string));
+        self.call("open", move |l| {
+            l.arm("open")?;
+            let r = l.bindings.sluice_plugin_connector().call_open(
+                &mut l.store,
+                &config,
+                checkpoint.as_deref(),
+            );
+            l.outcome("open", r)
+        })
     }
 
     /// `poll(max_rows)`.
     pub fn poll(&mut self, max_rows: u32) -> Result<PollResult, Failure> {
-        self.arm();
-        let r = self
-            .bindings
-            .sluice_plugin_connector()
-            .call_poll(&mut self.store, max_rows);
-        self.outcome("poll", r)
+        self.call("poll", move |l| {
+            l.arm("poll")?;
+            let r = l
+                .bindings
+                .sluice_plugin_connector()
+                .call_poll(&mut l.store, max_rows);
+            l.outcome("poll", r)
+        })
     }
 }
 
 impl Instance<Transform> {
     /// `open(config, input columns)` → output columns.
     pub fn open(&mut self, config: &str, input: &[Column]) -> Result<Vec<Column>, Failure> {
-        self.arm();
-        let r = self
-            .bindings
-            .sluice_plugin_transformer()
-            .call_open(&mut self.store, config, input);
-        self.outcome("open", r)
+        let (config, input) = (config.to_string(), input.to_vec());
+        self.call("open", move |l| {
+            l.arm("open")?;
+            let r = l
+                .bindings
+                .sluice_plugin_transformer()
+                .call_open(&mut l.store, &config, &input);
+            l.outcome("open", r)
+        })
     }
 
     /// `apply(batch)` → the transformed batch.
-    pub fn apply(&mut self, batch: &Batch) -> Result<Batch, Failure> {
-        self.arm();
-        let r = self
-            .bindings
-            .sluice_plugin_transformer()
-            .call_apply(&mut self.store, batch);
-        self.outcome("apply", r)
+    pub fn apply(&mut self, batch: Batch) -> Result<Batch, Failure> {
+        self.call("apply", move |l| {
+            l.arm("apply")?;
+            let r = l
+                .bindings
+                .sluice_plugin_transformer()
+                .call_apply(&mut l.store, &batch);
+            l.outcome("apply", r)
+        })
     }
 }
 

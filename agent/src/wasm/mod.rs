@@ -3,7 +3,9 @@
 mod arrow;
 pub mod bench;
 mod config;
+mod grants;
 mod instance;
+mod limits;
 mod restart;
 mod runtime;
 pub mod scaffold;
@@ -120,6 +122,7 @@ pub fn check(
         memory_limit: 256 << 20,
         call_timeout: Duration::from_secs(10),
         allow_dirs: Vec::new(),
+        allow_files: Vec::new(),
         allow_env: Vec::new(),
     };
     let at = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());

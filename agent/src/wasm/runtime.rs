@@ -1,8 +1,13 @@
 //! The wasmtime engine shared by every connector, the epoch clock that enforces time
 //! budgets, and the on-disk cache of compiled components.
+//!
+//! A cached component is native code the agent runs, so the cache is trusted only as far
+//! as its directory: created owner-only (0700); a directory or file that another user owns
+//! or may write is not used (the component is compiled again).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -16,11 +21,19 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Runtime {
     pub engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// Where instances keep the copies of their granted files.
+    grants: PathBuf,
+    instances: AtomicU64,
+    /// Removes `grants` when it is a temporary directory.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl Runtime {
-    /// Build the engine; compiled components are cached under `cache_dir` when given.
-    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+    /// Build the engine. With a `state_dir` (the agent's data directory), compiled
+    /// components are cached in its `wasm-cache/` and granted files copied under
+    /// `wasm-grants/`; without, nothing is cached and the copies go to a temporary
+    /// directory.
+    pub fn new(state_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -35,7 +48,52 @@ impl Runtime {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
-        Ok(Arc::new(Self { engine, cache_dir }))
+        let (cache_dir, grants, temporary) = match state_dir {
+            Some(d) => {
+                let cache = d.join("wasm-cache");
+                let cache = match private_dir(&cache) {
+                    Ok(()) => Some(cache),
+                    Err(e) => {
+                        tracing::warn!(dir = %cache.display(), "not caching compiled plugins: {e}");
+                        None
+                    }
+                };
+                let grants = d.join("wasm-grants");
+                // Copies of an earlier run's instances are stale.
+                let _ = std::fs::remove_dir_all(&grants);
+                private_dir(&grants)?;
+                (cache, grants, None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("sluice-grants-")
+                    .tempdir()?;
+                (None, t.path().to_path_buf(), Some(t))
+            }
+        };
+        Ok(Arc::new(Self {
+            engine,
+            cache_dir,
+            grants,
+            instances: AtomicU64::new(0),
+            _temporary: temporary,
+        }))
+    }
+
+    /// A directory of its own for one instance of `plugin` (its granted files' copies).
+    pub fn grants_dir(&self, plugin: &str) -> PathBuf {
+        let n = self.instances.fetch_add(1, Ordering::Relaxed);
+        let safe: String = plugin
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.grants.join(format!("{safe}-{n}"))
     }
 
     /// Load a component, from the compile cache when this exact file (by content hash) was
@@ -65,7 +123,12 @@ impl Runtime {
             std::hash::Hasher::finish(&engine_hash)
         );
         let cached = dir.join(&key);
-        if cached.exists() {
+        if cached.exists()
+            && let Err(e) = trusted(&cached)
+        {
+            tracing::warn!(path = %cached.display(), "compiling again, not loading a cache entry: {e}");
+            let _ = std::fs::remove_file(&cached);
+        } else if cached.exists() {
             // SAFETY: the file was written by `Component::serialize` of an engine with the
             // same compatibility hash, into the agent's own cache directory.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
@@ -107,11 +170,57 @@ pub struct LoadInfo {
 }
 
 fn write_cache(dir: &Path, key: &str, c: &Component) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let tmp = dir.join(format!("{key}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, c.serialize()?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let _ = std::fs::remove_file(&tmp);
+    std::io::Write::write_all(&mut options.open(&tmp)?, &c.serialize()?)?;
     // Atomic publish: a concurrent reader never sees a half-written entry.
     std::fs::rename(&tmp, dir.join(key))?;
+    Ok(())
+}
+
+/// Create `dir` owner-only, or check that an existing one is this user's and nobody
+/// else's to write.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)?;
+    trusted(dir)?;
+    // One made by an earlier version may be readable by others: it is ours, so close it.
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Ok when `path` belongs to this user and no one else may write it.
+fn trusted(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if m.uid() != me {
+            return Err(std::io::Error::other(format!(
+                "{} belongs to user {}, not this agent's ({me})",
+                path.display(),
+                m.uid()
+            )));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} may be written by others (mode {:o})",
+                path.display(),
+                m.mode() & 0o777
+            )));
+        }
+    }
     Ok(())
 }
 

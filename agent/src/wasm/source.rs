@@ -162,6 +162,15 @@ impl Supervisor {
             let result = result?;
             let mut got_rows = false;
             if let Some(c) = &result.checkpoint {
+                // The lake keeps a stream's checkpoint in every later snapshot: a large one
+                // would be copied for ever, and the processor refuses it.
+                if c.len() > sluice_protocol::MAX_CHECKPOINT_BYTES {
+                    return Err(Failure::BadBatch(format!(
+                        "a checkpoint of {} bytes; at most {} are kept",
+                        c.len(),
+                        sluice_protocol::MAX_CHECKPOINT_BYTES
+                    )));
+                }
                 self.checkpoint = Some(c.clone());
             }
             if let Some(batch) = result.batch {

@@ -240,7 +240,7 @@ impl Stage {
         };
         let wit = arrow::to_wit(batch).map_err(Failure::BadBatch)?;
         let started = Instant::now();
-        let result = instance.apply(&wit);
+        let result = instance.apply(wit);
         metrics.plugin_call(&self.label, started.elapsed().as_secs_f64());
         let output = self.output.as_ref().ok_or_else(|| {
             Failure::Instantiate("internal error: no output schema after open".into())

@@ -112,6 +112,27 @@ pub fn bronze_arrow_schema(user: &ArrowSchema) -> ArrowSchema {
     ArrowSchema::new(fields)
 }
 
+/// The columns Sluice adds to every bronze table; no batch or topic may bring its own.
+pub const LAKE_COLUMNS: [&str; 3] = [AGENT_COLUMN, SEQ_COLUMN, INGESTED_AT_COLUMN];
+
+/// Why a batch's columns cannot make a bronze table, if they cannot: a lake column among
+/// them, a name given twice, or a type Iceberg has no match for. Such a batch is refused,
+/// not retried: it would fail the same way forever.
+pub fn uncreatable(user: &ArrowSchema) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    for f in user.fields() {
+        if LAKE_COLUMNS.contains(&f.name().as_str()) {
+            return Some(format!("column {:?} is reserved for the lake", f.name()));
+        }
+        if !seen.insert(f.name()) {
+            return Some(format!("column {:?} is given twice", f.name()));
+        }
+    }
+    iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&bronze_arrow_schema(user))
+        .err()
+        .map(|e| format!("the columns cannot make an Iceberg table: {e}"))
+}
+
 /// Iceberg stores timestamps with a zone as UTC microseconds (`+00:00` in Arrow).
 pub fn normalize_type(t: &DataType) -> DataType {
     match t {

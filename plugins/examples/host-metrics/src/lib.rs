@@ -1,5 +1,7 @@
 //! Host metrics from `/proc`: CPU time shares since the previous sample, memory and load
-//! averages, one row per `interval_ms`. Needs `allow_dirs = ["/proc"]`; without it, `open`
+//! averages, one row per `interval_ms`. Needs its files granted, `allow_files =
+//! ["/proc/stat", "/proc/meminfo", "/proc/loadavg", "/proc/sys/kernel/hostname"]` (never
+//! `/proc` itself: it holds the agent's own memory and environment); without them, `open`
 //! fails with a clear error.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +39,7 @@ struct CpuTimes {
 
 fn read(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read {path}: {e} (is /proc granted with allow_dirs = [\"/proc\"]?)")
+        format!("cannot read {path}: {e} (is it granted with allow_files?)")
     })
 }
 
