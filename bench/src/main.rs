@@ -23,6 +23,9 @@
 //! `sluice-bench kafka-json [ROWS] [PARTITIONS]` times the processor landing a plain JSON
 //! topic (see `kafka_json.rs`).
 //!
+//! `sluice-bench fuzz [SECONDS] [SEED]` fuzzes the decoders a peer's bytes reach (see
+//! `fuzz.rs`); it needs no binary.
+//!
 //! `sluice-bench soak [COMMITS] [AGENTS]` runs a day of 1 s commits compressed in time with
 //! marks from AGENTS agent identities, and `sluice-bench fleet [SECONDS] [AGENTS]` a fleet
 //! of AGENTS identities in real time (see `fleet.rs`).
@@ -32,6 +35,7 @@
 //! processor's latency histogram, whose buckets are 25% apart).
 
 mod fleet;
+mod fuzz;
 mod kafka_json;
 
 use std::net::SocketAddr;
@@ -410,6 +414,20 @@ status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "fuzz") {
+        let usage = "usage: sluice-bench fuzz [SECONDS] [SEED]";
+        let seconds = args.get(1).map(|a| a.parse().expect(usage)).unwrap_or(600);
+        let seed = args
+            .get(2)
+            .map(|a| a.parse().expect(usage))
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        fuzz::main(seconds, seed);
+        return;
+    }
     let exe = std::env::current_exe().expect("current exe");
     let bin_dir = exe.parent().expect("bin dir");
     let processor_bin: PathBuf = bin_dir.join("sluice-processor");

@@ -278,6 +278,39 @@ mod tests {
     }
 
     #[test]
+    fn mutated_messages_are_rows_or_reasons_never_a_panic() {
+        use sluice_protocol::hostile::fuzz::Mutator;
+        let corpus: [&[u8]; 3] = [
+            br#"{"ts":"2026-01-01T00:00:00Z","level":"info","ms":1.5,"status":200}"#,
+            br#"{"ts":1767225600000000,"level":"warn","ms":null,"status":-1,"extra":[1,{"a":2}]}"#,
+            br#"{"level":"\u00e9\ud83d\ude00","ms":1e308,"status":9223372036854775807}"#,
+        ];
+        let cols: indexmap::IndexMap<String, JsonType> = [
+            ("ts".to_string(), JsonType::Timestamp),
+            ("level".to_string(), JsonType::String),
+            ("ms".to_string(), JsonType::Double),
+            ("status".to_string(), JsonType::Long),
+        ]
+        .into_iter()
+        .collect();
+        let mut declared = JsonTopic::new("logs".into(), Some(declared_schema(&cols)));
+        let mut m = Mutator::new(42);
+        let (mut rows, mut refused) = (0, 0);
+        for i in 0..20_000 {
+            let input = m.mutate(corpus[i % corpus.len()]);
+            // Inferred from the first mutated message that parses, as a new topic would.
+            let mut inferred = JsonTopic::new("logs".into(), None);
+            for topic in [&mut declared, &mut inferred] {
+                match topic.decode(&input) {
+                    Ok(b) => rows += b.num_rows(),
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+        assert!(rows > 0 && refused > 0, "{rows} rows, {refused} refused");
+    }
+
+    #[test]
     fn reserved_keys_in_the_first_message_are_left_out_of_the_columns() {
         let mut t = JsonTopic::new("events".into(), None);
         let b = t

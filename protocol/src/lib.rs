@@ -28,7 +28,9 @@ pub use frame::{
     Ack, AckStatus, BatchFrame, Frame, FrameKind, HEADER_LEN, Hello, MAGIC, Refused, VERSION,
     Welcome, parse_header, read_frame, read_frame_within, write_frame,
 };
-pub use ipc::{MAX_FIELDS, check_stream, decode_batch, encode_batch, schema_fingerprint};
+pub use ipc::{
+    MAX_FIELDS, check_stream, decode_batch, decoder_panics, encode_batch, schema_fingerprint,
+};
 
 /// The zone every Sluice timestamp carries, spelled as an offset: Iceberg's `timestamptz`
 /// maps to it, and unlike `"UTC"` it needs no time-zone database, which a lean agent build

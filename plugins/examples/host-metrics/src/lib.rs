@@ -38,9 +38,8 @@ struct CpuTimes {
 }
 
 fn read(path: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read {path}: {e} (is it granted with allow_files?)")
-    })
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {path}: {e} (is it granted with allow_files?)"))
 }
 
 fn cpu_times() -> Result<CpuTimes, String> {

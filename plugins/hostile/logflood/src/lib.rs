@@ -14,7 +14,9 @@ impl Source for Flood {
             sluice_plugin::log(Level::Info, &line);
         }
         self.0 += 1;
-        Ok(Poll::batch(Batch::columns(vec![TypedColumn::int64(vec![self.0])])))
+        Ok(Poll::batch(Batch::columns(vec![TypedColumn::int64(vec![
+            self.0,
+        ])])))
     }
 }
 

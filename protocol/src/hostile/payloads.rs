@@ -1,6 +1,5 @@
-//! Payloads an attacker would send, for attack tests and the fuzz harness (feature
-//! `hostile`): each is what a peer holding a valid certificate could put in a batch frame
-//! or a Kafka message.
+//! Hand-made hostile payloads: what a peer holding a valid certificate could put in a
+//! batch frame or a Kafka message to crash an unguarded decoder.
 
 use arrow_array::RecordBatch;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
