@@ -100,6 +100,45 @@ def test_a_web_page_cannot_use_the_query_api_even_when_reads_need_no_token(bins,
     proc.stop()
 
 
+def test_queries_cannot_take_the_processors_memory_or_run_unbounded(bins, certs, workdir):
+    """`[query]` limits, on the binary: a query needing more than the memory pool fails
+    (422) and the next one runs; past `max_concurrent` a query is refused at once (429); a
+    query past `timeout` is cancelled (504). The processor lands data throughout."""
+    import threading
+    proc = Processor(bins, certs, workdir, sections={
+        "query": {"memory_limit": "16MiB", "max_concurrent": 1, "timeout": "4s"}}).start()
+    agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(10**9, rate=2_000)}).start()
+    try:
+        def query(sql):
+            status, _, body = http_request(proc.api_port, "/api/query", method="POST",
+                                           body=json.dumps({"sql": sql}).encode(),
+                                           headers={"Content-Type": "application/json"})
+            return status, json.loads(body)
+        status, body = query("SELECT array_agg(value) FROM range(10000000000)")
+        assert status == 422 and "query.memory_limit" in body["error"], body
+        status, body = query("SELECT 1 AS one")
+        assert status == 200 and body["rows"] == [{"one": 1}], body
+
+        slow = {}
+        t = threading.Thread(target=lambda: slow.update(r=query("SELECT count(*) FROM range(100000000000)")))
+        t.start()
+        # While it holds the only slot, another query is turned away.
+        busy = wait_until(lambda: (lambda r: r if r[0] == 429 else None)(query("SELECT 1")), 10, "a 429")
+        assert "max_concurrent" in busy[1]["error"], busy
+        t.join(30)
+        assert slow["r"][0] == 504 and "query.timeout" in slow["r"][1]["error"], slow
+        m = proc.metrics()
+        for outcome in ("memory", "busy", "timeout"):
+            assert m[f'sluice_processor_queries_total{{outcome="{outcome}"}}'] >= 1, m
+        committed = 'sluice_processor_committed_rows_total{table="bronze.telemetry"}'
+        before = m.get(committed, 0)
+        wait_until(lambda: proc.metrics().get(committed, 0) > before, 30, "landing to go on")
+        assert proc.proc.alive()
+    finally:
+        agent.proc.kill()
+        proc.stop()
+
+
 # --- Kafka: the broker authenticates no one, so batches carry their agent's signature ---
 
 def envelope_headers(agent: str, stream: str, seq: int, batch: pa.RecordBatch, fingerprint: str) -> list:

@@ -259,6 +259,24 @@ impl<W: World> Instance<W> {
     }
 }
 
+/// A store held to the sandbox's budgets: memory, counts, time.
+fn new_store(engine: &Engine, plugin: Arc<str>, sandbox: &Sandbox, wasi: WasiCtx) -> Store<State> {
+    let mut store = Store::new(
+        engine,
+        State {
+            logs: LogBudget::new(plugin.clone()),
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            budget: Budget::new(sandbox.memory_limit),
+        },
+    );
+    store.limiter(|s| &mut s.budget);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(budget_ticks(sandbox.call_timeout));
+    store
+}
+
 /// The instance's thread: run jobs until the instance is dropped.
 fn serve<W>(live: &mut Live<W>, inbox: Receiver<Job<W>>) {
     while let Ok(job) = inbox.recv() {
@@ -309,19 +327,7 @@ impl<W: World> Live<W> {
                 wasi.env(var, v);
             }
         }
-        let mut store = Store::new(
-            engine,
-            State {
-                logs: LogBudget::new(plugin.clone()),
-                plugin,
-                wasi: wasi.build(),
-                table: ResourceTable::new(),
-                budget: Budget::new(sandbox.memory_limit),
-            },
-        );
-        store.limiter(|s| &mut s.budget);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(budget_ticks(sandbox.call_timeout));
+        let mut store = new_store(engine, plugin, &sandbox, wasi.build());
         let bindings = W::instantiate(&mut store, component, &linker)
             .map_err(|e| classify(e, "instantiate", &sandbox, &stderr))?;
         Ok(Self {
@@ -472,4 +478,60 @@ fn guest_message(stderr: &str) -> Option<String> {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component whose one core module defines `n` memories and exports nothing.
+    fn component_with_memories(n: usize) -> Vec<u8> {
+        use wasm_encoder as e;
+        let mut module = e::Module::new();
+        let mut memories = e::MemorySection::new();
+        for _ in 0..n {
+            memories.memory(e::MemoryType {
+                minimum: 1,
+                maximum: None,
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+        }
+        module.section(&memories);
+        let mut component = e::Component::new();
+        component.section(&e::ModuleSection(&module));
+        let mut instances = e::InstanceSection::new();
+        instances.instantiate(0, std::iter::empty::<(&str, e::ModuleArg)>());
+        component.section(&instances);
+        component.finish()
+    }
+
+    #[test]
+    fn a_component_declaring_a_second_memory_is_refused() {
+        let runtime = Runtime::new(None).expect("runtime");
+        let sandbox = Sandbox {
+            memory_limit: 64 << 20,
+            call_timeout: Duration::from_secs(2),
+            allow_dirs: Vec::new(),
+            allow_files: Vec::new(),
+            allow_env: Vec::new(),
+        };
+        for (n, refused) in [(1, false), (2, true)] {
+            let component = Component::new(&runtime.engine, component_with_memories(n))
+                .expect("a valid component");
+            let mut store = new_store(
+                &runtime.engine,
+                "m".into(),
+                &sandbox,
+                WasiCtxBuilder::new().build(),
+            );
+            let linker: Linker<State> = Linker::new(&runtime.engine);
+            let made = linker.instantiate(&mut store, &component);
+            assert_eq!(made.is_err(), refused, "{n} memories");
+            if let Err(e) = made {
+                assert!(format!("{e:#}").contains("memory count too high"), "{e:#}");
+            }
+        }
+    }
 }

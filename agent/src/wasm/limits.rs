@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 
-/// Linear memories a store may create. A component holds a few core modules (the guest, a
-/// WASI adapter, a language runtime's helpers), each with at most one or two memories.
-pub const MAX_MEMORIES: usize = 8;
+/// Linear memories a store may create. A component holds several core modules (the guest,
+/// a WASI adapter, a language runtime's helpers: 3 for a Rust connector, 14 for a Python
+/// one), but they share the one memory the guest defines and the others import.
+pub const MAX_MEMORIES: usize = 1;
 /// Tables a store may create.
 pub const MAX_TABLES: usize = 64;
 /// Core instances a store may create.
@@ -17,8 +18,8 @@ pub const MAX_INSTANCES: usize = 64;
 /// thousands).
 pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
-/// The store's resource limiter: `memory_limit` bytes over every memory of the instance,
-/// however many it declares, and the counts above. Growing past a limit traps, and the
+/// The store's resource limiter: `memory_limit` bytes over every memory of the instance
+/// (should the count above ever be raised), and the counts above. Growing past a limit traps, and the
 /// trap names the limit.
 pub struct Budget {
     memory_limit: usize,
