@@ -1,4 +1,16 @@
 //! WebAssembly connectors: components written against `wit/plugin.wit`, run in a sandbox.
+//!
+//! | file | job |
+//! |---|---|
+//! | `runtime.rs` | the engine, the epoch clock, the owner-only cache of compiled components |
+//! | `instance.rs` | one instance on a thread of its own: calls, time budgets, failures |
+//! | `limits.rs` | what an instance may take: one memory, tables, instances, log lines |
+//! | `grants.rs` | which directories and files may be granted, and single-file copies |
+//! | `config.rs` | `[sources.NAME]` and `[transforms.NAME]` of `type = "wasm"` |
+//! | `source.rs`, `transform.rs` | the supervisors that run, restart and give up on plugins |
+//! | `restart.rs` | the restart backoff and give-up rule |
+//! | `arrow.rs` | typed columns and JSON lines to Arrow and back |
+//! | `bench.rs`, `scaffold.rs` | `plugin bench` and `plugin new` |
 
 mod arrow;
 pub mod bench;
