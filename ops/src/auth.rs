@@ -445,60 +445,45 @@ mod tests {
     fn browsers_on_other_sites_and_rebound_names_are_refused() {
         let g = guard(vec![]);
         let ops = ("authorization", "Bearer ops-token");
-        // A page elsewhere posting plain text, as a cross-origin "simple request" may.
-        assert_eq!(
-            refusal(
-                &g,
+        let json = ("content-type", "application/json; charset=utf-8");
+        for (method, headers, want) in [
+            // A page elsewhere posting plain text, as a cross-origin "simple request" may.
+            (
                 Method::POST,
-                &[
+                vec![
                     ops,
                     ("origin", "http://evil.example"),
-                    ("content-type", "text/plain")
+                    ("content-type", "text/plain"),
                 ],
-                Some(Role::Read)
+                Some(Refusal::CrossOrigin),
             ),
-            Some(Refusal::CrossOrigin)
-        );
-        assert_eq!(
-            refusal(
-                &g,
+            (
                 Method::POST,
-                &[ops, ("content-type", "text/plain")],
-                Some(Role::Read)
+                vec![ops, ("content-type", "text/plain")],
+                Some(Refusal::NotJson),
             ),
-            Some(Refusal::NotJson)
-        );
-        assert_eq!(
-            refusal(
-                &g,
+            (
                 Method::POST,
-                &[ops, ("content-type", "application/x-www-form-urlencoded")],
-                Some(Role::Read)
+                vec![ops, ("content-type", "application/x-www-form-urlencoded")],
+                Some(Refusal::NotJson),
             ),
-            Some(Refusal::NotJson)
-        );
-        assert_eq!(
-            refusal(
-                &g,
+            (
                 Method::POST,
-                &[
-                    ops,
-                    ("content-type", "application/json; charset=utf-8"),
-                    ("origin", "http://127.0.0.1:7401")
-                ],
-                Some(Role::Read)
+                vec![ops, json, ("origin", "http://127.0.0.1:7401")],
+                None,
             ),
-            None
-        );
-        assert_eq!(
-            refusal(
-                &g,
+            (
                 Method::GET,
-                &[ops, ("sec-fetch-site", "cross-site")],
-                Some(Role::Read)
+                vec![ops, ("sec-fetch-site", "cross-site")],
+                Some(Refusal::CrossOrigin),
             ),
-            Some(Refusal::CrossOrigin)
-        );
+        ] {
+            assert_eq!(
+                refusal(&g, method, &headers, Some(Role::Read)),
+                want,
+                "{headers:?}"
+            );
+        }
         // DNS rebinding: a name the attacker controls, pointed at 127.0.0.1.
         let mut h = headers(&[ops]);
         h.insert(
@@ -549,7 +534,24 @@ mod tests {
         let (a, b) = (new_token().expect("token"), new_token().expect("token"));
         assert_ne!(a, b);
         assert_eq!(a.len(), "sluice_".len() + 64);
-        assert_eq!(TokenDigest::of(&a), TokenDigest::of(&a));
         assert_ne!(TokenDigest::of(&a), TokenDigest::of(&b));
+        // A config entry with the digest `token` prints admits the token, and only it.
+        let api: crate::ApiConfig = toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\n[[tokens]]\nname = \"n\"\nsha256 = \"{}\"\nroles = [\"read\"]",
+            hex::encode(TokenDigest::of(&a).0)
+        ))
+        .expect("config");
+        let g = Guard::new(&api, Arc::new(NoMetrics));
+        let with = |t: &str| {
+            let bearer = format!("Bearer {t}");
+            refusal(
+                &g,
+                Method::GET,
+                &[("authorization", &bearer)],
+                Some(Role::Read),
+            )
+        };
+        assert_eq!(with(&a), None);
+        assert_eq!(with(&b), Some(Refusal::UnknownToken));
     }
 }

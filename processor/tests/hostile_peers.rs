@@ -237,9 +237,9 @@ fn batch_frame(agent: &str, seq: u64, b: &RecordBatch) -> Frame {
     })
 }
 
-/// Open a lane (Hello/Welcome) and return its halves and the committed mark.
-async fn lane(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream, u64) {
-    let (mut send, mut recv) = conn.open_bi().await.expect("open lane");
+/// Open a stream and say `Hello` as edge-01 for stream `t`; the answer is left unread.
+async fn hello(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = conn.open_bi().await.expect("open lane");
     write_frame(
         &mut send,
         &Frame::Hello(Hello {
@@ -249,6 +249,12 @@ async fn lane(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream
     )
     .await
     .expect("hello");
+    (send, recv)
+}
+
+/// Open a lane (Hello/Welcome) and return its halves and the committed mark.
+async fn lane(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream, u64) {
+    let (send, mut recv) = hello(conn).await;
     match read_frame(&mut recv, 1 << 20).await {
         Ok(Some(Frame::Welcome(w))) => (send, recv, w.committed_seq),
         other => panic!("expected welcome, got {other:?}"),
@@ -568,16 +574,7 @@ async fn an_agent_gets_only_its_share_of_connections_and_lanes_and_cannot_trickl
     for _ in 0..5 {
         lanes.push(lane(&conns[0]).await);
     }
-    let (mut send9, mut recv9) = conns[0].open_bi().await.expect("open");
-    write_frame(
-        &mut send9,
-        &Frame::Hello(Hello {
-            agent: "edge-01".into(),
-            stream: "t".into(),
-        }),
-    )
-    .await
-    .expect("hello");
+    let (_send9, mut recv9) = hello(&conns[0]).await;
     expect_lane_closed(&mut recv9).await;
     drop(lanes);
 
@@ -635,16 +632,7 @@ async fn an_agent_gets_only_its_share_of_connections_and_lanes_and_cannot_trickl
 async fn lane_when_free(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let (mut send, mut recv) = conn.open_bi().await.expect("open lane");
-        write_frame(
-            &mut send,
-            &Frame::Hello(Hello {
-                agent: "edge-01".into(),
-                stream: "t".into(),
-            }),
-        )
-        .await
-        .expect("hello");
+        let (send, mut recv) = hello(conn).await;
         if let Ok(Some(Frame::Welcome(_))) = read_frame(&mut recv, 1 << 20).await {
             return (send, recv);
         }
