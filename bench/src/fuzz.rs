@@ -15,7 +15,7 @@ pub fn main(seconds: u64, seed: u64) {
     let corpus = Corpus::new();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let mut totals = [Outcomes::default(); 3];
+    let mut totals = [Outcomes::default(); Target::ALL.len()];
     let mut round = 0u64;
     println!("fuzzing frames, IPC payloads and Kafka headers for {seconds}s (seed {seed})");
     while Instant::now() < deadline {
