@@ -10,42 +10,11 @@ use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::simulator::SimulatorConfig;
+pub use sluice_ops::config::{ConfigError, Invalid};
+use sluice_simulator::SimulatorConfig;
+
+pub use crate::sink::{KafkaSinkConfig, QuicSinkConfig, SinkConfig};
 use crate::wasm::{WasmSourceConfig, WasmTransformConfig};
-
-/// Why a config file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("invalid config file {path}: {key}: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
-}
-
-/// A semantic error found after parsing: which key, and what is wrong with it.
-#[derive(Debug)]
-pub struct Invalid {
-    pub key: String,
-    pub message: String,
-}
-
-impl Invalid {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// The whole agent config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,12 +27,12 @@ pub struct AgentConfig {
     pub batch: BatchConfig,
     #[serde(default)]
     pub buffer: BufferConfig,
-    #[serde(deserialize_with = "crate::tagged::one")]
+    #[serde(deserialize_with = "sluice_ops::config::tagged::one")]
     pub sink: SinkConfig,
-    #[serde(deserialize_with = "crate::tagged::map")]
+    #[serde(deserialize_with = "sluice_ops::config::tagged::map")]
     pub sources: IndexMap<String, SourceConfig>,
     /// Transforms, applied to the sources that list them.
-    #[serde(default, deserialize_with = "crate::tagged::map")]
+    #[serde(default, deserialize_with = "sluice_ops::config::tagged::map")]
     pub transforms: IndexMap<String, TransformConfig>,
 }
 
@@ -142,88 +111,6 @@ impl BufferConfig {
     }
 }
 
-/// `[sink]`: where batches go.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkConfig {
-    Quic(QuicSinkConfig),
-    Kafka(KafkaSinkConfig),
-}
-
-/// `[sink] type = "kafka"`: produce batches to Kafka (or any Kafka-compatible broker).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    /// Bootstrap brokers, `host:port[,host:port...]`.
-    pub brokers: String,
-    /// The agent's certificate (PEM, from the processor's CA): sent with each batch, whose
-    /// signature the processor checks against its CA.
-    pub cert: PathBuf,
-    /// The certificate's private key (PEM): signs each batch.
-    pub key: PathBuf,
-    /// Topic of a stream's batches; `{stream}` is replaced by the stream's name. Without
-    /// `{stream}`, every stream goes to one topic.
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    /// Message compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
-    #[serde(default)]
-    pub compression: KafkaCompression,
-    /// The largest message the brokers take (their `message.max.bytes` and the topic's
-    /// `max.message.bytes`); batches are cut at 90% of it.
-    #[serde(default = "default_max_message")]
-    pub max_message_bytes: ByteSize,
-    /// Batches produced and not yet acknowledged by the brokers, per stream.
-    #[serde(default = "default_kafka_window")]
-    pub window: usize,
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// On shutdown, how long to keep trying to deliver what is still unacknowledged.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// Extra librdkafka producer properties (security settings, `linger.ms`, ...).
-    #[serde(default)]
-    pub options: sluice_ops::Options,
-}
-
-/// Kafka message compression.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaCompression {
-    /// The default, as in Kafka's producer and Vector: a broker may decompress what it
-    /// stores (tansu does), which can cost it more than the bytes saved on a fast link.
-    #[default]
-    None,
-    Gzip,
-    Snappy,
-    Lz4,
-    Zstd,
-}
-
-impl KafkaCompression {
-    /// The librdkafka name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Gzip => "gzip",
-            Self::Snappy => "snappy",
-            Self::Lz4 => "lz4",
-            Self::Zstd => "zstd",
-        }
-    }
-}
-
-fn default_topic() -> String {
-    "sluice.{stream}".into()
-}
-fn default_max_message() -> ByteSize {
-    ByteSize::mib(1)
-}
-fn default_kafka_window() -> usize {
-    64
-}
-
 impl AgentConfig {
     /// The batcher's byte limit: `batch.max_bytes`, and below the Kafka message limit.
     pub fn batch_max_bytes(&self) -> u64 {
@@ -233,58 +120,6 @@ impl AgentConfig {
             SinkConfig::Kafka(k) => max.min(k.max_message_bytes.as_u64() / 10 * 9),
         }
     }
-}
-
-/// `[sink] type = "quic"`: ship to a processor over QUIC with mutual TLS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuicSinkConfig {
-    /// `host:port` of the processor.
-    pub endpoint: String,
-    /// Name the processor's certificate must carry; defaults to the endpoint's host.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// CA certificate (PEM) that signed the processor's certificate.
-    pub ca: PathBuf,
-    /// This agent's certificate (PEM), signed by the same CA.
-    pub cert: PathBuf,
-    /// This agent's private key (PEM).
-    pub key: PathBuf,
-    /// Unacknowledged batches allowed in flight per stream.
-    #[serde(default = "default_window")]
-    pub window: usize,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// A connection that hears nothing from the processor for this long is considered dead
-    /// (keep-alives are sent at a fifth of it), and the agent reconnects.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// On shutdown, how long to keep trying to deliver what is still unacknowledged.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-fn default_window() -> usize {
-    16
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_backoff_initial() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// `[sources.NAME]`: one source.
@@ -327,28 +162,16 @@ impl AgentConfig {
     /// Read, parse and validate a config file. Relative paths inside it are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
-        // Paths first: validation reads scenario files.
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
-        cfg.validate().map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            key: e.key,
-            message: e.message,
-        })?;
-        Ok(cfg)
+        sluice_ops::config::load(path, |cfg: &mut Self, base| {
+            // Paths first: validation reads scenario files.
+            cfg.resolve_paths(base);
+            cfg.validate()
+        })
     }
 
     /// Parse TOML text without validation; the error carries line, column and key.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        sluice_ops::config::parse(text)
     }
 
     /// Semantic checks that serde cannot express.
@@ -380,62 +203,8 @@ impl AgentConfig {
                 "must be at least 64 KiB and at most half of buffer.max_size",
             ));
         }
-        match &self.sink {
-            SinkConfig::Quic(q) => {
-                check_delivery(q.window, q.backoff_initial, q.backoff_max)?;
-                if q.idle_timeout < Duration::from_millis(500) {
-                    return Err(Invalid::new("sink.idle_timeout", "must be at least 500ms"));
-                }
-                if !q.endpoint.contains(':') {
-                    return Err(Invalid::new(
-                        "sink.endpoint",
-                        format!("{:?} must be host:port", q.endpoint),
-                    ));
-                }
-            }
-            SinkConfig::Kafka(k) => {
-                if k.brokers.split(',').any(|b| !b.trim().contains(':')) {
-                    return Err(Invalid::new(
-                        "sink.brokers",
-                        format!("{:?} must be host:port[,host:port...]", k.brokers),
-                    ));
-                }
-                check_delivery(k.window, k.backoff_initial, k.backoff_max)?;
-                if k.max_message_bytes.as_u64() < 64 * 1024 {
-                    return Err(Invalid::new(
-                        "sink.max_message_bytes",
-                        "must be at least 64 KiB",
-                    ));
-                }
-                if let Some(o) = k
-                    .options
-                    .keys()
-                    .find(|o| crate::kafka::RESERVED_OPTIONS.contains(&o.as_str()))
-                {
-                    return Err(Invalid::new(
-                        format!("sink.options.{o}"),
-                        "set by the agent (delivery guarantees depend on it); use the sink's own keys",
-                    ));
-                }
-                // Every stream's topic must be a valid Kafka topic name.
-                for stream in self.sources.iter().flat_map(|(n, s)| s.streams(n)) {
-                    let topic = k.topic.replace("{stream}", &stream);
-                    let valid = !topic.is_empty()
-                        && topic.len() <= 249
-                        && topic
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                    if !valid {
-                        return Err(Invalid::new(
-                            "sink.topic",
-                            format!(
-                                "{topic:?} (stream {stream:?}) is not a Kafka topic name: 1-249 of ASCII letters, digits, '.', '_', '-'"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
+        self.sink
+            .validate(self.sources.iter().flat_map(|(n, s)| s.streams(n)))?;
         if self.sources.is_empty() {
             return Err(Invalid::new("sources", "at least one source is required"));
         }
@@ -548,27 +317,10 @@ impl AgentConfig {
     }
 }
 
-/// The delivery settings both sinks share: a window and a retry backoff.
-fn check_delivery(
-    window: usize,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-) -> Result<(), Invalid> {
-    if window == 0 {
-        return Err(Invalid::new("sink.window", "must be at least 1"));
-    }
-    if backoff_initial.is_zero() || backoff_initial > backoff_max {
-        return Err(Invalid::new(
-            "sink.backoff_initial",
-            "must be greater than zero and at most sink.backoff_max",
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::KafkaCompression;
 
     const GOOD: &str = r#"
 [agent]

@@ -7,8 +7,10 @@
 //! | `health.rs` | `/health` and `/ready` from what each part of a pipeline reports |
 //! | `auth.rs` | bearer tokens with roles, and the checks that stop browsers being used |
 //! | `secret.rs` | config values that never reach a log (`Secret`, `Options`, `redact_uri`) |
+//! | `config/` | loading config files: errors naming key and line, `{ type = ... }` tables |
 
 mod auth;
+pub mod config;
 mod health;
 mod secret;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::bindings::{Source, Transform};
 use super::instance::{Instance, Sandbox};
 use super::{Runtime, arrow};
-use crate::simulator::{SimulatorConfig, Step};
+use sluice_simulator::{SimulatorConfig, Step};
 
 /// One measured path.
 pub struct Figure {
@@ -107,13 +107,13 @@ pub fn run(
 }
 
 /// The simulator producing the counter connector's columns, unbounded.
-fn native() -> anyhow::Result<crate::simulator::Simulation> {
+fn native() -> anyhow::Result<sluice_simulator::Simulation> {
     let cfg: SimulatorConfig = toml::from_str(NATIVE)?;
     cfg.simulation(1).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn next_native(
-    sim: &mut crate::simulator::Simulation,
+    sim: &mut sluice_simulator::Simulation,
     batch: u32,
 ) -> anyhow::Result<arrow_array::RecordBatch> {
     match sim.step(batch as usize, None)? {

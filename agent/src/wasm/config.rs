@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::instance::Sandbox;
 use super::restart::RestartPolicy;
-use crate::config::Invalid;
+use sluice_ops::config::Invalid;
 
 /// `[sources.NAME] type = "wasm"`.
 #[derive(Debug, Clone, Deserialize)]

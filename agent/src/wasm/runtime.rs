@@ -129,9 +129,7 @@ impl Runtime {
             tracing::warn!(path = %cached.display(), "compiling again, not loading a cache entry: {e}");
             let _ = std::fs::remove_file(&cached);
         } else if cached.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with the
-            // same compatibility hash, into the agent's own cache directory.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            match deserialize_cached(&self.engine, &cached) {
                 Ok(c) => {
                     return Ok((
                         c,
@@ -204,8 +202,7 @@ fn trusted(path: &Path) -> std::io::Result<()> {
     {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::symlink_metadata(path)?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = effective_uid();
         if m.uid() != me {
             return Err(std::io::Error::other(format!(
                 "{} belongs to user {}, not this agent's ({me})",
@@ -233,4 +230,24 @@ fn invalid(path: &Path, e: wasmtime::Error) -> anyhow::Error {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Load a component compiled earlier from the agent's cache.
+#[expect(
+    unsafe_code,
+    reason = "wasmtime cannot check a serialized component; the cache is the agent's own"
+)]
+fn deserialize_cached(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by `Component::serialize` of an engine with the same
+    // compatibility hash, into the agent's own cache directory, which `trusted` checked
+    // belongs to this user and no one else may write.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+/// The user the agent runs as.
+#[cfg(unix)]
+#[expect(unsafe_code, reason = "std has no safe geteuid")]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -12,8 +12,8 @@ use super::bindings::Source;
 use super::instance::{Failure, Instance, Sandbox};
 use super::restart::{self, Restarts};
 use super::{PluginSettings, Runtime, WasmSourceConfig, arrow};
-use crate::batcher::Chunk;
-use crate::metrics::Metrics;
+use crate::pipeline::Chunk;
+use crate::telemetry::Metrics;
 
 /// How a session of one instance ended.
 enum End {

@@ -16,8 +16,8 @@ use super::bindings::Transform;
 use super::instance::{Failure, Instance, Sandbox};
 use super::restart::{self, Restarts};
 use super::{OnError, PluginSettings, Runtime, WasmTransformConfig, arrow};
-use crate::batcher::Chunk;
-use crate::metrics::Metrics;
+use crate::pipeline::Chunk;
+use crate::telemetry::Metrics;
 
 /// One transform in a source's chain.
 #[derive(Debug, Clone)]

@@ -1,13 +1,11 @@
-//! `sluice-agent tap STREAM`: a sample of the records flowing through a stream of a running
-//! agent, as JSON lines (like `vector tap`). Each stream's batcher offers every chunk it
+//! Taps: a sample of the records flowing through a stream of a running agent, served as
+//! JSON lines (like `vector tap`; `sluice-agent tap STREAM` is the client). Each stream's batcher offers every chunk it
 //! receives (after transforms) to the stream's tap, which costs one atomic load while
 //! nobody listens; the agent's endpoint serves `/tap/STREAM?limit=N` to listeners.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
 
-use anyhow::Context;
 use arrow_array::RecordBatch;
 use axum::Router;
 use axum::body::Body;
@@ -19,10 +17,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::api_client::Api;
-
 /// Rows a listener gets when it does not say.
-const DEFAULT_LIMIT: u64 = 20;
+pub const DEFAULT_LIMIT: u64 = 20;
 
 /// Per stream, where its records are offered to listeners.
 #[derive(Clone, Default)]
@@ -126,42 +122,4 @@ fn json_lines(batch: &RecordBatch) -> Result<Bytes, arrow_schema::ArrowError> {
     w.write(batch)?;
     w.finish()?;
     Ok(Bytes::from(w.into_inner()))
-}
-
-/// `sluice-agent tap`.
-#[derive(Debug, clap::Args)]
-pub struct TapArgs {
-    /// The stream to watch.
-    pub stream: String,
-    #[command(flatten)]
-    pub target: crate::api_client::Target,
-    /// Rows to print before stopping; 0: until interrupted.
-    #[arg(short = 'n', long, default_value_t = DEFAULT_LIMIT)]
-    pub limit: u64,
-}
-
-/// Print the rows a running agent's stream shows, one JSON object per line.
-pub fn run(args: TapArgs) -> anyhow::Result<()> {
-    let api = Api::locate(&args.target)?;
-    let path = format!("/tap/{}?limit={}", args.stream, args.limit);
-    let (status, mut body) = api.open(&path)?;
-    if status != 200 {
-        let mut reason = String::new();
-        let _ = body.read_to_string(&mut reason);
-        anyhow::bail!("{}: {}", api, reason.trim_end());
-    }
-    let mut out = std::io::stdout().lock();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = body
-            .read_line(&mut line)
-            .with_context(|| format!("reading from {api}"))?;
-        if n == 0 {
-            return Ok(());
-        }
-        out.write_all(line.as_bytes())?;
-        // Rows arrive as they flow: show each at once.
-        out.flush()?;
-    }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{AgentConfig, SourceConfig};
-use crate::simulator::{RunOptions, Scenario, ScenarioSpec, Simulation, Step};
+use sluice_simulator::{RunOptions, Scenario, ScenarioSpec, Simulation, Step};
 
 /// What to simulate and where to write it.
 #[derive(Debug, clap::Args)]
@@ -247,7 +247,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 /// The scenario to run and the source's `total`, if any.
 fn load(args: &SimulateArgs) -> anyhow::Result<(Arc<Scenario>, Option<u64>)> {
     if let Some(path) = &args.scenario {
-        let scenario = crate::simulator::compile_file(path, args.seed)?;
+        let scenario = sluice_simulator::compile_file(path, args.seed)?;
         return Ok((Arc::new(scenario), None));
     }
     let (Some(config), Some(source)) = (&args.config, &args.source) else {

@@ -413,7 +413,7 @@ impl Late {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::calendar::{US_PER_DAY, US_PER_HOUR};
+    use crate::calendar::{US_PER_DAY, US_PER_HOUR};
 
     fn rate(text: &str) -> Rate {
         Rate::new(&toml::from_str(text).expect("rate")).expect("valid")

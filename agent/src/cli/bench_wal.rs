@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use bytes::Bytes;
 
-use crate::batcher::ReadyBatch;
+use crate::pipeline::ReadyBatch;
 use crate::wal::{self, WalMetricsSink, WalOptions, WhenFull};
 
 /// What to measure.

@@ -44,7 +44,7 @@ pub struct EntitySpec {
     #[serde(default)]
     pub id: Option<String>,
     /// Values drawn once per entity (`fake`, `choice`, `uniform`, ...).
-    #[serde(default, deserialize_with = "crate::tagged::map")]
+    #[serde(default, deserialize_with = "sluice_ops::config::tagged::map")]
     pub attributes: IndexMap<String, FieldSpec>,
 }
 
@@ -65,7 +65,7 @@ pub struct StreamSpec {
     /// Some events arrive late, out of order.
     #[serde(default)]
     pub late: Option<LateSpec>,
-    #[serde(deserialize_with = "crate::tagged::map")]
+    #[serde(deserialize_with = "sluice_ops::config::tagged::map")]
     pub fields: IndexMap<String, FieldSpec>,
     #[serde(default)]
     pub anomalies: Vec<AnomalySpec>,

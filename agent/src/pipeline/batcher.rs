@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 /// Rows from a source, with the source's checkpoint after them (if it checkpoints).
 #[derive(Debug, Clone)]
@@ -171,7 +171,7 @@ pub async fn run(
     mut input: mpsc::Receiver<Chunk>,
     output: mpsc::Sender<ReadyBatch>,
     metrics: Arc<Metrics>,
-    tap: Option<crate::tap::Tap>,
+    tap: Option<crate::telemetry::Tap>,
 ) -> Result<(), ArrowError> {
     let mut acc = Accumulator::new(limits);
     let emit =

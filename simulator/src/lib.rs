@@ -4,6 +4,17 @@
 //!
 //! A simulator source either names a scenario file (`scenario = "fleet.toml"`) or declares
 //! one stream inline (`fields`, `rate`, `entities`, ...); both run on the same engine.
+//!
+//! | file | job |
+//! |---|---|
+//! | `scenario.rs` | scenario files: the TOML language of simulations, parsed and checked |
+//! | `field.rs` | field specifications (what a column holds) and their generators |
+//! | `fake_value.rs` | realistic fake values (hostnames, addresses, ...) from the `fake` crate |
+//! | `expr.rs` | derived fields: a small, typed expression language over a row's fields |
+//! | `schedule.rs` | when events happen: per-entity arrivals, child delays, late arrivals |
+//! | `anomaly.rs` | injected anomalies: when they strike, which entities, what they change |
+//! | `calendar.rs` | time units and calendar arithmetic (UTC, microseconds) |
+//! | `engine/` | a scenario compiled into a plan, then run chunk by chunk into Arrow |
 
 mod anomaly;
 mod calendar;
@@ -27,8 +38,8 @@ pub use fake_value::FakeKind;
 pub use field::FieldSpec;
 pub use scenario::{ScenarioError, ScenarioSpec, compile_file};
 
-use crate::config::Invalid;
 use scenario::{EntitySpec, RateKind, RateSpec, StreamSpec};
+use sluice_ops::config::Invalid;
 
 /// How a simulator source paces its events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -82,7 +93,7 @@ pub struct SimulatorConfig {
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
     /// Inline sources: the columns, in order.
-    #[serde(default, deserialize_with = "crate::tagged::map")]
+    #[serde(default, deserialize_with = "sluice_ops::config::tagged::map")]
     pub fields: IndexMap<String, FieldSpec>,
     #[serde(skip)]
     compiled: OnceLock<Arc<Scenario>>,

@@ -7,13 +7,13 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::api_client::Api;
+use super::api_client::Api;
 
 /// `sluice-agent top`.
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
     #[command(flatten)]
-    pub target: crate::api_client::Target,
+    pub target: super::api_client::Target,
     /// Time between refreshes (rates are over this interval).
     #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,

@@ -1,4 +1,5 @@
-//! Running sources: each source task produces Arrow chunks into its streams' batchers.
+//! The simulator source: drives a `sluice_simulator` scenario in real time or as fast as
+//! the pipeline takes, with checkpoints that let a restarted agent continue the same output.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +9,13 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::batcher::Chunk;
-use crate::metrics::Metrics;
-use crate::simulator::{Pace, SimulatorConfig, Step};
+use super::{Resume, wait_resume};
+use crate::pipeline::Chunk;
+use crate::telemetry::Metrics;
+use sluice_simulator::{Pace, SimulatorConfig, Step};
 
 /// Paced sources wake at most this often, so high rates come in chunks, not single rows.
 const MIN_WAKE: Duration = Duration::from_millis(10);
-
-/// Where a stream's checkpoint comes from: `None` until known, then the checkpoint (itself
-/// `None` for a stream that has none yet).
-pub type Resume = watch::Receiver<Option<Option<String>>>;
 
 /// A simulator stream's checkpoint. Its output is a function of the scenario and the
 /// clock's start, so a resumed run regenerates from the same start and skips the rows it
@@ -30,17 +28,6 @@ struct SimCheckpoint {
     wall_start_us: i64,
     /// Rows of this stream emitted so far.
     rows: u64,
-}
-
-/// Wait until the stream's checkpoint is known; `None` if `stop` fires first.
-pub async fn wait_resume(
-    resume: &mut Resume,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<Option<String>> {
-    tokio::select! {
-        r = resume.wait_for(Option::is_some) => r.ok().and_then(|c| c.clone()),
-        _ = stop.wait_for(|s| *s) => None,
-    }
 }
 
 /// Run a simulator source until its streams end or `stop` fires. `out` and `resume` hold

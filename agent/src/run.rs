@@ -1,5 +1,5 @@
-//! Wires sources → per-stream batchers → write-ahead logs → shipper lanes, and runs them
-//! to completion.
+//! Wires the stages, sources → per-stream batchers → write-ahead logs → sink lanes, and
+//! runs them to completion.
 
 use std::sync::Arc;
 
@@ -8,20 +8,21 @@ use indexmap::IndexMap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::batcher::{self, Chunk, Limits, ReadyBatch};
-use crate::config::{AgentConfig, SinkConfig, SourceConfig, TransformConfig};
-use crate::kafka::KafkaShipper;
-use crate::metrics::Metrics;
-use crate::shipper::{LaneLog, QuicShipper};
-use crate::tap::Taps;
+use crate::config::{AgentConfig, SourceConfig, TransformConfig};
+use crate::pipeline::{self, Chunk, Limits, ReadyBatch};
+use crate::sink::{LaneLog, Sink};
+use crate::telemetry::{Metrics, Taps};
 use crate::wal::{self, WalError, WalHandle, WalMetricsSink, WalWriter};
-use crate::{source, tls, wasm};
+use crate::{source, wasm};
 
 /// What a finished run did.
 #[derive(Debug, Default)]
 pub struct RunSummary {
+    /// Rows the sources produced.
     pub rows_generated: u64,
+    /// Batches the far side has.
     pub batches_acked: u64,
+    /// Batches refused for good (counted as lost).
     pub batches_rejected: u64,
     /// Left in the write-ahead log at shutdown, to ship at the next start.
     pub batches_unshipped: u64,
@@ -36,23 +37,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<RunSummary> {
     let _lock = lock_data_dir(&cfg.agent.data_dir)?;
-    let sink = match &cfg.sink {
-        SinkConfig::Quic(quic) => {
-            let client = tls::client_config(&quic.ca, &quic.cert, &quic.key, quic.idle_timeout)
-                .context("cannot set up TLS for the QUIC sink")?;
-            Sink::Quic(Arc::new(QuicShipper::new(
-                cfg.agent.id.clone(),
-                quic.clone(),
-                client,
-                metrics.clone(),
-            )?))
-        }
-        SinkConfig::Kafka(kafka) => Sink::Kafka(Arc::new(KafkaShipper::new(
-            cfg.agent.id.clone(),
-            kafka.clone(),
-            metrics.clone(),
-        )?)),
-    };
+    let sink = Sink::new(&cfg.agent.id, &cfg.sink, &metrics)?;
     let limits = Limits {
         max_rows: cfg.batch.max_rows,
         max_bytes: usize::try_from(cfg.batch_max_bytes()).unwrap_or(usize::MAX),
@@ -76,7 +61,7 @@ pub async fn run(
         let (writer, handle, reader, recovered) = open_log(&cfg, &stream_name, &metrics)?;
         let (chunk_tx, chunk_rx) = mpsc::channel(8);
         let (batch_tx, batch_rx) = mpsc::channel(2);
-        batchers.spawn(batcher::run(
+        batchers.spawn(pipeline::run(
             stream_name.clone(),
             limits,
             chunk_rx,
@@ -96,20 +81,14 @@ pub async fn run(
             records: reader.spawn(2)?,
             handle,
         };
-        match &sink {
-            Sink::Quic(s) => {
-                lanes.spawn(
-                    s.clone()
-                        .run_lane(stream_name, log, resume_tx, stop.clone()),
-                )
-            }
-            Sink::Kafka(s) => {
-                lanes.spawn(
-                    s.clone()
-                        .run_lane(stream_name, log, resume_tx, stop.clone()),
-                )
-            }
-        };
+        sink.spawn_lane(
+            &mut lanes,
+            &metrics,
+            stream_name,
+            log,
+            resume_tx,
+            stop.clone(),
+        );
         resume.insert(stream.clone(), resume_rx);
         stream_inputs.insert(stream, chunk_tx);
     }
@@ -209,16 +188,8 @@ pub async fn run(
         summary.batches_rejected += lane.rejected_batches;
         summary.batches_unshipped += lane.unshipped_batches;
     }
-    if let Sink::Quic(s) = &sink {
-        s.close().await;
-    }
+    sink.close().await;
     Ok(summary)
-}
-
-/// Where the lanes ship.
-enum Sink {
-    Quic(Arc<QuicShipper>),
-    Kafka(Arc<KafkaShipper>),
 }
 
 /// Hold the data directory for this run: two agents sharing one would interleave their

@@ -1,6 +1,6 @@
 //! The agent's counters, exposed in Prometheus text format on `/metrics`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -10,8 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::wal::WalRecord;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
@@ -61,6 +59,7 @@ pub struct Metrics {
     rows_acked: Family<StreamLabels, Counter>,
     rows_duplicate: Family<StreamLabels, Counter>,
     rows_lost: Family<ReasonLabels, Counter>,
+    sink_errors: Family<ReasonLabels, Counter>,
     api_refused: Family<RefusalLabels, Counter>,
     inflight: Family<StreamLabels, Gauge>,
     wal_bytes: Family<StreamLabels, Gauge>,
@@ -103,6 +102,7 @@ impl Default for Metrics {
             rows_acked: Family::default(),
             rows_duplicate: Family::default(),
             rows_lost: Family::default(),
+            sink_errors: Family::default(),
             api_refused: Family::default(),
             inflight: Family::default(),
             wal_bytes: Family::default(),
@@ -172,6 +172,11 @@ impl Default for Metrics {
             "lost_rows",
             "Rows that will never land, by reason",
             m.rows_lost.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Sessions of a stream's sink lane that failed, by reason (the lane retries)",
+            m.sink_errors.clone(),
         );
         registry.register(
             "api_refused_requests",
@@ -305,7 +310,13 @@ impl Metrics {
     }
 
     /// The stream's sink lane is retrying after `error`.
-    pub fn sink_error(&self, s: &str, error: &dyn std::fmt::Display) {
+    pub fn sink_error(&self, s: &str, reason: &'static str, error: &dyn std::fmt::Display) {
+        self.sink_errors
+            .get_or_create(&ReasonLabels {
+                stream: s.into(),
+                reason: reason.into(),
+            })
+            .inc();
         self.sink(s).error(error);
     }
 
@@ -337,11 +348,9 @@ impl Metrics {
 
     /// Batches sent and not yet acknowledged, oldest first: what the stream's sink lane
     /// has waiting.
-    pub fn set_inflight(&self, s: &str, pending: &VecDeque<WalRecord>) {
-        let n = pending.len();
+    pub fn set_inflight(&self, s: &str, n: usize, oldest: Option<i64>) {
         self.inflight.get_or_create(&stream(s)).set(n as i64);
         self.sink(s).waiting(n as u64);
-        let oldest = pending.front().map(|r| r.batch.created_at_us);
         self.oldest_unacked_us
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -1,0 +1,476 @@
+//! The lane loop: one per stream, shipping what the stream's write-ahead log holds, in order,
+//! over a [`Transport`] (QUIC or Kafka), which only says how to open a session, send a batch
+//! and hear what became of it.
+//!
+//! A batch's sequence is the log's base plus its lsn. At most `window` batches are
+//! unacknowledged; one leaves the log only once the far side acknowledges it, and after any
+//! failure the lane opens a new session and resends, in order, everything unacknowledged.
+//! Failures back off exponentially (with jitter, so a fleet does not retry in lockstep) up
+//! to `backoff_max`. Once `stop` fires the lane keeps going for `drain_timeout`; what is
+//! still unacknowledged then stays in the log and ships at the next start.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::telemetry::Metrics;
+use crate::wal::{WalError, WalHandle, WalRecord};
+
+/// A stream's write-ahead log, as its lane uses it.
+pub struct LaneLog {
+    /// Records in lsn order, read on a thread of their own.
+    pub records: mpsc::Receiver<Result<WalRecord, WalError>>,
+    /// Acknowledgements, and the log's sequence base.
+    pub handle: WalHandle,
+}
+
+/// Where a stream's checkpointing sources resume: set once, by the lane's first session
+/// (`Some(None)`: from the start).
+pub type ResumeTx = watch::Sender<Option<Option<String>>>;
+
+/// Outcome of a lane once its input has closed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LaneSummary {
+    /// Batches the far side has (committed, or recognised as duplicates).
+    pub acked_batches: u64,
+    /// Batches the far side refused for good, counted as lost.
+    pub rejected_batches: u64,
+    /// Batches not yet acknowledged when the drain deadline passed: they stay in the
+    /// write-ahead log and ship at the next start.
+    pub unshipped_batches: u64,
+}
+
+/// How a lane paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Batches sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// First wait after a failure; doubled on each further one.
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// After `stop`, how long to keep trying to deliver what is unacknowledged.
+    pub drain_timeout: Duration,
+}
+
+/// What a transport's error says about retrying.
+pub trait Failure: std::error::Error + From<WalError> + Send + 'static {
+    /// The `reason` label it is counted under.
+    fn reason(&self) -> &'static str;
+    /// Only the far side can fix it (a refused stream): retry at the slowest pace.
+    fn retry_slowly(&self) -> bool {
+        false
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError<E> {
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(E),
+    /// The far side acknowledged a batch other than the oldest unacknowledged one.
+    #[error("out-of-order acknowledgement: expected seq {expected:?}, got {got}")]
+    AckOrder {
+        /// The oldest unacknowledged sequence, if any.
+        expected: Option<u64>,
+        /// The acknowledged one.
+        got: u64,
+    },
+}
+
+impl<E: Failure> LaneError<E> {
+    /// The `reason` label it is counted under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Transport(e) => e.reason(),
+            Self::AckOrder { .. } => "ack_order",
+        }
+    }
+}
+
+/// What became of a batch at the far side.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The batch's sequence.
+    pub seq: u64,
+    /// Its fate.
+    pub outcome: Outcome,
+}
+
+/// A batch's fate at the far side.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Landed (QUIC: committed to the table; Kafka: written by every in-sync broker).
+    Committed,
+    /// The far side already had it.
+    Duplicate,
+    /// Refused for good: resending cannot help, so it leaves the log, counted as lost.
+    Rejected {
+        /// The `reason` label of the lost rows.
+        reason: &'static str,
+        /// What the far side said.
+        message: String,
+    },
+}
+
+/// What differs between the QUIC and Kafka lanes.
+pub trait Transport: Send + Sync + 'static {
+    /// Its errors.
+    type Error: Failure;
+    /// One connected session.
+    type Session: Session<Error = Self::Error>;
+    /// Logged when a session fails (`"lane interrupted"`).
+    const INTERRUPTED: &'static str;
+    /// An opened session proves the far side healthy (QUIC's handshake does; a Kafka
+    /// producer is made without asking any broker, so only deliveries do).
+    const OPEN_PROVES_PEER: bool;
+
+    /// Window, backoff and drain settings.
+    fn pacing(&self) -> Pacing;
+
+    /// Before the first session: where the lane ships (for logs) and, for a log new to
+    /// this transport, its sequence base.
+    fn prepare(
+        &self,
+        lane: &mut LaneState,
+        resume: &ResumeTx,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Connect and start a session. May settle pending batches the far side says it has
+    /// (`LaneState::settle_through`), and tells checkpointing sources where to resume.
+    fn open(
+        &self,
+        lane: &mut LaneState,
+        resume: &ResumeTx,
+    ) -> impl Future<Output = Result<Self::Session, Self::Error>> + Send;
+}
+
+/// A connected session of one lane.
+pub trait Session: Send {
+    /// Its errors.
+    type Error;
+    /// Send one batch.
+    fn send(
+        &mut self,
+        seq: u64,
+        record: &WalRecord,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The next batch's fate, in the order they were sent. Cancel-safe: it is raced
+    /// against the log's next record.
+    fn delivered(&mut self) -> impl Future<Output = Result<Delivery, Self::Error>> + Send;
+    /// Everything is acknowledged and the log is closed: end politely.
+    fn finish(self);
+}
+
+/// Per-lane state that survives sessions.
+pub struct LaneState {
+    /// The stream.
+    pub stream: Arc<str>,
+    /// Where it ships, for logs (`processor 10.0.0.1:7000`, `topic sluice.cpu`).
+    pub destination: String,
+    /// The stream's write-ahead log.
+    pub log: WalHandle,
+    /// Sent (or to be resent) and not yet acknowledged, in lsn order.
+    pub pending: VecDeque<WalRecord>,
+    /// The log's sequence base, once known.
+    pub base: Option<u64>,
+    /// Highest sequence the far side has said it holds.
+    pub committed: u64,
+    input_done: bool,
+    summary: LaneSummary,
+}
+
+impl LaneState {
+    fn new(stream: Arc<str>, log: WalHandle) -> Self {
+        Self {
+            stream,
+            destination: String::new(),
+            log,
+            pending: VecDeque::new(),
+            base: None,
+            committed: 0,
+            input_done: false,
+            summary: LaneSummary::default(),
+        }
+    }
+
+    /// The sequence a record ships with.
+    pub fn seq(&self, lsn: u64) -> u64 {
+        self.base.unwrap_or(0) + lsn
+    }
+
+    /// The far side holds everything up to `committed` (said on a reconnect): what is
+    /// pending up to there was delivered before the previous session dropped its ack.
+    pub fn settle_through(&mut self, committed: u64, metrics: &Metrics) {
+        self.committed = self.committed.max(committed);
+        let mut last = None;
+        while let Some(r) = self.pending.front() {
+            if self.seq(r.lsn) > committed {
+                break;
+            }
+            metrics.acked(&self.stream, r.batch.rows);
+            self.summary.acked_batches += 1;
+            last = Some(r.lsn);
+            self.pending.pop_front();
+        }
+        if let Some(lsn) = last {
+            self.ack_log(lsn);
+        }
+    }
+
+    /// Everything up to `lsn` is delivered: let the log delete it (off the async threads,
+    /// as that may sync files).
+    fn ack_log(&self, lsn: u64) {
+        let log = self.log.clone();
+        let stream = self.stream.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = log.ack(lsn) {
+                tracing::warn!(%stream, "cannot record an acknowledgement in the write-ahead log: {e}");
+            }
+        });
+    }
+
+    fn report_inflight(&self, metrics: &Metrics) {
+        metrics.set_inflight(
+            &self.stream,
+            self.pending.len(),
+            self.pending.front().map(|r| r.batch.created_at_us),
+        );
+    }
+
+    /// Apply the far side's word on the oldest pending batch.
+    fn on_delivery<E>(&mut self, d: Delivery, metrics: &Metrics) -> Result<(), LaneError<E>> {
+        let expected = self.pending.front().map(|r| self.seq(r.lsn));
+        if expected != Some(d.seq) {
+            return Err(LaneError::AckOrder {
+                expected,
+                got: d.seq,
+            });
+        }
+        let Some(r) = self.pending.pop_front() else {
+            return Err(LaneError::AckOrder {
+                expected,
+                got: d.seq,
+            });
+        };
+        self.committed = self.committed.max(d.seq);
+        self.ack_log(r.lsn);
+        let rows = r.batch.rows;
+        match d.outcome {
+            Outcome::Committed => {
+                metrics.acked(&self.stream, rows);
+                self.summary.acked_batches += 1;
+            }
+            Outcome::Duplicate => {
+                metrics.duplicate(&self.stream, rows);
+                self.summary.acked_batches += 1;
+            }
+            Outcome::Rejected { reason, message } => {
+                tracing::error!(
+                    stream = %self.stream,
+                    to = %self.destination,
+                    seq = d.seq,
+                    rows,
+                    bytes = r.batch.ipc.len(),
+                    "batch refused for good, counted as lost: {message}"
+                );
+                metrics.lost(&self.stream, reason, u64::from(rows));
+                self.summary.rejected_batches += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ship everything the log yields over `transport`. Returns once the log is closed and every
+/// batch is acknowledged, or once `stop` fires and the drain timeout has passed.
+pub async fn run<T: Transport>(
+    transport: Arc<T>,
+    metrics: Arc<Metrics>,
+    stream: Arc<str>,
+    log: LaneLog,
+    resume: ResumeTx,
+    mut stop: watch::Receiver<bool>,
+) -> LaneSummary {
+    let LaneLog {
+        records: mut input,
+        handle,
+    } = log;
+    let mut lane = LaneState::new(stream.clone(), handle);
+    let pacing = transport.pacing();
+    if let Err(e) = transport.prepare(&mut lane, &resume).await {
+        tracing::error!(%stream, "cannot start the lane: {e}");
+        metrics.sink_error(&stream, e.reason(), &e);
+        lane.log.close();
+        return lane.summary;
+    }
+    let mut backoff = pacing.backoff_initial;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if lane.input_done && lane.pending.is_empty() {
+            break;
+        }
+        if drain_deadline.is_none() && *stop.borrow() {
+            drain_deadline = Some(Instant::now() + pacing.drain_timeout);
+        }
+        let session = session(
+            &*transport,
+            &metrics,
+            pacing,
+            &mut lane,
+            &mut input,
+            &resume,
+            &mut backoff,
+        );
+        let result = match drain_deadline {
+            Some(d) => match tokio::time::timeout_at(d, session).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                r = session => r,
+                // Stop requested: loop around to arm the drain deadline.
+                _ = stop.changed() => continue,
+            },
+        };
+        let Err(e) = result else { continue };
+        metrics.sink_error(&stream, e.reason(), &e);
+        if matches!(&e, LaneError::Transport(t) if t.retry_slowly()) {
+            backoff = pacing.backoff_max;
+            tracing::error!(stream = %stream, to = %lane.destination, retry_in = ?backoff, "{e}");
+        } else {
+            tracing::warn!(
+                stream = %stream,
+                to = %lane.destination,
+                unacked = lane.pending.len(),
+                retry_in = ?backoff,
+                "{}: {e}",
+                T::INTERRUPTED
+            );
+        }
+        let sleep = tokio::time::sleep(jitter(backoff));
+        match drain_deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, sleep).await.is_err() {
+                    break;
+                }
+            }
+            None => tokio::select! {
+                _ = sleep => {}
+                _ = stop.changed() => {}
+            },
+        }
+        backoff = (backoff * 2).min(pacing.backoff_max);
+    }
+    let left = lane.pending.len() as u64;
+    if left > 0 || !lane.input_done {
+        let rows: u64 = lane.pending.iter().map(|r| u64::from(r.batch.rows)).sum();
+        tracing::warn!(
+            stream = %stream,
+            to = %lane.destination,
+            batches_in_flight = left,
+            rows_in_flight = rows,
+            "drain timeout: what is not acknowledged stays in the write-ahead log and ships at the next start"
+        );
+    }
+    lane.summary.unshipped_batches = left;
+    // Wake a writer waiting for space that will not come now.
+    lane.log.close();
+    metrics.set_inflight(&stream, 0, None);
+    lane.summary
+}
+
+/// One session: open, resend what is unacknowledged, then ship from the log.
+async fn session<T: Transport>(
+    transport: &T,
+    metrics: &Metrics,
+    pacing: Pacing,
+    lane: &mut LaneState,
+    input: &mut mpsc::Receiver<Result<WalRecord, WalError>>,
+    resume: &ResumeTx,
+    backoff: &mut Duration,
+) -> Result<(), LaneError<T::Error>> {
+    let mut session = transport
+        .open(lane, resume)
+        .await
+        .map_err(LaneError::Transport)?;
+    if T::OPEN_PROVES_PEER {
+        *backoff = pacing.backoff_initial;
+        metrics.sink_recovered(&lane.stream);
+    }
+    for r in &lane.pending {
+        send(&mut session, metrics, lane, lane.seq(r.lsn), r).await?;
+    }
+    lane.report_inflight(metrics);
+    loop {
+        if lane.input_done && lane.pending.is_empty() {
+            session.finish();
+            return Ok(());
+        }
+        tokio::select! {
+            d = session.delivered() => {
+                let d = d.map_err(LaneError::Transport)?;
+                if !T::OPEN_PROVES_PEER && !matches!(d.outcome, Outcome::Rejected { .. }) {
+                    *backoff = pacing.backoff_initial;
+                }
+                lane.on_delivery(d, metrics)?;
+                lane.report_inflight(metrics);
+            }
+            next = input.recv(), if !lane.input_done && lane.pending.len() < pacing.window => {
+                match next {
+                    Some(Ok(r)) => {
+                        let seq = lane.seq(r.lsn);
+                        if seq <= lane.committed {
+                            // Shipped by an earlier run whose ack was lost: the far side
+                            // has it.
+                            metrics.acked(&lane.stream, r.batch.rows);
+                            lane.summary.acked_batches += 1;
+                            lane.ack_log(r.lsn);
+                            continue;
+                        }
+                        // Pending before it is sent: a send that fails leaves it to be
+                        // sent again by the next session. (Taken from the log's reader
+                        // and dropped on that error, it was skipped, and acks of later
+                        // batches then removed it from the log.)
+                        lane.pending.push_back(r);
+                        lane.report_inflight(metrics);
+                        if let Some(r) = lane.pending.back() {
+                            send(&mut session, metrics, lane, seq, r).await?;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(stream = %lane.stream, "write-ahead log damaged, the rest of the segment is skipped: {e}");
+                        metrics.wal_corrupt(&lane.stream, 1);
+                    }
+                    None => lane.input_done = true,
+                }
+            }
+        }
+    }
+}
+
+async fn send<S: Session>(
+    session: &mut S,
+    metrics: &Metrics,
+    lane: &LaneState,
+    seq: u64,
+    r: &WalRecord,
+) -> Result<(), LaneError<S::Error>> {
+    session.send(seq, r).await.map_err(LaneError::Transport)?;
+    metrics.sent(&lane.stream, r.batch.rows, r.batch.ipc.len());
+    Ok(())
+}
+
+/// Up to 25% random jitter so many agents do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
