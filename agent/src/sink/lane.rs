@@ -474,3 +474,346 @@ fn jitter(d: Duration) -> Duration {
         .unwrap_or(0);
     d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The lane loop against a scripted far side, which lands a batch when it receives it
+    //! (as the processor commits before it acks) and then acknowledges it, unless the
+    //! script says to drop the session, refuse, reject or keep silent.
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use sluice_ops::ApiMetrics;
+
+    use super::*;
+    use crate::pipeline::ReadyBatch;
+    use crate::wal::{self, WalMetricsSink, WalOptions, WhenFull};
+
+    #[derive(Default)]
+    struct Far {
+        /// Every batch received, resends included, in order.
+        received: Vec<u64>,
+        /// What the far side holds, each batch once.
+        landed: Vec<u64>,
+        committed: u64,
+        sessions: usize,
+        /// Refuse this many sessions first.
+        refuse: usize,
+        /// Drop the session (losing the ack) at the n-th send of it, once.
+        cut_at: Option<usize>,
+        /// Refuse these batches for good.
+        reject: Vec<u64>,
+        /// Acknowledge the second unacknowledged batch first, once.
+        swap_once: bool,
+        /// Receive, but never land or acknowledge anything (a far side that hangs).
+        silent: bool,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum FakeError {
+        #[error("refused")]
+        Refused,
+        #[error("cut")]
+        Cut,
+        #[error(transparent)]
+        Wal(#[from] WalError),
+    }
+
+    impl Failure for FakeError {
+        fn reason(&self) -> &'static str {
+            match self {
+                Self::Refused => "refused",
+                Self::Cut => "cut",
+                Self::Wal(_) => "wal",
+            }
+        }
+        fn retry_slowly(&self) -> bool {
+            matches!(self, Self::Refused)
+        }
+    }
+
+    struct Fake {
+        far: Arc<Mutex<Far>>,
+        pacing: Pacing,
+    }
+
+    impl Transport for Fake {
+        type Error = FakeError;
+        type Session = FakeSession;
+        const INTERRUPTED: &'static str = "fake session ended";
+        const OPEN_PROVES_PEER: bool = true;
+
+        fn pacing(&self) -> Pacing {
+            self.pacing
+        }
+
+        async fn prepare(&self, lane: &mut LaneState, _: &ResumeTx) -> Result<(), FakeError> {
+            lane.destination = "the far side".into();
+            lane.base = Some(1000);
+            Ok(())
+        }
+
+        async fn open(&self, lane: &mut LaneState, _: &ResumeTx) -> Result<FakeSession, FakeError> {
+            let committed = {
+                let mut far = self.far.lock().unwrap();
+                far.sessions += 1;
+                if far.refuse > 0 {
+                    far.refuse -= 1;
+                    return Err(FakeError::Refused);
+                }
+                far.committed
+            };
+            lane.settle_through(committed, &Metrics::default());
+            Ok(FakeSession {
+                far: self.far.clone(),
+                acks: VecDeque::new(),
+                sent: 0,
+            })
+        }
+    }
+
+    struct FakeSession {
+        far: Arc<Mutex<Far>>,
+        acks: VecDeque<Delivery>,
+        sent: usize,
+    }
+
+    impl Session for FakeSession {
+        type Error = FakeError;
+
+        async fn send(&mut self, seq: u64, _: &WalRecord) -> Result<(), FakeError> {
+            self.sent += 1;
+            let mut far = self.far.lock().unwrap();
+            far.received.push(seq);
+            if far.silent {
+                return Ok(());
+            }
+            let outcome = if far.reject.contains(&seq) {
+                Outcome::Rejected {
+                    reason: "rejected",
+                    message: "no".into(),
+                }
+            } else if seq <= far.committed {
+                Outcome::Duplicate
+            } else {
+                far.committed = seq;
+                far.landed.push(seq);
+                Outcome::Committed
+            };
+            if far.cut_at == Some(self.sent) {
+                far.cut_at = None;
+                return Err(FakeError::Cut);
+            }
+            self.acks.push_back(Delivery { seq, outcome });
+            Ok(())
+        }
+
+        async fn delivered(&mut self) -> Result<Delivery, FakeError> {
+            tokio::task::yield_now().await;
+            if self.acks.is_empty() {
+                return std::future::pending().await;
+            }
+            let mut far = self.far.lock().unwrap();
+            if far.swap_once && self.acks.len() >= 2 {
+                far.swap_once = false;
+                self.acks.swap(0, 1);
+            }
+            Ok(self.acks.pop_front().expect("an ack"))
+        }
+
+        fn finish(self) {}
+    }
+
+    fn pacing() -> Pacing {
+        Pacing {
+            window: 4,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(100),
+            drain_timeout: Duration::from_millis(200),
+        }
+    }
+
+    /// A log holding `n` batches, closed for writing, and the lane's view of it.
+    async fn log_of(dir: &std::path::Path, n: u32) -> (LaneLog, WalHandle) {
+        let opts = WalOptions {
+            segment_size: 1 << 20,
+            max_size: 1 << 30,
+            when_full: WhenFull::Block,
+        };
+        let (writer, handle, reader, _) =
+            wal::open(dir, opts, WalMetricsSink::default()).expect("log");
+        for i in 1..=n {
+            let batch = ReadyBatch {
+                ipc: Bytes::from(vec![7; 100]),
+                rows: i,
+                schema_fingerprint: 1,
+                created_at_us: i64::from(i),
+                checkpoint: None,
+            };
+            writer.append(batch).await.expect("append");
+        }
+        drop(writer);
+        let log = LaneLog {
+            records: reader.spawn(2).expect("reader"),
+            handle: handle.clone(),
+        };
+        (log, handle)
+    }
+
+    async fn ship(
+        far: Far,
+        n: u32,
+        stop: watch::Receiver<bool>,
+    ) -> (LaneSummary, Far, Arc<Metrics>, WalHandle) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, handle) = log_of(dir.path(), n).await;
+        let far = Arc::new(Mutex::new(far));
+        let fake = Arc::new(Fake {
+            far: far.clone(),
+            pacing: pacing(),
+        });
+        let metrics = Arc::new(Metrics::default());
+        let (resume, _) = watch::channel(None);
+        let summary = tokio::time::timeout(
+            Duration::from_secs(20),
+            run(fake, metrics.clone(), "s".into(), log, resume, stop),
+        )
+        .await
+        .expect("the lane ends");
+        let far = std::mem::take(&mut *far.lock().unwrap());
+        (summary, far, metrics, handle)
+    }
+
+    fn seqs(n: u64) -> Vec<u64> {
+        (1001..=1000 + n).collect()
+    }
+
+    /// The log's acknowledgements are recorded off the lane's task: wait for them.
+    async fn acked_through(handle: &WalHandle, lsn: u64) {
+        for _ in 0..500 {
+            if handle.acked() >= lsn {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the log acknowledged {} of {lsn}", handle.acked());
+    }
+
+    fn counted(metrics: &Metrics, line: &str) -> bool {
+        metrics.render().lines().any(|l| l == line)
+    }
+
+    #[tokio::test]
+    async fn every_batch_lands_once_in_order_within_the_window_and_leaves_the_log() {
+        let (_stop, stop) = watch::channel(false);
+        let (summary, far, _, handle) = ship(Far::default(), 50, stop).await;
+        assert_eq!(far.landed, seqs(50));
+        assert_eq!(far.received, seqs(50), "nothing was sent twice");
+        assert_eq!(summary.acked_batches, 50);
+        assert_eq!(summary.unshipped_batches, 0);
+        acked_through(&handle, 50).await;
+    }
+
+    #[tokio::test]
+    async fn a_session_lost_before_its_acks_resends_the_rest_and_lands_each_batch_once() {
+        let far = Far {
+            cut_at: Some(3),
+            ..Far::default()
+        };
+        let (_stop, stop) = watch::channel(false);
+        let (summary, far, metrics, handle) = ship(far, 20, stop).await;
+        assert_eq!(far.sessions, 2);
+        assert_eq!(far.landed, seqs(20), "landed once each, in order");
+        assert_eq!(summary.acked_batches, 20);
+        // The batch whose ack the cut lost is settled by the next session's committed mark,
+        // not sent again.
+        assert_eq!(far.received.iter().filter(|&&s| s == 1003).count(), 1);
+        assert!(counted(
+            &metrics,
+            r#"sluice_agent_sink_errors_total{stream="s",reason="cut"} 1"#
+        ));
+        acked_through(&handle, 20).await;
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_out_of_order_ends_the_session_and_nothing_is_lost() {
+        let far = Far {
+            swap_once: true,
+            ..Far::default()
+        };
+        let (_stop, stop) = watch::channel(false);
+        let (summary, far, metrics, handle) = ship(far, 10, stop).await;
+        assert_eq!(far.sessions, 2);
+        assert_eq!(far.landed, seqs(10));
+        assert_eq!(summary.acked_batches, 10);
+        assert!(counted(
+            &metrics,
+            r#"sluice_agent_sink_errors_total{stream="s",reason="ack_order"} 1"#
+        ));
+        acked_through(&handle, 10).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_good_leaves_the_log_counted_as_lost() {
+        let far = Far {
+            reject: vec![1004],
+            ..Far::default()
+        };
+        let (_stop, stop) = watch::channel(false);
+        let (summary, far, metrics, handle) = ship(far, 8, stop).await;
+        assert_eq!(summary.rejected_batches, 1);
+        assert_eq!(summary.acked_batches, 7);
+        assert!(!far.landed.contains(&1004));
+        assert!(counted(
+            &metrics,
+            r#"sluice_agent_lost_rows_total{stream="s",reason="rejected"} 4"#
+        ));
+        acked_through(&handle, 8).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_session_is_retried_at_the_slowest_pace() {
+        let far = Far {
+            refuse: 1,
+            ..Far::default()
+        };
+        let (_stop, stop) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let (summary, far, _, _) = ship(far, 5, stop).await;
+        assert_eq!(far.sessions, 2);
+        assert_eq!(summary.acked_batches, 5);
+        assert!(
+            started.elapsed() >= pacing().backoff_max,
+            "retried after {:?}, before backoff_max",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn on_stop_the_lane_drains_until_its_deadline_and_the_rest_stays_in_the_log() {
+        let far = Far {
+            silent: true,
+            ..Far::default()
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = stop_tx.send(true);
+            stop_tx
+        });
+        let (summary, far, _, handle) = ship(far, 10, stop).await;
+        drop(stopper.await);
+        // Stopping starts a drain session, which resends what is in flight; nothing past the
+        // window is sent while nothing is acknowledged.
+        assert!(
+            far.received.iter().all(|s| seqs(4).contains(s)),
+            "no more than the window in flight: {:?}",
+            far.received
+        );
+        assert_eq!(summary.unshipped_batches, 4);
+        assert_eq!(summary.acked_batches, 0);
+        assert_eq!(handle.acked(), 0, "nothing unacknowledged left the log");
+    }
+}
