@@ -20,18 +20,24 @@ use crate::wasm::{WasmSourceConfig, WasmTransformConfig};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// `[agent]`: who this agent is and where it keeps its state.
     pub agent: AgentSection,
+    /// `[api]`: the HTTP endpoint; without it the agent serves none.
     #[serde(default)]
     pub api: Option<sluice_ops::ApiConfig>,
+    /// `[batch]`: when the batcher cuts a batch.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// `[buffer]`: the write-ahead log each stream's batches wait in.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// `[sink]`: where batches go, `type = "quic"` or `type = "kafka"`.
     #[serde(deserialize_with = "sluice_ops::config::tagged::one")]
     pub sink: SinkConfig,
+    /// `[sources.NAME]`: where rows come from, `type = "simulator"` or `type = "wasm"`.
     #[serde(deserialize_with = "sluice_ops::config::tagged::map")]
     pub sources: IndexMap<String, SourceConfig>,
-    /// Transforms, applied to the sources that list them.
+    /// `[transforms.NAME]`: transforms, applied to the sources that list them.
     #[serde(default, deserialize_with = "sluice_ops::config::tagged::map")]
     pub transforms: IndexMap<String, TransformConfig>,
 }
@@ -40,10 +46,11 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
-    /// Unique id of this agent; lands in the `_agent` column. Letters, digits, `_`, `-`.
+    /// Unique id of this agent; lands in `_agent`. `[A-Za-z0-9_-]{1,128}`. Must match its
+    /// certificate's common name.
     pub id: String,
-    /// Where the agent keeps local state: the write-ahead log (`wal/`) and the
-    /// compiled-plugin cache.
+    /// Local state: the write-ahead log (`wal/STREAM/`) and the compiled-plugin cache
+    /// (`wasm-cache/`). Locked while the agent runs: two agents cannot share one.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
 }
@@ -56,8 +63,13 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
+    /// Cut a batch at this many rows. A chunk that carries a source checkpoint (connectors,
+    /// simulator) is never split, so such a batch is cut before the chunk that would
+    /// overflow it (simulator chunks are at most `max_rows` rows).
     pub max_rows: usize,
+    /// …or once this much Arrow memory is buffered (≥ 1 KiB).
     pub max_bytes: ByteSize,
+    /// …or when the oldest buffered row is this old.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
 }
@@ -76,13 +88,15 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
-    /// Cap on the log of each stream.
+    /// Cap on each stream's log (≥ 1 MiB + 2 × `batch.max_bytes`).
     pub max_size: ByteSize,
-    /// What happens at the cap: `block` (sources wait) or `drop_oldest` (rows are lost,
-    /// counted and logged).
+    /// At the cap: `"block"` holds the sources back until acknowledgements free space
+    /// (nothing is lost); `"drop_oldest"` deletes the oldest segment, acknowledged or not,
+    /// logs it and counts its rows in `sluice_agent_lost_rows_total{reason="wal_full"}`.
     pub when_full: crate::wal::WhenFull,
-    /// Size of one segment file; defaults to the smaller of 64 MiB and an eighth of
-    /// `max_size`.
+    /// Size of one segment file (64 KiB – `max_size / 2`). Space is freed a whole segment
+    /// at a time.
+    /// Default: the smaller of 64 MiB and `max_size / 8`.
     pub segment_size: Option<ByteSize>,
 }
 

@@ -51,8 +51,12 @@ impl Role {
 pub struct TokenConfig {
     /// Who holds it, for logs and refusals.
     pub name: String,
-    /// The SHA-256 of the token, in hex (`sluice-… token` prints it).
+    /// The hex SHA-256 of the token: the config never holds the token itself. Make a token
+    /// and its entry with `sluice-agent token --name NAME --role read --role metrics` (or
+    /// `sluice-processor token`).
     pub sha256: TokenDigest,
+    /// What it may call: any of `read` (the agent's `/tap/STREAM`, the processor's `/api/*`)
+    /// and `metrics` (`/metrics`).
     pub roles: Vec<Role>,
 }
 

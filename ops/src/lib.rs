@@ -99,19 +99,28 @@ pub async fn stop_signal() {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
+    /// Address of the HTTP endpoint serving `/metrics`, `/health`, `/ready` and the
+    /// binary's own routes: the agent's `/tap/STREAM` (what `sluice-agent top` and `tap`
+    /// read), the processor's `/api/query`, `/api/tables`, `/api/status` and status page
+    /// (`/`); see OPERATIONS.md. Without `[api]` there is no endpoint.
     pub listen: SocketAddr,
-    /// A part of a pipeline with work waiting and no progress for this long makes
-    /// `/ready` fail.
+    /// A part of the pipeline with work waiting (or failing) and no progress for this long
+    /// makes `/ready` answer 503 with the reason: in the agent, a stream's sink whose
+    /// batches are not acknowledged, a write-ahead log that cannot be written; in the
+    /// processor, a table with rows waiting and no commit, a catalog or Kafka brokers that
+    /// keep failing.
     #[serde(default = "default_stalled_after", with = "humantime_serde")]
     pub stalled_after: Duration,
     /// Who may call: each token's digest and roles (`[[api.tokens]]`).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
-    /// Roles granted without a token; none by default. `["metrics"]` lets a Prometheus
-    /// without credentials scrape.
+    /// Roles granted to requests without a token. `["metrics"]` lets a Prometheus without
+    /// credentials scrape; granting `read` is logged as a warning.
     #[serde(default)]
     pub anonymous: Vec<Role>,
-    /// Host names, besides IP addresses and `localhost`, that clients reach this endpoint by.
+    /// Host names, besides IP addresses and `localhost`, that clients use to reach the
+    /// endpoint. A request whose `Host` is another name is refused (this stops DNS
+    /// rebinding).
     #[serde(default)]
     pub hosts: Vec<String>,
 }

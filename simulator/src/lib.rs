@@ -56,43 +56,58 @@ pub enum Pace {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorConfig {
-    /// A scenario file: its streams become this source's streams. Otherwise the source is
-    /// one stream declared inline by the keys below.
+    /// Scenario file (relative to this config file). Each of its streams feeds the agent
+    /// stream of the same name (with `stream_prefix`). The inline keys (`fields`, `rate`,
+    /// `entities`, `start_time`, `seed`, `stream`) are then errors.
     #[serde(default)]
     pub scenario: Option<PathBuf>,
-    /// Scenario sources: prefix of the agent stream names (default: none, the scenario's
-    /// stream names as they are).
+    /// Scenario sources: prefix of the agent stream names (none: the scenario's stream names
+    /// as they are).
     #[serde(default)]
     pub stream_prefix: Option<String>,
-    /// Inline sources: the stream to feed; defaults to the source name.
+    /// Inline: stream (and bronze table) to feed. Sources sharing a stream must have the
+    /// same schema (and no transforms).
+    /// Default: `NAME`.
     #[serde(default)]
     pub stream: Option<String>,
-    /// Transforms applied to this source's rows, in order (`[transforms.NAME]`).
+    /// Transforms applied to this source's rows, in order (`[transforms.NAME]`);
+    /// single-stream sources only.
     #[serde(default)]
     pub transforms: Vec<String>,
+    /// `"realtime"`: the simulated clock starts at the scenario's `start` (or `start_time`,
+    /// or now) and advances with the wall clock. `"fast"`: as fast as the pipeline takes
+    /// (backfill).
     #[serde(default)]
     pub pace: Pace,
-    /// Events per second across all entities; absent means as fast as the pipeline takes.
+    /// Inline: events per second across all entities (entities take turns).
+    /// Default: unlimited (as fast as the pipeline takes).
     #[serde(default)]
     pub rate: Option<f64>,
-    /// Stop each stream after this many events; absent means run until the agent stops
-    /// (or the scenario's `end`).
+    /// Stop each stream after this many events; the agent exits once everything is
+    /// acknowledged.
+    /// Default: unbounded (until the agent stops, or the scenario's `end`).
     #[serde(default)]
     pub total: Option<u64>,
-    /// Seed of every random draw (inline sources; a scenario has its own).
+    /// Inline: seed of every random draw (a scenario file has its own).
     #[serde(default)]
     pub seed: u64,
-    /// Number of simulated entities (hosts, devices, ...); rows cycle through them.
+    /// Inline: number of simulated entities; event *i* belongs to entity *i* mod
+    /// `entities`, ids `entity-0000`, ...
     #[serde(default = "default_entities")]
     pub entities: u32,
-    /// When set, event time is simulated: event `i` happens at `start_time + i / rate`.
-    /// When absent, event time is the wall clock at generation.
+    /// Inline: RFC 3339 time; event *i* then happens at `start_time + i / rate` (needs
+    /// `rate`).
+    /// Default: none (wall clock: event time is the wall clock at generation).
     #[serde(default)]
     pub start_time: Option<DateTime<Utc>>,
-    /// Largest chunk generated at once (the batcher still cuts batches by its own limits).
+    /// Largest chunk generated at once (capped at `batch.max_rows` when the agent runs).
+    /// Each chunk carries its stream's checkpoint (rows emitted and the clock's start), so a
+    /// restarted agent continues the same output.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
-    /// Inline sources: the columns, in order.
+    /// Inline: table of columns, in order: `name = { type = "...", ... }` — every field type
+    /// of [SIMULATION.md](SIMULATION.md#fields) except `attribute` and `parent`.
+    /// Default: required inline.
     #[serde(default, deserialize_with = "sluice_ops::config::tagged::map")]
     pub fields: IndexMap<String, FieldSpec>,
     #[serde(skip)]

@@ -21,33 +21,44 @@ pub enum SinkConfig {
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, `host:port[,host:port...]`.
     pub brokers: String,
-    /// The agent's certificate (PEM, from the processor's CA): sent with each batch, whose
-    /// signature the processor checks against its CA.
+    /// This agent's certificate (PEM), from the processor's CA: sent with each batch
+    /// (`sluice-cert`), whose signature the processor checks against its CA.
     pub cert: PathBuf,
-    /// The certificate's private key (PEM): signs each batch.
+    /// The certificate's private key (PEM): signs each batch (ECDSA P-256/P-384, Ed25519 or
+    /// RSA keys).
     pub key: PathBuf,
-    /// Topic of a stream's batches; `{stream}` is replaced by the stream's name. Without
-    /// `{stream}`, every stream goes to one topic.
+    /// Topic of a stream's batches; `{stream}` is replaced by the stream name. Without
+    /// `{stream}` every stream goes to one topic. Must give valid topic names
+    /// (`[A-Za-z0-9._-]`, ≤ 249).
     #[serde(default = "default_topic")]
     pub topic: String,
-    /// Message compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`. Compress (`lz4`, or `zstd` for the fewest
+    /// bytes) when the link to the brokers is slow or metered; on a fast link it can cost
+    /// more than it saves, as some brokers decompress what they store (tansu with SQLite
+    /// storage lands a third as many rows/s with `lz4`, see PERFORMANCE.md).
     #[serde(default)]
     pub compression: KafkaCompression,
-    /// The largest message the brokers take (their `message.max.bytes` and the topic's
-    /// `max.message.bytes`); batches are cut at 90% of it.
+    /// The largest message the brokers take (their `message.max.bytes`, the topic's
+    /// `max.message.bytes`; ≥ 64 KiB); batches are cut at 90 % of it (or at
+    /// `batch.max_bytes`, if smaller). A batch the brokers still refuse as too large is
+    /// dropped and counted in `sluice_agent_lost_rows_total{reason="too_large"}`.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: ByteSize,
-    /// Batches produced and not yet acknowledged by the brokers, per stream.
+    /// Batches produced and not yet acknowledged, per stream.
     #[serde(default = "default_kafka_window")]
     pub window: usize,
+    /// Delay before a restarted producer; doubles after each failure, up to `backoff_max`.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
+    /// Longest delay before a restarted producer.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
-    /// On shutdown, how long to keep trying to deliver what is still unacknowledged.
+    /// On stop, keep delivering for this long; the rest stays in the write-ahead log.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Extra librdkafka producer properties (security settings, `linger.ms`, ...).
+    /// Extra librdkafka producer properties (`security.protocol`, `sasl.*`, `linger.ms`,
+    /// ...). The ones the guarantees depend on (`enable.idempotence`, `acks`,
+    /// `message.timeout.ms`, `compression.type`, `message.max.bytes`, ...) are refused.
     #[serde(default)]
     pub options: sluice_ops::Options,
 }
@@ -95,29 +106,35 @@ fn default_kafka_window() -> usize {
 pub struct QuicSinkConfig {
     /// `host:port` of the processor.
     pub endpoint: String,
-    /// Name the processor's certificate must carry; defaults to the endpoint's host.
+    /// Name the processor's certificate must carry.
+    /// Default: the endpoint's host.
     #[serde(default)]
     pub server_name: Option<String>,
     /// CA certificate (PEM) that signed the processor's certificate.
     pub ca: PathBuf,
-    /// This agent's certificate (PEM), signed by the same CA.
+    /// This agent's certificate (PEM), from the same CA.
     pub cert: PathBuf,
     /// This agent's private key (PEM).
     pub key: PathBuf,
-    /// Unacknowledged batches allowed in flight per stream.
+    /// Unacknowledged batches in flight per stream.
     #[serde(default = "default_window")]
     pub window: usize,
+    /// Give up a connection attempt after this long (then back off).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// A connection that hears nothing from the processor for this long is considered dead
-    /// (keep-alives are sent at a fifth of it), and the agent reconnects.
+    /// A connection that hears nothing from the processor for this long is dead, and the
+    /// agent reconnects; keep-alives are sent every fifth of it (≥ 500 ms).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// First reconnect delay; doubles after each failed attempt, up to `backoff_max`, with
+    /// 0–25 % jitter so a fleet does not retry in lockstep.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
+    /// Longest reconnect delay.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
-    /// On shutdown, how long to keep trying to deliver what is still unacknowledged.
+    /// On stop, keep delivering buffered batches for this long; what is still
+    /// unacknowledged then stays in the write-ahead log for the next start.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
 }

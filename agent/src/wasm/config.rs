@@ -19,46 +19,56 @@ use sluice_ops::config::Invalid;
 pub struct WasmSourceConfig {
     /// The component file (`.wasm`).
     pub plugin: PathBuf,
-    /// Stream to feed; defaults to the source name. A wasm source has its stream to itself.
+    /// Stream (and bronze table) to feed; not shared with another source.
+    /// Default: `NAME`.
     #[serde(default)]
     pub stream: Option<String>,
     /// Transforms applied to this source's rows, in order (`[transforms.NAME]`).
     #[serde(default)]
     pub transforms: Vec<String>,
-    /// Most rows asked for per `poll` call.
+    /// Rows asked for per `poll` call.
     #[serde(default = "default_max_rows")]
     pub max_rows: u32,
-    /// Wait this long after a poll that returned nothing.
+    /// Wait after a poll that returned nothing.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Memory cap of the instance.
+    /// Memory cap of the instance (≥ 1 MiB): its one linear memory (a component declaring a
+    /// second one is refused).
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
-    /// Time budget of each call into the plugin.
+    /// Time budget of each call (≥ 20 ms). A call stuck in the host (a read that never
+    /// returns) is given up 1 s after it, reason `blocked`.
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
-    /// Host directories the plugin may read (mounted read-only at the same path). Not
-    /// `/`, `/proc` or anything under it: they expose the agent's own process.
+    /// Host directories readable by the plugin (read-only, same path). Not `/`, `/proc` or
+    /// anything under `/proc`: they expose the agent's own process (`/proc/self/mem`,
+    /// `/proc/self/environ`); the config is refused. Symbolic links are judged by where they
+    /// lead.
     #[serde(default)]
     pub allow_dirs: Vec<PathBuf>,
-    /// Host files the plugin may read, at the same path, as copies refreshed before each
-    /// call (at most 1 MiB each): `/proc/stat`, `/proc/meminfo`. Not a process's files.
+    /// Host files readable by the plugin, at the same path, as copies the agent refreshes
+    /// before every call (at most 1 MiB each): the way to grant `/proc/stat`,
+    /// `/proc/meminfo`, `/proc/loadavg`. Nothing beside them is visible. A process's files
+    /// (`/proc/self/…`, `/proc/PID/…`) are refused.
     #[serde(default)]
     pub allow_files: Vec<PathBuf>,
-    /// Environment variables the plugin may see (their host values).
+    /// Environment variables visible to the plugin (their host values).
     #[serde(default)]
     pub allow_env: Vec<String>,
-    /// First restart delay after a failure; doubles up to `restart_backoff_max`.
+    /// Restart delay after a failure; doubles after each one, up to `restart_backoff_max`.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub restart_backoff_initial: Duration,
+    /// Longest restart delay.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub restart_backoff_max: Duration,
-    /// This many failures within `failure_window` mark the plugin failed (no more restarts).
+    /// This many failures within `failure_window` mark the plugin failed (no more
+    /// restarts).
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
+    /// The time `max_failures` are counted over.
     #[serde(default = "default_failure_window", with = "humantime_serde")]
     pub failure_window: Duration,
-    /// The plugin's own settings, handed to `open` as JSON.
+    /// Table handed to the plugin's `open` as JSON: the plugin's own settings.
     #[serde(default)]
     pub config: toml::Table,
 }
@@ -70,27 +80,48 @@ pub struct WasmSourceConfig {
 pub struct WasmTransformConfig {
     /// The component file (`.wasm`).
     pub plugin: PathBuf,
-    /// What happens to a batch the transform fails on.
+    /// A batch the transform fails on: `"retry"` it on the restarted instance (nothing lost;
+    /// the transform is failed and its source held after `max_failures`), or `"drop"` it,
+    /// counted in `lost_rows` with reason `transform_<reason>`.
     #[serde(default)]
     pub on_error: OnError,
+    /// Memory cap of the instance (≥ 1 MiB): its one linear memory (a component declaring a
+    /// second one is refused).
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
+    /// Time budget of each call (≥ 20 ms). A call stuck in the host (a read that never
+    /// returns) is given up 1 s after it, reason `blocked`.
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// Host directories readable by the plugin (read-only, same path). Not `/`, `/proc` or
+    /// anything under `/proc`: they expose the agent's own process (`/proc/self/mem`,
+    /// `/proc/self/environ`); the config is refused. Symbolic links are judged by where they
+    /// lead.
     #[serde(default)]
     pub allow_dirs: Vec<PathBuf>,
+    /// Host files readable by the plugin, at the same path, as copies the agent refreshes
+    /// before every call (at most 1 MiB each): the way to grant `/proc/stat`,
+    /// `/proc/meminfo`, `/proc/loadavg`. Nothing beside them is visible. A process's files
+    /// (`/proc/self/…`, `/proc/PID/…`) are refused.
     #[serde(default)]
     pub allow_files: Vec<PathBuf>,
+    /// Environment variables visible to the plugin (their host values).
     #[serde(default)]
     pub allow_env: Vec<String>,
+    /// Restart delay after a failure; doubles after each one, up to `restart_backoff_max`.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub restart_backoff_initial: Duration,
+    /// Longest restart delay.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub restart_backoff_max: Duration,
+    /// This many failures within `failure_window` mark the plugin failed (no more
+    /// restarts).
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
+    /// The time `max_failures` are counted over.
     #[serde(default = "default_failure_window", with = "humantime_serde")]
     pub failure_window: Duration,
+    /// Table handed to the plugin's `open` as JSON: the plugin's own settings.
     #[serde(default)]
     pub config: toml::Table,
 }
