@@ -10,14 +10,15 @@ use anyhow::Context;
 use iceberg::Catalog;
 
 use crate::config::ProcessorConfig;
-use crate::inflight::InFlight;
-use crate::kafka::KafkaReceiver;
+use crate::lake;
 use crate::lake::CatalogSwap;
-use crate::lander::Lander;
-use crate::locks::CommitLocks;
-use crate::metrics::Metrics;
-use crate::receiver::Receiver;
-use crate::{lake, tls};
+use crate::lake::locks::CommitLocks;
+use crate::land::inflight::InFlight;
+use crate::land::lander::Lander;
+use crate::receive::kafka::KafkaReceiver;
+use crate::receive::quic::Receiver;
+use crate::receive::tls;
+use crate::telemetry::metrics::Metrics;
 
 /// A running processor.
 pub struct Server {
@@ -41,7 +42,7 @@ impl Server {
     pub async fn start(cfg: &ProcessorConfig) -> anyhow::Result<Self> {
         let health = sluice_ops::health_for(cfg.api.as_ref());
         let metrics = Metrics::with_health(health.clone());
-        let catalog = lake::open(cfg)
+        let catalog = lake::open(&cfg.catalog_settings())
             .await
             .with_context(|| format!("cannot open the catalog at {}", cfg.catalog_uri_shown()))?;
         lake::ensure_namespace(catalog.as_ref(), &cfg.lander.namespace)
@@ -50,7 +51,7 @@ impl Server {
         let graph = cfg.model_graph()?;
         let locks = CommitLocks::default();
         let inflight = InFlight::default();
-        let swap = CatalogSwap::open(cfg)
+        let swap = CatalogSwap::open(&cfg.catalog_settings())
             .await
             .context("cannot open the catalog database")?;
         let lander = Lander::start(
@@ -61,7 +62,7 @@ impl Server {
             locks.clone(),
             inflight.clone(),
         );
-        let storage = crate::storage::ObjectStorage::new(cfg.catalog.s3.clone());
+        let storage = crate::lake::storage::ObjectStorage::new(cfg.catalog.s3.clone());
         let models = (!graph.order.is_empty()).then(|| {
             tracing::info!(
                 models = ?graph.order.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
@@ -69,7 +70,7 @@ impl Server {
             );
             crate::models::Scheduler::start(
                 crate::models::Runner::new(
-                    cfg,
+                    cfg.model_settings(),
                     catalog.clone(),
                     swap.clone(),
                     locks.clone(),
@@ -92,7 +93,7 @@ impl Server {
         });
 
         let (stop_intake, stopping) = tokio::sync::watch::channel(false);
-        let access = Arc::new(crate::access::Access::new(&cfg.access).map_err(anyhow::Error::msg)?);
+        let access = Arc::new(crate::receive::access::Access::new(&cfg.access)?);
         access.log();
         let endpoint = match &cfg.quic {
             Some(quic) => {
@@ -107,7 +108,7 @@ impl Server {
                     max_frame_bytes: usize::try_from(quic.max_frame_bytes.as_u64())
                         .unwrap_or(usize::MAX),
                     access: access.clone(),
-                    quotas: crate::quota::Quotas::new(crate::quota::Limits {
+                    quotas: crate::receive::quota::Quotas::new(crate::receive::quota::Limits {
                         connections: quic.max_connections_per_agent,
                         lanes: quic.max_lanes_per_agent,
                         inflight_bytes: usize::try_from(quic.max_inflight_bytes_per_agent.as_u64())
@@ -132,7 +133,7 @@ impl Server {
                     lander.clone(),
                     inflight,
                     metrics.clone(),
-                    crate::signed::Admission::new(
+                    crate::receive::admission::Admission::new(
                         access.clone(),
                         cfg.kafka_ca(),
                         k.require_signed,
@@ -149,12 +150,12 @@ impl Server {
                     api,
                     metrics.clone(),
                     health,
-                    crate::api::routes(
+                    crate::http::api::routes(
                         catalog.clone(),
                         storage.clone(),
                         cfg.catalog_name(),
                         metrics.clone(),
-                        Arc::new(crate::query::Limits::new(&cfg.query, true)?),
+                        Arc::new(crate::http::query::Limits::new(&cfg.query, true)?),
                     ),
                 )
                 .await
@@ -233,28 +234,19 @@ pub const STOP_WITHIN: Duration = Duration::from_secs(20);
 /// How long the Kafka consumer waits for what it read to be committed when stopping.
 const KAFKA_STOP: Duration = Duration::from_secs(15);
 
-/// Stop `task` (already told to): wait up to `grace` for it to end, then cut it off.
-pub async fn stop_within(task: tokio::task::JoinHandle<()>, grace: Duration, what: &str) {
-    let abort = task.abort_handle();
-    if tokio::time::timeout(grace, task).await.is_err() {
-        tracing::warn!("{what} did not stop within {grace:?}: cut off");
-        abort.abort();
-    }
-}
-
 /// Keep the per-table gauges and the status report up to date from the tables' current
 /// snapshots, and sample the status history.
 fn watch_tables(
     catalog: Arc<dyn Catalog>,
-    storage: crate::storage::ObjectStorage,
+    storage: crate::lake::storage::ObjectStorage,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::status::SAMPLE_EVERY);
+        let mut tick = tokio::time::interval(crate::telemetry::status::SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let stats = match crate::query::tables(catalog.as_ref(), &storage).await {
+            let stats = match crate::lake::tables(catalog.as_ref(), &storage).await {
                 Ok(stats) => {
                     metrics.table_stats(&stats);
                     Some(stats)

@@ -10,7 +10,8 @@ use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 
-use crate::storage::{ObjectStoreFactory, S3Config};
+use crate::lake::CatalogSettings;
+use crate::lake::storage::{ObjectStoreFactory, S3Config};
 
 /// Columns the lake adds to every bronze row.
 pub const AGENT_COLUMN: &str = "_agent";
@@ -18,14 +19,12 @@ pub const SEQ_COLUMN: &str = "_seq";
 pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
 
 /// Open the catalog a processor config names.
-pub async fn open(
-    cfg: &crate::config::ProcessorConfig,
-) -> Result<Arc<dyn Catalog>, iceberg::Error> {
+pub async fn open(settings: &CatalogSettings) -> Result<Arc<dyn Catalog>, iceberg::Error> {
     open_catalog(
-        cfg.catalog_name(),
-        &cfg.catalog_uri(),
-        &cfg.warehouse(),
-        &cfg.catalog.s3,
+        &settings.name,
+        &settings.uri,
+        &settings.warehouse,
+        &settings.s3,
     )
     .await
 }

@@ -21,7 +21,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use super::table_arrow_schema;
-use crate::config::Compression;
+use crate::lake::Compression;
 
 /// Write `batches` (in the table's schema) as Parquet data files of `table`, named
 /// `<prefix>-…` so that writers never collide; files of at most `target_size` bytes

@@ -2,22 +2,34 @@
 //!
 //! | file | job |
 //! |---|---|
+//! | `config.rs` | `[catalog]`, the Parquet compression, the catalog settings in effect |
 //! | `catalog.rs` | open the catalog; load or create tables; bronze schemas |
 //! | `files.rs` | write batches as Parquet data files, read them back |
 //! | `manifests.rs` | manifest lists, live files, which small manifests a commit merges |
 //! | `snapshot.rs` | one commit (append, replace, overwrite): manifests, list, metadata, swap |
 //! | `retention.rs` | which snapshots expire, and removing the files only they used |
 //! | `swap.rs` | the catalog's compare-and-swap, and where a table points now |
+//! | `locks.rs` | per-table commit locks shared by the lander, models and maintenance |
+//! | `marks.rs` | the marks in snapshot summaries: what each agent and partition has landed |
+//! | `storage.rs` | the object store (local or S3) and its byte counters |
+//! | `stats.rs` | rows, files, bytes and metadata of each table |
 
 mod catalog;
+mod config;
 mod files;
+pub mod locks;
 pub mod manifests;
+pub mod marks;
 pub mod retention;
 pub mod snapshot;
+mod stats;
+pub mod storage;
 mod swap;
 
 pub use catalog::*;
+pub use config::{CatalogConfig, CatalogSettings, Compression};
 pub use files::*;
 pub use manifests::{live_files, manifest_list};
 pub use snapshot::{Change, CommitError, Head};
+pub use stats::{TableStats, qualified, tables};
 pub use swap::CatalogSwap;

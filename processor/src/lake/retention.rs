@@ -3,7 +3,7 @@
 //!
 //! A snapshot expires when it is older than the age limit *or* beyond the count limit,
 //! unless it is one of the newest `retain_last`, the head of a branch or tag, one that
-//! recovery of the lander's marks reads ([`crate::progress::chain_start`]), or one a model
+//! recovery of the lander's marks reads ([`crate::lake::marks::chain_start`]), or one a model
 //! has yet to read. Because history on `main` is linear and a manifest, once dropped from
 //! a snapshot's list, never comes back, the files only expired snapshots used are found
 //! from the expired snapshots and the oldest one kept alone — no table-wide listing:
@@ -149,7 +149,7 @@ pub async fn remove_files(
         .iter()
         .map(|m| m.manifest_path.as_str())
         .collect();
-    let kept_marks: HashSet<&str> = crate::progress::files_of(oldest_kept).collect();
+    let kept_marks: HashSet<&str> = crate::lake::marks::files_of(oldest_kept).collect();
     let io = before.file_io();
     let mut gone: HashSet<String> = HashSet::new();
     let mut remove = async |path: &str, metadata: bool, removed: &mut Removed| {
@@ -199,7 +199,7 @@ pub async fn remove_files(
                 remove(&mf.manifest_path, true, &mut removed).await;
             }
         }
-        for path in crate::progress::files_of(s) {
+        for path in crate::lake::marks::files_of(s) {
             if !kept_marks.contains(path) {
                 remove(path, true, &mut removed).await;
             }

@@ -34,7 +34,7 @@ use iceberg::{MetadataLocation, Runtime};
 
 use super::manifests::{LiveFile, ManifestCache, MergePolicy, manifest_list};
 use super::swap::CatalogSwap;
-use crate::progress::{COMMIT_ID_KEY, MARKS_DELTA_KEY, MARKS_KEY, Marks};
+use crate::lake::marks::{COMMIT_ID_KEY, MARKS_DELTA_KEY, MARKS_KEY, Marks};
 
 /// Table property: delete metadata files that fall out of the metadata log.
 pub const DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
@@ -84,11 +84,11 @@ pub enum CommitError {
     Read(#[source] sqlx::Error),
     /// The progress marks could not be read or written.
     #[error(transparent)]
-    Marks(Box<crate::progress::ProgressError>),
+    Marks(Box<crate::lake::marks::ProgressError>),
 }
 
-impl From<crate::progress::ProgressError> for CommitError {
-    fn from(e: crate::progress::ProgressError) -> Self {
+impl From<crate::lake::marks::ProgressError> for CommitError {
+    fn from(e: crate::lake::marks::ProgressError) -> Self {
         Self::Marks(Box::new(e))
     }
 }

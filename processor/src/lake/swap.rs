@@ -8,6 +8,8 @@
 use iceberg::TableIdent;
 use sqlx::{AnyPool, Row};
 
+use crate::lake::CatalogSettings;
+
 /// Connection to the catalog database, for the compare-and-swap.
 #[derive(Clone)]
 pub struct CatalogSwap {
@@ -18,8 +20,8 @@ pub struct CatalogSwap {
 
 impl CatalogSwap {
     /// Connect to the catalog database of a processor config.
-    pub async fn open(cfg: &crate::config::ProcessorConfig) -> Result<Self, sqlx::Error> {
-        Self::connect(&cfg.catalog_uri(), cfg.catalog_name()).await
+    pub async fn open(settings: &CatalogSettings) -> Result<Self, sqlx::Error> {
+        Self::connect(&settings.uri, &settings.name).await
     }
 
     /// Connect to the catalog database at `uri` (the same one the catalog uses).

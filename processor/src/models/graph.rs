@@ -8,6 +8,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use sluice_ops::config::Invalid;
 
 use super::config::{Mode, ModelConfig};
 
@@ -36,11 +37,12 @@ pub struct ModelGraph {
 
 impl ModelGraph {
     /// Check `models` (keyed by target name); `bronze` is the lander's namespace, which no
-    /// model may write, and bare table names in SQL refer to it.
-    pub fn build(models: &BTreeMap<String, ModelConfig>, bronze: &str) -> anyhow::Result<Self> {
+    /// model may write, and bare table names in SQL refer to it. A refusal names the key.
+    pub fn build(models: &BTreeMap<String, ModelConfig>, bronze: &str) -> Result<Self, Invalid> {
         let mut checked: BTreeMap<String, Model> = BTreeMap::new();
         for (name, cfg) in models {
-            let model = check(name, cfg, bronze).with_context(|| format!("models.{name:?}"))?;
+            let model = check(name, cfg, bronze)
+                .map_err(|e| Invalid::new(format!("models.{name:?}"), format!("{e:#}")))?;
             checked.insert(name.clone(), model);
         }
         for model in checked.values() {
@@ -49,23 +51,27 @@ impl ModelGraph {
                     && model.cfg.mode == Mode::Incremental
                     && up.cfg.mode == Mode::Recompute
                 {
-                    bail!(
-                        "models.{:?}: an incremental model cannot read {input}, which is rebuilt \
-                         on every run (mode = \"recompute\"); make {:?} recompute too",
-                        model.name,
-                        model.name
-                    );
+                    return Err(Invalid::new(
+                        format!("models.{:?}", model.name),
+                        format!(
+                            "an incremental model cannot read {input}, which is rebuilt on every \
+                             run (mode = \"recompute\"); make {:?} recompute too",
+                            model.name
+                        ),
+                    ));
                 }
             }
         }
         let mut quarantines: BTreeMap<&str, &str> = BTreeMap::new();
         for m in checked.values() {
             if let Some(other) = quarantines.insert(&m.quarantine, &m.name) {
-                bail!(
-                    "models.{:?} and models.{other:?} would share the quarantine table {}; rename one",
-                    m.name,
-                    m.quarantine
-                );
+                return Err(Invalid::new(
+                    "models",
+                    format!(
+                        "models.{:?} and models.{other:?} would share the quarantine table {}; rename one",
+                        m.name, m.quarantine
+                    ),
+                ));
             }
         }
         let order = topological(&checked)?;
@@ -186,7 +192,7 @@ fn qualify(name: &str, bronze: &str) -> Option<String> {
 }
 
 /// Kahn's algorithm over model → model edges (inputs that are not models are sources).
-fn topological(models: &BTreeMap<String, Model>) -> anyhow::Result<Vec<String>> {
+fn topological(models: &BTreeMap<String, Model>) -> Result<Vec<String>, Invalid> {
     // Reading a model's quarantine table depends on that model too.
     let by_quarantine: BTreeMap<&str, &str> = models
         .values()
@@ -241,7 +247,10 @@ fn topological(models: &BTreeMap<String, Model>) -> anyhow::Result<Vec<String>> 
                 cycle.push(next);
                 // Print it in data-flow order: input first.
                 cycle.reverse();
-                bail!("models read each other in a cycle: {}", cycle.join(" -> "));
+                return Err(Invalid::new(
+                    "models",
+                    format!("models read each other in a cycle: {}", cycle.join(" -> ")),
+                ));
             }
             path.push(next);
         }
@@ -330,7 +339,10 @@ mod tests {
         let parse = |extra: &str| -> anyhow::Result<ModelGraph> {
             let cfg: ModelConfig =
                 toml::from_str(&format!("sql = \"SELECT * FROM cpu\"\n{extra}")).unwrap();
-            ModelGraph::build(&[("silver.cpu".to_string(), cfg)].into(), "bronze")
+            Ok(ModelGraph::build(
+                &[("silver.cpu".to_string(), cfg)].into(),
+                "bronze",
+            )?)
         };
         assert!(parse("inputs = [\"cpu\"]").is_ok());
         let e = format!("{:#}", parse("inputs = [\"bronze.mem\"]").unwrap_err());

@@ -1,6 +1,17 @@
 //! SQL models: silver and gold Iceberg tables defined by a query over other tables, run in
 //! dependency order, incrementally (only new input rows) or by recomputing the target, with
 //! expectations whose failing rows are quarantined.
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | why a model run fails (`ModelError`) |
+//! | `config.rs` | `[models.NAME]`: SQL, mode, schedule, expectations |
+//! | `graph.rs` | names and inputs checked, the run order, cycles refused |
+//! | `delta.rs` | what an input appended after a watermark |
+//! | `expect.rs` | expectations and the unique key; failing rows to quarantine |
+//! | `run.rs` | one run of one model, committed with its watermarks |
+//! | `scheduler.rs` | the models `serve` runs, each on its schedule |
+//! | `status.rs` | `models list`, and dropping a model's tables for a rebuild |
 
 mod config;
 mod delta;
@@ -12,7 +23,7 @@ mod status;
 
 pub use config::{Mode, ModelConfig, Schedule};
 pub use graph::{Model, ModelGraph, QUARANTINE_NAMESPACE};
-pub use run::{RunReport, Runner, Watermark, watermarks};
+pub use run::{ModelSettings, RunReport, Runner, Watermark, watermarks};
 pub use scheduler::Scheduler;
 pub use status::{describe, drop_tables};
 

@@ -30,10 +30,10 @@ use super::delta::{self, Delta};
 use super::expect;
 use super::graph::Model;
 use super::{Mode, ModelError, split};
-use crate::config::Compression;
+use crate::lake::Compression;
+use crate::lake::locks::CommitLocks;
 use crate::lake::{CatalogSwap, Change, CommitError};
-use crate::locks::CommitLocks;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Snapshot property holding a model's watermark for one input: the last snapshot read.
 pub const WATERMARK_PREFIX: &str = "sluice.model.input.";
@@ -71,6 +71,17 @@ pub struct Runner {
     pub locks: CommitLocks,
     pub compression: Compression,
     pub metrics: Arc<Metrics>,
+}
+
+/// What a runner takes from the rest of the config.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    /// The DataFusion catalog name SQL may use.
+    pub catalog_name: String,
+    /// The lander's namespace: bare table names in SQL refer to it.
+    pub bronze: String,
+    /// Parquet compression of the files models write.
+    pub compression: Compression,
 }
 
 /// What one run did.
@@ -154,9 +165,10 @@ struct Read {
 }
 
 impl Runner {
-    /// A runner for the models of `cfg`, committing through `swap` under `locks`.
+    /// A runner for the models of a config (its `settings`), committing through `swap`
+    /// under `locks`.
     pub fn new(
-        cfg: &crate::config::ProcessorConfig,
+        settings: ModelSettings,
         catalog: Arc<dyn Catalog>,
         swap: CatalogSwap,
         locks: CommitLocks,
@@ -164,11 +176,11 @@ impl Runner {
     ) -> Self {
         Self {
             catalog,
-            catalog_name: cfg.catalog_name().to_string(),
-            bronze: cfg.lander.namespace.clone(),
+            catalog_name: settings.catalog_name,
+            bronze: settings.bronze,
             swap,
             locks,
-            compression: cfg.lander.compression,
+            compression: settings.compression,
             metrics,
         }
     }

@@ -82,6 +82,6 @@ impl Scheduler {
     /// one compare-and-swap: it is in or it is not).
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        crate::server::stop_within(self.handle, grace, "the model scheduler").await;
+        crate::tasks::stop_within(self.handle, grace, "the model scheduler").await;
     }
 }

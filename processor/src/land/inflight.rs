@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::progress::Partition;
+use crate::lake::marks::Partition;
 
 #[derive(Debug, Default)]
 struct PartitionState {

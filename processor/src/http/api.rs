@@ -5,7 +5,7 @@
 //!   travel with `as_of` (RFC 3339 or epoch ms) and/or `snapshot=ns.table=ID,...`.
 //! - `GET /api/tables` — every table with rows, files, bytes, snapshots, last commit.
 //! - `GET /api/status` — agents (streams, last seen, rows, rate), tables (with freshness)
-//!   and the last hour's landing rate and worst freshness (see [`crate::status`]).
+//!   and the last hour's landing rate and worst freshness (see [`crate::telemetry::status`]).
 //! - `GET /` (also `/status`) — the status page: that report and `/ready` for people, with
 //!   charts of the last hour, refreshed every 5 s by the page itself. The page holds no data
 //!   and loads without a token; it asks for one and fetches the report with it.
@@ -23,8 +23,8 @@ use axum::routing::get;
 use iceberg::Catalog;
 use serde::Deserialize;
 
-use crate::metrics::Metrics;
-use crate::query::{self, AsOf};
+use crate::http::query::{self, AsOf};
+use crate::telemetry::metrics::Metrics;
 
 /// Rows returned when the request does not say.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -34,7 +34,7 @@ const MAX_LIMIT: usize = 1_000_000;
 #[derive(Clone)]
 struct Api {
     catalog: Arc<dyn Catalog>,
-    storage: crate::storage::ObjectStorage,
+    storage: crate::lake::storage::ObjectStorage,
     name: String,
     metrics: Arc<Metrics>,
     limits: Arc<query::Limits>,
@@ -44,7 +44,7 @@ struct Api {
 /// the status page.
 pub fn routes(
     catalog: Arc<dyn Catalog>,
-    storage: crate::storage::ObjectStorage,
+    storage: crate::lake::storage::ObjectStorage,
     name: &str,
     metrics: Arc<Metrics>,
     limits: Arc<query::Limits>,
@@ -214,7 +214,7 @@ async fn status_page() -> Response {
 }
 
 async fn tables(State(api): State<Api>) -> Response {
-    match query::tables(api.catalog.as_ref(), &api.storage).await {
+    match crate::lake::tables(api.catalog.as_ref(), &api.storage).await {
         Ok(t) => axum::Json(serde_json::json!({ "tables": t })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }

@@ -21,10 +21,10 @@ use iceberg::spec::{DataFile, Operation};
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 
-use crate::concat;
-use crate::config::Compression;
+use crate::lake::Compression;
+use crate::lake::locks::CommitLocks;
 use crate::lake::{CatalogSwap, Change, CommitError};
-use crate::locks::CommitLocks;
+use crate::maintenance::{MaintenanceError, concat};
 
 /// How compaction packs files.
 #[derive(Debug, Clone, Copy)]
@@ -98,25 +98,6 @@ pub struct CompactionReport {
     pub elapsed_ms: u64,
 }
 
-/// Why compaction failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CompactionError {
-    #[error("not compacting: {0}")]
-    Read(#[from] crate::lake::ReadError),
-    #[error("wrote {written} rows for {read} read; not committing")]
-    WriteMismatch { written: u64, read: u64 },
-    #[error("gave up after {0} conflicting commits")]
-    TooManyConflicts(u32),
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-    #[error(transparent)]
-    Iceberg(#[from] iceberg::Error),
-    #[error(transparent)]
-    Arrow(#[from] arrow_schema::ArrowError),
-    #[error(transparent)]
-    Parquet(#[from] parquet::errors::ParquetError),
-}
-
 /// Bins of small files (paths and sizes), each worth rewriting into fewer files.
 pub fn plan(files: &[DataFile], opts: &CompactionOptions) -> Vec<Vec<DataFile>> {
     // Files of different partitions never share a bin (the tables have one partition spec),
@@ -168,7 +149,7 @@ pub async fn compact(
     opts: &CompactionOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
     stopping: &(dyn Fn() -> bool + Sync),
-) -> Result<CompactionReport, CompactionError> {
+) -> Result<CompactionReport, MaintenanceError> {
     const MAX_CONFLICTS: u32 = 20;
     let started = Instant::now();
     let mut report = CompactionReport {
@@ -209,11 +190,11 @@ pub async fn compact(
             progress(i, total);
             match compact_bin(catalog, &table, swap, locks, &bin, opts, &mut report).await {
                 Ok(()) => {}
-                Err(CompactionError::Commit(CommitError::Conflict | CommitError::Missing(_))) => {
+                Err(MaintenanceError::Commit(CommitError::Conflict | CommitError::Missing(_))) => {
                     report.conflicts += 1;
                     tracing::info!(table = %report.table, "compaction commit lost a race; planning again");
                     if report.conflicts >= MAX_CONFLICTS {
-                        return Err(CompactionError::TooManyConflicts(report.conflicts));
+                        return Err(MaintenanceError::TooManyConflicts(report.conflicts));
                     }
                     lost = true;
                 }
@@ -240,7 +221,7 @@ async fn compact_bin(
     bin: &[DataFile],
     opts: &CompactionOptions,
     report: &mut CompactionReport,
-) -> Result<(), CompactionError> {
+) -> Result<(), MaintenanceError> {
     // Files averaging less than a copyable row group cannot be copied: they are re-encoded
     // without a look at their footers (one read per file, not two). For the others, the
     // footers decide, and their row counts are checked against the manifests before anything
@@ -275,7 +256,7 @@ async fn compact_bin(
     };
     if written_rows != rows {
         cleanup(written).await;
-        return Err(CompactionError::WriteMismatch {
+        return Err(MaintenanceError::WriteMismatch {
             written: written_rows,
             read: rows,
         });
@@ -300,13 +281,13 @@ async fn compact_bin(
         let latest = locked.head(swap, catalog, table.identifier()).await?;
         let done = crate::lake::snapshot::commit(swap, &latest, &change).await?;
         locked.committed(&done.head);
-        Ok::<_, CompactionError>(())
+        Ok::<_, MaintenanceError>(())
     }
     .await;
     if let Err(e) = committed {
         // After a swap of unknown outcome the files may be the table's: orphan cleanup
         // removes them if not.
-        if !matches!(e, CompactionError::Commit(CommitError::Unknown(_))) {
+        if !matches!(e, MaintenanceError::Commit(CommitError::Unknown(_))) {
             cleanup(written).await;
         }
         return Err(e);
@@ -330,9 +311,9 @@ async fn reencode(
     bin: &[DataFile],
     opts: &CompactionOptions,
     prefix: &str,
-) -> Result<(Vec<DataFile>, u64), CompactionError> {
+) -> Result<(Vec<DataFile>, u64), MaintenanceError> {
     let schema = crate::lake::table_arrow_schema(table)?;
-    let open = async |i: usize| -> Result<crate::lake::FileBatches, CompactionError> {
+    let open = async |i: usize| -> Result<crate::lake::FileBatches, MaintenanceError> {
         let data = table
             .file_io()
             .new_input(bin[i].file_path())?
@@ -499,12 +480,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_bin_is_copied_a_row_group_at_a_time_from_footers_past_the_first_read() {
-        use crate::lander::tests::{TestLake, ids_in, land_batch};
+        use crate::testing::{TestLake, ids_in, land_batch};
         let lake = TestLake::new().await;
         let lander = lake.lander();
         let landed = land_batch(&lander, "edge", 1).await;
         lander.flush().await;
-        assert_eq!(landed.await, Ok(crate::lander::Verdict::Committed));
+        assert_eq!(landed.await, Ok(crate::land::lander::Verdict::Committed));
         let table = lake.table("events").await;
         // 4,000 one-row row groups: a footer of ~300 KB, past the 64 KiB first read.
         let a = write_ids(&table, "a", 0..4_000, 1).await;
@@ -533,7 +514,7 @@ mod tests {
         let wrong = data_file(a.file_path(), a.file_size_in_bytes(), 3_999);
         assert!(matches!(
             concat::footer(&table, &wrong).await,
-            Err(CompactionError::Read(
+            Err(MaintenanceError::Read(
                 crate::lake::ReadError::CountMismatch { .. }
             ))
         ));

@@ -24,10 +24,10 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::writer::SerializedFileWriter;
 
-use crate::compaction::CompactionError;
+use crate::maintenance::MaintenanceError;
 
 /// Read `file`'s Parquet footer (its tail only) and check its row count against the manifest.
-pub async fn footer(table: &Table, file: &DataFile) -> Result<ParquetMetaData, CompactionError> {
+pub async fn footer(table: &Table, file: &DataFile) -> Result<ParquetMetaData, MaintenanceError> {
     // Most footers fit in the first read; a larger one says how much it needs.
     const FIRST_READ: u64 = 64 << 10;
     let size = file.file_size_in_bytes();
@@ -131,7 +131,7 @@ pub async fn copy(
     bin: &[DataFile],
     metas: &[ParquetMetaData],
     prefix: &str,
-) -> Result<DataFile, CompactionError> {
+) -> Result<DataFile, MaintenanceError> {
     let Some(first) = metas.first() else {
         return Err(ParquetError::General("nothing to merge".into()).into());
     };
@@ -205,7 +205,7 @@ pub async fn copy(
         size += chunk.len() as u64;
         out.write(Bytes::from(chunk)).await?;
         out.close().await?;
-        Ok::<_, CompactionError>(merged)
+        Ok::<_, MaintenanceError>(merged)
     }
     .await;
     let merged = match written {
@@ -233,7 +233,7 @@ fn describe(
     size: u64,
     rows: u64,
     row_groups: Vec<i64>,
-) -> Result<DataFile, CompactionError> {
+) -> Result<DataFile, MaintenanceError> {
     let Some(first) = inputs.first() else {
         return Err(ParquetError::General("nothing merged".into()).into());
     };

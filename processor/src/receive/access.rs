@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::AccessConfig;
+use sluice_ops::config::Invalid;
+
+use crate::receive::AccessConfig;
 
 /// Why a lane or a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,25 +43,28 @@ pub enum Access {
 }
 
 impl Access {
-    /// The rules of `[access]`, where `*` in a pattern matches any run of characters.
-    pub fn new(config: &AccessConfig) -> Result<Self, String> {
+    /// The rules of `[access]`, where `*` in a pattern matches any run of characters; a
+    /// refusal names the config key at fault.
+    pub fn new(config: &AccessConfig) -> Result<Self, Invalid> {
         if config.allow_all {
             if !config.allow.is_empty() {
-                return Err(
-                    "access.allow_all = true grants everything access.allow would: keep one".into(),
-                );
+                return Err(Invalid::new(
+                    "access.allow_all",
+                    "access.allow_all = true grants everything access.allow would: keep one",
+                ));
             }
             return Ok(Self::All);
         }
         for (agent, patterns) in &config.allow {
+            let key = format!("access.allow.{agent}");
             if agent != "*" {
                 sluice_protocol::validate_name("agent", agent)
-                    .map_err(|e| format!("access.allow.{agent}: {e}"))?;
+                    .map_err(|e| Invalid::new(&key, e.to_string()))?;
             }
             for p in patterns {
                 let plain = p.replace('*', "a");
                 sluice_protocol::validate_name("stream pattern", &plain)
-                    .map_err(|e| format!("access.allow.{agent}: pattern {p:?}: {e}"))?;
+                    .map_err(|e| Invalid::new(&key, format!("pattern {p:?}: {e}")))?;
             }
         }
         Ok(Self::Rules(config.allow.clone()))

@@ -38,6 +38,11 @@ pub enum Unverified {
 }
 
 impl Unverified {
+    /// Whether the same message may pass later: never, it is what it is.
+    pub fn retryable(&self) -> bool {
+        false
+    }
+
     /// The metric reason. None is worth retrying: the message is what it is.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -47,62 +52,6 @@ impl Unverified {
             Unverified::Scheme(_) => "unsupported_scheme",
             Unverified::BadSignature => "bad_signature",
         }
-    }
-}
-
-/// What a Kafka batch must pass before its payload is read: a signature by the agent it
-/// names (unless unsigned batches are allowed), and that agent's permission for the stream.
-pub struct Admission {
-    pub access: Arc<crate::access::Access>,
-    /// `None`: no CA to check against (only with `require_signed = false`).
-    pub verifier: Option<Verifier>,
-    pub require_signed: bool,
-}
-
-impl Admission {
-    /// The checks `[kafka]` and `[access]` ask for.
-    pub fn new(
-        access: Arc<crate::access::Access>,
-        ca: Option<(&Path, Option<&Path>)>,
-        require_signed: bool,
-    ) -> anyhow::Result<Self> {
-        if !require_signed {
-            tracing::warn!(
-                "kafka.require_signed = false: unsigned batches land as the agent their headers \
-                 name, which any producer on the topics can forge"
-            );
-        }
-        Ok(Self {
-            access,
-            verifier: ca.map(|(ca, crl)| Verifier::new(ca, crl)).transpose()?,
-            require_signed,
-        })
-    }
-
-    /// Ok when the batch may land; else the metric reason and why, counted.
-    pub fn admit(
-        &self,
-        envelope: &Envelope,
-        signature: Option<&Signature>,
-        payload: &[u8],
-        metrics: &crate::metrics::Metrics,
-    ) -> Result<(), (&'static str, String)> {
-        let checked = match (&self.verifier, signature) {
-            (_, None) if !self.require_signed => Ok(()),
-            (Some(v), _) => v.verify(envelope, signature, payload),
-            (None, Some(_)) => Ok(()),
-            (None, None) => Err(Unverified::Unsigned),
-        };
-        if let Err(e) = checked {
-            metrics.kafka_unverified(e.reason());
-            return Err((e.reason(), format!("refused: {e}")));
-        }
-        self.access
-            .check(&envelope.agent, &envelope.stream)
-            .map_err(|denied| {
-                metrics.lane_refused(denied.reason());
-                (denied.reason(), denied.to_string())
-            })
     }
 }
 
@@ -116,7 +65,7 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier for agents of the CA in `ca` (PEM), less those revoked in `crl`.
     pub fn new(ca: &Path, crl: Option<&Path>) -> anyhow::Result<Self> {
-        let chains = crate::tls::agent_verifier(ca, crl)
+        let chains = crate::receive::tls::agent_verifier(ca, crl)
             .context("cannot check the signatures of Kafka batches")?;
         Ok(Self {
             chains,
@@ -186,7 +135,7 @@ impl Verifier {
         self.chains
             .verify_client_cert(&leaf, &intermediates, UnixTime::now())
             .map_err(|e| Unverified::Untrusted(e.to_string()))?;
-        let agent = crate::tls::common_name(&leaf)
+        let agent = crate::receive::tls::common_name(&leaf)
             .ok_or_else(|| Unverified::Untrusted("the certificate has no common name".into()))?;
         if known.len() >= MAX_KNOWN {
             known.clear();
@@ -203,11 +152,11 @@ mod tests {
     use rustls_pki_types::pem::PemObject;
 
     fn ca(dir: &Path) {
-        crate::certs::init(
+        crate::receive::certs::init(
             dir,
             &["localhost".into()],
             &["edge-01".into(), "edge-02".into()],
-            crate::certs::DEFAULT_DAYS,
+            crate::receive::certs::DEFAULT_DAYS,
             false,
         )
         .expect("certs");
@@ -216,7 +165,7 @@ mod tests {
     /// Sign as the holder of `agent`'s certificate in `dir`, independently of the agent's
     /// own signer.
     fn sign(dir: &Path, agent: &str, envelope: &Envelope, payload: &[u8]) -> Signature {
-        let (cert, key) = crate::certs::agent_files(dir, agent);
+        let (cert, key) = crate::receive::certs::agent_files(dir, agent);
         let chain = CertificateDer::pem_file_iter(&cert)
             .expect("cert")
             .map(|c| c.expect("cert").to_vec())
@@ -251,7 +200,8 @@ mod tests {
         let theirs = tempfile::tempdir().expect("tempdir");
         ca(ours.path());
         ca(theirs.path());
-        let v = Verifier::new(&ours.path().join(crate::certs::CA_CERT), None).expect("verifier");
+        let v = Verifier::new(&ours.path().join(crate::receive::certs::CA_CERT), None)
+            .expect("verifier");
         let payload = b"arrow ipc".to_vec();
         let genuine = envelope("edge-01", 5);
         let sig = sign(ours.path(), "edge-01", &genuine, &payload);
@@ -282,7 +232,7 @@ mod tests {
         // The CA's own certificate is not an agent's.
         let mut ca_signed = sig.clone();
         ca_signed.chain = vec![
-            CertificateDer::pem_file_iter(ours.path().join(crate::certs::CA_CERT))
+            CertificateDer::pem_file_iter(ours.path().join(crate::receive::certs::CA_CERT))
                 .expect("ca")
                 .next()
                 .expect("one")

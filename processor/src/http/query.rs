@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytesize::ByteSize;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
@@ -12,12 +14,35 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
+use iceberg::Catalog;
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
-use serde::Serialize;
+use serde::Deserialize;
 
-use crate::config::QueryConfig;
+/// `[query]`: what SQL from the query API (and `sluice-processor query`) may use, so that
+/// a query cannot take the memory or the CPU that landing needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Memory all running queries may hold together. A query that needs more fails; none
+    /// spills to disk.
+    pub memory_limit: ByteSize,
+    /// Queries the API runs at once; more are refused (429) until one ends.
+    pub max_concurrent: usize,
+    /// A query running longer is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: ByteSize::gib(1),
+            max_concurrent: 4,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Which version of the tables a query reads.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +141,7 @@ impl Limits {
         let runtime = threads
             .then(|| {
                 let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-                crate::maintenance::background_runtime("sluice-query", workers)
+                crate::tasks::background_runtime("sluice-query", workers)
                     .inspect_err(|e| {
                         tracing::warn!("queries run beside landing: no threads of their own: {e}")
                     })
@@ -232,7 +257,7 @@ pub async fn session(
         let schema = Arc::new(MemorySchemaProvider::new());
         for ident in catalog.list_tables(&ns).await? {
             let table = catalog.load_table(&ident).await?;
-            let full = qualified(&ident);
+            let full = crate::lake::qualified(&ident);
             unknown.retain(|u| **u != full);
             let snapshot = match as_of.snapshots.get(&full) {
                 Some(id) => {
@@ -278,10 +303,6 @@ pub fn snapshot_at(table: &Table, time_ms: i64) -> Option<i64> {
         .filter(|h| h.timestamp_ms <= time_ms)
         .max_by_key(|h| h.timestamp_ms)
         .map(|h| h.snapshot_id)
-}
-
-fn qualified(ident: &TableIdent) -> String {
-    format!("{}.{}", ident.namespace().to_url_string(), ident.name())
 }
 
 /// A statement refused before it runs: the query API and `sluice-processor query` only
@@ -414,82 +435,11 @@ pub fn json_rows(batches: &[RecordBatch]) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&buf)?)
 }
 
-/// What `/api/tables` says about a table.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableStats {
-    pub table: String,
-    pub rows: u64,
-    pub data_files: u64,
-    pub bytes: u64,
-    pub snapshots: usize,
-    /// Manifests in the current snapshot's manifest list.
-    pub manifests: usize,
-    /// Files and bytes under the table's `metadata/` folder.
-    pub metadata_files: usize,
-    pub metadata_bytes: u64,
-    pub current_snapshot_id: Option<i64>,
-    /// Time of the last commit (RFC 3339), if any.
-    pub last_commit: Option<String>,
-    pub last_commit_ms: Option<i64>,
-}
-
-/// Stats of every table of every namespace, from their current snapshots' summaries and
-/// manifest lists, and a listing of their metadata folders in `storage`.
-pub async fn tables(
-    catalog: &dyn Catalog,
-    storage: &crate::storage::ObjectStorage,
-) -> anyhow::Result<Vec<TableStats>> {
-    let mut out = Vec::new();
-    let mut namespaces = catalog.list_namespaces(None).await?;
-    namespaces.sort_by_key(NamespaceIdent::to_url_string);
-    for ns in namespaces {
-        let mut idents = catalog.list_tables(&ns).await?;
-        idents.sort_by(|a, b| a.name().cmp(b.name()));
-        for ident in idents {
-            let table = catalog.load_table(&ident).await?;
-            let meta = table.metadata();
-            let current = meta.current_snapshot();
-            let total = |key: &str| {
-                current
-                    .and_then(|s| s.summary().additional_properties.get(key))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            let last_ms = current.map(|s| s.timestamp_ms());
-            let manifests = match current {
-                Some(s) => crate::lake::manifest_list(&table, s).await?.entries().len(),
-                None => 0,
-            };
-            let metadata = crate::storage::list(
-                storage,
-                &format!("{}/metadata", meta.location().trim_end_matches('/')),
-            )
-            .await?;
-            out.push(TableStats {
-                table: qualified(&ident),
-                rows: total("total-records"),
-                data_files: total("total-data-files"),
-                bytes: total("total-files-size"),
-                snapshots: meta.snapshots().len(),
-                manifests,
-                metadata_files: metadata.len(),
-                metadata_bytes: metadata.iter().map(|(_, size, _)| size).sum(),
-                current_snapshot_id: meta.current_snapshot_id(),
-                last_commit: last_ms
-                    .and_then(chrono::DateTime::from_timestamp_millis)
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                last_commit_ms: last_ms,
-            });
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lander::Verdict;
-    use crate::lander::tests::{TestLake, land_batch};
+    use crate::land::lander::Verdict;
+    use crate::testing::{TestLake, land_batch};
 
     #[tokio::test]
     async fn queries_that_write_are_refused_and_change_nothing() {

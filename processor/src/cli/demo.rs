@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use iceberg::NamespaceIdent;
 
-use crate::certs;
 use crate::config::ProcessorConfig;
-use crate::query;
+use crate::http::query;
+use crate::receive::certs;
 use crate::server::Server;
 
-const PROCESSOR_EXAMPLE: &str = include_str!("../../examples/processor.toml");
-const AGENT_EXAMPLE: &str = include_str!("../../examples/agent.toml");
+const PROCESSOR_EXAMPLE: &str = include_str!("../../../examples/processor.toml");
+const AGENT_EXAMPLE: &str = include_str!("../../../examples/agent.toml");
 const DEMO_AGENT: &str = "edge-01";
 
 /// Options of the demo.

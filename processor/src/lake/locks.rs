@@ -91,7 +91,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_next_holder_gets_the_table_as_the_last_commit_left_it_without_reading_it() {
-        let lake = crate::lander::tests::TestLake::new().await;
+        let lake = crate::testing::TestLake::new().await;
         lake.create_events(&[]).await;
         let ident = TableIdent::from_strs(["bronze", "events"]).expect("ident");
         let locks = CommitLocks::default();

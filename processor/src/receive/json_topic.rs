@@ -8,8 +8,59 @@ use std::sync::Arc;
 use arrow_array::{
     Int32Array, Int64Array, LargeBinaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
+
+/// Why a JSON message does not become a row; the message goes to the dead-letter table
+/// with this as its reason. No retry helps: the message is what it is.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// The message does not parse as JSON.
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The message is JSON, but not an object.
+    #[error("not a JSON object")]
+    NotObject,
+    /// A number with a fraction where the column holds integers.
+    #[error("does not fit the columns: {column} is {value}, not an integer")]
+    NotInteger { column: String, value: String },
+    /// A value the JSON reader cannot convert to its column's type.
+    #[error("does not fit the columns: {0}")]
+    DoesNotFit(#[source] ArrowError),
+    /// No message has parsed yet, so there are no columns to fit.
+    #[error("no columns yet: nothing has parsed")]
+    NoColumns,
+    /// The JSON reader could not be set up for the columns.
+    #[error("{0}")]
+    Reader(#[source] ArrowError),
+    /// The JSON reader gave back no rows.
+    #[error("no rows")]
+    NoRows,
+    /// The first message's fields cannot be read as columns.
+    #[error("cannot infer columns: {0}")]
+    Infer(#[source] ArrowError),
+    /// The first message has no field a column can hold.
+    #[error("cannot infer columns: the message has no scalar field")]
+    NoScalarField,
+}
+
+impl JsonError {
+    /// Whether the same message may become a row later: never.
+    pub fn retryable(&self) -> bool {
+        false
+    }
+
+    /// The metric reason of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "not_json",
+            Self::NotObject => "not_object",
+            Self::NotInteger { .. } | Self::DoesNotFit(_) => "does_not_fit",
+            Self::NoColumns | Self::NoRows | Self::Reader(_) => "no_rows",
+            Self::Infer(_) | Self::NoScalarField => "no_columns",
+        }
+    }
+}
 
 /// A declared column type.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -66,11 +117,11 @@ impl JsonTopic {
 
     /// One message, parsed and checked against the columns (inferred from it if it is
     /// the first that parses), or why it does not fit.
-    pub fn parse(&mut self, payload: &[u8]) -> Result<serde_json::Value, String> {
+    pub fn parse(&mut self, payload: &[u8]) -> Result<serde_json::Value, JsonError> {
         let value: serde_json::Value =
-            serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+            serde_json::from_slice(payload).map_err(JsonError::NotJson)?;
         if !value.is_object() {
-            return Err("not a JSON object".into());
+            return Err(JsonError::NotObject);
         }
         let schema = match &self.schema {
             Some(s) => s.clone(),
@@ -88,10 +139,10 @@ impl JsonTopic {
                 && v.is_number()
                 && !(v.is_i64() || v.is_u64())
             {
-                return Err(format!(
-                    "does not fit the columns: {} is {v}, not an integer",
-                    f.name()
-                ));
+                return Err(JsonError::NotInteger {
+                    column: f.name().clone(),
+                    value: v.to_string(),
+                });
             }
         }
         Ok(value)
@@ -99,37 +150,32 @@ impl JsonTopic {
 
     /// Parsed messages as the rows of one batch, or why they do not all fit the columns
     /// (a type the JSON reader cannot convert is only found here).
-    pub fn rows(&self, values: &[serde_json::Value]) -> Result<RecordBatch, String> {
-        let schema = self
-            .schema
-            .clone()
-            .ok_or_else(|| "no columns yet: nothing has parsed".to_string())?;
+    pub fn rows(&self, values: &[serde_json::Value]) -> Result<RecordBatch, JsonError> {
+        let schema = self.schema.clone().ok_or(JsonError::NoColumns)?;
         let mut decoder = arrow_json::ReaderBuilder::new(schema)
             .with_batch_size(values.len().max(1))
             .build_decoder()
-            .map_err(|e| e.to_string())?;
-        decoder
-            .serialize(values)
-            .map_err(|e| format!("does not fit the columns: {e}"))?;
+            .map_err(JsonError::Reader)?;
+        decoder.serialize(values).map_err(JsonError::DoesNotFit)?;
         decoder
             .flush()
-            .map_err(|e| format!("does not fit the columns: {e}"))?
-            .ok_or_else(|| "no rows".to_string())
+            .map_err(JsonError::DoesNotFit)?
+            .ok_or(JsonError::NoRows)
     }
 
     /// One message as a one-row batch, or why it does not fit.
     #[cfg(test)]
-    fn decode(&mut self, payload: &[u8]) -> Result<RecordBatch, String> {
+    fn decode(&mut self, payload: &[u8]) -> Result<RecordBatch, JsonError> {
         let value = self.parse(payload)?;
         self.rows(std::slice::from_ref(&value))
     }
 }
 
 /// Columns from a first message: its scalar fields (numbers, text, booleans).
-fn infer(value: &serde_json::Value) -> Result<SchemaRef, String> {
+fn infer(value: &serde_json::Value) -> Result<SchemaRef, JsonError> {
     let inferred =
         arrow_json::reader::infer_json_schema_from_iterator(std::iter::once(Ok(value.clone())))
-            .map_err(|e| format!("cannot infer columns: {e}"))?;
+            .map_err(JsonError::Infer)?;
     let mut fields = Vec::new();
     for f in inferred.fields() {
         if crate::lake::LAKE_COLUMNS.contains(&f.name().as_str()) {
@@ -147,7 +193,7 @@ fn infer(value: &serde_json::Value) -> Result<SchemaRef, String> {
         }
     }
     if fields.is_empty() {
-        return Err("cannot infer columns: the message has no scalar field".into());
+        return Err(JsonError::NoScalarField);
     }
     Ok(Arc::new(Schema::new(fields)))
 }
@@ -249,7 +295,7 @@ mod tests {
             (b"[1,2]", "not a JSON object"),
             (br#"{"ms":"slow"}"#, "does not fit"),
         ] {
-            let err = t.decode(bad).unwrap_err();
+            let err = t.decode(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
     }
@@ -267,9 +313,9 @@ mod tests {
         assert_eq!(names, ["id", "name", "ok", "score"]);
         assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 7);
         // Fixed: a later message with a different type does not change the columns.
-        let err = t.decode(br#"{"id":"seven"}"#).unwrap_err();
+        let err = t.decode(br#"{"id":"seven"}"#).unwrap_err().to_string();
         assert!(err.contains("does not fit"), "{err}");
-        let err = t.decode(br#"{"id":2.5}"#).unwrap_err();
+        let err = t.decode(br#"{"id":2.5}"#).unwrap_err().to_string();
         assert!(err.contains("not an integer"), "{err}");
         let b = t
             .decode(br#"{"id":8,"new":1}"#)
@@ -345,7 +391,7 @@ mod tests {
         let odd = t.parse(br#"{"ms":"slow"}"#).expect("is a JSON object");
         let mut mixed = good.clone();
         mixed.insert(2, odd.clone());
-        let err = t.rows(&mixed).unwrap_err();
+        let err = t.rows(&mixed).unwrap_err().to_string();
         assert!(err.contains("does not fit"), "{err}");
         assert!(t.rows(std::slice::from_ref(&odd)).is_err());
         assert!(t.rows(&[]).is_err());

@@ -247,6 +247,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(unsafe_code, reason = "std cannot set the umask")]
     fn keys_are_owner_only_and_certificates_expire_within_their_days() {
         let dir = tempfile::tempdir().expect("tempdir");
         // A permissive umask must not leak into a key, not even before a chmod.

@@ -76,7 +76,7 @@ pub struct Metrics {
     /// What `/health` and `/ready` report: tables whose commits are stuck, the catalog.
     pub health: sluice_ops::Health,
     /// What `/api/status` reports: agents, tables, history.
-    pub status: crate::status::Status,
+    pub status: crate::telemetry::status::Status,
     /// Rows committed to all tables, for the status history.
     committed_total: AtomicU64,
     registry: Registry,
@@ -132,7 +132,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let m = Self {
             health: sluice_ops::health_for(None),
-            status: crate::status::Status::default(),
+            status: crate::telemetry::status::Status::default(),
             committed_total: AtomicU64::new(0),
             registry: Registry::default(),
             connections: Counter::default(),
@@ -174,8 +174,8 @@ impl Default for Metrics {
             table_manifests: Family::default(),
             table_metadata_bytes: Family::default(),
             table_metadata_files: Family::default(),
-            storage_read: crate::storage::READ_BYTES.clone(),
-            storage_written: crate::storage::WRITTEN_BYTES.clone(),
+            storage_read: crate::lake::storage::READ_BYTES.clone(),
+            storage_written: crate::lake::storage::WRITTEN_BYTES.clone(),
             kafka_messages: Family::default(),
             kafka_rebalances: Family::default(),
             kafka_dead_letters: Family::default(),
@@ -492,8 +492,8 @@ impl Metrics {
         *e = (*e).max(newest_us);
     }
 
-    /// What the tables' current snapshots say (see [`crate::query::tables`]).
-    pub fn table_stats(&self, stats: &[crate::query::TableStats]) {
+    /// What the tables' current snapshots say (see [`crate::http::query::tables`]).
+    pub fn table_stats(&self, stats: &[crate::lake::TableStats]) {
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for s in stats {
             let l = table(&s.table);

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::{
-    Ack, AckStatus, Frame, ProtocolError, Refused, Welcome, decode_batch, read_frame,
-    read_frame_within, schema_fingerprint, write_frame,
+    Ack, AckStatus, Frame, ProtocolError, Refused, Welcome, read_frame, read_frame_within,
+    write_frame,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::access::{Access, Denied};
-use crate::lander::{LandRequest, Lander, Verdict};
-use crate::metrics::Metrics;
-use crate::tls;
+use crate::land::lander::{LandRequest, Lander, LanderError, Verdict};
+use crate::receive::access::{Access, Denied};
+use crate::receive::batch::validate;
+use crate::receive::tls;
+use crate::telemetry::metrics::Metrics;
 
 /// Settings of the receiver.
 #[derive(Clone)]
@@ -28,7 +29,7 @@ pub struct Receiver {
     /// The lander's namespace, to name tables in metrics.
     pub namespace: String,
     /// Each agent's share of connections, lanes and bytes in flight.
-    pub quotas: Arc<crate::quota::Quotas>,
+    pub quotas: Arc<crate::receive::quota::Quotas>,
     /// A frame whose header arrived must be whole within this.
     pub frame_timeout: Duration,
     /// Set when the processor stops: lanes take no further batch, and end once the
@@ -50,11 +51,11 @@ enum LaneError {
     #[error("hello from agent {claimed:?} over a connection authenticated as {certified:?}")]
     IdentityMismatch { claimed: String, certified: String },
     #[error("lander unavailable: {0}")]
-    Lander(String),
+    Lander(LanderError),
     #[error("refused: {0}")]
     Denied(Denied),
     #[error("refused: {0}")]
-    Quota(crate::quota::Exceeded),
+    Quota(crate::receive::quota::Exceeded),
 }
 
 impl LaneError {
@@ -289,18 +290,18 @@ impl Receiver {
                         reply,
                     };
                     if self.lander.land(req).await.is_err() {
-                        break Err(LaneError::Lander("lander stopped".into()));
+                        break Err(LaneError::Lander(LanderError::Stopped));
                     }
                 }
-                Err((reason, message)) => {
-                    tracing::warn!(agent = %env.agent, stream = %env.stream, seq, "rejected batch: {message}");
-                    self.metrics.frame_rejected(reason);
+                Err(e) => {
+                    tracing::warn!(agent = %env.agent, stream = %env.stream, seq, "rejected batch: {e}");
+                    self.metrics.frame_rejected(e.reason());
                     self.metrics.batch_rejected(
                         &format!("{}.{}", self.namespace, env.stream),
-                        reason,
+                        e.reason(),
                         env.rows as usize,
                     );
-                    let _ = reply.send(Verdict::Rejected(message));
+                    let _ = reply.send(Verdict::Rejected(e.to_string()));
                 }
             }
             if verdict_tx.send((seq, verdict, permit)).is_err() {
@@ -317,36 +318,6 @@ impl Receiver {
         }
         result
     }
-}
-
-/// Decode and check a batch against its envelope.
-pub(crate) fn validate(
-    env: &sluice_protocol::Envelope,
-    ipc: bytes::Bytes,
-) -> Result<arrow_array::RecordBatch, (&'static str, String)> {
-    let batch = decode_batch(ipc)
-        .map_err(|e| ("invalid_ipc", format!("invalid Arrow IPC payload: {e}")))?;
-    if batch.num_rows() != env.rows as usize {
-        return Err((
-            "row_count_mismatch",
-            format!(
-                "envelope says {} rows, payload holds {}",
-                env.rows,
-                batch.num_rows()
-            ),
-        ));
-    }
-    let fp = schema_fingerprint(&batch.schema());
-    if fp != env.schema_fingerprint {
-        return Err((
-            "fingerprint_mismatch",
-            format!(
-                "envelope schema fingerprint {:016x} does not match the payload's {fp:016x}",
-                env.schema_fingerprint
-            ),
-        ));
-    }
-    Ok(batch)
 }
 
 /// A batch handed on: its sequence number, its verdict to come, and its share of the

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::query::TableStats;
+use crate::lake::TableStats;
 
 /// How often the tables are read and the history sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);

@@ -1,0 +1,11 @@
+//! The processor's HTTP endpoint beyond `/metrics` and `/health`: the read-only SQL API
+//! and the status page.
+//!
+//! | file | job |
+//! |---|---|
+//! | `api.rs` | routes: `/api/query`, `/api/tables`, `/api/status`, the status page |
+//! | `query.rs` | `[query]`, and read-only SQL over the lake with DataFusion within its limits |
+//! | `status_page.html` | the status page itself, served by `api.rs` |
+
+pub mod api;
+pub mod query;
