@@ -24,6 +24,8 @@ use crate::telemetry::metrics::Metrics;
 pub struct Server {
     /// Where the QUIC receiver listens, if the processor has one.
     pub quic_addr: Option<SocketAddr>,
+    /// Where the HTTP endpoint (metrics, query API, status page) listens, if configured.
+    pub api_addr: Option<SocketAddr>,
     pub catalog: Arc<dyn Catalog>,
     pub lander: Lander,
     endpoint: Option<quinn::Endpoint>,
@@ -167,6 +169,7 @@ impl Server {
         let table_stats = watch_tables(catalog.clone(), storage, metrics);
         Ok(Self {
             quic_addr,
+            api_addr,
             catalog,
             lander,
             endpoint,

@@ -181,20 +181,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the end-to-end demo: processor + agent on loopback, then row counts and a query.
+    /// Run the demo: a processor with SQL models and an agent (a scenario simulation and a
+    /// WebAssembly connector with an edge transform) on loopback; then row counts, a query
+    /// over gold and the status page, served until Ctrl-C.
     Demo {
         /// Working directory for certificates, configs and data (data is reset each run).
         #[arg(long, default_value = "sluice-demo")]
         dir: PathBuf,
-        /// Rows per simulated source (default: the example config's totals).
-        #[arg(long)]
-        rows: Option<u64>,
+        /// Where the compiled connector components are (`counter.wasm`, `redact.wasm`).
+        #[arg(long, default_value = "plugins/dist")]
+        plugins: PathBuf,
         /// Path of the sluice-agent binary (default: next to this binary).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
-        /// Give up if the agent has not finished by then.
-        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        /// Give up if the lake has not caught up by then.
+        #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Stop once everything is shown, instead of serving the status page until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
     },
 }
 
@@ -367,15 +372,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo {
             dir,
-            rows,
+            plugins,
             agent_bin,
             timeout,
+            exit,
         } => {
             demo::run(demo::DemoOptions {
                 dir,
-                rows,
+                plugins,
                 agent_bin,
                 timeout,
+                exit,
             })
             .await
         }
