@@ -22,6 +22,9 @@ pub(crate) struct Serde {
     pub transparent: bool,
     pub with: Option<String>,
     pub deserialize_with: Option<String>,
+    /// `from = "T"` or `try_from = "T"` on a container: it is read as a `T`, so its fields'
+    /// or variants' names are not what a config file holds.
+    pub via: Option<String>,
 }
 
 impl Serde {
@@ -50,6 +53,9 @@ impl Serde {
                     "with" => serde.with = Some(meta.value()?.parse::<LitStr>()?.value()),
                     "deserialize_with" => {
                         serde.deserialize_with = Some(meta.value()?.parse::<LitStr>()?.value());
+                    }
+                    "from" | "try_from" => {
+                        serde.via = Some(meta.value()?.parse::<LitStr>()?.value());
                     }
                     _ => skip(&meta)?,
                 }

@@ -148,6 +148,9 @@ impl Renderer<'_> {
     fn named_type_default(&self, name: &str, cx: Context) -> Result<Code, Problem> {
         if let Some(def) = self.index.r#enum(name, cx.file)? {
             let rule = Serde::of(&def.item.attrs).map_err(|e| syntax(self.index, def.file, e))?;
+            if let Some(via) = &rule.via {
+                return Ok(read_via(name, via));
+            }
             if let Some(v) = def
                 .item
                 .variants
@@ -308,6 +311,9 @@ impl Renderer<'_> {
             if let Some(def) = self.index.r#enum(ty, cx.file)? {
                 let rule =
                     Serde::of(&def.item.attrs).map_err(|e| syntax(self.index, def.file, e))?;
+                if let Some(via) = &rule.via {
+                    return Ok(read_via(ty, via));
+                }
                 if let Some(v) = def.item.variants.iter().find(|v| v.ident == variant) {
                     return self.variant_value(v, rule.rename_all.as_deref(), def.file);
                 }
@@ -368,6 +374,12 @@ impl Renderer<'_> {
             ))
         }
     }
+}
+
+/// The default of an enum read through another type: its variant's name is not the value
+/// a config file holds (`Schedule::OnChange` is written `"on_change"`), so it is not shown.
+fn read_via(ty: &str, via: &str) -> Code {
+    Code::Opaque(format!("{ty}::default() (read from a {via})"))
 }
 
 /// The key of a function or constant in the index: `name`, or `Type::name`.

@@ -16,7 +16,9 @@
 //! The meaning is the field's doc comment on one line; a field without one is refused,
 //! naming struct and field. A field whose type is an enum of unit variants (or a list of
 //! them) must name each allowed value in its doc comment, as `` `value` `` or `"value"`, so
-//! a new variant cannot go undocumented.
+//! a new variant cannot go undocumented. A type read through another one
+//! (`#[serde(try_from = "String")]`, `from`) is neither a section nor a list of values: its
+//! fields and variants are not what the file holds, so its default needs a `Default:` line.
 //!
 //! The default comes from the code: `#[serde(default = "f")]` renders `f`'s body
 //! (`Duration::from_secs(5)` → `"5s"` with `humantime_serde`, `ByteSize::mib(8)` →
@@ -62,10 +64,16 @@ pub const AGENT: Reference = Reference {
     sources: &["agent/src", "simulator/src", "ops/src"],
 };
 
-/// Every config file the reference documents. Adding one takes its `Reference` here
-/// (the processor's: root `ProcessorConfig`, sources `processor/src`, `ops/src` and
-/// `protocol/src`) and a generated block in the document for each of its sections.
-pub const REFERENCES: &[Reference] = &[AGENT];
+/// The processor's config file.
+pub const PROCESSOR: Reference = Reference {
+    name: "processor",
+    root: "ProcessorConfig",
+    sources: &["processor/src", "ops/src", "protocol/src"],
+};
+
+/// Every config file the reference documents. Adding one takes its `Reference` here and a
+/// generated block in the document for each of its sections.
+pub const REFERENCES: &[Reference] = &[AGENT, PROCESSOR];
 
 /// The document holding the tables, relative to the repository.
 pub const DOC: &str = "docs/CONFIGURATION.md";

@@ -290,7 +290,8 @@ impl<'a> Walker<'a> {
             let serde = Serde::of(&def.item.attrs).map_err(|e| self.syntax(def.file, e))?;
             let section = attrs::derives(&def.item.attrs, "Deserialize")
                 && matches!(def.item.fields, Fields::Named(_))
-                && !serde.transparent;
+                && !serde.transparent
+                && serde.via.is_none();
             return Ok(if section {
                 Shape::Struct(def)
             } else {
@@ -304,6 +305,10 @@ impl<'a> Walker<'a> {
             return Ok(Shape::Leaf);
         }
         let rule = Serde::of(&def.item.attrs).map_err(|e| self.syntax(def.file, e))?;
+        // Read through another type (`try_from = "String"`): the variants are not the values.
+        if rule.via.is_some() {
+            return Ok(Shape::Leaf);
+        }
         let mut values = Vec::new();
         let mut family = Vec::new();
         for v in &def.item.variants {

@@ -307,3 +307,44 @@ fn a_name_defined_in_several_other_files_is_refused() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn an_enum_read_through_another_type_shows_no_variant_as_its_value() {
+    // `try_from = "String"`: the file holds `"on_change"`, not the variant's name, and the
+    // variants are not the values a doc comment must name.
+    let config = CONFIG.replace(
+        "        pub on: bool,\n    }",
+        r#"        pub on: bool,
+        /// When: `"on_change"` or an interval.
+        #[serde(default)]
+        pub when: Schedule,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(try_from = "String")]
+    pub enum Schedule {
+        #[default]
+        OnChange,
+        Never,
+    }"#,
+    );
+    let found = problems(&config);
+    assert!(
+        matches!(&found[..], [Problem::Unrenderable { field, code, .. }]
+            if field == "when" && code.contains("String")),
+        "{found:?}"
+    );
+    let config = config.replace(
+        "or an interval.\n",
+        "or an interval.\n        /// Default: `\"on_change\"`.\n",
+    );
+    let sections = generate(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rows(&sections, "app.extra")[1],
+        (
+            "when".into(),
+            DefaultValue::Text("`\"on_change\"`".into()),
+            "When: `\"on_change\"` or an interval.".into()
+        )
+    );
+}

@@ -25,8 +25,10 @@ pub use sluice_ops::config::{ConfigError, Invalid};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
+    /// `[processor]`: where the processor keeps its data, and how often models are looked at.
     #[serde(default)]
     pub processor: ProcessorSection,
+    /// `[catalog]`: the Iceberg catalog and warehouse.
     #[serde(default)]
     pub catalog: CatalogConfig,
     /// The QUIC receiver agents ship to (at least one of `[quic]` and `[kafka]`).
@@ -35,17 +37,22 @@ pub struct ProcessorConfig {
     /// Kafka topics to consume.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// `[api]`: the HTTP endpoint (metrics, health, queries, status page); none without it.
     #[serde(default)]
     pub api: Option<sluice_ops::ApiConfig>,
+    /// `[lander]`: how batches become Iceberg commits.
     #[serde(default)]
     pub lander: LanderConfig,
     /// SQL models, keyed by target table (`silver.cpu`).
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+    /// `[maintenance]`: compaction, snapshot expiry and orphan cleanup run by `serve`.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// `[query]`: the limits of the queries the API and `sluice-processor query` run.
     #[serde(default)]
     pub query: QueryConfig,
+    /// `[access]`: which streams each agent may write, over QUIC and Kafka alike.
     #[serde(default)]
     pub access: AccessConfig,
 }
@@ -54,9 +61,11 @@ pub struct ProcessorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorSection {
-    /// Root of everything the processor keeps on disk by default (catalog, warehouse).
+    /// Root of the default catalog database and warehouse: everything the processor keeps
+    /// on disk unless `[catalog]` says otherwise.
     pub data_dir: PathBuf,
-    /// How often models with `schedule = "on_change"` look for new input snapshots.
+    /// How often `serve` goes through the models and runs those whose schedule is due and
+    /// whose inputs have new snapshots (> 0).
     #[serde(with = "humantime_serde")]
     pub model_poll_interval: Duration,
 }

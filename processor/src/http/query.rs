@@ -24,12 +24,14 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
-    /// Memory all running queries may hold together. A query that needs more fails; none
-    /// spills to disk.
+    /// Memory all running queries may hold together (≥ 1 MiB). A query needing more fails
+    /// (`422`, outcome `memory`); nothing spills to disk.
     pub memory_limit: ByteSize,
-    /// Queries the API runs at once; more are refused (429) until one ends.
+    /// Queries the API runs at once (≥ 1); one more is refused at once (`429`, outcome
+    /// `busy`).
     pub max_concurrent: usize,
-    /// A query running longer is cancelled.
+    /// A query running longer is cancelled (`504`, outcome `timeout`; > 0); so is one whose
+    /// caller hangs up.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }

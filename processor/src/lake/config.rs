@@ -9,13 +9,22 @@ use crate::lake::storage::S3Config;
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogConfig {
-    /// Catalog name recorded in the catalog database (readers must use the same name).
+    /// Catalog name recorded in the catalog database; readers must use it.
+    ///
+    /// Default: `"sluice"`.
     pub name: Option<String>,
-    /// SQL catalog database URI; default `sqlite:<data_dir>/catalog.db`.
+    /// SQL catalog database: `sqlite:PATH?mode=rwc` (a relative `PATH` is relative to the
+    /// working directory, not this file) or `postgres://user@host:port/db` (password from
+    /// `PGPASSWORD` or `~/.pgpass` if not in the URI; no TLS).
+    ///
+    /// Default: `sqlite:<data_dir>/catalog.db?mode=rwc`.
     pub uri: Option<String>,
-    /// Warehouse root: a directory, or `s3://bucket/prefix`; default `<data_dir>/warehouse`.
+    /// Where new tables are created: a directory (created if missing) or
+    /// `s3://bucket/prefix` (see `[catalog.s3]`).
+    ///
+    /// Default: `<data_dir>/warehouse`.
     pub warehouse: Option<String>,
-    /// How to reach the object store of an `s3://` warehouse.
+    /// How to reach the object store of `s3://` locations (`[catalog.s3]`).
     pub s3: S3Config,
 }
 

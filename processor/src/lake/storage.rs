@@ -39,14 +39,22 @@ fn read_bytes(b: &Bytes) {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
-    /// Endpoint URL of a non-AWS server (MinIO, Garage, s3s, Ceph...).
+    /// URL of an S3-compatible server (MinIO, Garage, Ceph, s3s, …).
+    ///
+    /// Default: AWS.
     pub endpoint: Option<String>,
+    /// Region of the bucket.
+    ///
+    /// Default: `us-east-1`.
     pub region: Option<String>,
+    /// Static credentials: the access key id (with `secret_access_key`).
     pub access_key_id: Option<String>,
+    /// Static credentials: the secret access key (with `access_key_id`).
     pub secret_access_key: Option<sluice_ops::Secret>,
-    /// Allow `http://` endpoints (test servers on loopback).
+    /// Allow an `http://` endpoint (test servers on loopback). Always taken from here
+    /// (`AWS_ALLOW_HTTP` is ignored).
     pub allow_http: bool,
-    /// Address buckets as `bucket.host` instead of `host/bucket`.
+    /// Address buckets as `bucket.host` instead of `host/bucket`. Always taken from here.
     pub virtual_hosted_style: bool,
 }
 

@@ -11,16 +11,19 @@ use crate::lake::Compression;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LanderConfig {
-    /// Iceberg namespace of the landed tables.
+    /// Iceberg namespace of landed tables.
     pub namespace: String,
-    /// Commit at least this often while batches are waiting.
+    /// Commit a table's waiting batches once the oldest has waited this long
+    /// (freshness; > 0). Each commit is a snapshot: with the defaults, 86,400 a day per
+    /// table, of which `[maintenance]` keeps 500.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Commit as soon as this many rows are waiting.
+    /// Commit as soon as this many rows wait (≥ 1).
     pub commit_max_rows: usize,
-    /// Commit as soon as this many bytes (in memory) are waiting.
+    /// Commit as soon as this many Arrow IPC bytes (as received) wait.
     pub commit_max_bytes: ByteSize,
-    /// Parquet compression: `zstd`, `snappy`, `lz4` or `none`.
+    /// Parquet compression: `zstd` (level 1), `snappy`, `lz4`, `none`. Also used for model
+    /// tables and by compaction.
     pub compression: Compression,
 }
 

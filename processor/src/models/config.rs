@@ -10,29 +10,37 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// One `SELECT` (DataFusion SQL) over lake tables, named `namespace.table`.
+    /// One DataFusion `SELECT` over lake tables: `table` (the lander's namespace),
+    /// `namespace.table` or `sluice.namespace.table` (`catalog.name`).
     pub sql: String,
-    /// How the target follows its inputs.
+    /// How the target follows its inputs. `"incremental"`: each run reads the rows its
+    /// inputs appended since the last run and appends the result. `"recompute"`: each run
+    /// recomputes the table and replaces it in one `overwrite` snapshot.
     #[serde(default)]
     pub mode: Mode,
-    /// Tables the SQL reads; by default, every table it names.
+    /// If given, must list exactly the tables the SQL reads.
+    ///
+    /// Default: the tables `sql` reads.
     #[serde(default)]
     pub inputs: Option<Vec<String>>,
-    /// When to run: `"on_change"` (as soon as an input has a new snapshot) or an interval
-    /// such as `"30s"` or `"5m"`.
+    /// `"on_change"` (whenever an input has a new snapshot, checked every
+    /// `processor.model_poll_interval`) or an interval (> 0) such as `"5m"`: at most once
+    /// per interval, when an input changed.
+    ///
+    /// Default: `"on_change"`.
     #[serde(default)]
     pub schedule: Schedule,
-    /// Named rules every output row must pass (SQL boolean expressions over the output's
-    /// columns); failing rows go to `quarantine.<namespace>_<table>` with the rules they
-    /// failed. A rule that is NULL for a row counts as failed.
+    /// Table of named rules, `name = "SQL boolean expression"` over the output columns;
+    /// rows for which a rule is false or NULL go to `quarantine.<namespace>_<table>` with
+    /// the rules they failed. The name `unique` is reserved.
     #[serde(default)]
     pub expect: BTreeMap<String, String>,
-    /// Columns that together identify a row: a row whose key is already in the target (or
-    /// earlier in the same run) is quarantined under the rule `unique`.
+    /// Key columns: a row whose key is already in the table, or earlier in the same run,
+    /// is quarantined under `unique`.
     #[serde(default)]
     pub unique: Vec<String>,
-    /// An incremental run reads at most this many new data files (more runs follow at
-    /// once), which bounds its memory.
+    /// Incremental: new data files read per input per run (≥ 1; one input snapshot is
+    /// never split), which bounds its memory. More runs follow until caught up.
     #[serde(default = "default_max_files")]
     pub max_files_per_run: usize,
 }
