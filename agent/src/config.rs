@@ -140,7 +140,9 @@ impl AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
+    /// `type = "simulator"`: the built-in telemetry simulator.
     Simulator(SimulatorConfig),
+    /// `type = "wasm"`: a WebAssembly connector component.
     Wasm(WasmSourceConfig),
 }
 
@@ -169,6 +171,7 @@ impl SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransformConfig {
+    /// `type = "wasm"`: a WebAssembly transform component, the only kind so far.
     Wasm(WasmTransformConfig),
 }
 

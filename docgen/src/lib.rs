@@ -117,22 +117,34 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// A source file is not Rust `syn` can parse.
     #[error("{path}: cannot parse: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The source file.
+        path: PathBuf,
+        /// `syn`'s message.
+        message: String,
+    },
     /// The config types cannot be documented as they are.
     #[error("the config structs of `{reference}` cannot be documented:\n{}", list(.problems))]
     Code {
+        /// [`Reference::name`] of the reference refused.
         reference: String,
+        /// Every problem found, in the order the types were followed; never empty.
         problems: Vec<Problem>,
     },
     /// The document's generated blocks do not fit the sections.
     #[error("{path}:\n{}", list(.problems))]
     Doc {
+        /// The document.
         path: PathBuf,
+        /// One line per fault (a section without a block, a block without a section, a
+        /// second or unclosed block), with its line number when it has one; never empty.
         problems: Vec<String>,
     },
 }
@@ -151,8 +163,11 @@ pub enum Problem {
     /// A shown field without a doc comment.
     #[error("{file}: `{strukt}.{field}` has no doc comment (it is the key's meaning)")]
     Undocumented {
+        /// The config struct, as named in the source.
         strukt: String,
+        /// The field, as named in Rust (not its TOML key).
         field: String,
+        /// The struct's source file, relative to the repository.
         file: String,
     },
     /// A default in code the generator does not read, and no `Default:` line.
@@ -161,9 +176,13 @@ pub enum Problem {
          say it in a last doc line `Default: ...`"
     )]
     Unrenderable {
+        /// The config struct, as named in the source.
         strukt: String,
+        /// The field, as named in Rust (not its TOML key).
         field: String,
+        /// The struct's source file, relative to the repository.
         file: String,
+        /// The default's code as written (the function's body).
         code: String,
     },
     /// A `Default:` line on a field whose code gives a value or none (required).
@@ -172,9 +191,13 @@ pub enum Problem {
          remove the line, the code's default is shown"
     )]
     Overridden {
+        /// The config struct, as named in the source.
         strukt: String,
+        /// The field, as named in Rust (not its TOML key).
         field: String,
+        /// The struct's source file, relative to the repository.
         file: String,
+        /// What the code gives instead: its rendered default, or that the key is required.
         code: String,
     },
     /// An allowed value of an enum-typed field that its doc comment does not name.
@@ -182,35 +205,57 @@ pub enum Problem {
         "{file}: the doc comment of `{strukt}.{field}` does not name the value `{value}` of `{ty}`"
     )]
     ValueNotMentioned {
+        /// The config struct, as named in the source.
         strukt: String,
+        /// The field, as named in Rust (not its TOML key).
         field: String,
+        /// The struct's source file, relative to the repository.
         file: String,
+        /// The field's enum type.
         ty: String,
+        /// The value not named, as written in TOML.
         value: String,
     },
     /// A flattened field that is not a config struct.
     #[error("{file}: `#[serde(flatten)]` on `{strukt}.{field}`, whose type is not a config struct")]
     Flatten {
+        /// The config struct, as named in the source.
         strukt: String,
+        /// The field, as named in Rust (not its TOML key).
         field: String,
+        /// The struct's source file, relative to the repository.
         file: String,
     },
     /// A name defined in several files, none of them the one that uses it.
     #[error("`{name}` (needed by {wanted_in}) is defined in several files: {}", .files.join(", "))]
     Ambiguous {
+        /// The type, function or constant looked up.
         name: String,
+        /// The file whose code names it, or "the reference's root".
         wanted_in: String,
+        /// Every file defining it, relative to the repository.
         files: Vec<String>,
     },
     /// The reference's root struct is not in its sources.
     #[error("the root struct `{name}` is not in the sources")]
-    RootNotFound { name: String },
+    RootNotFound {
+        /// [`Reference::root`].
+        name: String,
+    },
     /// A config struct reachable from itself.
     #[error("the config struct `{name}` contains itself")]
-    Cycle { name: String },
+    Cycle {
+        /// The struct met again while following its own fields.
+        name: String,
+    },
     /// A serde attribute that does not parse.
     #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
+    Syntax {
+        /// The file holding the attribute, relative to the repository.
+        file: String,
+        /// `syn`'s message.
+        message: String,
+    },
 }
 
 /// The sections of `reference`, from the sources under `repo`.

@@ -40,7 +40,9 @@ struct Part {
 /// not well.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// No part is unwell: answered with 200, otherwise 503.
     pub ok: bool,
+    /// One line per unwell part (`sink stalled: ...`, `source failed: ...`); empty when `ok`.
     pub problems: Vec<String>,
 }
 

@@ -33,7 +33,9 @@ use serde::Deserialize;
 /// Log format on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 

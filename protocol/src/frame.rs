@@ -16,10 +16,15 @@ pub const HEADER_LEN: usize = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
+    /// [`Hello`], agent to processor.
     Hello = 1,
+    /// [`Welcome`], processor to agent.
     Welcome = 2,
+    /// [`BatchFrame`], agent to processor.
     Batch = 3,
+    /// [`Ack`], processor to agent.
     Ack = 4,
+    /// [`Refused`], processor to agent.
     Refused = 5,
 }
 
@@ -39,7 +44,9 @@ impl FrameKind {
 /// First frame on a lane: which agent and which stream the lane carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// Agent identity, as in [`Envelope::agent`].
     pub agent: String,
+    /// The one stream this lane carries, as in [`Envelope::stream`].
     pub stream: String,
 }
 
@@ -47,7 +54,9 @@ pub struct Hello {
 /// for this agent and stream (0 when none), so a restarted agent knows where to resume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
+    /// The stream of the [`Hello`] answered.
     pub stream: String,
+    /// Highest `seq` the lake holds for this agent and stream; 0 when none.
     pub committed_seq: u64,
     /// The checkpoint committed with that batch, if the stream's source checkpoints.
     pub checkpoint: Option<String>,
@@ -57,14 +66,18 @@ pub struct Welcome {
 /// stream); the lane ends after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
+    /// The stream of the [`Hello`] refused.
     pub stream: String,
+    /// Why, for the agent's operator.
     pub reason: String,
 }
 
 /// One batch: envelope plus Arrow IPC bytes (decoded by the receiver, see [`crate::decode_batch`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchFrame {
+    /// Who sent the batch and where it goes; validated on decode.
     pub envelope: Envelope,
+    /// One Arrow IPC stream holding one `RecordBatch`, undecoded.
     pub ipc: Bytes,
 }
 
@@ -83,23 +96,33 @@ pub enum AckStatus {
 /// The processor's verdict on one batch, sent only once the verdict is final.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
+    /// The stream of the batch.
     pub stream: String,
+    /// The batch's [`Envelope::seq`].
     pub seq: u64,
+    /// What became of it.
     pub status: AckStatus,
+    /// The rejection's reason; empty unless [`AckStatus::Rejected`].
     pub message: String,
 }
 
 /// Any frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
+    /// Opens a lane.
     Hello(Hello),
+    /// Accepts a lane.
     Welcome(Welcome),
+    /// Carries a batch.
     Batch(BatchFrame),
+    /// Settles a batch.
     Ack(Ack),
+    /// Declines a lane.
     Refused(Refused),
 }
 
 impl Frame {
+    /// The kind its header carries.
     pub fn kind(&self) -> FrameKind {
         match self {
             Frame::Hello(_) => FrameKind::Hello,

@@ -11,12 +11,19 @@ use crate::{Envelope, ProtocolError};
 
 /// Header names, in the order the agent writes them.
 pub const HEADER_VERSION: &str = "sluice-version";
+/// [`Envelope::agent`].
 pub const HEADER_AGENT: &str = "sluice-agent";
+/// [`Envelope::stream`].
 pub const HEADER_STREAM: &str = "sluice-stream";
+/// [`Envelope::seq`], in decimal.
 pub const HEADER_SEQ: &str = "sluice-seq";
+/// [`Envelope::schema_fingerprint`], 16 lowercase hex digits.
 pub const HEADER_SCHEMA: &str = "sluice-schema";
+/// [`Envelope::created_at_us`], in decimal microseconds since the Unix epoch.
 pub const HEADER_CREATED_AT: &str = "sluice-created-at-us";
+/// [`Envelope::rows`], in decimal.
 pub const HEADER_ROWS: &str = "sluice-rows";
+/// [`Envelope::checkpoint`]; absent when the batch has none.
 pub const HEADER_CHECKPOINT: &str = "sluice-checkpoint";
 /// The signing agent's certificate chain: base64 DER, leaf first, comma-separated.
 pub const HEADER_CERT: &str = "sluice-cert";
@@ -38,6 +45,7 @@ pub struct Signature {
     pub chain: Vec<Vec<u8>>,
     /// The TLS name of the signature scheme (`ECDSA_NISTP256_SHA256`, `ED25519`, ...).
     pub scheme: String,
+    /// The raw signature bytes over [`Envelope::signed_bytes`], as that scheme makes them.
     pub signature: Vec<u8>,
 }
 

@@ -18,22 +18,39 @@ use serde::Deserialize;
 pub enum FakeKind {
     /// `word-NN.example-suffix`, e.g. `quia-17.eu-west.internal`.
     Hostname,
+    /// A dotted IPv4 address, e.g. `203.0.113.7`.
     Ipv4,
+    /// An IPv6 address in its usual hex groups.
     Ipv6,
+    /// A MAC address, six colon-separated hex pairs.
     Mac,
+    /// A browser's `User-Agent` header value.
     UserAgent,
+    /// A first name at a reserved example domain (`mary@example.org`), never a real mailbox.
     Email,
+    /// A login name built from a first name, e.g. `mary42` or `mary_quia`.
     Username,
+    /// A full personal name, first and last.
     Name,
+    /// A personal first name.
     FirstName,
+    /// A family name.
     LastName,
+    /// A made-up, US-style city name, e.g. `Smithville`.
     City,
+    /// A US state name.
     State,
+    /// A country's English name.
     Country,
+    /// A two-letter ISO 3166 country code.
     CountryCode,
+    /// A made-up company name, e.g. `Smith LLC`.
     Company,
+    /// An industry sector, e.g. `Computer Software`.
     Industry,
+    /// One lorem ipsum word.
     Word,
+    /// One lorem ipsum sentence of three to eight words.
     Sentence,
     /// A random (version 4 layout) UUID drawn from the field's seeded stream.
     Uuid,

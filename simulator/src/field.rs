@@ -58,87 +58,129 @@ pub enum FieldSpec {
     /// A counter over the stream's events (`per = "entity"`: over each entity's events):
     /// `start`, `start + 1`, ...
     Sequence {
+        /// The first value.
         #[serde(default = "one")]
         start: i64,
+        /// `"event"` counts over the stream, `"entity"` over each entity's events.
         #[serde(default)]
         per: Per,
     },
     /// The entity's id (from its set's `id` pattern); with `prefix` and/or `width`:
     /// `prefix` + the zero-padded entity index.
     Entity {
+        /// Text before the index; `None`: nothing.
         #[serde(default)]
         prefix: Option<String>,
+        /// Digits the index is zero-padded to, at most 20; `None`: no padding.
         #[serde(default)]
         width: Option<usize>,
     },
     /// An attribute of the event's entity (`[entities.NAME.attributes]`).
-    Attribute { name: String },
+    Attribute {
+        /// The attribute's key in the entity set's `attributes`.
+        name: String,
+    },
     /// A field of the parent event (child streams).
-    Parent { field: String },
+    Parent {
+        /// The name of a field of the parent stream.
+        field: String,
+    },
     /// A value computed from the row's other fields (see `expr.rs`).
-    Expr { expr: String },
+    Expr {
+        /// The expression's source text, checked when the scenario loads.
+        expr: String,
+    },
     /// Per entity, a value that wanders: each event adds Normal(0, `step`) and pulls back
     /// towards `mean` by `mean_reversion` (0..1) of the distance, within `[min, max]`.
     RandomWalk {
+        /// Each entity's first value.
         start: f64,
+        /// Standard deviation of each event's move, above 0.
         step: f64,
+        /// Lower bound the walk is held at; `None`: unbounded.
         #[serde(default)]
         min: Option<f64>,
+        /// Upper bound the walk is held at; `None`: unbounded.
         #[serde(default)]
         max: Option<f64>,
+        /// Share of the distance to `mean` taken back at each event, within 0..1; 0 (the
+        /// default) is a pure random walk.
         #[serde(default)]
         mean_reversion: f64,
+        /// The level `mean_reversion` pulls towards; `None`: `start`.
         #[serde(default)]
         mean: Option<f64>,
     },
     /// Daily and weekly waves, a trend and noise.
     Seasonal(SeasonalSpec),
     /// The same value in every row.
-    Constant { value: Scalar },
+    Constant {
+        /// The value; its TOML type (bool, int, float, string) gives the column's.
+        value: Scalar,
+    },
     /// Uniform in `[min, max)`; `integer = true` gives whole numbers in `[min, max]`.
     Uniform {
+        /// Lowest value, included.
         min: f64,
+        /// Highest value, excluded unless `integer`.
         max: f64,
+        /// Whole numbers in an int64 column rather than float64.
         #[serde(default)]
         integer: bool,
+        /// `"entity"`: drawn once per entity rather than per event.
         #[serde(default)]
         per: Per,
     },
     /// Normal(mean, stddev), optionally clamped to `[min, max]`.
     Normal {
+        /// Centre of the distribution.
         mean: f64,
+        /// Standard deviation, above 0.
         stddev: f64,
+        /// Values below are raised to it; `None`: no clamp.
         #[serde(default)]
         min: Option<f64>,
+        /// Values above are lowered to it; `None`: no clamp.
         #[serde(default)]
         max: Option<f64>,
+        /// `"entity"`: drawn once per entity rather than per event.
         #[serde(default)]
         per: Per,
     },
     /// Log-normal: `exp(Normal(mu, sigma))`.
     Lognormal {
+        /// Mean of the underlying normal (of the value's logarithm).
         mu: f64,
+        /// Standard deviation of the underlying normal, above 0.
         sigma: f64,
+        /// `"entity"`: drawn once per entity rather than per event.
         #[serde(default)]
         per: Per,
     },
     /// Poisson counts with mean `lambda`.
     Poisson {
+        /// Mean count, above 0.
         lambda: f64,
+        /// `"entity"`: drawn once per entity rather than per event.
         #[serde(default)]
         per: Per,
     },
     /// One of `values`, with optional relative `weights`.
     Choice {
+        /// The candidates, not empty and all of one type.
         values: Vec<Scalar>,
+        /// One non-negative weight per value, in any unit; `None`: equally likely.
         #[serde(default)]
         weights: Option<Vec<f64>>,
+        /// `"entity"`: drawn once per entity rather than per event.
         #[serde(default)]
         per: Per,
     },
     /// A realistic fake value (hostname, ipv4, email, ...).
     Fake {
+        /// Which kind of value.
         fake: FakeKind,
+        /// `"entity"`: drawn once per entity rather than per event.
         #[serde(default)]
         per: Per,
     },

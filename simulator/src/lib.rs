@@ -330,8 +330,11 @@ const INLINE: &str = "inline";
 /// Why a simulator source's scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
+    /// An inline source's keys do not make a valid stream; the key is relative to the
+    /// source (`fields.temp.max`).
     #[error("{}: {}", .0.key, .0.message)]
     Inline(Invalid),
+    /// The `scenario` file cannot be read, parsed or compiled.
     #[error(transparent)]
     File(ScenarioError),
 }

@@ -29,8 +29,10 @@ pub struct ScenarioSpec {
     /// End of the simulated clock (exclusive); absent: no end.
     #[serde(default)]
     pub end: Option<DateTime<Utc>>,
+    /// Entity sets by name (`[entities.NAME]`), which root streams' events come from.
     #[serde(default)]
     pub entities: IndexMap<String, EntitySpec>,
+    /// Streams by name (`[streams.NAME]`), in the order outputs list them.
     pub streams: IndexMap<String, StreamSpec>,
 }
 
@@ -273,18 +275,33 @@ impl AnomalyKind {
 /// Why a scenario cannot be used: the file, the line when known, the key, and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
+    /// The file cannot be read.
     #[error("cannot read scenario {path}: {source}")]
     Read {
+        /// The scenario file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The file is not TOML, or not shaped like a scenario (unknown key, wrong type).
     #[error("invalid scenario {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The scenario file.
+        path: PathBuf,
+        /// The TOML parser's message, which carries the line.
+        message: String,
+    },
+    /// The scenario parses but a check refuses it (an unknown entity set, a cycle of
+    /// parents, a bad field parameter, ...).
     #[error("invalid scenario {}{}: {key}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
+        /// The scenario file.
         path: PathBuf,
+        /// 1-based line of `key` in the file; `None` when it cannot be found.
         line: Option<usize>,
+        /// The refused key, dotted (`streams.cpu.rate`).
         key: String,
+        /// What is wrong with it.
         message: String,
     },
 }
@@ -304,8 +321,6 @@ impl ScenarioSpec {
     }
 }
 
-/// The 1-based line where the value at `key` (dotted; numbers index arrays) is written in
-/// `text`, if it can be found.
 /// Load and compile a scenario file (with another seed if given); errors carry the file's
 /// line of the offending key.
 pub fn compile_file(
@@ -324,6 +339,8 @@ pub fn compile_file(
     })
 }
 
+/// The 1-based line where the value at `key` (dotted; numbers index arrays) is written in
+/// `text`, if it can be found.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
     let root = toml::de::DeTable::parse(text).ok()?;
     let mut span = root.span();

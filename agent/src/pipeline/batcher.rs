@@ -16,7 +16,10 @@ use crate::telemetry::Metrics;
 /// Rows from a source, with the source's checkpoint after them (if it checkpoints).
 #[derive(Debug, Clone)]
 pub struct Chunk {
+    /// The rows; every chunk of a stream must have the stream's schema.
     pub batch: RecordBatch,
+    /// Where the source resumes to produce exactly the rows after these; `None` when it
+    /// does not checkpoint. A chunk that has one is never split across batches.
     pub checkpoint: Option<String>,
 }
 
@@ -32,8 +35,11 @@ impl From<RecordBatch> for Chunk {
 /// A batch ready to ship: Arrow IPC bytes plus what the envelope needs.
 #[derive(Debug, Clone)]
 pub struct ReadyBatch {
+    /// The rows as one Arrow IPC stream, shipped as they are.
     pub ipc: Bytes,
+    /// Rows in the batch.
     pub rows: u32,
+    /// [`sluice_protocol::schema_fingerprint`] of the batch's schema.
     pub schema_fingerprint: u64,
     /// When the batch was cut, microseconds since the Unix epoch.
     pub created_at_us: i64,
@@ -45,8 +51,13 @@ pub struct ReadyBatch {
 /// Limits at which a batch is cut; the first one reached wins.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Rows at which a batch is cut (`batch.max_rows`); only a checkpointed chunk taken
+    /// whole makes a batch larger.
     pub max_rows: usize,
+    /// Buffered Arrow memory, in bytes, at which a batch is cut (`batch.max_bytes`, lowered
+    /// to fit a Kafka message).
     pub max_bytes: usize,
+    /// Age of the oldest buffered row at which a batch is cut (`batch.max_age`).
     pub max_age: Duration,
 }
 

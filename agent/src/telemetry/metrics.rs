@@ -280,6 +280,7 @@ impl Metrics {
         self.source_bytes.get_or_create(&l).inc_by(bytes);
     }
 
+    /// Stream `s` cut a batch of `rows` rows, `ipc_bytes` once encoded.
     pub fn batch_cut(&self, s: &str, rows: u32, ipc_bytes: usize) {
         let l = stream(s);
         self.batches_cut.get_or_create(&l).inc();
@@ -289,12 +290,16 @@ impl Metrics {
             .inc_by(ipc_bytes as u64);
     }
 
+    /// A batch of `rows` rows and `bytes` IPC bytes left on stream `s`'s lane; a resend
+    /// counts again.
     pub fn sent(&self, s: &str, rows: u32, bytes: usize) {
         let l = stream(s);
         self.rows_sent.get_or_create(&l).inc_by(u64::from(rows));
         self.bytes_sent.get_or_create(&l).inc_by(bytes as u64);
     }
 
+    /// The far side (processor or brokers) has a batch of `rows` rows of stream `s`: the
+    /// lane made progress.
     pub fn acked(&self, s: &str, rows: u32) {
         self.rows_acked
             .get_or_create(&stream(s))
@@ -302,6 +307,8 @@ impl Metrics {
         self.sink(s).progressed();
     }
 
+    /// The processor already had a resent batch of `rows` rows of stream `s`; progress all
+    /// the same.
     pub fn duplicate(&self, s: &str, rows: u32) {
         self.rows_duplicate
             .get_or_create(&stream(s))
@@ -337,6 +344,8 @@ impl Metrics {
             .clone()
     }
 
+    /// `rows` rows of stream `s` will never land, for `reason` (`too_large`, `wal_full`,
+    /// `schema_mismatch`, a transform's failure).
     pub fn lost(&self, s: &str, reason: &str, rows: u64) {
         self.rows_lost
             .get_or_create(&ReasonLabels {
@@ -357,26 +366,31 @@ impl Metrics {
             .insert(s.to_string(), oldest);
     }
 
+    /// Stream `s`'s log now holds `bytes` on disk.
     pub fn set_wal_size(&self, s: &str, bytes: u64) {
         self.wal_bytes
             .get_or_create(&stream(s))
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// A group commit of stream `s`'s log wrote `bytes` and synced once.
     pub fn wal_synced(&self, s: &str, bytes: u64) {
         let l = stream(s);
         self.wal_written_bytes.get_or_create(&l).inc_by(bytes);
         self.wal_syncs.get_or_create(&l).inc();
     }
 
+    /// `records` damaged records of stream `s`'s log were found and skipped.
     pub fn wal_corrupt(&self, s: &str, records: u64) {
         self.wal_corrupt.get_or_create(&stream(s)).inc_by(records);
     }
 
+    /// An append to stream `s`'s log failed (a full disk, typically); it is retried.
     pub fn wal_write_error(&self, s: &str) {
         self.wal_write_errors.get_or_create(&stream(s)).inc();
     }
 
+    /// A call into `plugin` (a source's name, or `SOURCE/TRANSFORM`) took `seconds`.
     pub fn plugin_call(&self, plugin: &str, seconds: f64) {
         self.plugin_calls
             .get_or_create(&PluginLabels {
@@ -385,6 +399,7 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// A call into `plugin` failed for `reason` (`trap`, `timeout`, `memory`, ...).
     pub fn plugin_failure(&self, plugin: &str, reason: &str) {
         self.plugin_failures
             .get_or_create(&PluginReasonLabels {
@@ -394,6 +409,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Transform `plugin` was handed `rows_in` rows and returned `rows_out`.
     pub fn transform_rows(&self, plugin: &str, rows_in: u64, rows_out: u64) {
         let l = PluginLabels {
             plugin: plugin.into(),
@@ -402,6 +418,7 @@ impl Metrics {
         self.transform_rows_out.get_or_create(&l).inc_by(rows_out);
     }
 
+    /// An instance of `plugin` is restarted after a failure.
     pub fn plugin_restart(&self, plugin: &str) {
         self.plugin_restarts
             .get_or_create(&PluginLabels {
@@ -422,10 +439,12 @@ impl Metrics {
             .failed(reason);
     }
 
+    /// A connection to the processor was established (again).
     pub fn reconnected(&self) {
         self.reconnects.inc();
     }
 
+    /// Whether a connection to the processor is up now.
     pub fn set_connected(&self, up: bool) {
         self.connected.set(i64::from(up));
     }

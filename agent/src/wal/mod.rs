@@ -69,26 +69,45 @@ pub struct WalOptions {
     pub segment_size: u64,
     /// Cap on the bytes of all segments of the stream.
     pub max_size: u64,
+    /// What an append does once `max_size` is reached (`[buffer] when_full`).
     pub when_full: WhenFull,
 }
 
 /// Why the log cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// A file or directory of the log could not be created, read, written or synced (a
+    /// full disk, say).
     #[error("write-ahead log {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
+    /// The `state` file does not parse (or the state could not be encoded); the log is not
+    /// opened rather than renumbered.
     #[error(
         "write-ahead log {path}: state file is unreadable ({reason}); move it away to start a new log"
     )]
-    State { path: PathBuf, reason: String },
+    State {
+        /// The `state` file.
+        path: PathBuf,
+        /// The JSON error.
+        reason: String,
+    },
+    /// The log was closed (the agent is stopping), or its writer thread is gone.
     #[error("write-ahead log is closed")]
     Closed,
+    /// One batch's record is larger than the whole log may be, so waiting cannot help.
     #[error("a batch of {size} bytes does not fit a log capped at {cap} bytes")]
-    TooLarge { size: u64, cap: u64 },
+    TooLarge {
+        /// The record's size on disk, in bytes.
+        size: u64,
+        /// [`WalOptions::max_size`], in bytes.
+        cap: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -101,7 +120,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 /// One record read back from the log.
 #[derive(Debug, Clone)]
 pub struct WalRecord {
+    /// The record's log sequence number; the batch ships as `base + lsn`.
     pub lsn: u64,
+    /// The batch as it was appended.
     pub batch: ReadyBatch,
 }
 
@@ -112,6 +133,7 @@ pub struct Recovered {
     pub base: Option<u64>,
     /// Records kept and not yet acknowledged.
     pub pending_records: u64,
+    /// Rows in those records.
     pub pending_rows: u64,
     /// The newest checkpoint the log holds: `None` when the log is new (the source
     /// resumes from what the lake says), `Some(None)` when its batches carried none.

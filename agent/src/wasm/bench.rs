@@ -11,12 +11,16 @@ use sluice_simulator::{SimulatorConfig, Step};
 
 /// One measured path.
 pub struct Figure {
+    /// The path's label in the printed table.
     pub name: &'static str,
+    /// Rows that went through it.
     pub rows: u64,
+    /// Wall-clock time they took, on one core.
     pub elapsed: Duration,
 }
 
 impl Figure {
+    /// Throughput, the figure the targets are stated in.
     pub fn rows_per_sec(&self) -> f64 {
         self.rows as f64 / self.elapsed.as_secs_f64()
     }
@@ -24,8 +28,11 @@ impl Figure {
 
 /// Everything the bench measured.
 pub struct Report {
+    /// The simulator generating the same five columns, without WebAssembly: the baseline.
     pub native: Figure,
+    /// The connector returning its rows as typed columns.
     pub typed: Figure,
+    /// The connector returning its rows as JSON lines, parsed by the agent.
     pub json: Figure,
     /// Mean duration of a `poll` returning a single row.
     pub call_overhead: Duration,

@@ -260,8 +260,11 @@ fn resolve_paths(base: &Path, plugin: &mut PathBuf, allow_dirs: &mut [PathBuf]) 
 
 /// What the supervisors need from either config.
 pub trait PluginSettings {
+    /// The component file, resolved against the config file's directory.
     fn plugin(&self) -> &Path;
+    /// The limits and grants each instance runs with.
     fn sandbox(&self) -> Sandbox;
+    /// When a failed instance is restarted, and when it is given up on.
     fn policy(&self) -> RestartPolicy;
     /// The plugin's settings as the JSON `open` receives.
     fn config_json(&self) -> String;
@@ -297,6 +300,7 @@ settings!(WasmSourceConfig);
 settings!(WasmTransformConfig);
 
 impl WasmSourceConfig {
+    /// Check values that serde cannot; `key` is this source's config path.
     pub fn validate(&self, key: &str) -> Result<(), Invalid> {
         if self.max_rows == 0 {
             return Err(Invalid::new(
@@ -309,6 +313,7 @@ impl WasmSourceConfig {
 }
 
 impl WasmTransformConfig {
+    /// Check values that serde cannot; `key` is this transform's config path.
     pub fn validate(&self, key: &str) -> Result<(), Invalid> {
         common!(self).validate(key)
     }

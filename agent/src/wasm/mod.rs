@@ -58,7 +58,10 @@ pub(crate) mod bindings {
 /// Which world a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
+    /// Exports the connector interface: polled for rows (`[sources.NAME] type = "wasm"`).
     Source,
+    /// Exports the transformer interface: maps each batch of a source to one batch
+    /// (`[transforms.NAME]`).
     Transform,
 }
 
@@ -100,8 +103,11 @@ pub fn kind(runtime: &Runtime, component: &Component) -> Result<PluginKind, Stri
 
 /// What `sluice-agent plugin check` reports about a component.
 pub struct CheckReport {
+    /// SHA-256 of the component file, in hex: what the agent logs when it loads it.
     pub digest: String,
+    /// The world the component implements.
     pub kind: PluginKind,
+    /// Interfaces the component imports (`wasi:clocks/...`), as the component names them.
     pub imports: Vec<String>,
     /// The schema a source declares, or a transform's output for the given input;
     /// none for a transform checked without an input schema.

@@ -19,7 +19,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// One engine for the agent, with epoch interruption on and a ticker thread.
 pub struct Runtime {
-    pub engine: Engine,
+    pub(crate) engine: Engine,
     cache_dir: Option<PathBuf>,
     /// Where instances keep the copies of their granted files.
     grants: PathBuf,

@@ -19,8 +19,11 @@ const JS_PACKAGE: &str = include_str!("../../templates/js_package.json");
 /// Languages `plugin new` scaffolds.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Lang {
+    /// A cargo project with a copy of the Rust SDK, built for `wasm32-wasip2`.
     Rust,
+    /// An `app.py` built with componentize-py.
     Python,
+    /// JavaScript: an `app.js` built with componentize-js through npm.
     Js,
 }
 

@@ -24,6 +24,7 @@ use crate::telemetry::Metrics;
 pub struct TransformStage {
     /// `[transforms.NAME]`.
     pub name: String,
+    /// Its `[transforms.NAME]` table, paths resolved.
     pub cfg: WasmTransformConfig,
 }
 

@@ -40,8 +40,10 @@ pub enum Target {
 }
 
 impl Target {
+    /// Every target, in the order reports list them.
     pub const ALL: [Target; 3] = [Target::Frame, Target::Ipc, Target::KafkaHeaders];
 
+    /// The target's label in reports and assertion messages (`"kafka_headers"`).
     pub fn name(self) -> &'static str {
         match self {
             Target::Frame => "frame",
@@ -185,6 +187,7 @@ pub struct Mutator {
 }
 
 impl Mutator {
+    /// A mutator whose choices depend on `seed` alone, so a failing case can be replayed.
     pub fn new(seed: u64) -> Self {
         Self {
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),

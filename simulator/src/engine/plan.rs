@@ -20,8 +20,11 @@ pub const ANOMALY_COLUMN: &str = "_anomaly";
 /// A checked scenario, ready to run any number of times.
 #[derive(Debug)]
 pub struct Scenario {
+    /// Seed of every random draw (the file's `seed`, or the one given instead).
     pub seed: u64,
+    /// Start of the simulated clock, µs since the Unix epoch; `None`: when the run starts.
     pub start_us: Option<i64>,
+    /// End of the simulated clock (exclusive), µs since the Unix epoch; `None`: no end.
     pub end_us: Option<i64>,
     pub(super) entities: Vec<Arc<EntityValues>>,
     pub(super) streams: Vec<StreamPlan>,
@@ -136,10 +139,12 @@ impl Scenario {
         self.streams.iter().map(|s| s.name.as_str())
     }
 
+    /// The position of stream `name` in [`Self::stream_names`]; `None` when there is none.
     pub fn stream_index(&self, name: &str) -> Option<usize> {
         self.streams.iter().position(|s| s.name == name)
     }
 
+    /// The Arrow schema of the stream at position `stream` (panics when out of range).
     pub fn schema(&self, stream: usize) -> SchemaRef {
         self.streams[stream].schema.clone()
     }

@@ -34,7 +34,12 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub enum Step {
     /// Rows of stream `stream`.
-    Rows { stream: usize, batch: RecordBatch },
+    Rows {
+        /// Position of the stream in [`Scenario::stream_names`].
+        stream: usize,
+        /// At most the step's `max_rows` rows, with [`Scenario::schema`].
+        batch: RecordBatch,
+    },
     /// Nothing is due before this time (µs); only when running against a clock.
     Wait(i64),
     /// Every stream is finished.
@@ -62,6 +67,8 @@ pub struct Simulation {
 }
 
 impl Simulation {
+    /// A run of `scenario` within `opts`; its clock starts at the scenario's `start`, else at
+    /// `opts.start_us`.
     pub fn new(scenario: Arc<Scenario>, opts: RunOptions) -> Self {
         let start_us = scenario.start_us.unwrap_or(opts.start_us);
         let runs = scenario
@@ -145,6 +152,7 @@ impl Simulation {
         self.start_us
     }
 
+    /// What the run has produced so far.
     pub fn summary(&self) -> &Summary {
         &self.summary
     }
