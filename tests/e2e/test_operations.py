@@ -134,8 +134,8 @@ def test_metrics_agree_with_the_lake(bins, certs, workdir):
     # with no series yet is left out of a scrape, so the registrations are read from the
     # source); those this run exposes are among them.
     root = pathlib.Path(__file__).parents[2]
-    registered = registered_series(root / "agent/src/metrics.rs", "sluice_agent") | \
-        registered_series(root / "processor/src/metrics.rs", "sluice_processor")
+    registered = registered_series(root / "agent/src/telemetry/metrics.rs", "sluice_agent") | \
+        registered_series(root / "processor/src/telemetry/metrics.rs", "sluice_processor")
     exposed = exposed_series(agent.api_port) | exposed_series(proc.api_port)
     assert names["acked"].split("{")[0] in exposed and exposed <= registered, sorted(exposed - registered)
     dashboard = json.loads((root / "examples/grafana/sluice-dashboard.json").read_text())
