@@ -26,7 +26,9 @@ pub struct Server {
     pub quic_addr: Option<SocketAddr>,
     /// Where the HTTP endpoint (metrics, query API, status page) listens, if configured.
     pub api_addr: Option<SocketAddr>,
+    /// The catalog every stage reads and commits through.
     pub catalog: Arc<dyn Catalog>,
+    /// The running lander, for callers that hand it batches or wait for its commits.
     pub lander: Lander,
     endpoint: Option<quinn::Endpoint>,
     /// Tells the QUIC lanes to take no further batch.

@@ -99,6 +99,12 @@ pub(crate) async fn ids_in(table: &Table, files: &[iceberg::spec::DataFile]) -> 
         .collect()
 }
 
+/// Wait for a verdict and require the batch committed (so a stage's tests need not name
+/// `land/`'s types).
+pub(crate) async fn expect_committed(verdict: oneshot::Receiver<Verdict>, what: &str) {
+    assert_eq!(verdict.await, Ok(Verdict::Committed), "{what}");
+}
+
 /// Hand over batch `seq` of `agent` (one row, `id` = seq) for table `events`, as a
 /// QUIC receiver would; the verdict to come.
 pub(crate) async fn land_batch(

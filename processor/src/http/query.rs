@@ -56,7 +56,7 @@ pub struct AsOf {
 }
 
 impl AsOf {
-    pub fn is_current(&self) -> bool {
+    pub(super) fn is_current(&self) -> bool {
         self.time_ms.is_none() && self.snapshots.is_empty()
     }
 
@@ -111,10 +111,14 @@ pub struct Limits {
 /// Why a query was not run to the end, beyond the caller's SQL.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
+    /// As many queries as `query.max_concurrent` (given here) run already; refused at once.
     #[error("{0} queries are running (query.max_concurrent); retry when one ends")]
     Busy(usize),
+    /// The query needed more of the shared pool than was left (`query.memory_limit`, given
+    /// here); nothing spills to disk.
     #[error("the query needs more memory than query.memory_limit ({0}) leaves it")]
     Memory(bytesize::ByteSize),
+    /// The query ran past `query.timeout` (given here) and was cancelled.
     #[error("the query took longer than query.timeout ({0:?})")]
     Timeout(std::time::Duration),
 }

@@ -13,9 +13,13 @@ use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use crate::lake::CatalogSettings;
 use crate::lake::storage::{ObjectStoreFactory, S3Config};
 
-/// Columns the lake adds to every bronze row.
+/// Lake column of every bronze row: the agent that sent it (for a plain JSON topic's row,
+/// its topic partition).
 pub const AGENT_COLUMN: &str = "_agent";
+/// Lake column of every bronze row: its batch's sequence number, by which redeliveries are
+/// dropped (for a plain JSON topic's row, its own offset + 1).
 pub const SEQ_COLUMN: &str = "_seq";
+/// Lake column of every bronze row: when the processor received its batch (µs, UTC).
 pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
 
 /// Open the catalog a processor config names.

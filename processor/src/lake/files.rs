@@ -225,16 +225,24 @@ fn rarely_repeating_columns(batches: &[RecordBatch]) -> Vec<String> {
 /// Why a data file could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The file holds another number of rows than its manifest entry says: it is damaged,
+    /// or not the file the entry was written for.
     #[error("{file}: {read} rows read back but the manifest says {expected}")]
     CountMismatch {
+        /// The data file's path.
         file: String,
+        /// Rows the file holds.
         read: u64,
+        /// Rows its manifest entry says it holds (`record_count`).
         expected: u64,
     },
+    /// The file could not be fetched from storage, or the table's schema not converted.
     #[error(transparent)]
     Iceberg(#[from] iceberg::Error),
+    /// A batch could not be rebuilt with the table's schema.
     #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// The bytes are not Parquet the reader can decode.
     #[error(transparent)]
     Parquet(#[from] parquet::errors::ParquetError),
 }

@@ -20,9 +20,9 @@ pub const MANIFEST_TARGET_BYTES: &str = "commit.manifest.target-size-bytes";
 /// When a commit merges manifests, read from the table's properties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MergePolicy {
-    pub enabled: bool,
-    pub min_count: usize,
-    pub target_bytes: u64,
+    pub(super) enabled: bool,
+    pub(super) min_count: usize,
+    pub(super) target_bytes: u64,
 }
 
 impl Default for MergePolicy {
@@ -103,10 +103,10 @@ pub async fn manifest_list(
 /// with (as inherited from the manifest, which a rewrite must keep).
 #[derive(Debug, Clone)]
 pub struct LiveFile {
-    pub file: DataFile,
-    pub snapshot_id: i64,
-    pub sequence_number: i64,
-    pub file_sequence_number: Option<i64>,
+    pub(super) file: DataFile,
+    pub(super) snapshot_id: i64,
+    pub(super) sequence_number: i64,
+    pub(super) file_sequence_number: Option<i64>,
 }
 
 impl LiveFile {

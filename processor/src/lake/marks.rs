@@ -49,13 +49,20 @@ pub enum ProgressError {
     /// The marks file could not be read or written (storage trouble: retry).
     #[error("marks file {location}: {source}")]
     Io {
+        /// The marks file.
         location: String,
+        /// What storage said.
         #[source]
         source: Box<iceberg::Error>,
     },
     /// A recorded mark does not parse: the table was written by something else.
     #[error("marks in {location} do not parse: {reason}")]
-    Corrupt { location: String, reason: String },
+    Corrupt {
+        /// The marks file, or the summary key when the marks were inline.
+        location: String,
+        /// The JSON error.
+        reason: String,
+    },
 }
 
 impl ProgressError {

@@ -114,6 +114,8 @@ pub async fn commit(swap: &CatalogSwap, head: &Head, plan: &Plan) -> Result<Head
 /// Files removed by [`remove_files`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {
+    /// Files deleted, data and metadata; one that could not be deleted is logged and left
+    /// to orphan cleanup.
     pub files: usize,
     /// Manifest lists and manifests among them.
     pub metadata_files: usize,

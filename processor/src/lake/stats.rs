@@ -7,19 +7,27 @@ use serde::Serialize;
 /// What `/api/tables` says about a table.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableStats {
+    /// `namespace.table`.
     pub table: String,
+    /// Rows in the current snapshot (its summary's `total-records`; 0 with no snapshot).
     pub rows: u64,
+    /// Live data files in the current snapshot (`total-data-files`).
     pub data_files: u64,
+    /// Bytes of those data files (`total-files-size`).
     pub bytes: u64,
+    /// Snapshots the table's metadata keeps, the current one included.
     pub snapshots: usize,
     /// Manifests in the current snapshot's manifest list.
     pub manifests: usize,
     /// Files and bytes under the table's `metadata/` folder.
     pub metadata_files: usize,
+    /// Bytes of those metadata files.
     pub metadata_bytes: u64,
+    /// `None` while nothing has been committed to the table.
     pub current_snapshot_id: Option<i64>,
     /// Time of the last commit (RFC 3339), if any.
     pub last_commit: Option<String>,
+    /// [`TableStats::last_commit`] in milliseconds since the Unix epoch.
     pub last_commit_ms: Option<i64>,
 }
 

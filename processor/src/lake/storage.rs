@@ -27,6 +27,8 @@ use tokio::io::AsyncWriteExt;
 /// `/metrics`: what a commit or a maintenance pass costs in I/O.
 pub static READ_BYTES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
+/// The written half of [`READ_BYTES`]: bytes handed to the store, counted before the write
+/// completes (a failed write counts too).
 pub static WRITTEN_BYTES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
@@ -61,7 +63,7 @@ pub struct S3Config {
 /// Builds [`ObjectStorage`] for the catalog.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ObjectStoreFactory {
-    pub s3: S3Config,
+    pub(super) s3: S3Config,
 }
 
 #[typetag::serde(name = "sluice_object_store")]
@@ -92,6 +94,7 @@ fn store_err(location: &str, e: object_store::Error) -> Error {
 }
 
 impl ObjectStorage {
+    /// Storage reaching `s3://` locations as `s3` says; local paths need nothing.
     pub fn new(s3: S3Config) -> Self {
         Self {
             s3,

@@ -21,8 +21,11 @@ pub enum ColumnError {
     /// A column's type differs from the table's.
     #[error("column {column:?} has type {batch} but the table has {table}")]
     Type {
+        /// The column's name.
         column: String,
+        /// Its type in the batch.
         batch: DataType,
+        /// Its type in the table.
         table: DataType,
     },
     /// The batch lacks a column the table requires.
@@ -31,7 +34,9 @@ pub enum ColumnError {
     /// The columns map, but their values do not convert to the table's types.
     #[error("batch does not fit table {table}: {source}")]
     DoesNotFit {
+        /// `namespace.table`.
         table: String,
+        /// Why Arrow could not convert the values.
         source: Arc<ArrowError>,
     },
 }

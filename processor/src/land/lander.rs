@@ -27,14 +27,22 @@ use crate::telemetry::metrics::Metrics;
 /// The final word on a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// The batch is in its table now (the rows of it the table lacked, if it held some).
     Committed,
+    /// The table already held every row of the batch; nothing was added.
     Duplicate,
+    /// The batch will never land (its columns do not fit the table, or cannot make one);
+    /// the reason is for the sender. Sending it again does not help.
     Rejected(String),
 }
 
 /// A batch handed to the lander.
 pub struct LandRequest {
+    /// Who sent the batch and where it goes: agent, stream (the table), sequence. A JSON
+    /// topic's rows carry one made up from their topic partition and offsets.
     pub envelope: Envelope,
+    /// The rows, already checked against the envelope; the lander maps their columns onto
+    /// the table's.
     pub batch: RecordBatch,
     /// Size of the batch on the wire (Arrow IPC bytes); drives the commit size threshold.
     pub wire_bytes: usize,
@@ -42,6 +50,8 @@ pub struct LandRequest {
     pub received_at_us: i64,
     /// The Kafka message it came in, if it came from Kafka.
     pub origin: Option<Origin>,
+    /// Where the verdict goes. Dropped without one when the lander cannot take the batch
+    /// now (its table cannot be loaded): the sender must send it again.
     pub reply: oneshot::Sender<Verdict>,
 }
 
@@ -62,12 +72,19 @@ impl LandRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// An agent's batch, carried whole by one message.
-    Message { partition: Partition, offset: i64 },
+    Message {
+        /// The topic partition.
+        partition: Partition,
+        /// The message's offset in it.
+        offset: i64,
+    },
     /// One row per message, in offset order (plain JSON topics, dead letters). Each row
     /// is numbered by its offset + 1 (the envelope's sequence is the last row's), so the
     /// rows a table already holds are recognised one by one.
     Rows {
+        /// The topic partition.
         partition: Partition,
+        /// One offset per row of the batch, rising.
         offsets: Vec<i64>,
     },
 }
@@ -98,19 +115,25 @@ pub enum LanderError {
     /// The table could not be loaded from the catalog.
     #[error("cannot load table {table}: {source}")]
     Load {
+        /// `namespace.table`.
         table: String,
+        /// What the catalog said.
         source: iceberg::Error,
     },
     /// The tables of the lander's namespace could not be listed.
     #[error("cannot list the tables of {namespace}: {source}")]
     List {
+        /// The lander's namespace (`[lander] namespace`).
         namespace: String,
+        /// What the catalog said.
         source: iceberg::Error,
     },
     /// A table's marks could not be read.
     #[error("cannot read the marks of table {table}: {source}")]
     Marks {
+        /// `namespace.table`.
         table: String,
+        /// Why they could not be read.
         source: ProgressError,
     },
     /// The table loaded, but its marks or its columns could not be read.

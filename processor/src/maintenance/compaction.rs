@@ -36,6 +36,8 @@ pub struct CompactionOptions {
     /// Bins whose row groups average at least this size are merged by copying the row
     /// groups' encoded bytes; smaller row groups are decoded and re-encoded into large ones.
     pub copy_row_group_size: u64,
+    /// Parquet compression of the re-encoded files (`[lander] compression`); copied row
+    /// groups keep their own.
     pub compression: Compression,
     /// Size ratio between tiers; `None` packs every small file regardless of size (a
     /// one-off `maintain compact` does, to leave as few files as it can).
@@ -82,19 +84,30 @@ impl CompactionOptions {
 /// What one compaction of one table did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CompactionReport {
+    /// `namespace.table`.
     pub table: String,
+    /// Live data files when the run started.
     pub files_before: usize,
+    /// Live data files when it ended, those landed meanwhile included.
     pub files_after: usize,
+    /// Small files replaced by the bins committed.
     pub files_rewritten: usize,
+    /// Files written in their place.
     pub files_written: usize,
+    /// Bytes of the files replaced.
     pub bytes_read: u64,
+    /// Bytes of the files written in their place.
     pub bytes_written: u64,
+    /// Rows moved to new files; the table holds as many rows as before.
     pub rows_rewritten: u64,
     /// Bins merged by copying encoded row groups (the others were re-encoded).
     pub bins_copied: usize,
+    /// Bins decoded and encoded anew, as their row groups were too small to copy; counted,
+    /// like `bins_copied`, even when their commit then failed.
     pub bins_reencoded: usize,
     /// Commits that lost a race and were retried.
     pub conflicts: u32,
+    /// Wall-clock time of the run, in milliseconds.
     pub elapsed_ms: u64,
 }
 

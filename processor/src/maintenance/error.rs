@@ -11,16 +11,27 @@ pub enum MaintenanceError {
     Read(#[from] ReadError),
     /// Compaction wrote another number of rows than it read.
     #[error("wrote {written} rows for {read} read; not committing")]
-    WriteMismatch { written: u64, read: u64 },
+    WriteMismatch {
+        /// Rows in the files written.
+        written: u64,
+        /// Rows in the bin's files.
+        read: u64,
+    },
     /// Other writers kept committing first.
     #[error("gave up after {0} conflicting commits")]
     TooManyConflicts(u32),
+    /// The task's commit failed; [`CommitError::retryable`] says whether the next pass may
+    /// do better.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// The catalog or storage failed: a table, a manifest or a file could not be loaded,
+    /// listed, written or deleted. The next pass may succeed.
     #[error(transparent)]
     Iceberg(#[from] iceberg::Error),
+    /// A bin's rows could not be re-encoded into the table's schema.
     #[error(transparent)]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// A data file's Parquet could not be decoded, or the merged file not encoded.
     #[error(transparent)]
     Parquet(#[from] parquet::errors::ParquetError),
 }

@@ -18,8 +18,11 @@ use crate::models::Watermark;
 /// What expiry did to one table.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ExpireReport {
+    /// `namespace.table`.
     pub table: String,
+    /// Snapshots the table kept before the pass.
     pub snapshots_before: usize,
+    /// Snapshots it keeps after; as many as before when nothing was due to expire.
     pub snapshots_after: usize,
     /// Files only the expired snapshots used, removed.
     pub files_removed: usize,

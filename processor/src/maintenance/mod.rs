@@ -55,12 +55,19 @@ pub struct Scheduled {
 /// Everything a maintenance pass needs.
 #[derive(Clone)]
 pub struct Upkeep {
+    /// The catalog whose tables are maintained, every namespace of it.
     pub catalog: std::sync::Arc<dyn Catalog>,
+    /// The compare-and-swap compaction and expiry publish their commits with.
     pub swap: CatalogSwap,
+    /// The locks shared with the lander and the models, so commits queue rather than race.
     pub locks: CommitLocks,
+    /// `[maintenance]`: the intervals, and what compaction and expiry keep.
     pub cfg: MaintenanceConfig,
+    /// Parquet compression of the files compaction writes (`[lander] compression`).
     pub compression: crate::lake::Compression,
+    /// Where each pass's outcome per table, and what expiry removed, are counted.
     pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    /// The warehouse's storage, which orphan cleanup lists and deletes from.
     pub storage: ObjectStorage,
 }
 
@@ -139,7 +146,7 @@ type PassFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Se
 pub struct StopFlag(tokio::sync::watch::Receiver<bool>);
 
 impl StopFlag {
-    pub fn is_set(&self) -> bool {
+    fn is_set(&self) -> bool {
         *self.0.borrow()
     }
 }

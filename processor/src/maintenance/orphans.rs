@@ -18,10 +18,16 @@ use crate::lake::storage::ObjectStorage;
 /// What orphan cleanup did to one table.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct OrphanReport {
+    /// `namespace.table`.
     pub table: String,
+    /// Files listed under the table's location.
     pub files_seen: usize,
+    /// Files the table's metadata reaches: metadata files, manifest lists, manifests, live
+    /// data files and marks files, whether or not they still exist.
     pub referenced: usize,
+    /// Unreferenced files deleted.
     pub deleted: usize,
+    /// Bytes of those files.
     pub bytes_deleted: u64,
     /// Unreferenced files left because they are younger than the safety window.
     pub too_young: usize,

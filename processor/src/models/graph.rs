@@ -20,18 +20,20 @@ pub const QUARANTINE_NAMESPACE: &str = "quarantine";
 pub struct Model {
     /// The target table, `namespace.table`.
     pub name: String,
-    pub namespace: String,
-    pub table: String,
+    pub(super) namespace: String,
+    pub(super) table: String,
     /// Tables read, `namespace.table`, sorted.
     pub inputs: Vec<String>,
     /// Where failing rows go: `quarantine.<namespace>_<table>`.
     pub quarantine: String,
+    /// Its `[models.NAME]` section, as configured.
     pub cfg: ModelConfig,
 }
 
 /// Every model, in an order where each comes after the models it reads.
 #[derive(Debug, Clone, Default)]
 pub struct ModelGraph {
+    /// The models in run order; empty when none is configured.
     pub order: Vec<Model>,
 }
 
@@ -83,6 +85,7 @@ impl ModelGraph {
         })
     }
 
+    /// The model whose target is `name` (`namespace.table`), if there is one.
     pub fn get(&self, name: &str) -> Option<&Model> {
         self.order.iter().find(|m| m.name == name)
     }

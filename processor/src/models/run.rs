@@ -44,11 +44,14 @@ pub const SEQUENCE_PREFIX: &str = "sluice.model.sequence.";
 /// How far a model has read one input: the last snapshot read, and its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermark {
+    /// Id of the last input snapshot read.
     pub snapshot: i64,
+    /// Its sequence number: later snapshots have higher ones, even once it has expired.
     pub sequence: i64,
 }
 
 impl Watermark {
+    /// The watermark of having read up to `snapshot`.
     pub fn of(snapshot: &iceberg::spec::Snapshot) -> Self {
         Self {
             snapshot: snapshot.snapshot_id(),
@@ -62,14 +65,19 @@ const RUN_KEY: &str = "sluice.model.run";
 /// What a model runner needs; cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
+    /// The catalog models read from and write to.
     pub catalog: Arc<dyn Catalog>,
     /// The DataFusion catalog name SQL may use (`sluice.bronze.cpu`).
     pub catalog_name: String,
     /// Namespace of bare table names in SQL: the lander's.
     pub bronze: String,
+    /// The catalog's compare-and-swap that publishes each commit.
     pub swap: CatalogSwap,
+    /// Per-table commit locks shared with the lander and maintenance.
     pub locks: CommitLocks,
+    /// Parquet compression of the files models write.
     pub compression: Compression,
+    /// Where runs, rows and failed rules are counted.
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,14 +95,21 @@ pub struct ModelSettings {
 /// What one run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
+    /// The model (its target table).
     pub model: String,
     /// `ran`, `up_to_date`, or `waiting` (an input table does not exist yet).
     pub outcome: &'static str,
+    /// Input tables that do not exist yet (`waiting`).
     pub waiting_for: Vec<String>,
+    /// Input snapshots read.
     pub snapshots_read: usize,
+    /// Rows the model's SQL read from its inputs.
     pub input_rows: u64,
+    /// Rows written to the target table.
     pub output_rows: u64,
+    /// Rows written to the quarantine table instead.
     pub quarantined_rows: u64,
+    /// Per `expect` rule (and `unique`), the rows that failed it.
     pub failed_rules: BTreeMap<String, u64>,
     /// More input is waiting (an incremental run stopped at `max_files_per_run`).
     pub more: bool,
@@ -102,6 +117,7 @@ pub struct RunReport {
     pub quarantine_repeated: bool,
     /// Commits that lost a race and were retried.
     pub conflicts: u32,
+    /// Wall time of the run, in milliseconds.
     pub elapsed_ms: u64,
 }
 

@@ -12,14 +12,22 @@ use crate::receive::AccessConfig;
 /// Why a lane or a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
+    /// `[access]` grants nothing at all: neither rules nor `allow_all`.
     #[error(
         "the processor grants no streams: add [access.allow] rules (or access.allow_all = true)"
     )]
     NoRules,
+    /// The agent, named here, has no rules of its own and there is no `*` rule.
     #[error("agent {0:?} is not listed in the processor's [access.allow]")]
     UnknownAgent(String),
+    /// The agent has rules, but no pattern of them matches the stream.
     #[error("agent {agent:?} may not write stream {stream:?} (see [access.allow])")]
-    Stream { agent: String, stream: String },
+    Stream {
+        /// The agent, as its certificate names it.
+        agent: String,
+        /// The stream it asked to write.
+        stream: String,
+    },
 }
 
 impl Denied {

@@ -42,10 +42,10 @@ impl NotAdmitted {
 /// What a Kafka batch must pass before its payload is read: a signature by the agent it
 /// names (unless unsigned batches are allowed), and that agent's permission for the stream.
 pub struct Admission {
-    pub access: Arc<Access>,
+    pub(super) access: Arc<Access>,
     /// `None`: no CA to check against (only with `require_signed = false`).
-    pub verifier: Option<Verifier>,
-    pub require_signed: bool,
+    pub(super) verifier: Option<Verifier>,
+    pub(super) require_signed: bool,
 }
 
 impl Admission {

@@ -14,12 +14,22 @@ pub enum BatchError {
     InvalidIpc(#[source] ArrowError),
     /// The payload holds another number of rows than the envelope says.
     #[error("envelope says {envelope} rows, payload holds {payload}")]
-    RowCount { envelope: u32, payload: usize },
+    RowCount {
+        /// Rows the envelope says.
+        envelope: u32,
+        /// Rows the payload holds.
+        payload: usize,
+    },
     /// The payload's schema is not the one the envelope names.
     #[error(
         "envelope schema fingerprint {envelope:016x} does not match the payload's {payload:016x}"
     )]
-    Fingerprint { envelope: u64, payload: u64 },
+    Fingerprint {
+        /// The fingerprint the envelope carries.
+        envelope: u64,
+        /// [`sluice_protocol::schema_fingerprint`] of the payload's schema.
+        payload: u64,
+    },
 }
 
 impl BatchError {

@@ -19,10 +19,14 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject as _;
 use time::{Duration, OffsetDateTime};
 
-/// File names inside a certs directory.
+/// File names inside a certs directory: the CA's certificate, which agents and processors
+/// trust (`quic.ca`, `kafka.ca`).
 pub const CA_CERT: &str = "ca.pem";
+/// The CA's private key, which `certs issue` and `revoke` sign with.
 pub const CA_KEY: &str = "ca.key";
+/// The processor's server certificate (`quic.cert`).
 pub const SERVER_CERT: &str = "server.pem";
+/// The server certificate's private key (`quic.key`).
 pub const SERVER_KEY: &str = "server.key";
 /// The CA's certificate revocation list.
 pub const CRL: &str = "crl.pem";

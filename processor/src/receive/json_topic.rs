@@ -23,7 +23,12 @@ pub enum JsonError {
     NotObject,
     /// A number with a fraction where the column holds integers.
     #[error("does not fit the columns: {column} is {value}, not an integer")]
-    NotInteger { column: String, value: String },
+    NotInteger {
+        /// The column's name.
+        column: String,
+        /// The value as the message has it.
+        value: String,
+    },
     /// A value the JSON reader cannot convert to its column's type.
     #[error("does not fit the columns: {0}")]
     DoesNotFit(#[source] ArrowError),
@@ -66,11 +71,17 @@ impl JsonError {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum JsonType {
+    /// UTF-8 text.
     String,
+    /// A 64-bit signed integer; a number with a fraction does not fit.
     Long,
+    /// A 32-bit signed integer; a number with a fraction does not fit.
     Int,
+    /// A 64-bit float.
     Double,
+    /// A 32-bit float.
     Float,
+    /// `true` or `false`.
     Boolean,
     /// RFC 3339 text (or an integer count of microseconds), stored as UTC microseconds.
     Timestamp,
@@ -111,7 +122,7 @@ pub struct JsonTopic {
 }
 
 impl JsonTopic {
-    pub fn new(table: String, schema: Option<SchemaRef>) -> Self {
+    pub(super) fn new(table: String, schema: Option<SchemaRef>) -> Self {
         Self { table, schema }
     }
 
@@ -226,14 +237,14 @@ pub fn dead_letter_schema() -> SchemaRef {
 
 /// A message that did not land where it should, as a dead-letter row.
 pub struct DeadLetter<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub value: Option<&'a [u8]>,
-    pub reason: &'a str,
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) value: Option<&'a [u8]>,
+    pub(super) reason: &'a str,
     /// The message's timestamp, microseconds since the epoch.
-    pub timestamp_us: Option<i64>,
+    pub(super) timestamp_us: Option<i64>,
 }
 
 /// Dead letters as rows of the dead-letter table.

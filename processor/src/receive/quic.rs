@@ -21,8 +21,11 @@ use crate::telemetry::metrics::Metrics;
 /// Settings of the receiver.
 #[derive(Clone)]
 pub struct Receiver {
+    /// Where accepted batches go; their verdicts become the agents' acks.
     pub lander: Lander,
+    /// Where connections, lanes and refused frames are counted.
     pub metrics: Arc<Metrics>,
+    /// Larger frames are refused before being read (`quic.max_frame_bytes`).
     pub max_frame_bytes: usize,
     /// Which streams each agent may write.
     pub access: Arc<Access>,

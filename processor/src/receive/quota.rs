@@ -11,18 +11,34 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The limits, from `[quic]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Connections one agent may have open (`quic.max_connections_per_agent`).
     pub connections: usize,
+    /// Lanes one agent may have open, over all its connections (`quic.max_lanes_per_agent`).
     pub lanes: usize,
+    /// Bytes of one agent's batches read and not yet settled
+    /// (`quic.max_inflight_bytes_per_agent`).
     pub inflight_bytes: usize,
 }
 
 /// A share that is full.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Exceeded {
+    /// The agent has as many connections open as it may; the new one is refused.
     #[error("agent {agent:?} already has {limit} connections (quic.max_connections_per_agent)")]
-    Connections { agent: String, limit: usize },
+    Connections {
+        /// The agent, as its certificate names it.
+        agent: String,
+        /// [`Limits::connections`].
+        limit: usize,
+    },
+    /// The agent has as many lanes open as it may; the new one is refused.
     #[error("agent {agent:?} already has {limit} lanes open (quic.max_lanes_per_agent)")]
-    Lanes { agent: String, limit: usize },
+    Lanes {
+        /// The agent, as its certificate names it.
+        agent: String,
+        /// [`Limits::lanes`].
+        limit: usize,
+    },
 }
 
 impl Exceeded {
@@ -57,6 +73,7 @@ pub struct Slot {
 }
 
 impl Quotas {
+    /// No agent holds anything yet; each is held to `limits`.
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             limits,

@@ -25,14 +25,25 @@ const MAX_KNOWN: usize = 4096;
 /// Why a message's batch is not taken as its agent's.
 #[derive(Debug, thiserror::Error)]
 pub enum Unverified {
+    /// The message carries no signature, and `kafka.require_signed` asks for one.
     #[error("the message is not signed (no sluice-cert and sluice-signature headers)")]
     Unsigned,
+    /// The certificate does not chain to the CA (or is revoked, expired, or names no
+    /// agent); why, as the check said.
     #[error("the signing certificate is not an agent certificate of the CA: {0}")]
     Untrusted(String),
+    /// The certificate is sound, but another agent's than the envelope names.
     #[error("the signing certificate names agent {cert:?}, the message claims {claimed:?}")]
-    WrongAgent { cert: String, claimed: String },
+    WrongAgent {
+        /// The agent the certificate names (its common name).
+        cert: String,
+        /// The agent the envelope names.
+        claimed: String,
+    },
+    /// The signature scheme, named here, is not one the processor checks.
     #[error("signature scheme {0:?} is not accepted")]
     Scheme(String),
+    /// The signature is not the certificate key's over the envelope and the payload.
     #[error("the signature does not match the batch")]
     BadSignature,
 }

@@ -410,6 +410,8 @@ fn table(t: &str) -> TableLabels {
 }
 
 impl Metrics {
+    /// Metrics with a health of their own (default thresholds), for commands and tests
+    /// that serve no `/health`.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -422,15 +424,19 @@ impl Metrics {
         })
     }
 
+    /// An agent's connection passed the handshake and is open.
     pub fn connection_opened(&self) {
         self.connections.inc();
         self.connections_open.inc();
     }
 
+    /// An open connection ended, however it ended.
     pub fn connection_closed(&self) {
         self.connections_open.dec();
     }
 
+    /// A connection was refused before it opened, for `reason` (`tls_handshake`, `timeout`,
+    /// `no_identity`, `too_many_connections`, ...).
     pub fn connection_rejected(&self, reason: &str) {
         self.connections_rejected
             .get_or_create(&ReasonLabels {
@@ -439,6 +445,8 @@ impl Metrics {
             .inc();
     }
 
+    /// A QUIC lane, or a Kafka batch, was refused because its agent may not write the
+    /// stream (`reason` from [`crate::receive::access::Denied::reason`]).
     pub fn lane_refused(&self, reason: &str) {
         self.lanes_refused
             .get_or_create(&ReasonLabels {
@@ -447,6 +455,7 @@ impl Metrics {
             .inc();
     }
 
+    /// A frame was refused (malformed, unexpected or invalid), for `reason`.
     pub fn frame_rejected(&self, reason: &str) {
         self.frames_rejected
             .get_or_create(&ReasonLabels {
@@ -455,6 +464,8 @@ impl Metrics {
             .inc();
     }
 
+    /// The lander was handed a batch of `rows` rows and `bytes` Arrow IPC bytes for table
+    /// `t`; redeliveries count again.
     pub fn batch_received(&self, t: &str, rows: usize, bytes: usize) {
         let l = table(t);
         self.batches_received.get_or_create(&l).inc();
@@ -462,16 +473,19 @@ impl Metrics {
         self.bytes_received.get_or_create(&l).inc_by(bytes as u64);
     }
 
+    /// Table `t` already held a whole batch: acknowledged without writing.
     pub fn batch_duplicate(&self, t: &str) {
         self.batches_duplicate.get_or_create(&table(t)).inc();
     }
 
+    /// `rows` rows of a batch for table `t` were left out as the table already held them.
     pub fn rows_duplicate(&self, t: &str, rows: usize) {
         self.rows_duplicate
             .get_or_create(&table(t))
             .inc_by(rows as u64);
     }
 
+    /// A batch of `rows` rows for table `t` was refused for good, for `reason`.
     pub fn batch_rejected(&self, t: &str, reason: &str, rows: usize) {
         let l = TableReasonLabels {
             table: t.into(),
@@ -539,6 +553,8 @@ impl Metrics {
             .collect()
     }
 
+    /// A commit of table `t` added `rows` rows (`bytes` of them as received, in Arrow IPC
+    /// bytes), `seconds` after it started writing.
     pub fn committed(&self, t: &str, rows: u64, bytes: u64, seconds: f64) {
         self.committed_total.fetch_add(rows, Ordering::Relaxed);
         let l = table(t);
@@ -548,6 +564,7 @@ impl Metrics {
         self.commit_seconds.get_or_create(&l).observe(seconds);
     }
 
+    /// A batch of table `t` was committed `seconds` after its agent cut it.
     pub fn batch_latency(&self, t: &str, seconds: f64) {
         self.batch_latency_seconds
             .get_or_create(&table(t))
@@ -572,6 +589,7 @@ impl Metrics {
             .inc_by(files as u64);
     }
 
+    /// A commit attempt of table `t` failed for `reason`; it is retried.
     pub fn commit_failed(&self, t: &str, reason: &str) {
         self.commit_failures
             .get_or_create(&TableReasonLabels {
@@ -581,6 +599,8 @@ impl Metrics {
             .inc();
     }
 
+    /// A run of `model` ended with `outcome` (`ran`, `up_to_date`, `waiting`, `error`) after
+    /// `seconds`, committing `rows` rows and quarantining the counts in `failed` per rule.
     pub fn model_run(
         &self,
         model: &str,
@@ -612,6 +632,8 @@ impl Metrics {
         }
     }
 
+    /// A scheduled `task` (`expire`, `compact`, `orphans`) on `table` ended with `outcome`
+    /// (`ok`, or the error's reason).
     pub fn maintenance_run(&self, table: &str, task: &str, outcome: &str) {
         self.maintenance_runs
             .get_or_create(&MaintenanceLabels {
@@ -622,6 +644,7 @@ impl Metrics {
             .inc();
     }
 
+    /// A message of `topic` was consumed (re-reads included).
     pub fn kafka_message(&self, topic: &str) {
         self.kafka_messages
             .get_or_create(&TopicLabels {
@@ -630,6 +653,7 @@ impl Metrics {
             .inc();
     }
 
+    /// A message of `topic` went to the dead-letter table.
     pub fn kafka_dead_letter(&self, topic: &str) {
         self.kafka_dead_letters
             .get_or_create(&TopicLabels {
@@ -638,6 +662,7 @@ impl Metrics {
             .inc();
     }
 
+    /// The consumer group rebalanced: `kind` is `assign` or `revoke`.
     pub fn kafka_rebalance(&self, kind: &str) {
         self.kafka_rebalances
             .get_or_create(&KindLabels {
@@ -646,10 +671,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A query through the API ended with `outcome`: `ok`, `refused` (not a read), `busy`,
+    /// `memory`, `timeout`, or `error` (the SQL failed).
     pub fn query(&self, outcome: &'static str) {
         self.queries.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    /// A Kafka batch was dead-lettered as its signature does not prove its agent, for
+    /// `reason` (`unsigned`, `bad_signature`, ...).
     pub fn kafka_unverified(&self, reason: &str) {
         self.kafka_unverified
             .get_or_create(&ReasonLabels {
@@ -658,6 +687,8 @@ impl Metrics {
             .inc();
     }
 
+    /// An agent's batch for table `t` skipped sequence numbers: batches were lost before
+    /// they reached the processor.
     pub fn sequence_gap(&self, t: &str) {
         self.sequence_gaps.get_or_create(&table(t)).inc();
     }

@@ -27,7 +27,9 @@ const FORGET_AGENTS_AFTER_MS: i64 = 3600 * 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
+    /// Straight from the agent, over QUIC.
     Quic,
+    /// Through a Kafka topic: an agent's Kafka sink, or a plain JSON topic.
     Kafka,
 }
 
@@ -57,6 +59,7 @@ struct Agent {
 /// One point of the history.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
+    /// When it was taken, milliseconds since the Unix epoch.
     pub at_ms: i64,
     /// Rows committed per second, over all tables, since the sample before.
     pub rows_per_second: f64,
@@ -67,12 +70,20 @@ pub struct Sample {
 /// An agent, as the report shows it.
 #[derive(Debug, Serialize)]
 pub struct AgentReport {
+    /// The agent's name (a plain JSON topic's rows: their topic partition).
     pub agent: String,
+    /// How its latest batch arrived.
     pub via: Via,
+    /// Tables it sent batches to (`namespace.table`), sorted.
     pub streams: Vec<String>,
+    /// When its latest batch arrived, milliseconds since the Unix epoch.
     pub last_seen_ms: i64,
+    /// Seconds from then to the report.
     pub seconds_since_seen: f64,
+    /// Rows received from it since this processor started, redeliveries included (from 0
+    /// again once it was silent for an hour and forgotten).
     pub rows: u64,
+    /// Arrow IPC bytes received with those rows.
     pub bytes: u64,
     /// Rows received per second over the last minute.
     pub rows_per_second: f64,
@@ -81,6 +92,7 @@ pub struct AgentReport {
 /// A table, as the report shows it.
 #[derive(Debug, Serialize)]
 pub struct TableReport {
+    /// The table as of the last sample; its fields are the report's own in the JSON.
     #[serde(flatten)]
     pub stats: TableStats,
     /// Now minus the newest committed `_ingested_at` (bronze tables this processor lands).
@@ -90,9 +102,13 @@ pub struct TableReport {
 /// `GET /api/status`.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// When the report was made, milliseconds since the Unix epoch.
     pub now_ms: i64,
+    /// Agents seen in the last hour, by name.
     pub agents: Vec<AgentReport>,
+    /// Every table of the catalog, as of the last sample.
     pub tables: Vec<TableReport>,
+    /// The samples of the last hour, oldest first.
     pub history: Vec<Sample>,
 }
 

@@ -102,7 +102,7 @@ impl ConsumeLoop {
         self.consumer.unsubscribe();
     }
 
-    fn on_message(&mut self, msg: OwnedMessage) {
+    pub(super) fn on_message(&mut self, msg: OwnedMessage) {
         let partition: Partition = (msg.topic().to_string(), msg.partition());
         let offset = msg.offset();
         self.metrics.kafka_message(&partition.0);
@@ -184,7 +184,7 @@ impl ConsumeLoop {
         }
     }
 
-    fn collect_verdicts(&mut self) {
+    pub(super) fn collect_verdicts(&mut self) {
         let mut rewind: HashMap<Partition, i64> = HashMap::new();
         let mut settled_bytes = 0;
         let mut refused = Vec::new();
@@ -305,5 +305,176 @@ impl ConsumeLoop {
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::debug!("cannot commit the group's offsets (a hint only): {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::super::decode::DecodeError;
+    use super::super::testing::{AGENTS, DEAD_LETTERS, Fixture, agent_message, envelope};
+    use super::super::testing::{binaries, cpu_rows, ints, texts};
+    use super::*;
+    use crate::lake::{AGENT_COLUMN, SEQ_COLUMN};
+    use crate::receive::admission::NotAdmitted;
+    use crate::receive::signed::Unverified;
+
+    fn agents() -> Partition {
+        (AGENTS.to_string(), 0)
+    }
+
+    #[test]
+    fn a_genuine_batch_lands_in_its_stream_and_a_refused_one_in_the_dead_letters_with_its_reason() {
+        let mut f = Fixture::new();
+        f.inflight.assign(agents(), Some(0));
+        let (_, _, genuine) = f.genuine("edge-01", 1, 0);
+        let batch = cpu_rows(2);
+        let payload = sluice_protocol::encode_batch(&batch).expect("ipc");
+        let unsigned = agent_message(
+            &envelope("edge-01", "cpu", 2, &batch),
+            payload.clone(),
+            None,
+            1,
+        );
+        f.read([genuine, unsigned]);
+        f.settle();
+        let cpu = f.rows("cpu");
+        assert_eq!(texts(&cpu, "host"), ["h0", "h1", "h2"]);
+        assert_eq!(texts(&cpu, AGENT_COLUMN), ["edge-01"; 3]);
+        assert_eq!(ints(&cpu, SEQ_COLUMN), [1; 3]);
+        let letters = f.rows(DEAD_LETTERS);
+        assert_eq!(ints(&letters, "offset"), [1]);
+        let why = DecodeError::from(NotAdmitted::from(Unverified::Unsigned)).to_string();
+        assert_eq!(texts(&letters, "reason"), [why]);
+        assert_eq!(binaries(&letters, "value"), [payload], "raw");
+        assert_eq!(f.inflight.settled(), vec![(agents(), 2)]);
+    }
+
+    #[test]
+    fn a_batch_the_lander_rejects_is_dead_lettered_and_settled_only_once_that_is_in() {
+        let mut f = Fixture::new();
+        f.inflight.assign(agents(), Some(0));
+        // Signed and granted, but a column the lake keeps for itself: no table takes it.
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("_seq", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .expect("batch");
+        let env = envelope("edge-01", "cpu", 1, &batch);
+        let payload = sluice_protocol::encode_batch(&batch).expect("ipc");
+        let sig = f.signed("edge-01", &env, &payload);
+        f.read([agent_message(&env, payload, Some(&sig), 0)]);
+        assert_eq!(f.lp.waiting.len(), 1);
+        // Its verdict comes: the message is handed over again, as a dead letter.
+        for _ in 0..200 {
+            f.runtime_flush();
+            f.lp.collect_verdicts();
+            if f.lp.waiting.first().is_some_and(|w| w.messages.is_empty()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            f.lp.waiting.first().is_some_and(|w| w.messages.is_empty()),
+            "the dead letter is handed over"
+        );
+        assert_eq!(
+            f.inflight.settled(),
+            vec![(agents(), 0)],
+            "not settled before its dead letter is in"
+        );
+        f.settle();
+        let letters = f.rows(DEAD_LETTERS);
+        assert_eq!(ints(&letters, "offset"), [0]);
+        let reason = texts(&letters, "reason").concat();
+        assert!(reason.starts_with("refused by the lander: "), "{reason}");
+        assert!(reason.contains("reserved"), "{reason}");
+        assert_eq!(texts(&letters, AGENT_COLUMN), ["agents-0-refused"]);
+        assert!(f.rows("cpu").is_empty());
+        assert_eq!(f.inflight.settled(), vec![(agents(), 1)]);
+    }
+
+    #[test]
+    fn a_batch_the_lander_could_not_take_is_read_again_from_its_first_offset_after_a_pause() {
+        let mut f = Fixture::new();
+        let other: Partition = (AGENTS.to_string(), 1);
+        f.inflight.assign(agents(), Some(4));
+        for o in [4, 5, 7] {
+            f.inflight.read(&agents(), o);
+        }
+        // The lander dropped them untaken (their table could not be loaded).
+        let untaken = |partition: &Partition, offsets: &[i64], bytes| {
+            let (_, verdict) = oneshot::channel();
+            Waiting {
+                partition: partition.clone(),
+                offsets: offsets.to_vec(),
+                bytes,
+                verdict,
+                messages: Vec::new(),
+            }
+        };
+        f.lp.waiting = vec![
+            untaken(&agents(), &[7], 100),
+            untaken(&agents(), &[4, 5], 50),
+            untaken(&other, &[9], 25),
+        ];
+        f.lp.waiting_bytes = 175;
+        let before = Instant::now();
+        f.lp.collect_verdicts();
+        assert!(f.lp.waiting.is_empty());
+        assert_eq!(f.lp.waiting_bytes, 0);
+        let (at, rewind) = f.lp.rewind_at.clone().expect("a rewind is due");
+        assert_eq!(rewind, HashMap::from([(agents(), 4), (other, 9)]));
+        assert!(at >= before + Duration::from_secs(1), "after a pause");
+        assert_eq!(
+            f.inflight.settled(),
+            vec![(agents(), 4)],
+            "still open: no mark passes them"
+        );
+        // Not before it is due; then done once.
+        f.lp.rewind_if_due();
+        assert!(f.lp.rewind_at.is_some());
+        f.lp.rewind_at = Some((Instant::now(), rewind));
+        f.lp.rewind_if_due();
+        assert!(f.lp.rewind_at.is_none());
+    }
+
+    #[test]
+    fn reads_pause_once_256_mib_wait_for_commits_and_resume_below() {
+        let mut f = Fixture::new();
+        let mut assigned = TopicPartitionList::new();
+        assigned.add_partition(AGENTS, 0);
+        f.lp.consumer.assign(&assigned).expect("assign");
+        f.lp.waiting_bytes = MAX_WAITING_BYTES - 1;
+        f.lp.hold_back();
+        assert!(!f.lp.paused);
+        f.lp.waiting_bytes = MAX_WAITING_BYTES;
+        f.lp.hold_back();
+        assert!(f.lp.paused, "paused at the limit");
+        f.lp.waiting_bytes = MAX_WAITING_BYTES + 1;
+        f.lp.hold_back();
+        assert!(f.lp.paused);
+        f.lp.waiting_bytes = MAX_WAITING_BYTES - 1;
+        f.lp.hold_back();
+        assert!(!f.lp.paused, "resumed below it");
+    }
+
+    #[test]
+    fn broker_errors_are_over_only_once_the_brokers_answer() {
+        let mut f = Fixture::new();
+        f.lp.health.error("all brokers down");
+        f.lp.broker_errors.store(true, Ordering::Relaxed);
+        // Checked at most every 5 s.
+        let last = f.lp.health_checked;
+        f.lp.check_brokers();
+        assert_eq!(f.lp.health_checked, last, "not asked again yet");
+        // Due: asked, and no broker answers.
+        f.lp.health_checked = Instant::now() - Duration::from_secs(5);
+        f.lp.check_brokers();
+        assert!(f.lp.health_checked > last, "asked");
+        assert!(f.lp.broker_errors.load(Ordering::Relaxed));
+        assert!(!f.metrics.health.ready().ok, "still failing");
     }
 }

@@ -140,3 +140,75 @@ impl ConsumerContext for GroupContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Fixture, LOGS, json_message};
+    use super::*;
+
+    #[test]
+    fn partitions_assigned_start_where_the_tables_marks_say_and_are_let_go_when_revoked() {
+        let mut f = Fixture::new();
+        let p0: Partition = (LOGS.to_string(), 0);
+        let p1: Partition = (LOGS.to_string(), 1);
+        f.inflight.assign(p0.clone(), Some(10));
+        f.read((10..13).map(|o| json_message(o, br#"{"level":"x"}"#)));
+        f.settle();
+        // Another processor is given the partitions: it starts from the tables.
+        f.inflight.release(&p0);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(LOGS, 0);
+        tpl.add_partition(LOGS, 1);
+        let ctx = f.lp.consumer.context();
+        ctx.rebalance(
+            &f.lp.consumer,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS,
+            &mut tpl,
+        );
+        let start = |p: &Partition| tpl.find_partition(&p.0, p.1).map(|e| e.offset());
+        assert_eq!(start(&p0), Some(Offset::Offset(13)), "past what landed");
+        assert_eq!(
+            start(&p1),
+            Some(Offset::Invalid),
+            "no mark: the group's default"
+        );
+        assert!(f.inflight.epoch(&p0).is_some() && f.inflight.epoch(&p1).is_some());
+        assert_eq!(f.inflight.settled(), vec![(p0.clone(), 13)]);
+        let assigned = f.lp.consumer.assignment().expect("assignment");
+        assert_eq!(assigned.count(), 2);
+        assert_eq!(f.counter("kafka_rebalances_total{kind=\"assign\"}"), 1);
+
+        ctx.rebalance(
+            &f.lp.consumer,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS,
+            &mut tpl,
+        );
+        assert_eq!(f.inflight.epoch(&p0), None, "no longer claimed");
+        assert_eq!(f.inflight.epoch(&p1), None);
+        assert_eq!(f.lp.consumer.assignment().expect("assignment").count(), 0);
+        assert_eq!(f.counter("kafka_rebalances_total{kind=\"revoke\"}"), 1);
+    }
+
+    #[test]
+    fn a_broker_error_makes_the_consumer_unready_and_has_the_loop_check_the_brokers() {
+        let f = Fixture::new();
+        assert!(f.metrics.health.ready().ok);
+        f.lp.consumer.context().error(
+            rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::AllBrokersDown),
+            "127.0.0.1:9: connection refused",
+        );
+        assert!(f.lp.broker_errors.load(Ordering::Relaxed));
+        let ready = f.metrics.health.ready();
+        assert!(!ready.ok);
+        assert!(
+            ready
+                .problems
+                .iter()
+                .any(|p| p.starts_with("kafka consumer") && p.contains("connection refused")),
+            "{ready:?}"
+        );
+        // The loop's check clears it once the brokers answer.
+        f.lp.health.recovered();
+        assert!(f.metrics.health.ready().ok);
+    }
+}

@@ -28,6 +28,7 @@
 //! | `run.rs` | plain JSON messages gathered in runs and landed row by row |
 //! | `dead_letters.rs` | messages that cannot land where they should, to the dead-letter table |
 //! | `stall.rs` | partitions another member holds and does not move: rejoin the group |
+//! | `testing.rs` | test helpers: a consume loop over a test lake, no broker; signed messages |
 
 mod consume;
 mod dead_letters;
@@ -35,6 +36,8 @@ mod decode;
 mod group;
 mod run;
 mod stall;
+#[cfg(test)]
+mod testing;
 
 use std::collections::HashMap;
 use std::sync::Arc;

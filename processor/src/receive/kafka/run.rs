@@ -208,3 +208,271 @@ pub(super) fn offset_envelope(
         checkpoint: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{
+        DEAD_LETTERS, Fixture, LOGS, LOGS_TABLE, SENT_AT_MS, json_message,
+    };
+    use super::super::testing::{ints, texts};
+    use super::*;
+    use crate::lake::{AGENT_COLUMN, SEQ_COLUMN};
+
+    fn logs() -> Partition {
+        (LOGS.to_string(), 0)
+    }
+
+    /// A message of the JSON topic that fits its columns.
+    fn line(offset: i64) -> OwnedMessage {
+        json_message(
+            offset,
+            format!(r#"{{"level":"l{offset}","ms":{offset}}}"#).as_bytes(),
+        )
+    }
+
+    /// The landed rows of `table`: (`_seq`, `_agent`, `column`), in `_seq` order.
+    fn landed(f: &Fixture, table: &str, column: &str) -> Vec<(i64, String, String)> {
+        let rows = f.rows(table);
+        let mut out: Vec<(i64, String, String)> = ints(&rows, SEQ_COLUMN)
+            .into_iter()
+            .zip(texts(&rows, AGENT_COLUMN))
+            .zip(texts(&rows, column))
+            .map(|((s, a), c)| (s, a, c))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn run_len(f: &Fixture) -> Option<usize> {
+        f.lp.runs.get(&logs()).map(Run::len)
+    }
+
+    #[test]
+    fn json_messages_read_one_after_the_other_land_as_one_run_numbered_by_offset() {
+        let mut f = Fixture::new();
+        f.inflight.assign(logs(), Some(10));
+        f.read((10..13).map(line));
+        assert_eq!(run_len(&f), Some(3), "gathered, not landed one by one");
+        assert!(f.lp.waiting.is_empty());
+        f.lp.flush_runs(true);
+        assert_eq!(f.lp.waiting.len(), 1, "one batch for the run");
+        assert_eq!(f.inflight.settled(), vec![(logs(), 10)], "not yet landed");
+        f.settle();
+        let agent = "logs-topic-0".to_string();
+        assert_eq!(
+            landed(&f, LOGS_TABLE, "level"),
+            vec![
+                (11, agent.clone(), "l10".into()),
+                (12, agent.clone(), "l11".into()),
+                (13, agent.clone(), "l12".into()),
+            ],
+            "each row numbered by its offset + 1, as the partition's rows"
+        );
+        let table = f.rt.block_on(f.lake.table(LOGS_TABLE));
+        assert_eq!(table.metadata().snapshots().len(), 1, "one commit");
+        assert_eq!(f.inflight.settled(), vec![(logs(), 13)]);
+
+        // Read again from offset 11 (a restart, say): only what the table lacks lands.
+        f.read((11..15).map(line));
+        f.settle();
+        let seqs: Vec<i64> = landed(&f, LOGS_TABLE, "level")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, [11, 12, 13, 14, 15]);
+        assert_eq!(f.inflight.settled(), vec![(logs(), 15)]);
+    }
+
+    #[test]
+    fn a_seek_back_or_a_new_assignment_starts_another_run() {
+        let mut f = Fixture::new();
+        f.inflight.assign(logs(), Some(10));
+        f.read([line(10), line(11)]);
+        // A rewind reads 10 again: what was gathered goes as it is, 10 starts a new run.
+        f.read([line(10)]);
+        assert_eq!(f.lp.waiting.len(), 1, "the first run handed over");
+        assert_eq!(run_len(&f), Some(1));
+        f.read([line(11), line(12)]);
+        assert_eq!(run_len(&f), Some(3));
+        f.settle();
+        let seqs: Vec<i64> = landed(&f, LOGS_TABLE, "level")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, [11, 12, 13], "every message once");
+
+        // The partition was given up and given back meanwhile: the run read under the
+        // earlier assignment is dropped, not landed (the group starts the new one afresh).
+        f.read([line(13), line(14)]);
+        f.inflight.assign(logs(), Some(13));
+        f.read([line(13)]);
+        assert!(f.lp.waiting.is_empty(), "the old run is not handed over");
+        assert_eq!(run_len(&f), Some(1));
+        // Given up: a run of a partition no longer held is not landed.
+        f.inflight.release(&logs());
+        f.lp.flush_runs(true);
+        assert!(f.lp.waiting.is_empty() && f.lp.runs.is_empty());
+        let seqs: Vec<i64> = landed(&f, LOGS_TABLE, "level")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, [11, 12, 13]);
+    }
+
+    #[test]
+    fn a_run_is_handed_over_once_it_holds_8192_messages_or_4_mib_or_is_100_ms_old() {
+        let mut f = Fixture::new();
+        f.inflight.assign(logs(), Some(0));
+        let rows = i64::try_from(RUN_ROWS).expect("rows");
+        f.read((0..rows - 1).map(line));
+        assert_eq!(run_len(&f), Some(RUN_ROWS - 1));
+        assert!(f.lp.waiting.is_empty());
+        f.read([line(rows - 1)]);
+        assert_eq!(run_len(&f), None, "full at {RUN_ROWS} messages");
+        assert_eq!(f.lp.waiting.len(), 1);
+
+        // Bytes: one byte short of 4 MiB waits; the message that reaches it (a misfit,
+        // which counts too) sends the run.
+        let pad = |len: usize| format!(r#"{{"level":"{}"}}"#, "x".repeat(len - 12));
+        let at = rows;
+        f.read([json_message(at, pad(RUN_BYTES - 100).as_bytes())]);
+        f.read([json_message(at + 1, pad(99).as_bytes())]);
+        assert_eq!(run_len(&f), Some(2), "{} bytes", RUN_BYTES - 1);
+        f.read([json_message(at + 2, b"1")]);
+        assert_eq!(run_len(&f), None, "full at {RUN_BYTES} bytes");
+        assert_eq!(
+            f.lp.waiting.len(),
+            3,
+            "its rows, and its misfit as a dead letter"
+        );
+
+        // Age: flushed by the loop's regular call once 100 ms old, not before.
+        f.read([line(at + 3)]);
+        let started = |f: &mut Fixture, ago: Duration| {
+            if let Some(run) = f.lp.runs.get_mut(&logs()) {
+                run.started = Instant::now() - ago;
+            }
+        };
+        started(&mut f, RUN_AGE - Duration::from_millis(20));
+        f.lp.flush_runs(false);
+        assert_eq!(run_len(&f), Some(1), "younger than {RUN_AGE:?}");
+        started(&mut f, RUN_AGE);
+        f.lp.flush_runs(false);
+        assert_eq!(run_len(&f), None, "{RUN_AGE:?} old");
+        assert_eq!(f.lp.waiting.len(), 4);
+
+        f.settle();
+        assert_eq!(
+            f.rows(LOGS_TABLE)
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            RUN_ROWS + 3
+        );
+        assert_eq!(
+            f.rows(DEAD_LETTERS)
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            1
+        );
+        assert_eq!(f.inflight.settled(), vec![(logs(), rows + 4)]);
+    }
+
+    #[test]
+    fn messages_of_a_run_that_do_not_fit_go_to_the_dead_letters_with_their_reasons() {
+        let mut f = Fixture::new();
+        f.inflight.assign(logs(), Some(19));
+        // A message still in flight holds the partition's mark back: what keeps a run
+        // read again from landing twice is its rows' numbering alone.
+        f.inflight.read(&logs(), 19);
+        let run = || {
+            [
+                json_message(20, br#"{"level":"a","ms":1}"#),
+                json_message(21, b"not json"),
+                // A JSON object whose `ms` is text: it parses, and fails only as a row.
+                json_message(22, br#"{"level":"b","ms":"slow"}"#),
+                json_message(23, br#"{"level":"c","ms":2}"#),
+                json_message(24, b"[1]"),
+            ]
+        };
+        f.read(run());
+        f.settle();
+        let agent = "logs-topic-0".to_string();
+        assert_eq!(
+            landed(&f, LOGS_TABLE, "level"),
+            vec![
+                (21, agent.clone(), "a".into()),
+                (24, agent.clone(), "c".into())
+            ]
+        );
+        let letters = f.rows(DEAD_LETTERS);
+        // Handed over in offset order, as one lane numbered by offset: its mark is the
+        // last offset + 1.
+        assert_eq!(ints(&letters, "offset"), [21, 22, 24], "as landed");
+        let mark =
+            f.rt.block_on(f.lp.lander.committed_mark("logs-topic-0", DEAD_LETTERS))
+                .expect("mark");
+        assert_eq!(mark, (25, None));
+        let mut got: Vec<(i64, i64, String, String, String)> = ints(&letters, "offset")
+            .into_iter()
+            .zip(ints(&letters, SEQ_COLUMN))
+            .zip(texts(&letters, AGENT_COLUMN))
+            .zip(texts(&letters, "value"))
+            .zip(texts(&letters, "reason"))
+            .map(|((((o, s), a), v), r)| (o, s, a, v, r))
+            .collect();
+        got.sort();
+        let offsets: Vec<(i64, i64)> = got.iter().map(|g| (g.0, g.1)).collect();
+        assert_eq!(
+            offsets,
+            [(21, 22), (22, 23), (24, 25)],
+            "numbered by offset"
+        );
+        assert!(got.iter().all(|g| g.2 == agent), "{got:?}");
+        let values: Vec<&str> = got.iter().map(|g| g.3.as_str()).collect();
+        assert_eq!(
+            values,
+            ["not json", r#"{"level":"b","ms":"slow"}"#, "[1]"],
+            "raw"
+        );
+        assert!(got[0].4.starts_with("not JSON: "), "{}", got[0].4);
+        assert!(
+            got[1].4.starts_with("does not fit the columns: "),
+            "{}",
+            got[1].4
+        );
+        assert_eq!(got[2].4, "not a JSON object");
+        assert_eq!(texts(&letters, "topic"), [LOGS; 3]);
+        assert_eq!(ints(&letters, "partition"), [0; 3]);
+        assert_eq!(ints(&letters, "timestamp"), [SENT_AT_MS * 1000; 3]);
+        assert_eq!(
+            f.counter("kafka_dead_letters_total{topic=\"logs-topic\"}"),
+            3
+        );
+        assert_eq!(f.inflight.settled(), vec![(logs(), 19)]);
+
+        // Read again: nothing lands twice, neither rows nor dead letters.
+        f.read(run());
+        f.settle();
+        assert_eq!(landed(&f, LOGS_TABLE, "level").len(), 2);
+        assert_eq!(
+            f.rows(DEAD_LETTERS)
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            3
+        );
+        f.inflight.settle(&logs(), 19);
+        assert_eq!(f.inflight.settled(), vec![(logs(), 25)]);
+
+        // A run of which nothing parses: all of it to the dead letters.
+        f.read([json_message(25, b"{"), json_message(26, b"}")]);
+        f.settle();
+        assert_eq!(landed(&f, LOGS_TABLE, "level").len(), 2);
+        let mut offsets = ints(&f.rows(DEAD_LETTERS), "offset");
+        offsets.sort();
+        assert_eq!(offsets, [21, 22, 24, 25, 26]);
+        assert_eq!(f.inflight.settled(), vec![(logs(), 27)]);
+    }
+}
