@@ -1,8 +1,12 @@
 //! End-to-end throughput and latency: `sluice-agent` → QUIC (loopback) → `sluice-processor`
 //! → committed bronze Iceberg table, both as real release processes.
 //!
-//! Run: `cargo build --release --bins && target/release/sluice-bench [ROWS]`
+//! Run: `cargo build --release --bins && target/release/sluice-bench [ROWS] [RATE]`
 //! (ROWS defaults to 5,000,000). The binaries are taken from the directory of this one.
+//! Without RATE the simulator runs flat out: the figure is throughput, and batch → commit
+//! latency then includes the time batches queue in the agent's write-ahead log. With RATE
+//! (rows/s, below what the pipeline takes) the source is paced and the latency is that of
+//! a pipeline keeping up.
 //!
 //! `sluice-bench compaction [ROWS]` lands ROWS (default 3,000,000) in many small commits,
 //! stops the processor, runs `sluice-processor maintain compact` and prints its throughput
@@ -498,13 +502,13 @@ fn main() {
     if compaction || kafka {
         args.remove(0);
     }
+    let usage = "usage: sluice-bench [compaction|kafka] [ROWS] [RATE]";
     let rows: u64 = match args.first() {
-        Some(a) => a
-            .parse()
-            .expect("usage: sluice-bench [compaction|kafka] [ROWS]"),
+        Some(a) => a.parse().expect(usage),
         None if compaction => 3_000_000,
         None => 5_000_000,
     };
+    let rate: Option<u64> = args.get(1).map(|a| a.parse().expect(usage));
     let dir = TempDir::new();
     init_certs(&processor_bin, &dir);
 
@@ -550,7 +554,7 @@ max_age = "200ms"
 [sources.telemetry]
 type = "simulator"
 total = {rows}
-seed = 1
+{rate}seed = 1
 entities = 1000
 chunk_rows = 16384
 [sources.telemetry.fields]
@@ -566,6 +570,7 @@ errors = {{ type = "poisson", lambda = 0.2 }}
 status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 1] }}
 "#,
             batch_rows = if compaction { 20_000 } else { 65_536 },
+            rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default(),
         ),
     )
     .expect("agent config");
