@@ -24,8 +24,14 @@ fn models(toml: &str) -> ModelGraph {
     ModelGraph::build(&cfgs, "bronze").expect("graph")
 }
 
-fn model(graph: &ModelGraph, name: &str) -> Model {
-    graph.get(name).cloned().expect("model")
+/// What each test starts from: an empty lake, its lander, a runner over it, and the model
+/// `name` of the models in `toml`.
+async fn setup(toml: &str, name: &str) -> (TestLake, Lander, Runner, Model) {
+    let lake = TestLake::new().await;
+    let lander = lake.lander();
+    let runner = runner(&lake);
+    let m = models(toml).get(name).cloned().expect("model");
+    (lake, lander, runner, m)
 }
 
 fn runner(lake: &TestLake) -> Runner {
@@ -133,16 +139,14 @@ fn render(runner: &Runner) -> String {
 
 #[tokio::test]
 async fn an_incremental_model_reads_only_the_snapshots_after_its_watermark() {
-    let lake = TestLake::new().await;
-    let lander = lake.lander();
-    let runner = runner(&lake);
-    let graph = models(
+    let (lake, lander, runner, m) = setup(
         r#"
         ["silver.events"]
         sql = "SELECT id, id * 10 AS tenfold FROM events"
         "#,
-    );
-    let m = model(&graph, "silver.events");
+        "silver.events",
+    )
+    .await;
     land_events(&lander, 1..=3).await;
 
     let first = runner.run(&m).await.expect("first run");
@@ -193,16 +197,14 @@ async fn an_incremental_model_reads_only_the_snapshots_after_its_watermark() {
 
 #[tokio::test]
 async fn each_run_records_its_inputs_watermarks_in_the_snapshot_that_adds_its_rows() {
-    let lake = TestLake::new().await;
-    let lander = lake.lander();
-    let runner = runner(&lake);
-    let graph = models(
+    let (lake, lander, runner, m) = setup(
         r#"
         ["silver.ids"]
         sql = "SELECT id FROM events UNION ALL SELECT id FROM metrics"
         "#,
-    );
-    let m = model(&graph, "silver.ids");
+        "silver.ids",
+    )
+    .await;
     land_events(&lander, 1..=2).await;
     land_metric(&lander, 1, 100).await;
     runner.run(&m).await.expect("first run");
@@ -249,17 +251,15 @@ async fn each_run_records_its_inputs_watermarks_in_the_snapshot_that_adds_its_ro
 
 #[tokio::test]
 async fn rows_failing_an_expectation_go_to_the_quarantine_table_with_the_rules_they_failed() {
-    let lake = TestLake::new().await;
-    let lander = lake.lander();
-    let runner = runner(&lake);
-    let graph = models(
+    let (lake, lander, runner, m) = setup(
         r#"
         ["silver.events"]
         sql = "SELECT id FROM events"
         expect = { even = "id % 2 = 0", small = "id < 3" }
         "#,
-    );
-    let m = model(&graph, "silver.events");
+        "silver.events",
+    )
+    .await;
     assert_eq!(m.quarantine, "quarantine.silver_events");
     land_events(&lander, 1..=4).await;
     let r = runner.run(&m).await.expect("run");
@@ -314,17 +314,15 @@ async fn rows_failing_an_expectation_go_to_the_quarantine_table_with_the_rules_t
 
 #[tokio::test]
 async fn a_recompute_model_replaces_its_table_in_one_overwrite_snapshot() {
-    let lake = TestLake::new().await;
-    let lander = lake.lander();
-    let runner = runner(&lake);
-    let graph = models(
+    let (lake, lander, runner, m) = setup(
         r#"
         ["gold.totals"]
         sql = "SELECT count(*) AS n, sum(id) AS total FROM events"
         mode = "recompute"
         "#,
-    );
-    let m = model(&graph, "gold.totals");
+        "gold.totals",
+    )
+    .await;
     land_events(&lander, 1..=2).await;
     let r = runner.run(&m).await.expect("first run");
     assert_eq!((r.outcome, r.output_rows), ("ran", 1));
@@ -371,19 +369,15 @@ async fn a_recompute_model_replaces_its_table_in_one_overwrite_snapshot() {
 
 #[tokio::test]
 async fn a_model_whose_sql_fails_leaves_its_target_untouched_and_reports_the_error() {
-    let lake = TestLake::new().await;
-    let lander = lake.lander();
-    let runner = runner(&lake);
-    let good = model(
-        &models(
-            r#"
-            ["silver.events"]
-            sql = "SELECT id FROM events"
-            expect = { positive = "id > 0" }
-            "#,
-        ),
+    let (lake, lander, runner, good) = setup(
+        r#"
+        ["silver.events"]
+        sql = "SELECT id FROM events"
+        expect = { positive = "id > 0" }
+        "#,
         "silver.events",
-    );
+    )
+    .await;
     land_events(&lander, 1..=2).await;
     runner.run(&good).await.expect("good run");
     let before = table(&lake, "silver.events").await;
