@@ -4,16 +4,16 @@
 //! the offending key, e.g. `sources.cpu.fields.load: stddev must be > 0`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
 pub use sluice_ops::config::{ConfigError, Invalid};
 use sluice_simulator::SimulatorConfig;
 
+pub use crate::pipeline::BatchConfig;
 pub use crate::sink::{KafkaSinkConfig, QuicSinkConfig, SinkConfig};
+pub use crate::wal::BufferConfig;
 use crate::wasm::{WasmSourceConfig, WasmTransformConfig};
 
 /// The whole agent config file.
@@ -57,72 +57,6 @@ pub struct AgentSection {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("sluice-agent-data")
-}
-
-/// `[batch]`: when the batcher cuts a batch. Whichever limit is reached first wins.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchConfig {
-    /// Cut a batch at this many rows. A chunk that carries a source checkpoint (connectors,
-    /// simulator) is never split, so such a batch is cut before the chunk that would
-    /// overflow it (simulator chunks are at most `max_rows` rows).
-    pub max_rows: usize,
-    /// …or once this much Arrow memory is buffered (≥ 1 KiB).
-    pub max_bytes: ByteSize,
-    /// …or when the oldest buffered row is this old.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        Self {
-            max_rows: 65_536,
-            max_bytes: ByteSize::mib(8),
-            max_age: Duration::from_millis(500),
-        }
-    }
-}
-
-/// `[buffer]`: the write-ahead log every batch is stored in until the sink has it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BufferConfig {
-    /// Cap on each stream's log (≥ 1 MiB + 2 × `batch.max_bytes`).
-    pub max_size: ByteSize,
-    /// At the cap: `"block"` holds the sources back until acknowledgements free space
-    /// (nothing is lost); `"drop_oldest"` deletes the oldest segment, acknowledged or not,
-    /// logs it and counts its rows in `sluice_agent_lost_rows_total{reason="wal_full"}`.
-    pub when_full: crate::wal::WhenFull,
-    /// Size of one segment file (64 KiB – `max_size / 2`). Space is freed a whole segment
-    /// at a time.
-    /// Default: the smaller of 64 MiB and `max_size / 8`.
-    pub segment_size: Option<ByteSize>,
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        Self {
-            max_size: ByteSize::gib(1),
-            when_full: crate::wal::WhenFull::Block,
-            segment_size: None,
-        }
-    }
-}
-
-impl BufferConfig {
-    /// The log's options, with the segment size resolved.
-    pub fn wal_options(&self) -> crate::wal::WalOptions {
-        let max_size = self.max_size.as_u64();
-        crate::wal::WalOptions {
-            segment_size: self
-                .segment_size
-                .map(|s| s.as_u64())
-                .unwrap_or_else(|| (max_size / 8).min(64 << 20)),
-            max_size,
-            when_full: self.when_full,
-        }
-    }
 }
 
 impl AgentConfig {

@@ -10,6 +10,7 @@
 //! | `handle.rs` | `WalHandle`: the sequence base, acknowledgements, closing |
 //! | `reader.rs` | `WalReader`: synced records in order, on a thread of its own if asked |
 //! | `tests.rs` | the log end to end: reopening, damage, both `when_full` modes |
+//! | `config.rs` | `[buffer]` |
 //!
 //! Each stream has a directory of segments, `<first lsn>.wal`, and a small `state` file.
 //! Records are numbered by a log sequence number (lsn) that starts at 1 for a new log; the
@@ -24,6 +25,7 @@
 //! `created_at_us: i64`, `rows: u32`, `schema_fingerprint: u64`, `checkpoint_len: u32`
 //! (`u32::MAX` for none), the checkpoint's bytes, then the batch's Arrow IPC bytes.
 
+mod config;
 mod handle;
 mod reader;
 mod record;
@@ -43,6 +45,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::pipeline::ReadyBatch;
 
+pub use config::BufferConfig;
 pub use handle::WalHandle;
 pub use reader::WalReader;
 pub use writer::WalWriter;
