@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 pub use crate::http::query::QueryConfig;
 pub use crate::lake::{CatalogConfig, CatalogSettings, Compression};
-pub use crate::land::LanderConfig;
+pub use crate::land::{LanderConfig, SchemaPolicy, StreamConfig, Streams};
 pub use crate::maintenance::MaintenanceConfig;
 use crate::models::{ModelConfig, ModelGraph, ModelSettings};
 pub use crate::receive::{
@@ -43,6 +43,9 @@ pub struct ProcessorConfig {
     /// `[lander]`: how batches become Iceberg commits.
     #[serde(default)]
     pub lander: LanderConfig,
+    /// `[streams.NAME]`: how each stream's bronze table is kept (schema evolution).
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
     /// SQL models, keyed by target table (`silver.cpu`).
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -89,6 +92,11 @@ impl ProcessorConfig {
             cfg.resolve_paths(base);
             Ok(())
         })
+    }
+
+    /// The `[streams.NAME]` sections, for the lander.
+    pub fn streams(&self) -> Streams {
+        Streams(std::sync::Arc::new(self.streams.clone()))
     }
 
     /// Parse TOML text; errors carry line, column and key.

@@ -62,6 +62,7 @@ impl Server {
             catalog.clone(),
             swap.clone(),
             cfg.lander.clone(),
+            cfg.streams(),
             metrics.clone(),
             locks.clone(),
             inflight.clone(),

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::lake::locks::CommitLocks;
 use crate::lake::{self, CatalogSwap};
-use crate::land::LanderConfig;
+use crate::land::{LanderConfig, Streams};
 use crate::land::inflight::InFlight;
 use crate::land::lander::{LandRequest, Lander, Verdict};
 use crate::telemetry::metrics::Metrics;
@@ -52,10 +52,16 @@ impl TestLake {
     }
 
     pub fn lander_with(&self, inflight: InFlight) -> Lander {
+        self.lander_for(Streams::default(), inflight)
+    }
+
+    /// A lander that keeps streams as `streams` says.
+    pub fn lander_for(&self, streams: Streams, inflight: InFlight) -> Lander {
         Lander::start(
             self.catalog.clone(),
             self.swap.clone(),
             LanderConfig::default(),
+            streams,
             Metrics::new(),
             CommitLocks::default(),
             inflight,
@@ -70,6 +76,7 @@ impl TestLake {
             "bronze",
             "events",
             &lake::bronze_arrow_schema(&user),
+            &[],
             properties,
         )
         .await
@@ -146,6 +153,7 @@ pub(crate) async fn land(
         wire_bytes: 8,
         received_at_us: 0,
         origin: None,
+        quarantine: true,
         reply,
     };
     assert!(lander.land(req).await.is_ok(), "lander running");
@@ -163,4 +171,13 @@ pub(crate) fn metadata_files(table: &Table, suffix: &str) -> Vec<std::path::Path
         .collect();
     out.sort();
     out
+}
+
+/// A bronze table's Arrow schema for rows shaped like `user`, as the lake has it: with
+/// Iceberg's names for list items and map entries, and field ids.
+pub fn bronze_table_schema(user: &ArrowSchema) -> arrow_schema::SchemaRef {
+    let iceberg =
+        iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&lake::bronze_arrow_schema(user))
+            .expect("iceberg schema");
+    Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg).expect("arrow schema"))
 }

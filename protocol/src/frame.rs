@@ -91,6 +91,9 @@ pub enum AckStatus {
     Duplicate = 1,
     /// Refused for the reason in the message; resending it will not help.
     Rejected = 2,
+    /// It did not fit its table and is kept in the stream's quarantine table, for the
+    /// reason in the message. Acknowledged: the processor holds it, nothing is lost.
+    Quarantined = 3,
 }
 
 /// The processor's verdict on one batch, sent only once the verdict is final.
@@ -102,7 +105,7 @@ pub struct Ack {
     pub seq: u64,
     /// What became of it.
     pub status: AckStatus,
-    /// The rejection's reason; empty unless [`AckStatus::Rejected`].
+    /// The reason of a rejection or quarantine; empty otherwise.
     pub message: String,
 }
 
@@ -214,6 +217,7 @@ impl Frame {
                     0 => AckStatus::Committed,
                     1 => AckStatus::Duplicate,
                     2 => AckStatus::Rejected,
+                    3 => AckStatus::Quarantined,
                     other => {
                         return Err(ProtocolError::InvalidField {
                             field: "ack status",

@@ -109,6 +109,11 @@ pub enum Outcome {
     Committed,
     /// The far side already had it.
     Duplicate,
+    /// The far side keeps it in a quarantine table (it did not fit its table): acknowledged.
+    Quarantined {
+        /// Why, as the far side said.
+        message: String,
+    },
     /// Refused for good: resending cannot help, so it leaves the log, counted as lost.
     Rejected {
         /// The `reason` label of the lost rows.
@@ -268,6 +273,17 @@ impl LaneState {
             }
             Outcome::Duplicate => {
                 metrics.duplicate(&self.stream, rows);
+                self.summary.acked_batches += 1;
+            }
+            Outcome::Quarantined { message } => {
+                tracing::warn!(
+                    stream = %self.stream,
+                    to = %self.destination,
+                    seq = d.seq,
+                    rows,
+                    "batch kept in the processor's quarantine table: {message}"
+                );
+                metrics.quarantined(&self.stream, rows);
                 self.summary.acked_batches += 1;
             }
             Outcome::Rejected { reason, message } => {

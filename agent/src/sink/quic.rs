@@ -310,6 +310,9 @@ impl Session for QuicSession {
         let outcome = match ack.status {
             AckStatus::Committed => Outcome::Committed,
             AckStatus::Duplicate => Outcome::Duplicate,
+            AckStatus::Quarantined => Outcome::Quarantined {
+                message: ack.message,
+            },
             AckStatus::Rejected => Outcome::Rejected {
                 reason: "rejected",
                 message: format!("the processor rejected it: {}", ack.message),

@@ -58,6 +58,7 @@ pub struct Metrics {
     bytes_sent: Family<StreamLabels, Counter>,
     rows_acked: Family<StreamLabels, Counter>,
     rows_duplicate: Family<StreamLabels, Counter>,
+    rows_quarantined: Family<StreamLabels, Counter>,
     rows_lost: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
     api_refused: Family<RefusalLabels, Counter>,
@@ -101,6 +102,7 @@ impl Default for Metrics {
             bytes_sent: Family::default(),
             rows_acked: Family::default(),
             rows_duplicate: Family::default(),
+            rows_quarantined: Family::default(),
             rows_lost: Family::default(),
             sink_errors: Family::default(),
             api_refused: Family::default(),
@@ -167,6 +169,11 @@ impl Default for Metrics {
             "duplicate_rows",
             "Rows the processor already had (redelivery after a reconnect)",
             m.rows_duplicate.clone(),
+        );
+        registry.register(
+            "quarantined_rows",
+            "Rows the processor kept in a quarantine table: they did not fit their table",
+            m.rows_quarantined.clone(),
         );
         registry.register(
             "lost_rows",
@@ -311,6 +318,15 @@ impl Metrics {
     /// the same.
     pub fn duplicate(&self, s: &str, rows: u32) {
         self.rows_duplicate
+            .get_or_create(&stream(s))
+            .inc_by(u64::from(rows));
+        self.sink(s).progressed();
+    }
+
+    /// The processor kept a batch of `rows` rows of stream `s` in quarantine (it did not
+    /// fit the table): acknowledged, so progress all the same.
+    pub fn quarantined(&self, s: &str, rows: u32) {
+        self.rows_quarantined
             .get_or_create(&stream(s))
             .inc_by(u64::from(rows));
         self.sink(s).progressed();

@@ -5,11 +5,13 @@
 //! | `mod.rs` | the commands and their arguments; `serve`, `validate`, `certs`, `query`, `tables` |
 //! | `maintain.rs` | `maintain`: compaction, expiry and orphan removal on demand |
 //! | `models.rs` | `models list` and `models run` |
+//! | `quarantine.rs` | `quarantine list` and `quarantine replay` |
 //! | `demo.rs` | `demo`: the processor and an agent on embedded defaults |
 
 pub mod demo;
 mod maintain;
 mod models;
+mod quarantine;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +99,31 @@ enum ModelsCommand {
     },
 }
 
+/// What `quarantine` does.
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// List the batches kept in quarantine tables: stream, agent, sequence, rows, reason.
+    List {
+        /// Only this stream's quarantine table; default: every one.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Land quarantined batches in their tables now that they fit (after a config change
+    /// such as `schema = "evolve"` or `coerce = true`), each exactly once, in each agent's
+    /// order. Exits non-zero if some still do not fit; they stay for a later replay.
+    Replay {
+        /// Only this stream's quarantine table; default: every one.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// How `query` prints its result.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum QueryFormat {
@@ -171,6 +198,14 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Batches that did not fit their bronze tables: list them, or replay them.
+    Quarantine {
+        /// Processor config file (TOML) naming the catalog.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: QuarantineCommand,
     },
     /// List the lake's tables with rows, data files, bytes, snapshots and last commit.
     Tables {
@@ -344,6 +379,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Maintain { config, task } => maintain::maintain(config, task).await,
         Command::Models { config, command } => models::run_models(config, command).await,
+        Command::Quarantine { config, command } => quarantine::run(config, command).await,
         Command::Tables { config, json } => {
             let cfg = ProcessorConfig::load(&config)?;
             let catalog = lake::open(&cfg.catalog_settings()).await?;

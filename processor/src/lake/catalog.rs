@@ -147,30 +147,15 @@ pub fn normalize_type(t: &DataType) -> DataType {
     }
 }
 
-/// Load `ns.name`, or create it with the bronze schema derived from `user`.
-pub async fn load_or_create(
-    catalog: &dyn Catalog,
-    ns: &str,
-    name: &str,
-    user: &ArrowSchema,
-) -> Result<Table, iceberg::Error> {
-    create_if_missing(
-        catalog,
-        ns,
-        name,
-        &bronze_arrow_schema(user),
-        &[("sluice.layer", "bronze")],
-    )
-    .await
-}
-
-/// Load `ns.name`, or create it (unpartitioned, Parquet) with the columns of `arrow` and
-/// these extra table properties.
+/// Load `ns.name`, or create it (Parquet, partitioned by `partition`, unpartitioned if
+/// empty) with the columns of `arrow` and these extra table properties. A partition field
+/// that does not fit the columns is an error of kind `DataInvalid`.
 pub async fn create_if_missing(
     catalog: &dyn Catalog,
     ns: &str,
     name: &str,
     arrow: &ArrowSchema,
+    partition: &[super::partition::PartitionField],
     properties: &[(&str, &str)],
 ) -> Result<Table, iceberg::Error> {
     let ident = TableIdent::new(NamespaceIdent::new(ns.to_string()), name.to_string());
@@ -179,6 +164,8 @@ pub async fn create_if_missing(
     }
     ensure_namespace(catalog, ns).await?;
     let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(arrow)?;
+    let spec = super::partition::unbound(&schema, partition)
+        .map_err(|e| iceberg::Error::new(ErrorKind::DataInvalid, e))?;
     let mut props: HashMap<String, String> = [
         // Writers retry commits themselves, re-reading progress tokens each time.
         (
@@ -202,6 +189,7 @@ pub async fn create_if_missing(
     let creation = TableCreation::builder()
         .name(name.to_string())
         .schema(schema)
+        .partition_spec(spec)
         .properties(props)
         .build();
     match catalog.create_table(&ident.namespace, creation).await {

@@ -11,15 +11,19 @@ use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::spec::PartitionKey;
 use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
+    DefaultFileNameGenerator, DefaultLocationGenerator, LocationGenerator,
 };
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
+use super::partition::Splitter;
 use super::table_arrow_schema;
 use crate::lake::Compression;
 
@@ -41,13 +45,25 @@ pub async fn write_data_files(
 }
 
 /// Writes batches of one table into Parquet data files as they come, so a caller can stream
-/// rows through without holding them all. A failed write or close removes what it wrote; a
-/// caller that gives up for its own reasons calls [`DataFilesWriter::abandon`].
+/// rows through without holding them all; a partitioned table's rows go to one file (or
+/// more, rolling) per partition of its default spec. A failed write or close removes what
+/// it wrote; a caller that gives up for its own reasons calls [`DataFilesWriter::abandon`].
 pub struct DataFilesWriter<'a> {
     table: &'a Table,
-    inner: Option<DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, RecordingNames>>,
-    location: DefaultLocationGenerator,
+    inner: Option<Inner>,
     issued: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+type FileWriterBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, RecordingLocations, DefaultFileNameGenerator>;
+
+/// The writer stack of an unpartitioned or a partitioned table.
+enum Inner {
+    Plain(DataFileWriter<ParquetWriterBuilder, RecordingLocations, DefaultFileNameGenerator>),
+    Partitioned {
+        fanout: Box<FanoutWriter<FileWriterBuilder>>,
+        splitter: Splitter,
+    },
 }
 
 impl<'a> DataFilesWriter<'a> {
@@ -72,62 +88,82 @@ impl<'a> DataFilesWriter<'a> {
         for column in rarely_repeating_columns(sample) {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
-        let location = DefaultLocationGenerator::new(table.metadata())?;
-        let names = RecordingNames {
-            inner: DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet),
+        let location = RecordingLocations {
+            inner: DefaultLocationGenerator::new(table.metadata())?,
             issued: Arc::default(),
         };
-        let issued = names.issued.clone();
-        let parquet =
-            ParquetWriterBuilder::new(props.build(), table.metadata().current_schema().clone());
+        let issued = location.issued.clone();
+        let names = DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet);
+        let schema = table.metadata().current_schema().clone();
+        let parquet = ParquetWriterBuilder::new(props.build(), schema.clone());
         let rolling = match target_size {
             Some(size) => RollingFileWriterBuilder::new(
                 parquet,
                 size,
                 table.file_io().clone(),
-                location.clone(),
+                location,
                 names,
             ),
             None => RollingFileWriterBuilder::new_with_default_file_size(
                 parquet,
                 table.file_io().clone(),
-                location.clone(),
+                location,
                 names,
             ),
         };
-        let inner = DataFileWriterBuilder::new(rolling).build(None).await?;
+        let builder = DataFileWriterBuilder::new(rolling);
+        let spec = table.metadata().default_partition_spec();
+        let inner = if spec.is_unpartitioned() {
+            Inner::Plain(builder.build(None).await?)
+        } else {
+            Inner::Partitioned {
+                fanout: Box::new(FanoutWriter::new(builder)),
+                splitter: Splitter::new(schema, spec.as_ref().clone())?,
+            }
+        };
         Ok(Self {
             table,
             inner: Some(inner),
-            location,
             issued,
         })
     }
 
     /// Write one batch (in the table's schema).
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), iceberg::Error> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Err(iceberg::Error::new(
+        let written = match self.inner.as_mut() {
+            None => Err(iceberg::Error::new(
                 ErrorKind::Unexpected,
                 "data file writer used after it failed",
-            ));
+            )),
+            Some(Inner::Plain(w)) => w.write(batch).await,
+            Some(Inner::Partitioned { fanout, splitter }) => {
+                let mut result = Ok(());
+                for (key, part) in splitter.split(&batch)? {
+                    result = fanout.write(key, part).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
         };
-        if let Err(e) = inner.write(batch).await {
+        if written.is_err() {
             self.abandon().await;
-            return Err(e);
         }
-        Ok(())
+        written
     }
 
     /// Finish the files and return them.
     pub async fn close(mut self) -> Result<Vec<DataFile>, iceberg::Error> {
-        let Some(mut inner) = self.inner.take() else {
-            return Err(iceberg::Error::new(
+        let closed = match self.inner.take() {
+            None => Err(iceberg::Error::new(
                 ErrorKind::Unexpected,
                 "data file writer closed after it failed",
-            ));
+            )),
+            Some(Inner::Plain(mut w)) => w.close().await,
+            Some(Inner::Partitioned { fanout, .. }) => fanout.close().await,
         };
-        match inner.close().await {
+        match closed {
             Ok(files) => {
                 self.issued.lock().map(|mut v| v.clear()).ok();
                 Ok(files)
@@ -147,8 +183,7 @@ impl<'a> DataFilesWriter<'a> {
             .lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default();
-        for name in files {
-            let path = self.location.generate_location(None, &name);
+        for path in files {
             if let Err(e) = self.table.file_io().delete(&path).await {
                 tracing::warn!(table = %self.table.identifier(), %path, "cannot remove a partly written file: {e}");
             }
@@ -295,11 +330,9 @@ impl Iterator for FileBatches {
         match self.reader.next() {
             Some(Ok(b)) => {
                 self.read += b.num_rows() as u64;
-                // Our tables do not evolve their schema: the file's columns are the table's.
-                Some(
-                    RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
-                        .map_err(ReadError::from),
-                )
+                // A file written under an earlier schema: its columns by field id, the ones
+                // it lacks as nulls, widened ones cast up.
+                Some(super::conform::conform_batch(&b, &self.schema).map_err(ReadError::from))
             }
             Some(Err(e)) => {
                 self.done = true;
@@ -333,19 +366,19 @@ pub async fn read_data_files(
     Ok(out)
 }
 
-/// File names of one write, remembering every name handed out.
+/// File locations of one write (partition directories included), remembering each.
 #[derive(Clone)]
-struct RecordingNames {
-    inner: DefaultFileNameGenerator,
+struct RecordingLocations {
+    inner: DefaultLocationGenerator,
     issued: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-impl FileNameGenerator for RecordingNames {
-    fn generate_file_name(&self) -> String {
-        let name = self.inner.generate_file_name();
+impl LocationGenerator for RecordingLocations {
+    fn generate_location(&self, partition: Option<&PartitionKey>, file_name: &str) -> String {
+        let path = self.inner.generate_location(partition, file_name);
         if let Ok(mut v) = self.issued.lock() {
-            v.push(name.clone());
+            v.push(path.clone());
         }
-        name
+        path
     }
 }

@@ -100,7 +100,7 @@ mod tests {
             .head(&lake.swap, lake.catalog.as_ref(), &ident)
             .await
             .expect("loaded");
-        let change = Change::append(vec![], [("note".into(), "one".into())].into());
+        let change = Change::append(vec![], 0, [("note".into(), "one".into())].into());
         let done = lake::snapshot::commit(&lake.swap, &head, &change)
             .await
             .expect("commit");

@@ -183,6 +183,16 @@ impl ManifestCache {
 
 /// The live data files of the table's current snapshot.
 pub async fn live_files(table: &Table) -> Result<Vec<DataFile>, iceberg::Error> {
+    Ok(live_files_by_spec(table)
+        .await?
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect())
+}
+
+/// The live data files of the table's current snapshot, each with the id of the partition
+/// spec it was written under (its manifest's).
+pub async fn live_files_by_spec(table: &Table) -> Result<Vec<(i32, DataFile)>, iceberg::Error> {
     let Some(current) = table.metadata().current_snapshot() else {
         return Ok(Vec::new());
     };
@@ -194,7 +204,7 @@ pub async fn live_files(table: &Table) -> Result<Vec<DataFile>, iceberg::Error> 
         }
         for e in mf.load_manifest(table.file_io()).await?.entries() {
             if e.is_alive() {
-                out.push(e.data_file().clone());
+                out.push((mf.partition_spec_id, e.data_file().clone()));
             }
         }
     }

@@ -4,7 +4,10 @@
 //! |---|---|
 //! | `config.rs` | `[catalog]`, the Parquet compression, the catalog settings in effect |
 //! | `catalog.rs` | open the catalog; load or create tables; bronze schemas |
+//! | `conform.rs` | batches reshaped to a table's exact types (nested names, nulls, widening) |
+//! | `evolve.rs` | a table's next schema (new optional columns, widened types) and its commit |
 //! | `files.rs` | write batches as Parquet data files, read them back |
+//! | `partition.rs` | partition specs as the config writes them, the bronze default, binding |
 //! | `manifests.rs` | manifest lists, live files, which small manifests a commit merges |
 //! | `snapshot.rs` | one commit (append, replace, overwrite): manifests, list, metadata, swap |
 //! | `retention.rs` | which snapshots expire, and removing the files only they used |
@@ -15,11 +18,14 @@
 //! | `stats.rs` | rows, files, bytes and metadata of each table |
 
 mod catalog;
+pub mod conform;
 mod config;
+pub mod evolve;
 mod files;
 pub mod locks;
 pub mod manifests;
 pub mod marks;
+pub mod partition;
 pub mod retention;
 pub mod snapshot;
 mod stats;
@@ -29,7 +35,7 @@ mod swap;
 pub use catalog::*;
 pub use config::{CatalogConfig, CatalogSettings, Compression};
 pub use files::*;
-pub use manifests::{live_files, manifest_list};
+pub use manifests::{live_files, live_files_by_spec, manifest_list};
 pub use snapshot::{Change, CommitError, Head};
 pub use stats::{TableStats, qualified, tables};
 pub use swap::CatalogSwap;

@@ -69,6 +69,15 @@ pub enum CommitError {
     /// There is no snapshot to remove files from.
     #[error("the table has no snapshot to rewrite")]
     Empty,
+    /// The table's partition spec changed since the files to add were written: nothing
+    /// was applied. Write them again under the table's spec.
+    #[error("the table's partition spec changed since its files were written (spec {written}, now {now})")]
+    SpecChanged {
+        /// The spec the files were written under.
+        written: i32,
+        /// The table's default spec now.
+        now: i32,
+    },
     /// The table is of a kind this writer does not write.
     #[error("{0}")]
     Unsupported(String),
@@ -106,7 +115,7 @@ impl CommitError {
     /// The metric reason of this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Conflict | Self::Missing(_) => "conflict",
+            Self::Conflict | Self::Missing(_) | Self::SpecChanged { .. } => "conflict",
             Self::Empty | Self::Unsupported(_) => "unsupported",
             Self::Iceberg(_) => "storage",
             Self::Unknown(_) | Self::Read(_) => "catalog",
@@ -177,6 +186,9 @@ pub struct Change {
     pub operation: Operation,
     /// Data files the snapshot adds.
     pub add: Vec<DataFile>,
+    /// The partition spec they were written under: the table's default when they were
+    /// written. If the default moved since, the commit fails and they are written again.
+    pub spec_id: i32,
     /// Paths of live data files the snapshot removes; each must still be live, or the
     /// commit fails (another rewrite got there first).
     pub remove: HashSet<String>,
@@ -185,11 +197,12 @@ pub struct Change {
 }
 
 impl Change {
-    /// Append `files`.
-    pub fn append(files: Vec<DataFile>, properties: HashMap<String, String>) -> Self {
+    /// Append `files`, written under partition spec `spec_id`.
+    pub fn append(files: Vec<DataFile>, spec_id: i32, properties: HashMap<String, String>) -> Self {
         Self {
             operation: Operation::Append,
             add: files,
+            spec_id,
             remove: HashSet::new(),
             properties,
         }
@@ -323,10 +336,20 @@ async fn build_and_swap(
     };
     let seq = meta.next_sequence_number();
     let spec = meta.default_partition_spec().as_ref().clone();
+    if !change.add.is_empty() && change.spec_id != spec.spec_id() {
+        return Err(CommitError::SpecChanged {
+            written: change.spec_id,
+            now: spec.spec_id(),
+        });
+    }
     let dir = format!("{}/metadata", meta.location().trim_end_matches('/'));
     let tag = uuid::Uuid::now_v7();
     let mut count = 0usize;
-    let mut new_manifest = |written: &mut Written<'_>| -> Result<ManifestWriter, iceberg::Error> {
+    // A manifest holds files of one spec: the default for added files, its own for one
+    // rewritten (it may predate a change of the spec).
+    let mut new_manifest = |written: &mut Written<'_>,
+                            spec: &iceberg::spec::PartitionSpec|
+     -> Result<ManifestWriter, iceberg::Error> {
         count += 1;
         let path = written.push(format!("{dir}/{tag}-m{count}.avro"));
         Ok(ManifestWriterBuilder::new(
@@ -359,7 +382,20 @@ async fn build_and_swap(
             kept.push(mf.clone());
             continue;
         }
-        let mut w = new_manifest(written)?;
+        let own = meta
+            .partition_spec_by_id(mf.partition_spec_id)
+            .ok_or_else(|| {
+                iceberg::Error::new(
+                    iceberg::ErrorKind::DataInvalid,
+                    format!(
+                        "manifest {} names partition spec {}, which the table lacks",
+                        mf.manifest_path, mf.partition_spec_id
+                    ),
+                )
+            })?
+            .as_ref()
+            .clone();
+        let mut w = new_manifest(written, &own)?;
         let mut left = Vec::with_capacity(live.len());
         for f in live.iter() {
             if change.remove.contains(f.file.file_path()) {
@@ -386,7 +422,7 @@ async fn build_and_swap(
             .into_iter()
             .cloned()
             .collect();
-        let mut w = new_manifest(written)?;
+        let mut w = new_manifest(written, &spec)?;
         let mut live = Vec::with_capacity(change.add.len());
         for file in &change.add {
             w.add_file(file.clone(), seq)?;
@@ -689,6 +725,7 @@ mod tests {
         Change {
             operation: Operation::Replace,
             add: merged,
+            spec_id: table.metadata().default_partition_spec_id(),
             remove: paths(files),
             properties: props(&[("sluice.compaction", "rewrite-test")]),
         }
@@ -871,7 +908,7 @@ mod tests {
             .await
             .expect("second rewrite");
         let six = one_row(&now, 6).await;
-        let append = Change::append(six, HashMap::new());
+        let append = Change::append(six, 0, HashMap::new());
         let err = commit(&lake.swap, &done.head, &append)
             .await
             .expect_err("the rewrite went first");

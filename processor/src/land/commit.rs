@@ -10,6 +10,7 @@ use arrow_array::RecordBatch;
 use iceberg::table::Table;
 use tokio::time::Instant;
 
+use crate::lake::conform::conform_batch;
 use super::pending::{Landed, Pending};
 use crate::lake::locks::CommitLocks;
 use crate::lake::marks::{self, COMMIT_ID_KEY, Marks, Stored};
@@ -29,8 +30,17 @@ pub(super) struct CommitJob {
     pub(super) health: sluice_ops::Watch,
 }
 
-/// The data files an attempt wrote, and what the table held of each batch when it did.
-type Written = Option<(Vec<Landed>, Vec<iceberg::spec::DataFile>)>;
+/// The data files an attempt wrote: what the table held of each batch when it did, the
+/// table's layout they were written in, and the files.
+type Written = Option<(Vec<Landed>, Layout, Vec<iceberg::spec::DataFile>)>;
+
+/// A table's schema and default partition spec (ids): files are written for one.
+type Layout = (i32, i32);
+
+fn layout(table: &Table) -> Layout {
+    let meta = table.metadata();
+    (meta.current_schema_id(), meta.default_partition_spec_id())
+}
 
 impl CommitJob {
     /// Write the data files and commit them; retry until the commit is known to be in the
@@ -102,20 +112,36 @@ impl CommitJob {
         // models), from what the table lacked when last seen.
         let t0 = Instant::now();
         let mut landed = held(&committed.marks);
-        if !nothing_new(&landed) && files.as_ref().is_none_or(|(l, _)| *l != landed) {
-            let data: Vec<RecordBatch> = batches
+        let written_for = layout(head.table());
+        if !nothing_new(&landed)
+            && files
+                .as_ref()
+                .is_none_or(|(l, at, _)| *l != landed || *at != written_for)
+        {
+            // Batches are shaped for the table as the lander saw it; a table that evolved
+            // since (another processor added a column) gets them reshaped, so every file
+            // is written in the schema it is committed under.
+            let schema = lake::table_arrow_schema(head.table())?;
+            let data = batches
                 .iter()
                 .zip(&landed)
+                .filter(|(p, _)| p.batch.num_rows() > 0)
                 .filter_map(|(p, l)| match l {
                     Landed::All => None,
                     Landed::Leading(0) => Some(p.batch.clone()),
                     Landed::Leading(n) => Some(p.batch.slice(*n, p.batch.num_rows() - n)),
                 })
-                .collect();
+                .map(|b| conform_batch(&b, &schema))
+                .collect::<Result<Vec<RecordBatch>, _>>()
+                .map_err(|e| {
+                    CommitError::Unsupported(format!(
+                        "the batches do not fit the table's current schema: {e}"
+                    ))
+                })?;
             let written = self
                 .write_files(head.table(), &data, commit_id, attempt)
                 .await?;
-            *files = Some((landed.clone(), written));
+            *files = Some((landed.clone(), written_for, written));
         }
         // Compaction and model commits of this process wait while the lander commits.
         let t1 = Instant::now();
@@ -165,6 +191,10 @@ impl CommitJob {
                 tracing::warn!(table = %self.name, attempt, "an earlier attempt of this commit had succeeded; not repeating it");
                 return Ok(landed);
             }
+            if layout(head.table()) != written_for {
+                tracing::info!(table = %self.name, attempt, "the table's schema or partitioning changed; writing the files again");
+                return Err(CommitError::Conflict);
+            }
             let now = held(&committed.marks);
             if now != landed {
                 // The table moved: an earlier attempt that reported failure did commit, or
@@ -182,13 +212,14 @@ impl CommitJob {
             tracing::debug!(table = %self.name, "the table already holds every batch of this commit");
             return Ok(landed);
         }
-        let data_files = files.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
+        let data_files = files.as_ref().map(|(_, _, f)| f.clone()).unwrap_or_default();
+        let spec_id = files.as_ref().map_or(written_for.1, |(_, at, _)| at.1);
         let t3 = Instant::now();
         let staged = marks::stage(head.table(), committed, marks, &commit_id.to_string()).await?;
         let t4 = Instant::now();
         let mut props = staged.properties;
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
-        match lake::snapshot::commit(&self.swap, head, &Change::append(data_files, props)).await {
+        match lake::snapshot::commit(&self.swap, head, &Change::append(data_files, spec_id, props)).await {
             Ok(done) => {
                 locked.committed(&done.head);
                 let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;

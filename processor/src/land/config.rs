@@ -38,3 +38,46 @@ impl Default for LanderConfig {
         }
     }
 }
+
+/// `[streams.NAME]`: how one stream's bronze table is kept. Streams not named take the
+/// defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// `evolve`: a batch with new columns or wider types adds them to the table (as
+    /// optional columns; int → long, float → double, decimal precision). `strict`: the
+    /// table keeps its columns, and such a batch is refused.
+    pub schema: SchemaPolicy,
+    /// Text where the table has a number, boolean, date or timestamp column is converted
+    /// value by value; a batch with a value that does not convert goes to quarantine.
+    /// Without it, such a batch goes to quarantine whole.
+    pub coerce: bool,
+    /// How the table is partitioned: Iceberg transforms of its columns (`["day(ts)"]`,
+    /// `["hour(ts)", "bucket(16, host)"]`, `[]` for none). Unset: a new table is
+    /// partitioned by day of its first timestamp column (else of `_ingested_at`) and an
+    /// existing one is left as it is. Set: an existing table whose spec differs moves to
+    /// this one (older files keep theirs, and stay readable).
+    pub partition: Option<Vec<crate::lake::partition::PartitionField>>,
+}
+
+/// Whether a stream's table changes its columns to take a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaPolicy {
+    /// New columns are added, types widened where Iceberg allows.
+    #[default]
+    Evolve,
+    /// The table's columns are fixed once it exists.
+    Strict,
+}
+
+/// Every `[streams.NAME]` section, by stream.
+#[derive(Debug, Clone, Default)]
+pub struct Streams(pub std::sync::Arc<std::collections::BTreeMap<String, StreamConfig>>);
+
+impl Streams {
+    /// The settings of `stream`: its section, or the defaults.
+    pub fn get(&self, stream: &str) -> StreamConfig {
+        self.0.get(stream).cloned().unwrap_or_default()
+    }
+}

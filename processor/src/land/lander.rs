@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::lake::CatalogSwap;
 use crate::lake::locks::CommitLocks;
 use crate::lake::marks::{Marks, Partition, ProgressError};
-use crate::land::LanderConfig;
+use crate::land::{LanderConfig, SchemaPolicy, Streams};
 use crate::land::inflight::InFlight;
 use crate::telemetry::metrics::Metrics;
 
@@ -31,6 +31,9 @@ pub enum Verdict {
     Committed,
     /// The table already held every row of the batch; nothing was added.
     Duplicate,
+    /// The batch did not fit its table and is kept in the stream's quarantine table,
+    /// for the reason given; `sluice-processor quarantine replay` lands it later.
+    Quarantined(String),
     /// The batch will never land (its columns do not fit the table, or cannot make one);
     /// the reason is for the sender. Sending it again does not help.
     Rejected(String),
@@ -50,6 +53,10 @@ pub struct LandRequest {
     pub received_at_us: i64,
     /// The Kafka message it came in, if it came from Kafka.
     pub origin: Option<Origin>,
+    /// Whether a batch that never can land in its table goes to quarantine (what the
+    /// receivers ask) or is refused (a replay from quarantine, which must not go there
+    /// twice).
+    pub quarantine: bool,
     /// Where the verdict goes. Dropped without one when the lander cannot take the batch
     /// now (its table cannot be loaded): the sender must send it again.
     pub reply: oneshot::Sender<Verdict>,
@@ -178,6 +185,7 @@ pub(super) enum Msg {
 #[derive(Clone)]
 pub struct Lander {
     tx: mpsc::Sender<Msg>,
+    streams: Streams,
 }
 
 impl Lander {
@@ -187,13 +195,28 @@ impl Lander {
         catalog: Arc<dyn Catalog>,
         swap: CatalogSwap,
         cfg: LanderConfig,
+        streams: Streams,
         metrics: Arc<Metrics>,
         locks: CommitLocks,
         inflight: InFlight,
     ) -> Self {
         Self {
-            tx: super::task::spawn(catalog, swap, cfg, metrics, locks, inflight),
+            tx: super::task::spawn(
+                catalog,
+                swap,
+                cfg,
+                streams.clone(),
+                metrics,
+                locks,
+                inflight,
+            ),
+            streams,
         }
+    }
+
+    /// Whether `stream`'s table takes new columns (`[streams.NAME] schema`).
+    pub fn schema_policy(&self, stream: &str) -> SchemaPolicy {
+        self.streams.get(stream).schema
     }
 
     /// Hand a batch over; the verdict arrives on the request's reply channel.

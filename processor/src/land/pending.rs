@@ -19,6 +19,25 @@ pub(super) struct Pending {
     pub(super) wire_bytes: usize,
     pub(super) batch: RecordBatch,
     pub(super) reply: oneshot::Sender<Verdict>,
+    /// What its commit means to the sender.
+    pub(super) after: After,
+}
+
+/// What a batch's commit means, besides holding its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum After {
+    /// The sender's batch is in its table: answer `Committed`.
+    Reply,
+    /// The batch is in `stream`'s quarantine table: answer `Quarantined`, and have the
+    /// stream's table record it as taken.
+    Quarantined {
+        /// The stream whose table refused it.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
+    /// No rows and no sender: the mark of a batch that went to quarantine.
+    Mark,
 }
 
 impl Pending {

@@ -5,20 +5,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use iceberg::Catalog;
 use iceberg::table::Table;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::columns::{ColumnError, ColumnSource, map_columns, to_table_batch};
+use super::columns::{ColumnError, Plan, plan, to_table_batch};
+use crate::lake::conform::conform_batch;
 use super::commit::CommitJob;
 use super::lander::{LandRequest, LanderError, Msg, Origin, Verdict};
-use super::pending::{Landed, Pending};
+use super::pending::{After, Landed, Pending};
+use super::quarantine;
 use crate::lake::locks::CommitLocks;
 use crate::lake::marks::{self, Marks, Partition, Stored};
-use crate::lake::{self, CatalogSwap, Head};
-use crate::land::LanderConfig;
+use crate::lake::{self, CatalogSwap, CommitError, Head};
+use crate::land::{LanderConfig, SchemaPolicy, Streams};
 use crate::land::inflight::InFlight;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::status::Via;
@@ -29,6 +32,7 @@ pub(super) fn spawn(
     catalog: Arc<dyn Catalog>,
     swap: CatalogSwap,
     cfg: LanderConfig,
+    streams: Streams,
     metrics: Arc<Metrics>,
     locks: CommitLocks,
     inflight: InFlight,
@@ -40,6 +44,7 @@ pub(super) fn spawn(
         catalog,
         swap,
         cfg,
+        streams,
         metrics,
         locks,
         tables: HashMap::new(),
@@ -59,8 +64,13 @@ struct TableState {
     /// The table as this lander last committed or loaded it.
     head: Head,
     schema: SchemaRef,
-    /// Column mapping per batch schema fingerprint (or why that schema is refused).
-    mappings: HashMap<u64, Result<Arc<Vec<ColumnSource>>, ColumnError>>,
+    /// What batches of each schema (by fingerprint) need to land in the table as `schema`
+    /// has it, or why they never can. Cleared when the schema changes.
+    mappings: HashMap<u64, Result<Plan, ColumnError>>,
+    /// Whether the table may evolve to take new columns and wider types.
+    policy: SchemaPolicy,
+    /// Whether text converts into number, boolean and time columns.
+    coerce: bool,
     /// The marks as the head stores them.
     committed: Stored,
     /// Highest sequence accepted per agent, committed or not.
@@ -85,11 +95,49 @@ impl TableState {
             || self.pending_bytes as u64 >= cfg.commit_max_bytes.as_u64()
     }
 
+    /// Take `head` as the table; if its schema is another than the batches waiting were
+    /// shaped for, reshape them (new columns null, widened ones cast up) and plan anew.
+    fn adopt_schema(&mut self, head: Head) -> Result<(), iceberg::Error> {
+        let id = |h: &Head| h.table().metadata().current_schema_id();
+        if id(&head) != id(&self.head) {
+            let schema = lake::table_arrow_schema(head.table())?;
+            let reshaped = self
+                .pending
+                .iter()
+                .map(|p| conform_batch(&p.batch, &schema))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    iceberg::Error::new(
+                        iceberg::ErrorKind::DataInvalid,
+                        format!("the waiting batches do not fit the table's new schema: {e}"),
+                    )
+                })?;
+            for (p, batch) in self.pending.iter_mut().zip(reshaped) {
+                p.batch = batch;
+            }
+            self.schema = schema;
+            self.mappings.clear();
+        }
+        self.head = head;
+        Ok(())
+    }
+
     /// Tell the table's health how many rows wait for a commit.
     fn report_waiting(&self) {
         self.health
             .waiting((self.pending_rows + self.committing_rows) as u64);
     }
+}
+
+/// A table the lander opens: where, for rows of which shape, partitioned how.
+struct OpenTable<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    user: &'a arrow_schema::Schema,
+    partition: &'a [lake::partition::PartitionField],
+    /// The partitioning is configured: an existing table moves to it.
+    repartition: bool,
+    layer: &'a str,
 }
 
 /// A commit's outcome, sent back to the lander task.
@@ -107,6 +155,7 @@ struct LanderTask {
     catalog: Arc<dyn Catalog>,
     swap: CatalogSwap,
     cfg: LanderConfig,
+    streams: Streams,
     metrics: Arc<Metrics>,
     locks: CommitLocks,
     tables: HashMap<String, TableState>,
@@ -227,14 +276,15 @@ impl LanderTask {
         Ok(all)
     }
 
-    async fn new_state(&self, stream: &str, table: Table) -> Result<TableState, iceberg::Error> {
+    /// The lander's state of `table`, kept under `key` (a stream, or a quarantine key).
+    async fn new_state(&self, key: &str, table: Table) -> Result<TableState, iceberg::Error> {
         let committed = marks::load(&table).await?;
         tracing::info!(
             table = %table.identifier(),
             marks = committed.marks.len(),
             "recovered progress from the table"
         );
-        let name = format!("{}.{stream}", self.cfg.namespace);
+        let name = lake::qualified(table.identifier());
         Ok(TableState {
             health: self.metrics.health.watch(format!("table {name}"), "rows"),
             committing_rows: 0,
@@ -242,6 +292,8 @@ impl LanderTask {
             schema: lake::table_arrow_schema(&table)?,
             head: Head::new(table),
             mappings: HashMap::new(),
+            policy: self.streams.get(key).schema,
+            coerce: self.streams.get(key).coerce,
             accepted: committed.marks.clone(),
             committed,
             pending: Vec::new(),
@@ -253,7 +305,7 @@ impl LanderTask {
         })
     }
 
-    async fn on_land(&mut self, mut req: LandRequest) {
+    async fn on_land(&mut self, req: LandRequest) {
         let stream = req.envelope.stream.clone();
         let lane = (stream.clone(), req.envelope.agent.clone());
         if let Some(Origin::Rows { offsets, .. }) = &req.origin
@@ -277,49 +329,44 @@ impl LanderTask {
             self.blocked.remove(&lane);
         }
         if !self.tables.contains_key(&stream) {
-            // The batch's fault, not the catalog's: refuse it rather than retry for ever.
+            // The batch's fault, not the catalog's: it never will make a table.
             if let Some(reason) = lake::uncreatable(&req.batch.schema()) {
-                self.metrics.batch_rejected(
-                    &format!("{}.{stream}", self.cfg.namespace),
-                    "uncreatable",
-                    req.batch.num_rows(),
-                );
-                let _ = req.reply.send(Verdict::Rejected(format!(
+                let reason = format!(
                     "cannot create table {}.{stream}: {reason}",
                     self.cfg.namespace
-                )));
+                );
+                self.refuse(&stream, req, reason, "uncreatable").await;
                 return;
             }
-            let created = match lake::load_or_create(
-                self.catalog.as_ref(),
-                &self.cfg.namespace,
-                &stream,
-                &req.batch.schema(),
-            )
-            .await
-            {
-                Ok(table) => self.new_state(&stream, table).await,
-                Err(e) => Err(e),
+            let partition = self.streams.get(&stream).partition;
+            let fields = partition
+                .clone()
+                .unwrap_or_else(|| lake::partition::bronze_default(&req.batch.schema()));
+            if let Err(reason) = lake::partition::check(&req.batch.schema(), &fields) {
+                let reason = format!(
+                    "cannot create table {}.{stream}: {reason}",
+                    self.cfg.namespace
+                );
+                self.refuse(&stream, req, reason, "partition_spec").await;
+                return;
+            }
+            let namespace = self.cfg.namespace.clone();
+            let table = OpenTable {
+                namespace: &namespace,
+                name: &stream,
+                user: &req.batch.schema(),
+                partition: &fields,
+                repartition: partition.is_some(),
+                layer: "bronze",
             };
-            match created {
-                Ok(state) => {
-                    self.catalog_health.recovered();
-                    self.tables.insert(stream.clone(), state);
-                }
-                Err(e) => {
-                    // Not the batch's fault: leave it unacknowledged so the agent resends.
-                    tracing::error!(table = %stream, "cannot load or create table: {e}");
-                    self.catalog_health
-                        .error(format!("cannot load or create table {stream}: {e}"));
-                    self.metrics
-                        .commit_failed(&format!("{}.{stream}", self.cfg.namespace), "catalog");
-                    self.blocked.insert(lane, req.first_seq());
-                    drop(req.reply);
-                    return;
-                }
+            if !self.open_table(&stream, table).await {
+                // Not the batch's fault: left unacknowledged so the agent resends it.
+                self.blocked.insert(lane, req.first_seq());
+                drop(req.reply);
+                return;
             }
         }
-        let Some(state) = self.tables.get_mut(&stream) else {
+        let Some(state) = self.tables.get(&stream) else {
             return;
         };
         self.metrics
@@ -335,6 +382,163 @@ impl LanderTask {
             req.wire_bytes,
             via,
         );
+        let Some(req) = self.unlanded(&stream, req) else {
+            return;
+        };
+        let fingerprint = req.envelope.schema_fingerprint;
+        let mut evolved = false;
+        let mapping = loop {
+            let Some(state) = self.tables.get_mut(&stream) else {
+                return;
+            };
+            let planned = state
+                .mappings
+                .entry(fingerprint)
+                .or_insert_with(|| plan(&req.batch.schema(), &state.schema, state.coerce))
+                .clone();
+            let pinned = match &planned {
+                Ok(Plan::Evolve(_)) => lake::partition::unwidenable(state.head.table()),
+                _ => Vec::new(),
+            };
+            let refusal = match planned {
+                Ok(Plan::Fits(m)) => break m,
+                Ok(Plan::Evolve(change))
+                    if change.widen.iter().any(|(c, _)| pinned.contains(c)) =>
+                {
+                    let column = change
+                        .widen
+                        .iter()
+                        .find(|(c, _)| pinned.contains(c))
+                        .map_or_else(String::new, |(c, _)| c.clone());
+                    ColumnError::PartitionSource(column)
+                }
+                Ok(Plan::Evolve(_)) if state.policy == SchemaPolicy::Evolve && !evolved => {
+                    evolved = true;
+                    if let Err(e) = self.evolve(&stream, &req.batch.schema()).await {
+                        // The catalog's trouble, not the batch's: the agent sends it again.
+                        tracing::error!(table = %stream, "cannot evolve the table: {e}");
+                        self.metrics
+                            .commit_failed(&format!("{}.{stream}", self.cfg.namespace), e.reason());
+                        self.blocked.insert(lane, req.first_seq());
+                        drop(req.reply);
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Plan::Evolve(change)) => ColumnError::Strict {
+                    table: state.name.clone(),
+                    change: change.to_string(),
+                },
+                Err(e) => e,
+            };
+            let code = refusal.reason();
+            self.refuse(&stream, req, refusal.to_string(), code).await;
+            return;
+        };
+        let Some(state) = self.tables.get(&stream) else {
+            return;
+        };
+        match to_table_batch(&req, &mapping, &state.schema) {
+            Ok(batch) => self.accept(&stream, req, batch, After::Reply),
+            Err(e) => {
+                let reason = ColumnError::DoesNotFit {
+                    table: state.name.clone(),
+                    source: Arc::new(e),
+                };
+                let code = reason.reason();
+                self.refuse(&stream, req, reason.to_string(), code).await;
+            }
+        }
+    }
+
+    /// Load `table`, or create it, as the table the lander keeps under `key`; move it to
+    /// its configured partitioning if it has another. False (logged, counted) if the
+    /// catalog failed.
+    async fn open_table(&mut self, key: &str, table: OpenTable<'_>) -> bool {
+        let qualified = format!("{}.{}", table.namespace, table.name);
+        let opened = match lake::create_if_missing(
+            self.catalog.as_ref(),
+            table.namespace,
+            table.name,
+            &lake::bronze_arrow_schema(table.user),
+            table.partition,
+            &[("sluice.layer", table.layer)],
+        )
+        .await
+        {
+            Ok(t) => self.new_state(key, t).await,
+            Err(e) => Err(e),
+        };
+        let opened = match opened {
+            Ok(state) if table.repartition => {
+                self.tables.insert(key.to_string(), state);
+                self.repartition(key, table.partition).await
+            }
+            Ok(state) => {
+                self.tables.insert(key.to_string(), state);
+                Ok(())
+            }
+            Err(e) => Err(CommitError::from(e)),
+        };
+        match opened {
+            Ok(()) => {
+                self.catalog_health.recovered();
+                true
+            }
+            Err(e) => {
+                self.tables.remove(key);
+                tracing::error!(table = %qualified, "cannot load or create table: {e}");
+                self.catalog_health
+                    .error(format!("cannot load or create table {qualified}: {e}"));
+                self.metrics.commit_failed(&qualified, e.reason());
+                false
+            }
+        }
+    }
+
+    /// Move the table under `key` to partition spec `fields` if its default is another;
+    /// its files keep the spec they were written under.
+    async fn repartition(
+        &mut self,
+        key: &str,
+        fields: &[lake::partition::PartitionField],
+    ) -> Result<(), CommitError> {
+        let Some(state) = self.tables.get(key) else {
+            return Ok(());
+        };
+        if lake::partition::same(state.head.table(), fields) {
+            return Ok(());
+        }
+        let (name, ident) = (state.name.clone(), state.head.table().identifier().clone());
+        let locked = self.locks.lock(&name).await;
+        let mut attempts = 0;
+        let head = loop {
+            let head = locked
+                .head(&self.swap, self.catalog.as_ref(), &ident)
+                .await?;
+            if lake::partition::same(head.table(), fields) {
+                break head;
+            }
+            let spec = lake::partition::unbound(head.table().metadata().current_schema(), fields)
+                .map_err(CommitError::Unsupported)?;
+            match lake::evolve::commit_spec(&self.swap, &head, spec).await {
+                Ok(done) => {
+                    tracing::info!(table = %name, spec = %lake::partition::describe(fields), "table partitioning changed");
+                    break done;
+                }
+                Err(CommitError::Conflict) if attempts < 20 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        drop(locked);
+        self.adopt(key, head).await
+    }
+
+    /// What of `req` the table under `key` does not hold yet, or nothing: a batch it
+    /// holds whole is answered as a duplicate (now if committed, once committed if only
+    /// accepted), and rows read again are cut off.
+    fn unlanded(&mut self, key: &str, mut req: LandRequest) -> Option<LandRequest> {
+        let state = self.tables.get_mut(key)?;
         let landed = |marks: &Marks| {
             let env = &req.envelope;
             Landed::of(
@@ -350,7 +554,7 @@ impl LanderTask {
             self.metrics
                 .rows_duplicate(&state.name, req.batch.num_rows());
             let _ = req.reply.send(Verdict::Duplicate);
-            return;
+            return None;
         }
         match landed(&state.accepted) {
             Landed::All => {
@@ -361,7 +565,7 @@ impl LanderTask {
                 state
                     .waiting_duplicates
                     .push((env.agent.clone(), env.seq, req.reply));
-                return;
+                return None;
             }
             // Rows read again (after a rebalance or a rewind) that an earlier batch, committed
             // or about to be, holds: land the rest. Commits of a table go in order, so when
@@ -375,41 +579,21 @@ impl LanderTask {
             }
             Landed::Leading(_) => {}
         }
+        Some(req)
+    }
+
+    /// Take `req`, shaped as `batch` for the table under `key`, into the next commit.
+    fn accept(&mut self, key: &str, req: LandRequest, batch: RecordBatch, after: After) {
+        let Some(state) = self.tables.get_mut(key) else {
+            return;
+        };
         let env = &req.envelope;
-        let mapping = state
-            .mappings
-            .entry(env.schema_fingerprint)
-            .or_insert_with(|| map_columns(&req.batch.schema(), &state.schema).map(Arc::new))
-            .clone();
-        let mapping = match mapping {
-            Ok(m) => m,
-            Err(reason) => {
-                tracing::warn!(table = %state.name, agent = %env.agent, seq = env.seq, "rejected batch: {reason}");
-                self.metrics
-                    .batch_rejected(&state.name, reason.reason(), req.batch.num_rows());
-                let _ = req.reply.send(Verdict::Rejected(reason.to_string()));
-                return;
-            }
-        };
-        let batch = match to_table_batch(&req, &mapping, &state.schema) {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = ColumnError::DoesNotFit {
-                    table: state.name.clone(),
-                    source: Arc::new(e),
-                };
-                self.metrics
-                    .batch_rejected(&state.name, reason.reason(), req.batch.num_rows());
-                let _ = req.reply.send(Verdict::Rejected(reason.to_string()));
-                return;
-            }
-        };
         let last = state.accepted.get(&env.agent);
         // The first batch of an agent may start anywhere (the Kafka sink numbers a new log
         // from the clock); rows of JSON topics and dead letters are numbered by offset,
-        // which has gaps.
+        // which has gaps; a quarantine table holds only some batches of an agent.
         let by_offset = matches!(req.origin, Some(Origin::Rows { .. }));
-        if last > 0 && !by_offset && env.seq > last + 1 {
+        if last > 0 && !by_offset && after == After::Reply && env.seq > last + 1 {
             tracing::warn!(
                 table = %state.name,
                 agent = %env.agent,
@@ -434,10 +618,205 @@ impl LanderTask {
             wire_bytes: req.wire_bytes,
             batch,
             reply: req.reply,
+            after,
         });
         if state.over_threshold(&self.cfg) {
-            self.start_commit(&stream);
+            self.start_commit(key);
         }
+    }
+
+    /// A batch that can never land in its table, for `reason` (`code` is its metric
+    /// reason). An agent's batch is kept in the stream's quarantine table and acknowledged
+    /// once that commit is in; a run of JSON rows is refused, and its messages go to the
+    /// dead-letter table; so is a batch being replayed from quarantine.
+    async fn refuse(&mut self, stream: &str, req: LandRequest, reason: String, code: &'static str) {
+        let bronze = format!("{}.{stream}", self.cfg.namespace);
+        let rows = req.batch.num_rows();
+        let (agent, seq) = (req.envelope.agent.clone(), req.envelope.seq);
+        if !req.quarantine || matches!(req.origin, Some(Origin::Rows { .. })) {
+            tracing::warn!(table = %bronze, %agent, seq, "rejected batch: {reason}");
+            self.metrics.batch_rejected(&bronze, code, rows);
+            if !req.quarantine {
+                // A replay: the agent's later batches must not land before this one, which
+                // would then count as landed. They wait (unanswered) for another replay.
+                self.blocked
+                    .insert((stream.to_string(), agent), req.first_seq());
+            }
+            let _ = req.reply.send(Verdict::Rejected(reason));
+            return;
+        }
+        let key = quarantine::key(stream);
+        let name = quarantine::table_name(stream);
+        let table = OpenTable {
+            namespace: quarantine::NAMESPACE,
+            name: &name,
+            user: &quarantine::schema(),
+            partition: &[],
+            repartition: false,
+            layer: "quarantine",
+        };
+        if !self.tables.contains_key(&key) && !self.open_table(&key, table).await {
+            self.blocked
+                .insert((stream.to_string(), agent), req.first_seq());
+            drop(req.reply);
+            return;
+        }
+        let mut req = req;
+        let record = match quarantine::record(&req, &reason, code) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(table = %bronze, %agent, seq, "cannot quarantine a batch ({reason}): {e}");
+                self.metrics.batch_rejected(&bronze, code, rows);
+                let _ = req.reply.send(Verdict::Rejected(reason));
+                return;
+            }
+        };
+        tracing::warn!(table = %bronze, %agent, seq, rows, "batch quarantined in {key}: {reason}");
+        self.metrics.batch_quarantined(&bronze, code, rows);
+        // Taken: a resend is a duplicate from now on, and no gap in the agent's batches.
+        if let Some(b) = self.tables.get_mut(stream) {
+            b.accepted.raise(&agent, seq);
+        }
+        req.batch = record;
+        let Some(state) = self.tables.get(&key) else {
+            return;
+        };
+        let env = &req.envelope;
+        let rows = req.batch.num_rows();
+        if Landed::of(&env.agent, env.seq, rows, req.origin.as_ref(), &state.committed.marks)
+            == Landed::All
+        {
+            // Quarantined before; the bronze table may not have its mark yet.
+            let (checkpoint, created, received) =
+                (env.checkpoint.clone(), env.created_at_us, req.received_at_us);
+            self.mark_in(stream, &agent, seq, checkpoint, created, received);
+        }
+        let Some(req) = self.unlanded(&key, req) else {
+            return;
+        };
+        let Some(state) = self.tables.get(&key) else {
+            return;
+        };
+        let shaped = match plan(&req.batch.schema(), &state.schema, false) {
+            Ok(Plan::Fits(m)) => to_table_batch(&req, &m, &state.schema).map_err(|e| e.to_string()),
+            Ok(Plan::Evolve(change)) => Err(format!("the quarantine table lacks {change}")),
+            Err(e) => Err(e.to_string()),
+        };
+        match shaped {
+            Ok(batch) => self.accept(
+                &key,
+                req,
+                batch,
+                After::Quarantined {
+                    stream: stream.to_string(),
+                    reason,
+                },
+            ),
+            Err(e) => {
+                tracing::error!(table = %key, "cannot quarantine a batch ({reason}): {e}");
+                let _ = req.reply.send(Verdict::Rejected(reason));
+            }
+        }
+    }
+
+    /// Record in `stream`'s table that `agent`'s batch `seq` is taken care of (it is in
+    /// quarantine): its mark and checkpoint go in with the table's next commit, no rows.
+    fn mark_in(
+        &mut self,
+        stream: &str,
+        agent: &str,
+        seq: u64,
+        checkpoint: Option<String>,
+        created_at_us: i64,
+        received_at_us: i64,
+    ) {
+        let Some(state) = self.tables.get_mut(stream) else {
+            return;
+        };
+        state.accepted.raise(agent, seq);
+        state.pending_since.get_or_insert_with(Instant::now);
+        state.pending.push(Pending {
+            agent: agent.to_string(),
+            seq,
+            checkpoint,
+            created_at_us,
+            received_at_us,
+            origin: None,
+            wire_bytes: 0,
+            batch: RecordBatch::new_empty(state.schema.clone()),
+            reply: oneshot::channel().0,
+            after: After::Mark,
+        });
+    }
+
+    /// Evolve `stream`'s table so that batches of `batch` schema fit it, as the catalog has
+    /// the table now: another processor may have done it already, or changed it otherwise
+    /// (then the batch is planned again on the table as it is). A conflicting commit is
+    /// retried on the new table state. The lander adopts the table either way.
+    async fn evolve(
+        &mut self,
+        stream: &str,
+        batch: &arrow_schema::Schema,
+    ) -> Result<(), CommitError> {
+        let Some(state) = self.tables.get(stream) else {
+            return Ok(());
+        };
+        let name = state.name.clone();
+        let ident = state.head.table().identifier().clone();
+        let started = Instant::now();
+        let mut locked = self.locks.lock(&name).await;
+        let mut backoff = std::time::Duration::from_millis(20);
+        let head = loop {
+            let head = locked
+                .head(&self.swap, self.catalog.as_ref(), &ident)
+                .await?;
+            let schema = lake::table_arrow_schema(head.table())?;
+            let Ok(Plan::Evolve(change)) = plan(batch, &schema, false) else {
+                // It fits now, or it never will: planned again on this table.
+                break head;
+            };
+            let meta = head.table().metadata();
+            let next = lake::evolve::evolved_schema(
+                meta.current_schema(),
+                meta.last_column_id(),
+                &change,
+            )?;
+            match lake::evolve::commit_schema(&self.swap, &head, next).await {
+                Ok(done) => {
+                    locked.committed(&done);
+                    tracing::info!(table = %name, %change, ms = started.elapsed().as_millis() as u64, "table schema evolved");
+                    self.metrics.schema_evolved(&name);
+                    break done;
+                }
+                Err(CommitError::Conflict) => {
+                    // Another writer moved the table first: plan again on what it made.
+                    self.metrics.commit_failed(&name, "conflict");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        drop(locked);
+        self.adopt(stream, head).await
+    }
+
+    /// Take `head` (read from the catalog just now) as `stream`'s table: its marks, if it
+    /// has commits this lander has not seen, and its schema, if that changed.
+    async fn adopt(&mut self, stream: &str, head: Head) -> Result<(), CommitError> {
+        let Some(state) = self.tables.get_mut(stream) else {
+            return Ok(());
+        };
+        if head.table().metadata().current_snapshot_id()
+            != state.head.table().metadata().current_snapshot_id()
+        {
+            let stored = marks::load(head.table()).await?;
+            let seen = std::mem::replace(&mut state.committed, stored);
+            state.committed.marks.merge(&seen.marks);
+            state.accepted.merge(&state.committed.marks);
+        }
+        state.adopt_schema(head)?;
+        Ok(())
     }
 
     fn on_flush(&mut self, reply: oneshot::Sender<()>) {
@@ -566,7 +945,15 @@ impl LanderTask {
         state.committing_rows = 0;
         state.health.progressed();
         state.report_waiting();
-        state.head = done.head;
+        // The table evolved under the lander while this commit was in flight: keep the
+        // evolved head (the next commit loads the table again). A commit that found the
+        // table evolved by another processor brings the new schema along.
+        let schema_id = |h: &Head| h.table().metadata().current_schema_id();
+        if schema_id(&done.head) >= schema_id(&state.head)
+            && let Err(e) = state.adopt_schema(done.head)
+        {
+            tracing::error!(table = %state.name, "{e}");
+        }
         // Marks read from the catalog meanwhile (another processor's) are landed too.
         let seen = std::mem::replace(&mut state.committed, done.committed);
         state.committed.marks.merge(&seen.marks);
@@ -582,7 +969,22 @@ impl LanderTask {
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut rows = 0;
         let mut newest = None;
+        let mut marks_due = Vec::new();
         for (p, landed) in done.batches.into_iter().zip(done.landed) {
+            if p.after == After::Mark {
+                continue;
+            }
+            if let After::Quarantined { stream, .. } = &p.after {
+                // In quarantine now: the stream's table records the batch as taken.
+                marks_due.push((
+                    stream.clone(),
+                    p.agent.clone(),
+                    p.seq,
+                    p.checkpoint.clone(),
+                    p.created_at_us,
+                    p.received_at_us,
+                ));
+            }
             let n = p.batch.num_rows();
             if landed != Landed::All {
                 newest = newest.max(Some(p.received_at_us));
@@ -595,7 +997,10 @@ impl LanderTask {
                 rows += landed.remaining(n);
                 self.metrics
                     .batch_latency(&state.name, (now_us - p.created_at_us).max(0) as f64 / 1e6);
-                let _ = p.reply.send(Verdict::Committed);
+                let _ = p.reply.send(match p.after {
+                    After::Quarantined { reason, .. } => Verdict::Quarantined(reason),
+                    After::Reply | After::Mark => Verdict::Committed,
+                });
             } else {
                 self.metrics.batch_duplicate(&state.name);
                 let _ = p.reply.send(Verdict::Duplicate);
@@ -614,6 +1019,19 @@ impl LanderTask {
         }
         tracing::debug!(table = %state.name, rows, "committed");
         let more = state.over_threshold(&self.cfg) || !self.flush_waiters.is_empty();
+        for (stream, agent, seq, checkpoint, created_at_us, received_at_us) in marks_due {
+            self.mark_in(
+                &stream,
+                &agent,
+                seq,
+                checkpoint,
+                created_at_us,
+                received_at_us,
+            );
+            if !self.flush_waiters.is_empty() {
+                self.start_commit(&stream);
+            }
+        }
         if more {
             self.start_commit(&done.stream);
         }

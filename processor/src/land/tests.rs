@@ -72,6 +72,7 @@ async fn land_run(lander: &Lander, offsets: &[i64]) -> oneshot::Receiver<Verdict
             partition: ("events".into(), 0),
             offsets: offsets.to_vec(),
         }),
+        quarantine: true,
         reply,
     };
     assert!(lander.land(req).await.is_ok(), "lander running");
@@ -79,7 +80,7 @@ async fn land_run(lander: &Lander, offsets: &[i64]) -> oneshot::Receiver<Verdict
 }
 
 #[tokio::test]
-async fn a_batch_that_cannot_make_a_table_is_refused_not_retried() {
+async fn a_batch_that_cannot_make_a_table_is_quarantined_not_retried() {
     let lake = TestLake::new().await;
     let lander = lake.lander();
     let one = |name: &str| {
@@ -100,12 +101,14 @@ async fn a_batch_that_cannot_make_a_table_is_refused_not_retried() {
         ("b", "v", "given twice"),
     ] {
         let v = land(&lander, "edge", stream, 1, one(column)).await;
+        lander.flush().await;
         match tokio::time::timeout(Duration::from_secs(20), v).await {
-            Ok(Ok(Verdict::Rejected(reason))) => {
+            Ok(Ok(Verdict::Quarantined(reason))) => {
                 assert!(reason.contains(why), "{reason}")
             }
-            other => panic!("{stream}: expected a rejection, got {other:?}"),
+            other => panic!("{stream}: expected quarantine, got {other:?}"),
         }
+        assert_eq!(quarantined(&lake, stream).await.len(), 1);
     }
     // The lane is not blocked: the agent's next batch of the stream lands.
     let v = land(&lander, "edge", "a", 2, one("w")).await;
@@ -181,7 +184,7 @@ async fn a_merge_takes_the_manifests_the_lander_wrote_from_memory_not_storage() 
     lake::snapshot::commit(
         &lake.swap,
         &Head::new(table),
-        &Change::append(vec![], props),
+        &Change::append(vec![], 0, props),
     )
     .await
     .expect("other writer's commit");
@@ -331,7 +334,7 @@ async fn runs_read_again_land_only_the_rows_the_table_lacks() {
     drop(land_run(&a, &[60]).await);
     a.flush().await;
     let before = lake.table("events").await;
-    let err = lake::snapshot::commit(&lake.swap, &stale, &Change::append(vec![], HashMap::new()))
+    let err = lake::snapshot::commit(&lake.swap, &stale, &Change::append(vec![], 0, HashMap::new()))
         .await
         .expect_err("moved since");
     assert!(matches!(err, CommitError::Conflict), "{err}");
@@ -339,4 +342,297 @@ async fn runs_read_again_land_only_the_rows_the_table_lacks() {
         lake.table("events").await.metadata_location(),
         before.metadata_location()
     );
+}
+
+/// A batch of `ids` (as Int32 or Int64) and, if given, a `site` column.
+fn evolving_batch(ids: &[i64], wide: bool, site: Option<&[&str]>) -> RecordBatch {
+    let mut columns: Vec<(&str, arrow_array::ArrayRef)> = vec![(
+        "id",
+        if wide {
+            Arc::new(Int64Array::from(ids.to_vec()))
+        } else {
+            Arc::new(arrow_array::Int32Array::from(
+                ids.iter().map(|&i| i as i32).collect::<Vec<_>>(),
+            ))
+        },
+    )];
+    if let Some(site) = site {
+        columns.push(("site", Arc::new(arrow_array::StringArray::from(site.to_vec()))));
+    }
+    RecordBatch::try_from_iter(columns).expect("batch")
+}
+
+/// Every row of table `events` as (id, site), read back from its data files, sorted.
+async fn ids_and_sites(lake: &TestLake) -> Vec<(i64, Option<String>)> {
+    use arrow_array::cast::AsArray;
+    let table = lake.table("events").await;
+    let files = lake::live_files(&table).await.expect("files");
+    let mut rows: Vec<(i64, Option<String>)> = lake::read_data_files(&table, &files)
+        .await
+        .expect("read")
+        .iter()
+        .flat_map(|b| {
+            let ids = b
+                .column_by_name("id")
+                .expect("id")
+                .as_primitive::<arrow_array::types::Int64Type>()
+                .clone();
+            let sites = b
+                .column_by_name("site")
+                .expect("site")
+                .as_string::<i32>()
+                .clone();
+            (0..b.num_rows())
+                .map(|i| {
+                    let site = (!arrow_array::Array::is_null(&sites, i))
+                        .then(|| sites.value(i).to_string());
+                    (ids.value(i), site)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn new_columns_and_a_wider_type_evolve_the_table_and_earlier_rows_read_null() {
+    let lake = TestLake::new().await;
+    let lander = lake.lander();
+    let first = land(&lander, "a", "events", 1, evolving_batch(&[1], false, None)).await;
+    lander.flush().await;
+    assert_eq!(first.await, Ok(Verdict::Committed));
+    let before = lake.table("events").await;
+    let old_schema = before.metadata().current_schema_id();
+
+    let wider = evolving_batch(&[2, 3_000_000_000], true, Some(&["berlin", "oslo"]));
+    let second = land(&lander, "a", "events", 2, wider).await;
+    lander.flush().await;
+    assert_eq!(second.await, Ok(Verdict::Committed));
+
+    let table = lake.table("events").await;
+    let meta = table.metadata();
+    let schema = meta.current_schema();
+    assert_ne!(meta.current_schema_id(), old_schema);
+    assert_eq!(
+        *schema.field_by_name("id").expect("id").field_type,
+        iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long)
+    );
+    assert!(!schema.field_by_name("site").expect("site").required);
+    // The snapshot before the change still names the schema it was written with.
+    let first_snapshot = meta
+        .snapshots()
+        .min_by_key(|s| s.sequence_number())
+        .expect("snapshot");
+    assert_eq!(first_snapshot.schema_id(), Some(old_schema));
+    assert_eq!(
+        ids_and_sites(&lake).await,
+        [
+            (1, None),
+            (2, Some("berlin".into())),
+            (3_000_000_000, Some("oslo".into()))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn batches_waiting_for_a_commit_are_reshaped_when_the_table_evolves() {
+    let lake = TestLake::new().await;
+    let lander = lake.lander();
+    let create = land(&lander, "a", "events", 1, evolving_batch(&[1], false, None)).await;
+    lander.flush().await;
+    assert_eq!(create.await, Ok(Verdict::Committed));
+    // Both wait for the next commit: the second evolves the table under the first.
+    let waiting = land(&lander, "a", "events", 2, evolving_batch(&[2], false, None)).await;
+    let new = land(&lander, "b", "events", 1, evolving_batch(&[3], true, Some(&["x"]))).await;
+    lander.flush().await;
+    assert_eq!(waiting.await, Ok(Verdict::Committed));
+    assert_eq!(new.await, Ok(Verdict::Committed));
+    assert_eq!(
+        ids_and_sites(&lake).await,
+        [(1, None), (2, None), (3, Some("x".into()))]
+    );
+}
+
+#[tokio::test]
+async fn a_strict_stream_refuses_new_columns_and_keeps_its_own() {
+    let lake = TestLake::new().await;
+    let strict = super::Streams(Arc::new(
+        [(
+            "events".to_string(),
+            super::StreamConfig {
+                schema: super::SchemaPolicy::Strict,
+                ..Default::default()
+            },
+        )]
+        .into(),
+    ));
+    let lander = lake.lander_for(strict, InFlight::default());
+    let first = land(&lander, "a", "events", 1, evolving_batch(&[1], true, None)).await;
+    lander.flush().await;
+    assert_eq!(first.await, Ok(Verdict::Committed));
+    let new = land(&lander, "a", "events", 2, evolving_batch(&[2], true, Some(&["x"]))).await;
+    lander.flush().await;
+    match new.await {
+        Ok(Verdict::Quarantined(reason)) => {
+            assert!(reason.contains("strict") && reason.contains("site"), "{reason}")
+        }
+        other => panic!("expected quarantine, got {other:?}"),
+    }
+    assert_eq!(quarantined(&lake, "events").await.len(), 1);
+    let table = lake.table("events").await;
+    assert!(table.metadata().current_schema().field_by_name("site").is_none());
+    assert_eq!(table.metadata().schemas_iter().count(), 1);
+}
+
+#[tokio::test]
+async fn two_processors_adding_the_same_column_at_once_make_one_schema_change() {
+    let lake = TestLake::new().await;
+    // Two landers with their own commit locks: two processors on one catalog.
+    let (one, two) = (lake.lander(), lake.lander());
+    let create = land(&one, "a", "events", 1, evolving_batch(&[1], true, None)).await;
+    one.flush().await;
+    assert_eq!(create.await, Ok(Verdict::Committed));
+    let (x, y) = tokio::join!(
+        land(&one, "a", "events", 2, evolving_batch(&[2], true, Some(&["x"]))),
+        land(&two, "b", "events", 1, evolving_batch(&[3], true, Some(&["y"]))),
+    );
+    tokio::join!(one.flush(), two.flush());
+    assert_eq!(x.await, Ok(Verdict::Committed));
+    assert_eq!(y.await, Ok(Verdict::Committed));
+    let table = lake.table("events").await;
+    assert_eq!(
+        table.metadata().schemas_iter().count(),
+        2,
+        "one change, made once"
+    );
+    assert_eq!(
+        ids_and_sites(&lake).await,
+        [(1, None), (2, Some("x".into())), (3, Some("y".into()))]
+    );
+}
+
+/// The batches kept in `stream`'s quarantine table.
+async fn quarantined(lake: &TestLake, stream: &str) -> Vec<super::quarantine::Quarantined> {
+    let ident = iceberg::TableIdent::from_strs([
+        super::quarantine::NAMESPACE,
+        &super::quarantine::table_name(stream),
+    ])
+    .expect("ident");
+    let table = lake.catalog.load_table(&ident).await.expect("quarantine table");
+    let files = lake::live_files(&table).await.expect("files");
+    lake::read_data_files(&table, &files)
+        .await
+        .expect("read")
+        .iter()
+        .flat_map(|b| super::quarantine::read(b).expect("quarantine rows"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_of_an_incompatible_type_is_quarantined_acknowledged_and_marked_once() {
+    let lake = TestLake::new().await;
+    let lander = lake.lander();
+    let first = land(&lander, "a", "events", 1, evolving_batch(&[1], true, None)).await;
+    lander.flush().await;
+    assert_eq!(first.await, Ok(Verdict::Committed));
+    let text = RecordBatch::try_from_iter(vec![(
+        "id",
+        Arc::new(arrow_array::StringArray::from(vec!["two", "three"])) as arrow_array::ArrayRef,
+    )])
+    .expect("batch");
+    let v = land(&lander, "a", "events", 2, text.clone()).await;
+    lander.flush().await;
+    match v.await {
+        Ok(Verdict::Quarantined(reason)) => assert!(reason.contains("\"id\""), "{reason}"),
+        other => panic!("expected quarantine, got {other:?}"),
+    }
+    let kept = quarantined(&lake, "events").await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].agent.as_str(), kept[0].seq), ("a", 2));
+    assert_eq!(kept[0].batch, text, "the rows as they arrived");
+    assert_eq!(kept[0].checkpoint.as_deref(), Some("ckpt-2"));
+    // The bronze table records the batch as taken, with its checkpoint: the agent resumes
+    // after it, and a resend is a duplicate that is not quarantined twice.
+    lander.flush().await;
+    assert_eq!(
+        lander.committed_mark("a", "events").await.expect("mark"),
+        (2, Some("ckpt-2".to_string()))
+    );
+    let again = land(&lander, "a", "events", 2, text).await;
+    lander.flush().await;
+    assert_eq!(again.await, Ok(Verdict::Duplicate));
+    assert_eq!(quarantined(&lake, "events").await.len(), 1);
+    // Later batches land, with no sequence gap reported.
+    let next = land(&lander, "a", "events", 3, evolving_batch(&[3], true, None)).await;
+    lander.flush().await;
+    assert_eq!(next.await, Ok(Verdict::Committed));
+    assert_eq!(sorted_ids(&lake).await, [1, 3]);
+}
+
+/// The `id`s of table `events`, sorted.
+async fn sorted_ids(lake: &TestLake) -> Vec<i64> {
+    let table = lake.table("events").await;
+    let files = lake::live_files(&table).await.expect("files");
+    let mut ids = crate::testing::ids_in(&table, &files).await;
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn replay_after_a_config_change_lands_quarantined_rows_once_and_in_order() {
+    let lake = TestLake::new().await;
+    let lander = lake.lander();
+    let text = |values: &[&str]| {
+        RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(arrow_array::StringArray::from(values.to_vec())) as arrow_array::ArrayRef,
+        )])
+        .expect("batch")
+    };
+    let first = land(&lander, "a", "events", 1, evolving_batch(&[1], true, None)).await;
+    lander.flush().await;
+    assert_eq!(first.await, Ok(Verdict::Committed));
+    let mut verdicts = Vec::new();
+    for (seq, values) in [(2, &["2", "3"][..]), (3, &["x"][..]), (4, &["4"][..])] {
+        verdicts.push(land(&lander, "a", "events", seq, text(values)).await);
+    }
+    lander.flush().await;
+    for v in verdicts {
+        assert!(matches!(v.await, Ok(Verdict::Quarantined(_))));
+    }
+    // Nothing fits yet: the first is refused, the rest wait behind it.
+    let report = super::replay::replay(lake.catalog.as_ref(), &lander, "events")
+        .await
+        .expect("replay");
+    assert_eq!((report.batches, report.replayed), (3, 0));
+    assert_eq!(report.refused.len(), 1);
+    assert_eq!(report.held_back, 2);
+    assert_eq!(sorted_ids(&lake).await, [1]);
+
+    // The config now converts text: "2" and "3" land; "x" still does not, and holds "4".
+    let coerce = super::Streams(Arc::new(
+        [(
+            "events".to_string(),
+            super::StreamConfig {
+                coerce: true,
+                ..Default::default()
+            },
+        )]
+        .into(),
+    ));
+    for run in 0..2 {
+        let fixed = lake.lander_for(coerce.clone(), InFlight::default());
+        let report = super::replay::replay(lake.catalog.as_ref(), &fixed, "events")
+            .await
+            .expect("replay");
+        assert_eq!(
+            (report.replayed, report.already, report.held_back),
+            if run == 0 { (1, 0, 1) } else { (0, 1, 1) },
+            "run {run}: {report:?}"
+        );
+        assert_eq!(report.refused.len(), 1);
+        assert_eq!(report.refused[0].1, 3);
+        assert_eq!(sorted_ids(&lake).await, [1, 2, 3], "run {run}");
+    }
 }

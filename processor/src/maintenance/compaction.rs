@@ -113,8 +113,8 @@ pub struct CompactionReport {
 
 /// Bins of small files (paths and sizes), each worth rewriting into fewer files.
 pub fn plan(files: &[DataFile], opts: &CompactionOptions) -> Vec<Vec<DataFile>> {
-    // Files of different partitions never share a bin (the tables have one partition spec),
-    // nor do files of different tiers.
+    // Files of different partitions never share a bin (the caller bins each partition spec
+    // apart), nor do files of different tiers.
     let mut groups: BTreeMap<(String, u32), Vec<&DataFile>> = BTreeMap::new();
     for f in files {
         let size = f.file_size_in_bytes();
@@ -177,13 +177,23 @@ pub async fn compact(
         .collect();
     report.files_before = initial.len();
     loop {
-        let files = crate::lake::live_files(&table).await?;
-        let candidates: Vec<DataFile> = files
+        let files = crate::lake::live_files_by_spec(&table).await?;
+        // Files of each partition spec are binned apart. Those of an earlier spec are
+        // decoded and written again (under the table's spec now): their row groups cannot
+        // be copied into a file of another partitioning.
+        let default_spec = table.metadata().default_partition_spec_id();
+        let mut by_spec: BTreeMap<i32, Vec<DataFile>> = BTreeMap::new();
+        for (spec, f) in files.iter().filter(|(_, f)| initial.contains(f.file_path())) {
+            by_spec.entry(*spec).or_default().push(f.clone());
+        }
+        let bins: Vec<(bool, Vec<DataFile>)> = by_spec
             .iter()
-            .filter(|f| initial.contains(f.file_path()))
-            .cloned()
+            .flat_map(|(spec, candidates)| {
+                plan(candidates, opts)
+                    .into_iter()
+                    .map(move |bin| (*spec == default_spec, bin))
+            })
             .collect();
-        let bins = plan(&candidates, opts);
         if bins.is_empty() || stopping() {
             report.files_after = files.len();
             break;
@@ -192,16 +202,20 @@ pub async fn compact(
         tracing::info!(
             table = %report.table,
             bins = total,
-            files = bins.iter().map(Vec::len).sum::<usize>(),
+            files = bins.iter().map(|(_, b)| b.len()).sum::<usize>(),
             "compacting"
         );
         let mut lost = false;
-        for (i, bin) in bins.into_iter().enumerate() {
+        for (i, (copyable, bin)) in bins.into_iter().enumerate() {
             if stopping() {
                 break;
             }
             progress(i, total);
-            match compact_bin(catalog, &table, swap, locks, &bin, opts, &mut report).await {
+            let bin = Bin {
+                files: &bin,
+                copyable,
+            };
+            match compact_bin(catalog, &table, swap, locks, bin, opts, &mut report).await {
                 Ok(()) => {}
                 Err(MaintenanceError::Commit(CommitError::Conflict | CommitError::Missing(_))) => {
                     report.conflicts += 1;
@@ -225,13 +239,24 @@ pub async fn compact(
     Ok(report)
 }
 
+/// Small files of one partition to rewrite into fewer.
+#[derive(Clone, Copy)]
+struct Bin<'a> {
+    files: &'a [DataFile],
+    /// Of the table's partition spec now, so their row groups may be copied as they are.
+    copyable: bool,
+}
+
 /// Rewrite one bin into new files and commit the swap.
 async fn compact_bin(
     catalog: &dyn Catalog,
     table: &Table,
     swap: &CatalogSwap,
     locks: &CommitLocks,
-    bin: &[DataFile],
+    Bin {
+        files: bin,
+        copyable,
+    }: Bin<'_>,
     opts: &CompactionOptions,
     report: &mut CompactionReport,
 ) -> Result<(), MaintenanceError> {
@@ -241,7 +266,7 @@ async fn compact_bin(
     // is written. The data is read later, a file or a row group at a time.
     let bytes_read: u64 = bin.iter().map(DataFile::file_size_in_bytes).sum();
     let mut metas = Vec::new();
-    if bytes_read / (bin.len() as u64).max(1) > opts.copy_row_group_size {
+    if copyable && bytes_read / (bin.len() as u64).max(1) > opts.copy_row_group_size {
         for f in bin {
             metas.push(concat::footer(table, f).await?);
         }
@@ -282,6 +307,7 @@ async fn compact_bin(
             .map(|f| f.file_path().to_string())
             .collect::<HashSet<_>>(),
         add: written.clone(),
+        spec_id: table.metadata().default_partition_spec_id(),
         operation: Operation::Replace,
         properties: [("sluice.compaction".to_string(), prefix)]
             .into_iter()

@@ -43,6 +43,10 @@ pub struct ModelConfig {
     /// never split), which bounds its memory. More runs follow until caught up.
     #[serde(default = "default_max_files")]
     pub max_files_per_run: usize,
+    /// How the target is partitioned when it is created: Iceberg transforms of its
+    /// columns (`["day(ts)", "bucket(16, host)"]`); unpartitioned if empty.
+    #[serde(default)]
+    pub partition: Vec<crate::lake::partition::PartitionField>,
 }
 
 fn default_max_files() -> usize {

@@ -355,6 +355,7 @@ impl Runner {
                     &model.namespace,
                     &model.table,
                     &schema,
+                    &model.cfg.partition,
                     &[("sluice.layer", layer), ("sluice.model", &model.name)],
                 )
                 .await?
@@ -371,6 +372,7 @@ impl Runner {
                         q_ns,
                         q_table,
                         &qschema,
+                        &[],
                         &[
                             ("sluice.layer", "quarantine"),
                             ("sluice.model", &model.name),
@@ -626,6 +628,7 @@ impl Runner {
                 let change = Change {
                     remove,
                     add: files.clone(),
+                    spec_id: table.metadata().default_partition_spec_id(),
                     operation: if replace_all && current.is_some() {
                         Operation::Overwrite
                     } else {

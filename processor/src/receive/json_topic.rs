@@ -1,8 +1,11 @@
 //! Plain JSON topics, written by any producer: one JSON object per message becomes one
-//! bronze row. The columns are declared in the config, or inferred from the first message
-//! that parses and then fixed (they are the table's from then on). Messages that do not
-//! fit go to the dead-letter table with their raw bytes and the reason.
+//! bronze row. The columns are declared in the config, read from the table, or inferred
+//! from the first message that parses. A key no column has yet becomes a column (its type
+//! inferred from its first value) when the table's schema evolves, and sends its message to
+//! the dead-letter table when it is strict. Messages that do not fit go to the dead-letter
+//! table with their raw bytes and the reason.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow_array::{
@@ -10,6 +13,8 @@ use arrow_array::{
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
+
+use crate::land::SchemaPolicy;
 
 /// Why a JSON message does not become a row; the message goes to the dead-letter table
 /// with this as its reason. No retry helps: the message is what it is.
@@ -47,6 +52,9 @@ pub enum JsonError {
     /// The first message has no field a column can hold.
     #[error("cannot infer columns: the message has no scalar field")]
     NoScalarField,
+    /// A key no column has, and the table's schema is strict.
+    #[error("key {0:?} is not a column, and the table's schema is strict")]
+    UnknownKey(String),
 }
 
 impl JsonError {
@@ -63,6 +71,7 @@ impl JsonError {
             Self::NotInteger { .. } | Self::DoesNotFit(_) => "does_not_fit",
             Self::NoColumns | Self::NoRows | Self::Reader(_) => "no_rows",
             Self::Infer(_) | Self::NoScalarField => "no_columns",
+            Self::UnknownKey(_) => "strict_schema",
         }
     }
 }
@@ -119,26 +128,56 @@ pub struct JsonTopic {
     pub table: String,
     /// The columns, once declared, read from the table, or inferred.
     schema: Option<SchemaRef>,
+    /// Their names, and the reserved names messages may not make columns.
+    known: HashSet<String>,
+    /// Whether a new key becomes a column.
+    policy: SchemaPolicy,
 }
 
 impl JsonTopic {
-    pub(super) fn new(table: String, schema: Option<SchemaRef>) -> Self {
-        Self { table, schema }
+    pub(super) fn new(table: String, schema: Option<SchemaRef>, policy: SchemaPolicy) -> Self {
+        let mut known: HashSet<String> = crate::lake::LAKE_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        if let Some(s) = &schema {
+            known.extend(s.fields().iter().map(|f| f.name().clone()));
+        }
+        Self {
+            table,
+            schema,
+            known,
+            policy,
+        }
     }
 
     /// One message, parsed and checked against the columns (inferred from it if it is
-    /// the first that parses), or why it does not fit.
+    /// the first that parses; its new keys made columns if the table evolves), or why it
+    /// does not fit.
     pub fn parse(&mut self, payload: &[u8]) -> Result<serde_json::Value, JsonError> {
         let value: serde_json::Value =
             serde_json::from_slice(payload).map_err(JsonError::NotJson)?;
-        if !value.is_object() {
+        let Some(object) = value.as_object() else {
             return Err(JsonError::NotObject);
-        }
+        };
         let schema = match &self.schema {
-            Some(s) => s.clone(),
+            Some(s) => {
+                let new: serde_json::Map<String, serde_json::Value> = object
+                    .iter()
+                    .filter(|(k, _)| !self.known.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if new.is_empty() {
+                    s.clone()
+                } else {
+                    self.add_columns(s.clone(), new)?
+                }
+            }
             None => {
                 let inferred = infer(&value)?;
-                tracing::info!(table = %self.table, schema = %describe(&inferred), "columns inferred from the first message; they are fixed from now on");
+                tracing::info!(table = %self.table, schema = %describe(&inferred), "columns inferred from the first message");
+                self.known
+                    .extend(inferred.fields().iter().map(|f| f.name().clone()));
                 self.schema = Some(inferred.clone());
                 inferred
             }
@@ -157,6 +196,39 @@ impl JsonTopic {
             }
         }
         Ok(value)
+    }
+
+    /// The columns with `new` keys of a message added (when the table evolves), or why
+    /// the message cannot have them. A key whose value is null or not a scalar waits for a
+    /// message that shows its type.
+    fn add_columns(
+        &mut self,
+        schema: SchemaRef,
+        new: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<SchemaRef, JsonError> {
+        if self.policy == SchemaPolicy::Strict {
+            let mut keys: Vec<&String> = new.keys().collect();
+            keys.sort();
+            return Err(JsonError::UnknownKey(keys[0].clone()));
+        }
+        let (added, left_out) = scalar_fields(&serde_json::Value::Object(new))?;
+        for (name, t) in left_out {
+            // A null says nothing of the type: the key waits for a value that does.
+            if t != DataType::Null {
+                tracing::warn!(table = %self.table, field = %name, "key left out of the columns ({t}); only scalar keys become columns");
+                self.known.insert(name);
+            }
+        }
+        if added.is_empty() {
+            return Ok(schema);
+        }
+        tracing::info!(table = %self.table, columns = %describe(&Schema::new(added.clone())), "new keys become columns");
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        self.known.extend(added.iter().map(|f| f.name().clone()));
+        fields.extend(added);
+        let next = Arc::new(Schema::new(fields));
+        self.schema = Some(next.clone());
+        Ok(next)
     }
 
     /// Parsed messages as the rows of one batch, or why they do not all fit the columns
@@ -184,29 +256,38 @@ impl JsonTopic {
 
 /// Columns from a first message: its scalar fields (numbers, text, booleans).
 fn infer(value: &serde_json::Value) -> Result<SchemaRef, JsonError> {
+    let (fields, left_out) = scalar_fields(value)?;
+    for (name, t) in left_out {
+        tracing::warn!(field = %name, "field left out of the inferred columns ({t} in the first message); declare a schema to keep it");
+    }
+    if fields.is_empty() {
+        return Err(JsonError::NoScalarField);
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The columns a message's scalar fields make (numbers, text, booleans; reserved names
+/// left out), and the fields left out for their type (null, lists, objects).
+fn scalar_fields(
+    value: &serde_json::Value,
+) -> Result<(Vec<Field>, Vec<(String, DataType)>), JsonError> {
     let inferred =
         arrow_json::reader::infer_json_schema_from_iterator(std::iter::once(Ok(value.clone())))
             .map_err(JsonError::Infer)?;
-    let mut fields = Vec::new();
+    let (mut fields, mut left_out) = (Vec::new(), Vec::new());
     for f in inferred.fields() {
         if crate::lake::LAKE_COLUMNS.contains(&f.name().as_str()) {
-            tracing::warn!(field = %f.name(), "field left out of the inferred columns: the name is reserved for the lake");
+            tracing::warn!(field = %f.name(), "field left out of the columns: the name is reserved for the lake");
             continue;
         }
         match f.data_type() {
             DataType::Int64 | DataType::Float64 | DataType::Utf8 | DataType::Boolean => {
                 fields.push(Field::new(f.name(), f.data_type().clone(), true));
             }
-            other => tracing::warn!(
-                field = %f.name(),
-                "field left out of the inferred columns ({other} in the first message); declare a schema to keep it"
-            ),
+            other => left_out.push((f.name().clone(), other.clone())),
         }
     }
-    if fields.is_empty() {
-        return Err(JsonError::NoScalarField);
-    }
-    Ok(Arc::new(Schema::new(fields)))
+    Ok((fields, left_out))
 }
 
 fn describe(schema: &Schema) -> String {
@@ -286,7 +367,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)));
+        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)), SchemaPolicy::Evolve);
         let b = t
             .decode(br#"{"ts":"2026-01-01T00:00:01Z","level":"warn","ms":3,"extra":[1]}"#)
             .expect("fits");
@@ -312,8 +393,8 @@ mod tests {
     }
 
     #[test]
-    fn inferred_then_fixed() {
-        let mut t = JsonTopic::new("events".into(), None);
+    fn inferred_then_new_keys_become_columns() {
+        let mut t = JsonTopic::new("events".into(), None, SchemaPolicy::Evolve);
         assert!(t.decode(b"nope").is_err(), "nothing to infer from");
         let b = t
             .decode(br#"{"id":7,"name":"a","score":1.5,"ok":true,"tags":["x"],"gone":null}"#)
@@ -323,15 +404,32 @@ mod tests {
         // In name order: JSON objects carry no order the reader keeps.
         assert_eq!(names, ["id", "name", "ok", "score"]);
         assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 7);
-        // Fixed: a later message with a different type does not change the columns.
+        // A later value of another type does not change a column's type.
         let err = t.decode(br#"{"id":"seven"}"#).unwrap_err().to_string();
         assert!(err.contains("does not fit"), "{err}");
         let err = t.decode(br#"{"id":2.5}"#).unwrap_err().to_string();
         assert!(err.contains("not an integer"), "{err}");
-        let b = t
-            .decode(br#"{"id":8,"new":1}"#)
-            .expect("extra fields are ignored");
-        assert_eq!(b.num_columns(), 4);
+        // A new key becomes a column; earlier rows of a run read it as null.
+        let b = t.decode(br#"{"id":8,"new":1}"#).expect("a new key");
+        assert_eq!(b.num_columns(), 5);
+        assert_eq!(b.schema().field(4).name(), "new");
+        let b = t.decode(br#"{"id":9}"#).expect("fits");
+        assert!(b.column(4).is_null(0));
+        // A null or nested value is no column (yet).
+        let b = t.decode(br#"{"id":9,"later":null,"deep":{"a":1}}"#).expect("fits");
+        assert_eq!(b.num_columns(), 5);
+        let b = t.decode(br#"{"later":"now"}"#).expect("fits");
+        assert_eq!(b.num_columns(), 6);
+    }
+
+    #[test]
+    fn a_strict_topic_dead_letters_a_message_with_a_new_key() {
+        let mut t = JsonTopic::new("events".into(), None, SchemaPolicy::Strict);
+        t.decode(br#"{"id":7}"#).expect("the first message makes the columns");
+        let err = t.decode(br#"{"id":8,"site":"x"}"#).unwrap_err();
+        assert!(matches!(err, JsonError::UnknownKey(ref k) if k == "site"), "{err}");
+        assert_eq!(err.reason(), "strict_schema");
+        assert_eq!(t.decode(br#"{"id":9}"#).expect("fits").num_columns(), 1);
     }
 
     #[test]
@@ -350,13 +448,13 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut declared = JsonTopic::new("logs".into(), Some(declared_schema(&cols)));
+        let mut declared = JsonTopic::new("logs".into(), Some(declared_schema(&cols)), SchemaPolicy::Evolve);
         let mut m = Mutator::new(42);
         let (mut rows, mut refused) = (0, 0);
         for i in 0..20_000 {
             let input = m.mutate(corpus[i % corpus.len()]);
             // Inferred from the first mutated message that parses, as a new topic would.
-            let mut inferred = JsonTopic::new("logs".into(), None);
+            let mut inferred = JsonTopic::new("logs".into(), None, SchemaPolicy::Evolve);
             for topic in [&mut declared, &mut inferred] {
                 match topic.decode(&input) {
                     Ok(b) => rows += b.num_rows(),
@@ -369,7 +467,7 @@ mod tests {
 
     #[test]
     fn reserved_keys_in_the_first_message_are_left_out_of_the_columns() {
-        let mut t = JsonTopic::new("events".into(), None);
+        let mut t = JsonTopic::new("events".into(), None, SchemaPolicy::Evolve);
         let b = t
             .decode(br#"{"_seq":5,"_agent":"forged","_ingested_at":"x","msg":"hi"}"#)
             .expect("infers");
@@ -387,7 +485,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)));
+        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)), SchemaPolicy::Evolve);
         let good: Vec<serde_json::Value> = (0..5)
             .map(|i| {
                 t.parse(format!(r#"{{"level":"l{i}","ms":{i}}}"#).as_bytes())

@@ -290,6 +290,7 @@ impl Receiver {
                         wire_bytes: batch.ipc.len(),
                         received_at_us: chrono::Utc::now().timestamp_micros(),
                         origin: None,
+                        quarantine: true,
                         reply,
                     };
                     if self.lander.land(req).await.is_err() {
@@ -347,6 +348,7 @@ async fn write_acks(
             Verdict::Committed => (AckStatus::Committed, String::new()),
             Verdict::Duplicate => (AckStatus::Duplicate, String::new()),
             Verdict::Rejected(m) => (AckStatus::Rejected, m),
+            Verdict::Quarantined(m) => (AckStatus::Quarantined, m),
         };
         let ack = Frame::Ack(Ack {
             stream: stream.clone(),

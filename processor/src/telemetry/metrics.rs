@@ -91,6 +91,7 @@ pub struct Metrics {
     rows_received: Family<TableLabels, Counter>,
     bytes_received: Family<TableLabels, Counter>,
     rows_rejected: Family<TableReasonLabels, Counter>,
+    rows_quarantined: Family<TableReasonLabels, Counter>,
     /// Per bronze table, the newest committed `_ingested_at` (µs), for the freshness gauge.
     newest_ingested_us: Mutex<HashMap<String, i64>>,
     freshness: Family<TableLabels, Gauge<f64, AtomicU64>>,
@@ -102,6 +103,7 @@ pub struct Metrics {
     batches_duplicate: Family<TableLabels, Counter>,
     rows_duplicate: Family<TableLabels, Counter>,
     batches_rejected: Family<TableReasonLabels, Counter>,
+    batches_quarantined: Family<TableReasonLabels, Counter>,
     rows_committed: Family<TableLabels, Counter>,
     bytes_committed: Family<TableLabels, Counter>,
     commits: Family<TableLabels, Counter>,
@@ -109,6 +111,7 @@ pub struct Metrics {
     commit_seconds: Family<TableLabels, Histogram, fn() -> Histogram>,
     batch_latency_seconds: Family<TableLabels, Histogram, fn() -> Histogram>,
     sequence_gaps: Family<TableLabels, Counter>,
+    schema_changes: Family<TableLabels, Counter>,
     model_runs: Family<ModelOutcomeLabels, Counter>,
     model_run_seconds: Family<ModelLabels, Histogram, fn() -> Histogram>,
     model_rows: Family<ModelLabels, Counter>,
@@ -146,6 +149,7 @@ impl Default for Metrics {
             rows_received: Family::default(),
             bytes_received: Family::default(),
             rows_rejected: Family::default(),
+            rows_quarantined: Family::default(),
             newest_ingested_us: Mutex::default(),
             freshness: Family::default(),
             table_rows: Family::default(),
@@ -156,6 +160,7 @@ impl Default for Metrics {
             batches_duplicate: Family::default(),
             rows_duplicate: Family::default(),
             batches_rejected: Family::default(),
+            batches_quarantined: Family::default(),
             rows_committed: Family::default(),
             bytes_committed: Family::default(),
             commits: Family::default(),
@@ -163,6 +168,7 @@ impl Default for Metrics {
             commit_seconds: Family::new_with_constructor(latency_histogram),
             batch_latency_seconds: Family::new_with_constructor(latency_histogram),
             sequence_gaps: Family::default(),
+            schema_changes: Family::default(),
             model_runs: Family::default(),
             model_run_seconds: Family::new_with_constructor(latency_histogram),
             model_rows: Family::default(),
@@ -306,6 +312,16 @@ impl Default for Metrics {
             m.batches_rejected.clone(),
         );
         r.register(
+            "batches_quarantined",
+            "Batches that did not fit their table, kept in its quarantine table, by table and reason",
+            m.batches_quarantined.clone(),
+        );
+        r.register(
+            "quarantined_rows",
+            "Rows of quarantined batches, by table and reason",
+            m.rows_quarantined.clone(),
+        );
+        r.register(
             "committed_rows",
             "Rows committed per table",
             m.rows_committed.clone(),
@@ -335,6 +351,11 @@ impl Default for Metrics {
             "sequence_gaps",
             "Batches that skipped sequence numbers (data lost before reaching the processor)",
             m.sequence_gaps.clone(),
+        );
+        r.register(
+            "schema_changes",
+            "Schema changes this processor committed to a table (columns added, types widened)",
+            m.schema_changes.clone(),
         );
         r.register(
             "model_runs",
@@ -495,6 +516,17 @@ impl Metrics {
         self.rows_rejected.get_or_create(&l).inc_by(rows as u64);
     }
 
+    /// A batch of `rows` rows for table `t` did not fit it, for `reason`, and went to
+    /// the stream's quarantine table.
+    pub fn batch_quarantined(&self, t: &str, reason: &str, rows: usize) {
+        let l = TableReasonLabels {
+            table: t.into(),
+            reason: reason.into(),
+        };
+        self.batches_quarantined.get_or_create(&l).inc();
+        self.rows_quarantined.get_or_create(&l).inc_by(rows as u64);
+    }
+
     /// Rows of table `t` received at `newest_us` (the `_ingested_at` of the newest) are
     /// committed.
     pub fn ingested(&self, t: &str, newest_us: i64) {
@@ -569,6 +601,11 @@ impl Metrics {
         self.batch_latency_seconds
             .get_or_create(&table(t))
             .observe(seconds);
+    }
+
+    /// This processor evolved table `t`'s schema.
+    pub fn schema_evolved(&self, t: &str) {
+        self.schema_changes.get_or_create(&table(t)).inc();
     }
 
     /// A commit of table `t` merged `n` manifests into its new one.

@@ -141,6 +141,7 @@ impl ConsumeLoop {
             wire_bytes,
             received_at_us: chrono::Utc::now().timestamp_micros(),
             origin: Some(origin),
+            quarantine: true,
             reply,
         };
         if self.runtime.block_on(self.lander.land(req)).is_err() {

@@ -91,7 +91,8 @@ impl KafkaReceiver {
                     .transpose()
                     .with_context(|| format!("cannot read the columns of {namespace}.{table}"))?,
             };
-            json.insert(topic.clone(), JsonTopic::new(table, schema));
+            let policy = lander.schema_policy(&table);
+            json.insert(topic.clone(), JsonTopic::new(table, schema, policy));
         }
         let runtime = tokio::runtime::Handle::current();
         let health = metrics.health.watch("kafka consumer", "messages");

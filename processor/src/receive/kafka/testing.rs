@@ -115,7 +115,11 @@ impl Fixture {
         .collect();
         let json = HashMap::from([(
             LOGS.to_string(),
-            JsonTopic::new(LOGS_TABLE.into(), Some(declared_schema(&columns))),
+            JsonTopic::new(
+                LOGS_TABLE.into(),
+                Some(declared_schema(&columns)),
+                crate::land::SchemaPolicy::Evolve,
+            ),
         )]);
         let lp = ConsumeLoop {
             consumer,
