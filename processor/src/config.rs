@@ -121,6 +121,9 @@ impl ProcessorConfig {
                 "must be greater than zero",
             ));
         }
+        for stream in self.streams.keys() {
+            name(&format!("streams.{stream:?}"), "stream", stream)?;
+        }
         if self.lander.commit_max_rows == 0 {
             return Err(Invalid::new("lander.commit_max_rows", "must be at least 1"));
         }

@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::lake::locks::CommitLocks;
 use crate::lake::{self, CatalogSwap};
-use crate::land::{LanderConfig, Streams};
 use crate::land::inflight::InFlight;
 use crate::land::lander::{LandRequest, Lander, Verdict};
+use crate::land::{LanderConfig, Streams};
 use crate::telemetry::metrics::Metrics;
 
 /// A SQLite catalog over a local warehouse in a temporary directory.

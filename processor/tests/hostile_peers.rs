@@ -317,13 +317,10 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
         ack.message
     );
 
-    // A batch with columns the table does not have.
+    // A batch whose column has a type the table's cannot take: kept in quarantine, and
+    // acknowledged as such.
     let other = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new(
-            "unexpected",
-            DataType::Utf8,
-            false,
-        )])),
+        Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)])),
         vec![Arc::new(arrow_array::StringArray::from(vec!["x"]))],
     )
     .expect("batch");
@@ -331,8 +328,8 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
         .await
         .expect("send");
     let ack = next_ack(&mut recv).await;
-    assert_eq!(ack.status, AckStatus::Rejected);
-    assert!(ack.message.contains("not in the table"), "{}", ack.message);
+    assert_eq!(ack.status, AckStatus::Quarantined);
+    assert!(ack.message.contains("has type Utf8"), "{}", ack.message);
 
     // The same lane still lands good batches; a redelivery is acknowledged as a duplicate.
     write_frame(&mut send, &batch_frame("edge-01", 5, &batch(200, 50)))
@@ -441,7 +438,7 @@ async fn malformed_frames_are_refused_and_nothing_accepted_is_lost() {
             1.0,
         ),
         (
-            "sluice_processor_batches_rejected_total{table=\"bronze.t\",reason=\"schema_mismatch\"}",
+            "sluice_processor_batches_quarantined_total{table=\"bronze.t\",reason=\"type_change\"}",
             1.0,
         ),
         (

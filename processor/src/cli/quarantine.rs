@@ -35,7 +35,10 @@ pub async fn run(config: PathBuf, command: QuarantineCommand) -> anyhow::Result<
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
-            println!("{:<24} {:<24} {:>10} {:>8}  reason", "stream", "agent", "seq", "rows");
+            println!(
+                "{:<24} {:<24} {:>10} {:>8}  reason",
+                "stream", "agent", "seq", "rows"
+            );
             for r in rows {
                 println!(
                     "{:<24} {:<24} {:>10} {:>8}  {}",

@@ -17,9 +17,7 @@ pub fn conform(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, ArrowErr
         return Ok(array.clone());
     }
     match (array.data_type(), target) {
-        (DataType::Dictionary(_, values), _) => {
-            conform(&arrow_cast::cast(array, values)?, target)
-        }
+        (DataType::Dictionary(_, values), _) => conform(&arrow_cast::cast(array, values)?, target),
         (DataType::Struct(_), DataType::Struct(fields)) => {
             let s = array.as_struct();
             let columns = fields
@@ -107,10 +105,7 @@ pub fn conform_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBa
             };
             match at {
                 Some(i) => conform(batch.column(i), f.data_type()),
-                None => Ok(arrow_array::new_null_array(
-                    f.data_type(),
-                    batch.num_rows(),
-                )),
+                None => Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows())),
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -138,12 +133,14 @@ mod tests {
             add: vec![Field::new("site", DataType::Utf8, true)],
             widen: vec![("n".into(), DataType::Int64)],
         };
-        let iceberg_after =
-            evolved_schema(&iceberg_before, iceberg_before.highest_field_id(), &evolution)
-                .expect("evolves");
-        let after: SchemaRef = Arc::new(
-            iceberg::arrow::schema_to_arrow_schema(&iceberg_after).expect("arrow schema"),
-        );
+        let iceberg_after = evolved_schema(
+            &iceberg_before,
+            iceberg_before.highest_field_id(),
+            &evolution,
+        )
+        .expect("evolves");
+        let after: SchemaRef =
+            Arc::new(iceberg::arrow::schema_to_arrow_schema(&iceberg_after).expect("arrow schema"));
         let batch = RecordBatch::try_new(
             before.clone(),
             vec![
@@ -175,19 +172,21 @@ mod tests {
     fn columns_are_matched_by_field_id_not_by_name() {
         // A column renamed by another writer keeps its id, and its values.
         let with_id = |name: &str, id: &str| {
-            Field::new(name, DataType::Int64, true).with_metadata(
-                [(PARQUET_FIELD_ID_META_KEY.to_string(), id.to_string())].into(),
-            )
+            Field::new(name, DataType::Int64, true)
+                .with_metadata([(PARQUET_FIELD_ID_META_KEY.to_string(), id.to_string())].into())
         };
         let file = Arc::new(ArrowSchema::new(vec![with_id("old", "1")]));
-        let batch = RecordBatch::try_new(file, vec![Arc::new(Int64Array::from(vec![9]))])
-            .expect("batch");
+        let batch =
+            RecordBatch::try_new(file, vec![Arc::new(Int64Array::from(vec![9]))]).expect("batch");
         let table: SchemaRef = Arc::new(ArrowSchema::new(vec![
             with_id("old", "2"),
             with_id("new", "1"),
         ]));
         let out = conform_batch(&batch, &table).expect("conforms");
-        assert!(out.column(0).is_null(0), "a column of another id is not taken by name");
+        assert!(
+            out.column(0).is_null(0),
+            "a column of another id is not taken by name"
+        );
         assert_eq!(
             out.column(1)
                 .as_primitive::<arrow_array::types::Int64Type>()

@@ -100,12 +100,17 @@ fn iceberg_field(field: &Field, base: i32) -> Result<(i32, Type), Error> {
     )]);
     let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&one)?;
     let used = schema.highest_field_id();
-    let top = schema.as_struct().fields().first().cloned().ok_or_else(|| {
-        Error::new(
-            ErrorKind::Unexpected,
-            format!("column {:?} converted to no field", field.name()),
-        )
-    })?;
+    let top = schema
+        .as_struct()
+        .fields()
+        .first()
+        .cloned()
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("column {:?} converted to no field", field.name()),
+            )
+        })?;
     Ok((used, shift_type(&top.field_type, base)))
 }
 
@@ -239,7 +244,11 @@ mod tests {
             [(1, "v"), (3, "labels"), (6, "host"), (2, "_agent")],
             "{next:?}"
         );
-        let Type::Map(m) = next.field_by_name("labels").expect("labels").field_type.as_ref()
+        let Type::Map(m) = next
+            .field_by_name("labels")
+            .expect("labels")
+            .field_type
+            .as_ref()
         else {
             panic!("labels is a map");
         };

@@ -7,17 +7,17 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use iceberg::ErrorKind;
+use iceberg::spec::PartitionKey;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::spec::PartitionKey;
 use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator, LocationGenerator,
 };
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -59,10 +59,10 @@ type FileWriterBuilder =
 
 /// The writer stack of an unpartitioned or a partitioned table.
 enum Inner {
-    Plain(DataFileWriter<ParquetWriterBuilder, RecordingLocations, DefaultFileNameGenerator>),
+    Plain(Box<DataFileWriter<ParquetWriterBuilder, RecordingLocations, DefaultFileNameGenerator>>),
     Partitioned {
         fanout: Box<FanoutWriter<FileWriterBuilder>>,
-        splitter: Splitter,
+        splitter: Box<Splitter>,
     },
 }
 
@@ -93,7 +93,8 @@ impl<'a> DataFilesWriter<'a> {
             issued: Arc::default(),
         };
         let issued = location.issued.clone();
-        let names = DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet);
+        let names =
+            DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet);
         let schema = table.metadata().current_schema().clone();
         let parquet = ParquetWriterBuilder::new(props.build(), schema.clone());
         let rolling = match target_size {
@@ -114,11 +115,11 @@ impl<'a> DataFilesWriter<'a> {
         let builder = DataFileWriterBuilder::new(rolling);
         let spec = table.metadata().default_partition_spec();
         let inner = if spec.is_unpartitioned() {
-            Inner::Plain(builder.build(None).await?)
+            Inner::Plain(Box::new(builder.build(None).await?))
         } else {
             Inner::Partitioned {
                 fanout: Box::new(FanoutWriter::new(builder)),
-                splitter: Splitter::new(schema, spec.as_ref().clone())?,
+                splitter: Box::new(Splitter::new(schema, spec.as_ref().clone())?),
             }
         };
         Ok(Self {

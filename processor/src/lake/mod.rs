@@ -18,8 +18,8 @@
 //! | `stats.rs` | rows, files, bytes and metadata of each table |
 
 mod catalog;
-pub mod conform;
 mod config;
+pub mod conform;
 pub mod evolve;
 mod files;
 pub mod locks;

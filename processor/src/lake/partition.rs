@@ -102,18 +102,15 @@ impl TryFrom<String> for PartitionField {
         };
         let column = column(args.trim())?;
         let n = |what: &str| -> Result<u32, String> {
-            let n = number.ok_or_else(|| format!("{text:?}: {what} needs a number: {what}(N, column)"))?;
+            let n = number
+                .ok_or_else(|| format!("{text:?}: {what} needs a number: {what}(N, column)"))?;
             match n.parse::<u32>() {
                 Ok(v) if v > 0 => Ok(v),
                 _ => Err(format!("{text:?}: {n:?} is not a positive number")),
             }
         };
         let none = |t: Transform| {
-            if number.is_some() {
-                Err(bad())
-            } else {
-                Ok(t)
-            }
+            if number.is_some() { Err(bad()) } else { Ok(t) }
         };
         let transform = match name.as_str() {
             "identity" => none(Transform::Identity)?,
@@ -161,9 +158,12 @@ pub fn bronze_default(user: &ArrowSchema) -> Vec<PartitionField> {
 pub fn bind(schema: &Schema, fields: &[PartitionField]) -> Result<PartitionSpec, String> {
     let mut builder = PartitionSpec::builder(schema.clone());
     for f in fields {
-        let source = schema
-            .field_by_name(&f.column)
-            .ok_or_else(|| format!("partition field {f}: the table has no column {:?}", f.column))?;
+        let source = schema.field_by_name(&f.column).ok_or_else(|| {
+            format!(
+                "partition field {f}: the table has no column {:?}",
+                f.column
+            )
+        })?;
         f.transform
             .result_type(&source.field_type)
             .map_err(|e| format!("partition field {f}: {e}"))?;
@@ -175,7 +175,9 @@ pub fn bind(schema: &Schema, fields: &[PartitionField]) -> Result<PartitionSpec,
         {
             // iceberg-rust 0.10 cannot truncate the binary arrays it reads
             // (apache/iceberg-rust#3119).
-            return Err(format!("partition field {f}: binary columns are not truncated"));
+            return Err(format!(
+                "partition field {f}: binary columns are not truncated"
+            ));
         }
         builder = builder
             .add_partition_field(&f.column, f.name(), f.transform)
@@ -297,7 +299,10 @@ impl Splitter {
                     .map(|c| arrow_select::take::take(c, &take, None))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(arrow)?;
-                Ok((key, RecordBatch::try_new(batch.schema(), columns).map_err(arrow)?))
+                Ok((
+                    key,
+                    RecordBatch::try_new(batch.schema(), columns).map_err(arrow)?,
+                ))
             })
             .collect()
     }
@@ -305,7 +310,10 @@ impl Splitter {
     /// The partition key of row `row` of the partition values.
     fn key(&self, values: &arrow_array::ArrayRef, row: usize) -> Result<PartitionKey, Error> {
         let one = values.slice(row, 1);
-        match arrow_struct_to_literal(&one, &self.partition_type)?.pop().flatten() {
+        match arrow_struct_to_literal(&one, &self.partition_type)?
+            .pop()
+            .flatten()
+        {
             Some(Literal::Struct(data)) => Ok(PartitionKey::new(
                 self.spec.clone(),
                 self.schema.clone(),
@@ -347,11 +355,27 @@ mod tests {
             ("truncate[4](name)", Transform::Truncate(4), "name"),
         ] {
             let f = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!((f.transform, f.column.as_str()), (transform, column), "{text}");
+            assert_eq!(
+                (f.transform, f.column.as_str()),
+                (transform, column),
+                "{text}"
+            );
             assert_eq!(parse(&f.to_string()), Ok(f.clone()), "{text} round trips");
         }
-        assert_eq!(parse("bucket(16, host)").expect("bucket").name(), "host_bucket_16");
-        for bad in ["", "day()", "bucket(host)", "bucket(0, host)", "day(3, ts)", "week(ts)", "day(ts", "a b"] {
+        assert_eq!(
+            parse("bucket(16, host)").expect("bucket").name(),
+            "host_bucket_16"
+        );
+        for bad in [
+            "",
+            "day()",
+            "bucket(host)",
+            "bucket(0, host)",
+            "day(3, ts)",
+            "week(ts)",
+            "day(ts",
+            "a b",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} parses");
         }
     }
@@ -374,9 +398,16 @@ mod tests {
             Field::new("v", DataType::Float64, true),
             Field::new("host", DataType::Utf8, true),
         ]));
-        let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow).expect("schema");
-        let spec = bind(&schema, &[parse("bucket(8, host)").expect("f"), parse("day(_ingested_at)").expect("f")])
-            .expect("binds");
+        let schema =
+            iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&arrow).expect("schema");
+        let spec = bind(
+            &schema,
+            &[
+                parse("bucket(8, host)").expect("f"),
+                parse("day(_ingested_at)").expect("f"),
+            ],
+        )
+        .expect("binds");
         assert_eq!(spec.fields().len(), 2);
         for (fields, why) in [
             (&["day(nope)"][..], "no column"),
@@ -421,7 +452,12 @@ mod tests {
             .split(&batch(vec![day + 1, 2 * day + 5, day + 7, 2 * day]))
             .expect("split");
         assert_eq!(parts.len(), 2);
-        let v = |b: &RecordBatch| b.column(1).as_primitive::<arrow_array::types::Int64Type>().values().to_vec();
+        let v = |b: &RecordBatch| {
+            b.column(1)
+                .as_primitive::<arrow_array::types::Int64Type>()
+                .values()
+                .to_vec()
+        };
         assert_eq!(v(&parts[0].1), [0, 2], "rows keep their order");
         assert_eq!(v(&parts[1].1), [1, 3]);
         assert_ne!(parts[0].0.data(), parts[1].0.data());

@@ -71,7 +71,9 @@ pub enum CommitError {
     Empty,
     /// The table's partition spec changed since the files to add were written: nothing
     /// was applied. Write them again under the table's spec.
-    #[error("the table's partition spec changed since its files were written (spec {written}, now {now})")]
+    #[error(
+        "the table's partition spec changed since its files were written (spec {written}, now {now})"
+    )]
     SpecChanged {
         /// The spec the files were written under.
         written: i32,

@@ -195,8 +195,7 @@ fn fit(batch: &DataType, table: &DataType, coerce: bool) -> Fit {
     match (&batch, table) {
         (Dictionary(_, values), _) => nested(fit(values, table, coerce)),
         (Utf8 | LargeUtf8 | Utf8View, t)
-            if coerce
-                && (t.is_numeric() || matches!(t, Boolean | Date32 | Timestamp(..))) =>
+            if coerce && (t.is_numeric() || matches!(t, Boolean | Date32 | Timestamp(..))) =>
         {
             Fit::Cast
         }
@@ -390,7 +389,10 @@ mod tests {
         assert_eq!(e.add[0].name(), "site");
         // Text fits a number column only when coercing.
         let text = ArrowSchema::new(vec![Field::new("n", DataType::Utf8, true)]);
-        assert!(matches!(plan(&text, &table, false), Err(ColumnError::Type { .. })));
+        assert!(matches!(
+            plan(&text, &table, false),
+            Err(ColumnError::Type { .. })
+        ));
         assert_eq!(fits(plan(&text, &table, true)).len(), 2);
         // Narrower types fit as they are and are cast up.
         let narrower = ArrowSchema::new(vec![Field::new("n", DataType::Int16, true)]);
@@ -425,7 +427,10 @@ mod tests {
             Field::new("v", DataType::Float64, false),
             Field::new("v", DataType::Float64, false),
         ]);
-        assert!(matches!(plan(&twice, &table, false), Err(ColumnError::Twice(_))));
+        assert!(matches!(
+            plan(&twice, &table, false),
+            Err(ColumnError::Twice(_))
+        ));
         let tags = ArrowSchema::new(vec![Field::new_list(
             "tags",
             Field::new_list_field(DataType::Utf8, true),

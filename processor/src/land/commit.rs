@@ -10,8 +10,8 @@ use arrow_array::RecordBatch;
 use iceberg::table::Table;
 use tokio::time::Instant;
 
-use crate::lake::conform::conform_batch;
 use super::pending::{Landed, Pending};
+use crate::lake::conform::conform_batch;
 use crate::lake::locks::CommitLocks;
 use crate::lake::marks::{self, COMMIT_ID_KEY, Marks, Stored};
 use crate::lake::{self, CatalogSwap, Change, CommitError, Compression, Head};
@@ -212,14 +212,23 @@ impl CommitJob {
             tracing::debug!(table = %self.name, "the table already holds every batch of this commit");
             return Ok(landed);
         }
-        let data_files = files.as_ref().map(|(_, _, f)| f.clone()).unwrap_or_default();
+        let data_files = files
+            .as_ref()
+            .map(|(_, _, f)| f.clone())
+            .unwrap_or_default();
         let spec_id = files.as_ref().map_or(written_for.1, |(_, at, _)| at.1);
         let t3 = Instant::now();
         let staged = marks::stage(head.table(), committed, marks, &commit_id.to_string()).await?;
         let t4 = Instant::now();
         let mut props = staged.properties;
         props.insert(COMMIT_ID_KEY.to_string(), commit_id.to_string());
-        match lake::snapshot::commit(&self.swap, head, &Change::append(data_files, spec_id, props)).await {
+        match lake::snapshot::commit(
+            &self.swap,
+            head,
+            &Change::append(data_files, spec_id, props),
+        )
+        .await
+        {
             Ok(done) => {
                 locked.committed(&done.head);
                 let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;

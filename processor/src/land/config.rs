@@ -46,17 +46,18 @@ impl Default for LanderConfig {
 pub struct StreamConfig {
     /// `evolve`: a batch with new columns or wider types adds them to the table (as
     /// optional columns; int → long, float → double, decimal precision). `strict`: the
-    /// table keeps its columns, and such a batch is refused.
+    /// table keeps its columns, and such a batch goes to quarantine.
     pub schema: SchemaPolicy,
     /// Text where the table has a number, boolean, date or timestamp column is converted
     /// value by value; a batch with a value that does not convert goes to quarantine.
     /// Without it, such a batch goes to quarantine whole.
     pub coerce: bool,
     /// How the table is partitioned: Iceberg transforms of its columns (`["day(ts)"]`,
-    /// `["hour(ts)", "bucket(16, host)"]`, `[]` for none). Unset: a new table is
-    /// partitioned by day of its first timestamp column (else of `_ingested_at`) and an
-    /// existing one is left as it is. Set: an existing table whose spec differs moves to
-    /// this one (older files keep theirs, and stay readable).
+    /// `["hour(ts)", "bucket(16, host)"]`, `[]` for none). An existing table whose spec
+    /// differs moves to this one (older files keep theirs, and stay readable).
+    ///
+    /// Default: a new table by day of its first timestamp column (else of `_ingested_at`);
+    /// an existing one as it is.
     pub partition: Option<Vec<crate::lake::partition::PartitionField>>,
 }
 

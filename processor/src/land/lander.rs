@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::lake::CatalogSwap;
 use crate::lake::locks::CommitLocks;
 use crate::lake::marks::{Marks, Partition, ProgressError};
-use crate::land::{LanderConfig, SchemaPolicy, Streams};
 use crate::land::inflight::InFlight;
+use crate::land::{LanderConfig, SchemaPolicy, Streams};
 use crate::telemetry::metrics::Metrics;
 
 /// The final word on a batch.

@@ -61,11 +61,9 @@ pub(super) fn record(
     let env = &req.envelope;
     let payload = sluice_protocol::encode_batch(&req.batch)?;
     let (topic, partition, offset) = match &req.origin {
-        Some(Origin::Message { partition, offset }) => (
-            Some(partition.0.as_str()),
-            Some(partition.1),
-            Some(*offset),
-        ),
+        Some(Origin::Message { partition, offset }) => {
+            (Some(partition.0.as_str()), Some(partition.1), Some(*offset))
+        }
         Some(Origin::Rows { partition, offsets }) => (
             Some(partition.0.as_str()),
             Some(partition.1),
@@ -169,10 +167,12 @@ pub fn read(rows: &RecordBatch) -> Result<Vec<Quarantined>, QuarantineError> {
         .map(|i| {
             let (a, s) = (agent.value(i).to_string(), seq.value(i).max(0) as u64);
             let bytes = bytes::Bytes::copy_from_slice(payload.value(i));
-            let batch = sluice_protocol::decode_batch(bytes).map_err(|source| QuarantineError::Payload {
-                agent: a.clone(),
-                seq: s,
-                source,
+            let batch = sluice_protocol::decode_batch(bytes).map_err(|source| {
+                QuarantineError::Payload {
+                    agent: a.clone(),
+                    seq: s,
+                    source,
+                }
             })?;
             Ok(Quarantined {
                 agent: a,

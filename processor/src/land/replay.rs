@@ -86,9 +86,7 @@ pub async fn quarantined(
     else {
         return Ok(Vec::new());
     };
-    let files = lake::live_files(&table)
-        .await
-        .map_err(|e| read(e.into()))?;
+    let files = lake::live_files(&table).await.map_err(|e| read(e.into()))?;
     // Keyed by agent and sequence: in order, and each batch once.
     let mut all = BTreeMap::new();
     for rows in lake::read_data_files(&table, &files)

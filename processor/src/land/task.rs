@@ -13,16 +13,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::columns::{ColumnError, Plan, plan, to_table_batch};
-use crate::lake::conform::conform_batch;
 use super::commit::CommitJob;
 use super::lander::{LandRequest, LanderError, Msg, Origin, Verdict};
 use super::pending::{After, Landed, Pending};
 use super::quarantine;
+use crate::lake::conform::conform_batch;
 use crate::lake::locks::CommitLocks;
 use crate::lake::marks::{self, Marks, Partition, Stored};
 use crate::lake::{self, CatalogSwap, CommitError, Head};
-use crate::land::{LanderConfig, SchemaPolicy, Streams};
 use crate::land::inflight::InFlight;
+use crate::land::{LanderConfig, SchemaPolicy, Streams};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::status::Via;
 
@@ -683,12 +683,20 @@ impl LanderTask {
         };
         let env = &req.envelope;
         let rows = req.batch.num_rows();
-        if Landed::of(&env.agent, env.seq, rows, req.origin.as_ref(), &state.committed.marks)
-            == Landed::All
+        if Landed::of(
+            &env.agent,
+            env.seq,
+            rows,
+            req.origin.as_ref(),
+            &state.committed.marks,
+        ) == Landed::All
         {
             // Quarantined before; the bronze table may not have its mark yet.
-            let (checkpoint, created, received) =
-                (env.checkpoint.clone(), env.created_at_us, req.received_at_us);
+            let (checkpoint, created, received) = (
+                env.checkpoint.clone(),
+                env.created_at_us,
+                req.received_at_us,
+            );
             self.mark_in(stream, &agent, seq, checkpoint, created, received);
         }
         let Some(req) = self.unlanded(&key, req) else {

@@ -334,9 +334,13 @@ async fn runs_read_again_land_only_the_rows_the_table_lacks() {
     drop(land_run(&a, &[60]).await);
     a.flush().await;
     let before = lake.table("events").await;
-    let err = lake::snapshot::commit(&lake.swap, &stale, &Change::append(vec![], 0, HashMap::new()))
-        .await
-        .expect_err("moved since");
+    let err = lake::snapshot::commit(
+        &lake.swap,
+        &stale,
+        &Change::append(vec![], 0, HashMap::new()),
+    )
+    .await
+    .expect_err("moved since");
     assert!(matches!(err, CommitError::Conflict), "{err}");
     assert_eq!(
         lake.table("events").await.metadata_location(),
@@ -357,7 +361,10 @@ fn evolving_batch(ids: &[i64], wide: bool, site: Option<&[&str]>) -> RecordBatch
         },
     )];
     if let Some(site) = site {
-        columns.push(("site", Arc::new(arrow_array::StringArray::from(site.to_vec()))));
+        columns.push((
+            "site",
+            Arc::new(arrow_array::StringArray::from(site.to_vec())),
+        ));
     }
     RecordBatch::try_from_iter(columns).expect("batch")
 }
@@ -444,7 +451,14 @@ async fn batches_waiting_for_a_commit_are_reshaped_when_the_table_evolves() {
     assert_eq!(create.await, Ok(Verdict::Committed));
     // Both wait for the next commit: the second evolves the table under the first.
     let waiting = land(&lander, "a", "events", 2, evolving_batch(&[2], false, None)).await;
-    let new = land(&lander, "b", "events", 1, evolving_batch(&[3], true, Some(&["x"]))).await;
+    let new = land(
+        &lander,
+        "b",
+        "events",
+        1,
+        evolving_batch(&[3], true, Some(&["x"])),
+    )
+    .await;
     lander.flush().await;
     assert_eq!(waiting.await, Ok(Verdict::Committed));
     assert_eq!(new.await, Ok(Verdict::Committed));
@@ -471,17 +485,33 @@ async fn a_strict_stream_refuses_new_columns_and_keeps_its_own() {
     let first = land(&lander, "a", "events", 1, evolving_batch(&[1], true, None)).await;
     lander.flush().await;
     assert_eq!(first.await, Ok(Verdict::Committed));
-    let new = land(&lander, "a", "events", 2, evolving_batch(&[2], true, Some(&["x"]))).await;
+    let new = land(
+        &lander,
+        "a",
+        "events",
+        2,
+        evolving_batch(&[2], true, Some(&["x"])),
+    )
+    .await;
     lander.flush().await;
     match new.await {
         Ok(Verdict::Quarantined(reason)) => {
-            assert!(reason.contains("strict") && reason.contains("site"), "{reason}")
+            assert!(
+                reason.contains("strict") && reason.contains("site"),
+                "{reason}"
+            )
         }
         other => panic!("expected quarantine, got {other:?}"),
     }
     assert_eq!(quarantined(&lake, "events").await.len(), 1);
     let table = lake.table("events").await;
-    assert!(table.metadata().current_schema().field_by_name("site").is_none());
+    assert!(
+        table
+            .metadata()
+            .current_schema()
+            .field_by_name("site")
+            .is_none()
+    );
     assert_eq!(table.metadata().schemas_iter().count(), 1);
 }
 
@@ -494,8 +524,20 @@ async fn two_processors_adding_the_same_column_at_once_make_one_schema_change() 
     one.flush().await;
     assert_eq!(create.await, Ok(Verdict::Committed));
     let (x, y) = tokio::join!(
-        land(&one, "a", "events", 2, evolving_batch(&[2], true, Some(&["x"]))),
-        land(&two, "b", "events", 1, evolving_batch(&[3], true, Some(&["y"]))),
+        land(
+            &one,
+            "a",
+            "events",
+            2,
+            evolving_batch(&[2], true, Some(&["x"]))
+        ),
+        land(
+            &two,
+            "b",
+            "events",
+            1,
+            evolving_batch(&[3], true, Some(&["y"]))
+        ),
     );
     tokio::join!(one.flush(), two.flush());
     assert_eq!(x.await, Ok(Verdict::Committed));
@@ -519,7 +561,11 @@ async fn quarantined(lake: &TestLake, stream: &str) -> Vec<super::quarantine::Qu
         &super::quarantine::table_name(stream),
     ])
     .expect("ident");
-    let table = lake.catalog.load_table(&ident).await.expect("quarantine table");
+    let table = lake
+        .catalog
+        .load_table(&ident)
+        .await
+        .expect("quarantine table");
     let files = lake::live_files(&table).await.expect("files");
     lake::read_data_files(&table, &files)
         .await

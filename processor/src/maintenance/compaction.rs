@@ -183,7 +183,10 @@ pub async fn compact(
         // be copied into a file of another partitioning.
         let default_spec = table.metadata().default_partition_spec_id();
         let mut by_spec: BTreeMap<i32, Vec<DataFile>> = BTreeMap::new();
-        for (spec, f) in files.iter().filter(|(_, f)| initial.contains(f.file_path())) {
+        for (spec, f) in files
+            .iter()
+            .filter(|(_, f)| initial.contains(f.file_path()))
+        {
             by_spec.entry(*spec).or_default().push(f.clone());
         }
         let bins: Vec<(bool, Vec<DataFile>)> = by_spec

@@ -139,8 +139,9 @@ pub struct JsonTopicConfig {
     /// (RFC 3339 text, or an integer count of microseconds; stored in UTC). Without it the
     /// columns are the table's if it exists, else inferred from the first message that
     /// parses (its numbers, strings and booleans, in name order; lists, objects and nulls
-    /// are left out) and then fixed. Declare it when several processors share the group;
-    /// if given, at least one column.
+    /// are left out). Either way a later key that is no column becomes one (typed by its
+    /// first value) while the table's `[streams.TABLE] schema` is `evolve`, and sends its
+    /// message to the dead-letter table when it is `strict`. If given, at least one column.
     ///
     /// Default: inferred.
     pub schema: Option<indexmap::IndexMap<String, crate::receive::json_topic::JsonType>>,

@@ -266,11 +266,12 @@ fn infer(value: &serde_json::Value) -> Result<SchemaRef, JsonError> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// Fields of a message left out of the columns, with the type they would have had.
+type LeftOut = Vec<(String, DataType)>;
+
 /// The columns a message's scalar fields make (numbers, text, booleans; reserved names
 /// left out), and the fields left out for their type (null, lists, objects).
-fn scalar_fields(
-    value: &serde_json::Value,
-) -> Result<(Vec<Field>, Vec<(String, DataType)>), JsonError> {
+fn scalar_fields(value: &serde_json::Value) -> Result<(Vec<Field>, LeftOut), JsonError> {
     let inferred =
         arrow_json::reader::infer_json_schema_from_iterator(std::iter::once(Ok(value.clone())))
             .map_err(JsonError::Infer)?;
@@ -367,7 +368,11 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)), SchemaPolicy::Evolve);
+        let mut t = JsonTopic::new(
+            "logs".into(),
+            Some(declared_schema(&cols)),
+            SchemaPolicy::Evolve,
+        );
         let b = t
             .decode(br#"{"ts":"2026-01-01T00:00:01Z","level":"warn","ms":3,"extra":[1]}"#)
             .expect("fits");
@@ -416,7 +421,9 @@ mod tests {
         let b = t.decode(br#"{"id":9}"#).expect("fits");
         assert!(b.column(4).is_null(0));
         // A null or nested value is no column (yet).
-        let b = t.decode(br#"{"id":9,"later":null,"deep":{"a":1}}"#).expect("fits");
+        let b = t
+            .decode(br#"{"id":9,"later":null,"deep":{"a":1}}"#)
+            .expect("fits");
         assert_eq!(b.num_columns(), 5);
         let b = t.decode(br#"{"later":"now"}"#).expect("fits");
         assert_eq!(b.num_columns(), 6);
@@ -425,9 +432,13 @@ mod tests {
     #[test]
     fn a_strict_topic_dead_letters_a_message_with_a_new_key() {
         let mut t = JsonTopic::new("events".into(), None, SchemaPolicy::Strict);
-        t.decode(br#"{"id":7}"#).expect("the first message makes the columns");
+        t.decode(br#"{"id":7}"#)
+            .expect("the first message makes the columns");
         let err = t.decode(br#"{"id":8,"site":"x"}"#).unwrap_err();
-        assert!(matches!(err, JsonError::UnknownKey(ref k) if k == "site"), "{err}");
+        assert!(
+            matches!(err, JsonError::UnknownKey(ref k) if k == "site"),
+            "{err}"
+        );
         assert_eq!(err.reason(), "strict_schema");
         assert_eq!(t.decode(br#"{"id":9}"#).expect("fits").num_columns(), 1);
     }
@@ -448,7 +459,11 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut declared = JsonTopic::new("logs".into(), Some(declared_schema(&cols)), SchemaPolicy::Evolve);
+        let mut declared = JsonTopic::new(
+            "logs".into(),
+            Some(declared_schema(&cols)),
+            SchemaPolicy::Evolve,
+        );
         let mut m = Mutator::new(42);
         let (mut rows, mut refused) = (0, 0);
         for i in 0..20_000 {
@@ -485,7 +500,11 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut t = JsonTopic::new("logs".into(), Some(declared_schema(&cols)), SchemaPolicy::Evolve);
+        let mut t = JsonTopic::new(
+            "logs".into(),
+            Some(declared_schema(&cols)),
+            SchemaPolicy::Evolve,
+        );
         let good: Vec<serde_json::Value> = (0..5)
             .map(|i| {
                 t.parse(format!(r#"{{"level":"l{i}","ms":{i}}}"#).as_bytes())

@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_the_lander_rejects_is_dead_lettered_and_settled_only_once_that_is_in() {
+    fn a_batch_that_fits_no_table_is_quarantined_and_settled_only_once_that_is_in() {
         let mut f = Fixture::new();
         f.inflight.assign(agents(), Some(0));
         // Signed and granted, but a column the lake keeps for itself: no table takes it.
@@ -368,31 +368,25 @@ mod tests {
         let sig = f.signed("edge-01", &env, &payload);
         f.read([agent_message(&env, payload, Some(&sig), 0)]);
         assert_eq!(f.lp.waiting.len(), 1);
-        // Its verdict comes: the message is handed over again, as a dead letter.
-        for _ in 0..200 {
-            f.runtime_flush();
-            f.lp.collect_verdicts();
-            if f.lp.waiting.first().is_some_and(|w| w.messages.is_empty()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(
-            f.lp.waiting.first().is_some_and(|w| w.messages.is_empty()),
-            "the dead letter is handed over"
-        );
         assert_eq!(
             f.inflight.settled(),
             vec![(agents(), 0)],
-            "not settled before its dead letter is in"
+            "not settled before its quarantine is in"
         );
         f.settle();
-        let letters = f.rows(DEAD_LETTERS);
-        assert_eq!(ints(&letters, "offset"), [0]);
-        let reason = texts(&letters, "reason").concat();
-        assert!(reason.starts_with("refused by the lander: "), "{reason}");
-        assert!(reason.contains("reserved"), "{reason}");
-        assert_eq!(texts(&letters, AGENT_COLUMN), ["agents-0-refused"]);
+        let kept = f.rows_in(
+            crate::land::quarantine::NAMESPACE,
+            &crate::land::quarantine::table_name("cpu"),
+        );
+        let kept: Vec<_> = kept
+            .iter()
+            .flat_map(|b| crate::land::quarantine::read(b).expect("quarantine rows"))
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].agent.as_str(), kept[0].seq), ("edge-01", 1));
+        assert!(kept[0].reason.contains("reserved"), "{}", kept[0].reason);
+        assert_eq!(kept[0].batch, batch, "the rows as they came");
+        assert!(f.rows(DEAD_LETTERS).is_empty());
         assert!(f.rows("cpu").is_empty());
         assert_eq!(f.inflight.settled(), vec![(agents(), 1)]);
     }

@@ -225,9 +225,14 @@ impl Fixture {
 
     /// The rows of table `name` of the lander's namespace (none if it does not exist).
     pub fn rows(&self, name: &str) -> Vec<RecordBatch> {
+        self.rows_in("bronze", name)
+    }
+
+    /// Every row of table `namespace.name` (none if it does not exist).
+    pub fn rows_in(&self, namespace: &str, name: &str) -> Vec<RecordBatch> {
         self.rt.block_on(async {
             let Some(table) =
-                crate::lake::load_if_exists(self.lake.catalog.as_ref(), "bronze", name)
+                crate::lake::load_if_exists(self.lake.catalog.as_ref(), namespace, name)
                     .await
                     .expect("catalog")
             else {
