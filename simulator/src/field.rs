@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt32Array,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, ListArray,
+    MapArray, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt32Array,
 };
-use arrow_schema::{ArrowError, DataType, TimeUnit};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{ArrowError, DataType, Field, FieldRef, Fields, TimeUnit};
 use indexmap::IndexMap;
 use rand::SeedableRng;
 use rand::distr::Distribution;
@@ -184,7 +185,53 @@ pub enum FieldSpec {
         #[serde(default)]
         per: Per,
     },
+    /// The event's calendar day (UTC), from its time.
+    Date {},
+    /// A decimal uniform in `[min, max]` with `scale` digits after the point, `precision`
+    /// digits in all (at most 38).
+    Decimal {
+        /// Lowest value.
+        min: f64,
+        /// Highest value.
+        max: f64,
+        /// Digits in all, 1..=38.
+        precision: u8,
+        /// Digits after the point, 0..=precision.
+        scale: i8,
+        /// `"entity"`: drawn once per entity rather than per event.
+        #[serde(default)]
+        per: Per,
+    },
+    /// A list of `min_len..=max_len` values of `item` per event (`item` is a field spec:
+    /// `{ type = "choice", values = [...] }`).
+    List {
+        /// What each element holds.
+        #[serde(deserialize_with = "sluice_ops::config::tagged::one")]
+        item: Box<FieldSpec>,
+        /// Fewest elements (default 0).
+        #[serde(default)]
+        min_len: usize,
+        /// Most elements, at most 1,000.
+        max_len: usize,
+    },
+    /// Labels to values: each of `keys`, with a value of `value` (a field spec).
+    Map {
+        /// The labels, not empty, each once.
+        keys: Vec<String>,
+        /// What each label's value holds.
+        #[serde(deserialize_with = "sluice_ops::config::tagged::one")]
+        value: Box<FieldSpec>,
+    },
+    /// Named sub-fields, each a field spec of its own (`fields = { x = { type = ... } }`).
+    Struct {
+        /// The sub-fields, in order, not empty.
+        #[serde(deserialize_with = "sluice_ops::config::tagged::map")]
+        fields: IndexMap<String, FieldSpec>,
+    },
 }
+
+/// Most elements a list field may hold per event.
+const MAX_LIST_LEN: usize = 1_000;
 
 fn one() -> i64 {
     1
@@ -247,6 +294,21 @@ fn default_peak_hour() -> f64 {
 }
 fn default_peak_weekday() -> f64 {
     2.0
+}
+
+/// Check a field inside a list, map or struct: generated on its own, so it cannot read the
+/// stream's entities' attributes, its parent or other fields.
+fn check_nested(key: &str, spec: &FieldSpec) -> Result<(), String> {
+    if matches!(
+        spec,
+        FieldSpec::Attribute { .. } | FieldSpec::Parent { .. } | FieldSpec::Expr { .. }
+    ) || spec.per() == Per::Entity
+    {
+        return Err(format!(
+            "{key}: a nested field is drawn per value: no attribute, parent, expr or per = \"entity\""
+        ));
+    }
+    spec.validate().map_err(|e| format!("{key}: {e}"))
 }
 
 impl FieldSpec {
@@ -351,6 +413,59 @@ impl FieldSpec {
             FieldSpec::Expr { expr } if expr.trim().is_empty() => {
                 return Err("expr must not be empty".into());
             }
+            FieldSpec::Decimal {
+                min,
+                max,
+                precision,
+                scale,
+                ..
+            } => {
+                finite("min", *min)?;
+                finite("max", *max)?;
+                if min > max {
+                    return Err(format!("min ({min}) must not be above max ({max})"));
+                }
+                if !(1..=38).contains(precision) {
+                    return Err(format!("precision must be within 1..=38, got {precision}"));
+                }
+                if *scale < 0 || *scale as u8 > *precision {
+                    return Err(format!("scale must be within 0..=precision, got {scale}"));
+                }
+                let limit = 10f64.powi(i32::from(*precision) - i32::from(*scale));
+                if min.abs() >= limit || max.abs() >= limit {
+                    return Err(format!(
+                        "min and max must have fewer than {} digits before the point",
+                        precision - *scale as u8
+                    ));
+                }
+            }
+            FieldSpec::List {
+                item,
+                min_len,
+                max_len,
+            } => {
+                if min_len > max_len || *max_len > MAX_LIST_LEN {
+                    return Err(format!(
+                        "min_len ({min_len}) must not be above max_len ({max_len}), at most {MAX_LIST_LEN}"
+                    ));
+                }
+                check_nested("item", item)?;
+            }
+            FieldSpec::Map { keys, value } => {
+                let unique: std::collections::HashSet<&String> = keys.iter().collect();
+                if keys.is_empty() || unique.len() != keys.len() {
+                    return Err("keys must be given, each once".into());
+                }
+                check_nested("value", value)?;
+            }
+            FieldSpec::Struct { fields } => {
+                if fields.is_empty() {
+                    return Err("fields must not be empty".into());
+                }
+                for (name, f) in fields {
+                    check_nested(name, f)?;
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -378,6 +493,30 @@ impl FieldSpec {
                 .first()
                 .map(Scalar::data_type)
                 .unwrap_or(DataType::Utf8),
+            FieldSpec::Date {} => DataType::Date32,
+            FieldSpec::Decimal {
+                precision, scale, ..
+            } => DataType::Decimal128(*precision, *scale),
+            FieldSpec::List { item, .. } => {
+                DataType::List(Arc::new(Field::new("item", item.data_type()?, false)))
+            }
+            FieldSpec::Map { value, .. } => DataType::Map(
+                Arc::new(Field::new(
+                    "entries",
+                    DataType::Struct(Fields::from(vec![
+                        Field::new("keys", DataType::Utf8, false),
+                        Field::new("values", value.data_type()?, false),
+                    ])),
+                    false,
+                )),
+                false,
+            ),
+            FieldSpec::Struct { fields } => DataType::Struct(
+                fields
+                    .iter()
+                    .map(|(name, f)| Some(Field::new(name, f.data_type()?, false)))
+                    .collect::<Option<Fields>>()?,
+            ),
             FieldSpec::Attribute { .. } | FieldSpec::Parent { .. } | FieldSpec::Expr { .. } => {
                 return None;
             }
@@ -395,6 +534,7 @@ impl FieldSpec {
                 | FieldSpec::Poisson { .. }
                 | FieldSpec::Choice { .. }
                 | FieldSpec::Fake { .. }
+                | FieldSpec::Decimal { .. }
         )
     }
 
@@ -406,6 +546,7 @@ impl FieldSpec {
             | FieldSpec::Poisson { per, .. }
             | FieldSpec::Choice { per, .. }
             | FieldSpec::Fake { per, .. }
+            | FieldSpec::Decimal { per, .. }
             | FieldSpec::Sequence { per, .. } => *per,
             _ => Per::Event,
         }
@@ -453,6 +594,24 @@ pub(crate) enum FieldGenerator {
     Seasonal(Seasonal),
     /// Computed from the other columns by the stream (expressions).
     Derived,
+    Date,
+    /// Lists: lengths drawn per event, the elements by `item` over all of them.
+    List {
+        item: Box<FieldGenerator>,
+        field: FieldRef,
+        lengths: Uniform<usize>,
+        rng: Xoshiro256PlusPlus,
+    },
+    /// Maps: every key per event, the values by `value`.
+    Map {
+        keys: Arc<StringArray>,
+        value: Box<FieldGenerator>,
+        entries: FieldRef,
+    },
+    Struct {
+        fields: Fields,
+        children: Vec<FieldGenerator>,
+    },
 }
 
 impl FieldGenerator {
@@ -511,6 +670,59 @@ impl FieldGenerator {
                 spec: *spec,
                 start_us,
             }),
+            FieldSpec::Date {} => FieldGenerator::Date,
+            FieldSpec::List {
+                item,
+                min_len,
+                max_len,
+            } => FieldGenerator::List {
+                item: Box::new(Self::new(
+                    &format!("{name}[]"),
+                    item,
+                    seed,
+                    entities,
+                    start_us,
+                )),
+                field: Arc::new(Field::new(
+                    "item",
+                    item.data_type().unwrap_or(DataType::Null),
+                    false,
+                )),
+                // Validated: min_len <= max_len.
+                lengths: Uniform::new_inclusive(*min_len, *max_len)
+                    .unwrap_or_else(|_| Uniform::new_inclusive(0, 0).expect("0..=0")),
+                rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            },
+            FieldSpec::Map { keys, value } => {
+                let Some(DataType::Map(entries, _)) = spec.data_type() else {
+                    return FieldGenerator::Derived;
+                };
+                FieldGenerator::Map {
+                    keys: Arc::new(StringArray::from_iter_values(keys)),
+                    value: Box::new(Self::new(
+                        &format!("{name}{{}}"),
+                        value,
+                        seed,
+                        entities,
+                        start_us,
+                    )),
+                    entries,
+                }
+            }
+            FieldSpec::Struct { fields } => {
+                let Some(DataType::Struct(arrow)) = spec.data_type() else {
+                    return FieldGenerator::Derived;
+                };
+                FieldGenerator::Struct {
+                    fields: arrow,
+                    children: fields
+                        .iter()
+                        .map(|(child, f)| {
+                            Self::new(&format!("{name}.{child}"), f, seed, entities, start_us)
+                        })
+                        .collect(),
+                }
+            }
             _ => {
                 let mut draw = Draw::new(spec, seed);
                 if spec.per() == Per::Entity {
@@ -573,8 +785,84 @@ impl FieldGenerator {
             FieldGenerator::Walk(w) => Arc::new(Float64Array::from(w.next(ctx.entities.values()))),
             FieldGenerator::Seasonal(s) => Arc::new(Float64Array::from(s.values(ctx.times))),
             FieldGenerator::Derived => return Ok(None),
+            FieldGenerator::Date => Arc::new(Date32Array::from_iter_values(
+                ctx.times.iter().map(|t| t.div_euclid(US_PER_DAY) as i32),
+            )),
+            FieldGenerator::List {
+                item,
+                field,
+                lengths,
+                rng,
+            } => {
+                let lens: Vec<usize> = lengths.sample_iter(&mut *rng).take(n).collect();
+                let values = nested_values(item, ctx, &lens)?;
+                Arc::new(ListArray::try_new(
+                    field.clone(),
+                    OffsetBuffer::from_lengths(lens),
+                    values,
+                    None,
+                )?)
+            }
+            FieldGenerator::Map {
+                keys,
+                value,
+                entries,
+            } => {
+                let k = arrow_array::Array::len(keys.as_ref());
+                let lens = vec![k; n];
+                let values = nested_values(value, ctx, &lens)?;
+                let idx = UInt32Array::from_iter_values((0..n * k).map(|i| (i % k) as u32));
+                let all_keys = arrow_select::take::take(keys.as_ref(), &idx, None)?;
+                let DataType::Struct(kv) = entries.data_type() else {
+                    return Err(ArrowError::SchemaError("map entries are no struct".into()));
+                };
+                let entries_array = StructArray::try_new(kv.clone(), vec![all_keys, values], None)?;
+                Arc::new(MapArray::try_new(
+                    entries.clone(),
+                    OffsetBuffer::from_lengths(lens),
+                    entries_array,
+                    None,
+                    false,
+                )?)
+            }
+            FieldGenerator::Struct { fields, children } => {
+                let columns = children
+                    .iter_mut()
+                    .map(|c| {
+                        c.generate(ctx)?.ok_or_else(|| {
+                            ArrowError::ComputeError("a struct field was not generated".into())
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Arc::new(StructArray::try_new(fields.clone(), columns, None)?)
+            }
         }))
     }
+}
+
+/// The values of a nested generator for events that hold `lens[i]` values each: each
+/// value carries its event's time and entity.
+fn nested_values(
+    item: &mut FieldGenerator,
+    ctx: &ChunkContext<'_>,
+    lens: &[usize],
+) -> Result<ArrayRef, ArrowError> {
+    let total: usize = lens.iter().sum();
+    let mut times = Vec::with_capacity(total);
+    let mut entities = Vec::with_capacity(total);
+    for (i, &len) in lens.iter().enumerate() {
+        times.extend(std::iter::repeat_n(ctx.times[i], len));
+        entities.extend(std::iter::repeat_n(ctx.entities.value(i), len));
+    }
+    let entities = UInt32Array::from(entities);
+    let inner = ChunkContext {
+        first: ctx.first,
+        times: &times,
+        entities: &entities,
+        parent: None,
+    };
+    item.generate(&inner)?
+        .ok_or_else(|| ArrowError::ComputeError("a nested field was not generated".into()))
 }
 
 /// Per-entity random walks with mean reversion.
@@ -673,6 +961,11 @@ enum Dist {
         uniform: Uniform<u32>,
     },
     Fake(FakeKind),
+    Decimal {
+        units: Uniform<i64>,
+        precision: u8,
+        scale: i8,
+    },
 }
 
 impl Draw {
@@ -722,6 +1015,23 @@ impl Draw {
                     })
             }
             FieldSpec::Fake { fake, .. } => Some(Dist::Fake(*fake)),
+            FieldSpec::Decimal {
+                min,
+                max,
+                precision,
+                scale,
+                ..
+            } => {
+                // In units of the last digit; validated to fit the precision.
+                let unit = 10f64.powi(i32::from(*scale));
+                Uniform::new_inclusive((min * unit).ceil() as i64, (max * unit).floor() as i64)
+                    .ok()
+                    .map(|units| Dist::Decimal {
+                        units,
+                        precision: *precision,
+                        scale: *scale,
+                    })
+            }
             _ => None,
         };
         let dist = dist.unwrap_or_else(|| {
@@ -772,6 +1082,15 @@ impl Draw {
             Dist::Fake(kind) if kind.is_int() => Arc::new(Int64Array::from_iter_values(
                 (0..n).map(|_| FakeKind::http_status(rng)),
             )),
+            Dist::Decimal {
+                units,
+                precision,
+                scale,
+            } => Arc::new(
+                Decimal128Array::from_iter_values(units.sample_iter(rng).take(n).map(i128::from))
+                    .with_precision_and_scale(*precision, *scale)
+                    .unwrap_or_else(|_| Decimal128Array::from(vec![0i128; n])),
+            ),
             Dist::Fake(kind) => {
                 let mut b = StringBuilder::with_capacity(n, n * 16);
                 let mut s = String::with_capacity(64);

@@ -32,6 +32,11 @@ pub static READ_BYTES: std::sync::LazyLock<prometheus_client::metrics::counter::
 pub static WRITTEN_BYTES: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
+/// Parquet data files this process opened for reading: queries, models and compaction.
+/// A quiet processor's count before and after a query says how many files it scanned.
+pub static DATA_FILES_OPENED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 fn read_bytes(b: &Bytes) {
     READ_BYTES.inc_by(b.len() as u64);
 }
@@ -189,6 +194,9 @@ impl Storage for ObjectStorage {
 
     async fn reader(&self, location: &str) -> iceberg::Result<Box<dyn FileRead>> {
         let (store, path) = self.resolve(location)?;
+        if location.ends_with(".parquet") {
+            DATA_FILES_OPENED.inc();
+        }
         Ok(Box::new(ObjectRead {
             store,
             path,

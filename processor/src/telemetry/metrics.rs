@@ -124,6 +124,7 @@ pub struct Metrics {
     table_metadata_bytes: Family<TableLabels, Gauge>,
     table_metadata_files: Family<TableLabels, Gauge>,
     storage_read: Counter,
+    data_files_opened: Counter,
     storage_written: Counter,
     kafka_messages: Family<TopicLabels, Counter>,
     kafka_rebalances: Family<KindLabels, Counter>,
@@ -181,6 +182,7 @@ impl Default for Metrics {
             table_metadata_bytes: Family::default(),
             table_metadata_files: Family::default(),
             storage_read: crate::lake::storage::READ_BYTES.clone(),
+            data_files_opened: crate::lake::storage::DATA_FILES_OPENED.clone(),
             storage_written: crate::lake::storage::WRITTEN_BYTES.clone(),
             kafka_messages: Family::default(),
             kafka_rebalances: Family::default(),
@@ -401,6 +403,11 @@ impl Default for Metrics {
             "storage_read_bytes",
             "Bytes read from the warehouse (data, manifests, metadata, marks)",
             m.storage_read.clone(),
+        );
+        r.register(
+            "storage_data_files_opened",
+            "Parquet data files opened for reading (queries, models, compaction)",
+            m.data_files_opened.clone(),
         );
         r.register(
             "storage_written_bytes",

@@ -205,8 +205,18 @@ pub(super) fn compile_stream(
         }
         pending = still;
     }
-    for (i, (fname, _)) in s.fields.iter().enumerate() {
-        if types[i].as_ref().and_then(expr_type).is_none() {
+    for (i, (fname, spec)) in s.fields.iter().enumerate() {
+        // Dates, decimals and nested fields are generated as they are; expressions cannot
+        // read them (`expr_type` has no equivalent), every other column they can.
+        let generated = matches!(
+            spec,
+            FieldSpec::Date {}
+                | FieldSpec::Decimal { .. }
+                | FieldSpec::List { .. }
+                | FieldSpec::Map { .. }
+                | FieldSpec::Struct { .. }
+        );
+        if types[i].is_none() || (!generated && types[i].as_ref().and_then(expr_type).is_none()) {
             return Err(Invalid::new(
                 format!("{key}.fields.{fname}"),
                 format!("values of type {:?} are not supported", types[i]),

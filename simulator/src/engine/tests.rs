@@ -467,3 +467,92 @@ fn errors_name_the_key() {
     assert!(anomaly("type = \"burst\"\nprobability = 0.1\nduration = \"1m\"").contains("factor"));
     assert!(compile_err(&format!("{base}\n[streams.c]\nparent = {{ stream = \"c\", delay = {{ type = \"constant\", after = \"1s\" }} }}\n[streams.c.fields]\nts = {{ type = \"timestamp\" }}")).contains("cycle"));
 }
+
+const NESTED: &str = r#"
+seed = 3
+start = "2026-01-01T00:00:00Z"
+
+[entities.device]
+count = 5
+
+[streams.readings]
+entity = "device"
+rate = { type = "constant", every = "6h" }
+
+[streams.readings.fields]
+ts = { type = "timestamp" }
+day = { type = "date" }
+price = { type = "decimal", min = 0.5, max = 99.99, precision = 6, scale = 2 }
+tags = { type = "list", item = { type = "choice", values = ["a", "b", "c"] }, min_len = 1, max_len = 3 }
+labels = { type = "map", keys = ["site", "rack"], value = { type = "fake", fake = "hostname" } }
+position = { type = "struct", fields = { x = { type = "uniform", min = 0.0, max = 1.0 }, floor = { type = "poisson", lambda = 2.0 } } }
+"#;
+
+#[test]
+fn nested_dates_and_decimals_are_generated_the_same_whatever_the_chunking() {
+    use arrow_array::Array;
+    use arrow_schema::DataType;
+    let sc = scenario(NESTED);
+    let out = run_all(&sc, Some(40), 7, 1);
+    let b = &out[0];
+    assert_eq!(b.num_rows(), 40);
+    assert_eq!(
+        b.column_by_name("day").expect("day").data_type(),
+        &DataType::Date32
+    );
+    let days = b
+        .column_by_name("day")
+        .expect("day")
+        .as_primitive::<arrow_array::types::Date32Type>();
+    // Every 6 h from 2026-01-01 (day 20454) for 5 devices: 40 events span two days.
+    assert_eq!(days.value(0), 20_454);
+    assert_eq!(days.value(39), 20_455);
+    let price = b.column_by_name("price").expect("price");
+    assert_eq!(price.data_type(), &DataType::Decimal128(6, 2));
+    let price = price.as_primitive::<arrow_array::types::Decimal128Type>();
+    assert!(price.values().iter().all(|v| (50..=9999).contains(v)));
+    let tags = b.column_by_name("tags").expect("tags").as_list::<i32>();
+    assert!((0..40).all(|i| (1..=3).contains(&tags.value_length(i))));
+    let all_tags = tags.values().as_string::<i32>();
+    assert!(all_tags.iter().all(|t| matches!(t, Some("a" | "b" | "c"))));
+    let labels = b.column_by_name("labels").expect("labels").as_map();
+    assert_eq!(labels.value_length(3), 2);
+    assert_eq!(labels.keys().as_string::<i32>().value(1), "rack");
+    let position = b.column_by_name("position").expect("position").as_struct();
+    assert_eq!(position.num_columns(), 2);
+    assert_eq!(
+        position.column_by_name("floor").expect("floor").data_type(),
+        &DataType::Int64
+    );
+    // The chunk size and threads do not change a value.
+    assert_eq!(digest(&out), digest(&run_all(&sc, Some(40), 40, 2)));
+    assert_eq!(digest(&out), digest(&run_all(&sc, Some(40), 3, 4)));
+}
+
+#[test]
+fn nested_fields_that_cannot_stand_alone_are_refused() {
+    for (field, words) in [
+        (
+            r#"{ type = "list", item = { type = "expr", expr = "1" }, max_len = 2 }"#,
+            "nested",
+        ),
+        (
+            r#"{ type = "list", item = { type = "uniform", min = 0.0, max = 1.0 }, min_len = 3, max_len = 2 }"#,
+            "min_len",
+        ),
+        (
+            r#"{ type = "map", keys = [], value = { type = "constant", value = 1 } }"#,
+            "keys",
+        ),
+        (r#"{ type = "struct", fields = {} }"#, "fields"),
+        (
+            r#"{ type = "decimal", min = 0.0, max = 1000.0, precision = 4, scale = 2 }"#,
+            "digits",
+        ),
+        (r#"{ type = "expr", expr = "position + 1" }"#, "position"),
+    ] {
+        let text = NESTED.replace(r#"day = { type = "date" }"#, &format!("bad = {field}"));
+        let err = compile_err(&text);
+        assert!(err.contains(words), "{field}: {err}");
+    }
+}
