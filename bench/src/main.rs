@@ -27,6 +27,9 @@
 //! `sluice-bench kafka-json [ROWS] [PARTITIONS]` times the processor landing a plain JSON
 //! topic (see `kafka_json.rs`).
 //!
+//! `sluice-bench tables [ROWS]` compares landings unpartitioned and partitioned by day, of
+//! 10 columns and of 20 with a map and a list, and times a schema change (see `tables.rs`).
+//!
 //! `sluice-bench fuzz [SECONDS] [SEED]` fuzzes the decoders a peer's bytes reach (see
 //! `fuzz.rs`); it needs no binary.
 //!
@@ -41,6 +44,7 @@
 mod fleet;
 mod fuzz;
 mod kafka_json;
+mod tables;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -454,6 +458,14 @@ fn main() {
             .map(|a| a.parse().expect("usage: sluice-bench models [SECONDS]"))
             .unwrap_or(60);
         models_bench(&processor_bin, &agent_bin, seconds);
+        return;
+    }
+    if args.first().is_some_and(|a| a == "tables") {
+        let rows = args
+            .get(1)
+            .map(|a| a.parse().expect("usage: sluice-bench tables [ROWS]"))
+            .unwrap_or(3_000_000);
+        tables::run(&processor_bin, &agent_bin, rows);
         return;
     }
     if args.first().is_some_and(|a| a == "soak") {

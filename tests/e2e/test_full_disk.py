@@ -45,7 +45,7 @@ def test_full_disk_loses_nothing(bins, certs, workdir):
             committed_files = {pathlib.Path(t.file.file_path).name
                                for t in pyiceberg_table(proc, "bronze.telemetry").scan().plan_files()}
         for _ in range(10):
-            on_disk = {p.name for p in table_data.glob("*.parquet")}
+            on_disk = {p.name for p in table_data.rglob("*.parquet")}
             if on_disk == committed_files:
                 break
             time.sleep(0.3)
