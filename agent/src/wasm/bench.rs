@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bindings::{Source, Transform};
 use super::instance::{Instance, Sandbox};
+use super::instance::{Source, Transform};
 use super::{Runtime, arrow};
 use sluice_simulator::{SimulatorConfig, Step};
 

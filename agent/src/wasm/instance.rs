@@ -16,9 +16,9 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::sluice::plugin::host::Host;
-use super::bindings::sluice::plugin::types::{Batch, Column, Level, PollResult};
-use super::bindings::{Source, Transform};
+use super::bindings::types::{Batch, Column, Level, PollResult};
+use super::bindings::{v1, v2};
+use super::compat;
 use super::grants::FileGrants;
 use super::limits::{Budget, LogBudget};
 use super::runtime::{EPOCH_TICK, Runtime};
@@ -59,9 +59,16 @@ impl WasiView for State {
     }
 }
 
-impl super::bindings::sluice::plugin::types::Host for State {}
+impl v2::sluice::plugin::types::Host for State {}
+impl v1::sluice::plugin::types::Host for State {}
 
-impl Host for State {
+impl v1::sluice::plugin::host::Host for State {
+    fn log(&mut self, level: v1::sluice::plugin::types::Level, message: String) {
+        v2::sluice::plugin::host::Host::log(self, compat::level(level), message);
+    }
+}
+
+impl v2::sluice::plugin::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
         let Some(message) = self.logs.admit(message) else {
             return;
@@ -125,13 +132,39 @@ pub trait World: Sized + Send + 'static {
     ) -> wasmtime::Result<Self>;
 }
 
+/// A source component, of either version of the contract.
+pub enum Source {
+    V1(v1::Source),
+    V2(v2::Source),
+}
+
+/// A transform component, of either version of the contract.
+pub enum Transform {
+    V1(v1::Transform),
+    V2(v2::Transform),
+}
+
+/// Whether a component exports `name` (an interface of a given version).
+fn exports(store: &Store<State>, component: &Component, name: &str) -> bool {
+    component
+        .component_type()
+        .exports(store.engine())
+        .any(|(n, _)| n == name)
+}
+
 impl World for Source {
     fn instantiate(
         store: &mut Store<State>,
         component: &Component,
         linker: &Linker<State>,
     ) -> wasmtime::Result<Self> {
-        Source::instantiate(store, component, linker)
+        Ok(
+            if exports(store, component, "sluice:plugin/connector@0.2.0") {
+                Source::V2(v2::Source::instantiate(store, component, linker)?)
+            } else {
+                Source::V1(v1::Source::instantiate(store, component, linker)?)
+            },
+        )
     }
 }
 
@@ -141,7 +174,13 @@ impl World for Transform {
         component: &Component,
         linker: &Linker<State>,
     ) -> wasmtime::Result<Self> {
-        Transform::instantiate(store, component, linker)
+        Ok(
+            if exports(store, component, "sluice:plugin/transformer@0.2.0") {
+                Transform::V2(v2::Transform::instantiate(store, component, linker)?)
+            } else {
+                Transform::V1(v1::Transform::instantiate(store, component, linker)?)
+            },
+        )
     }
 }
 
@@ -324,8 +363,10 @@ impl<W: World> Live<W> {
         let inst = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
         let mut linker: Linker<State> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(inst)?;
-        // Both worlds import the same interfaces (`host`), so one linker setup serves both.
-        Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
+        // Both worlds import the same interfaces (`host`), so one linker setup serves both;
+        // both versions of the contract are linked, for components of either.
+        v2::Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
+        v1::Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
 
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut wasi = WasiCtxBuilder::new();
@@ -398,11 +439,17 @@ impl Instance<Source> {
         let (config, checkpoint) = (config.to_string(), checkpoint.map(str::to_string));
         self.call("open", move |l| {
             l.arm("open")?;
-            let r = l.bindings.sluice_plugin_connector().call_open(
-                &mut l.store,
-                &config,
-                checkpoint.as_deref(),
-            );
+            let r = match &l.bindings {
+                Source::V2(b) => b.sluice_plugin_connector().call_open(
+                    &mut l.store,
+                    &config,
+                    checkpoint.as_deref(),
+                ),
+                Source::V1(b) => b
+                    .sluice_plugin_connector()
+                    .call_open(&mut l.store, &config, checkpoint.as_deref())
+                    .map(|r| r.map(|cols| cols.into_iter().map(compat::column).collect())),
+            };
             l.outcome("open", r)
         })
     }
@@ -411,10 +458,15 @@ impl Instance<Source> {
     pub fn poll(&mut self, max_rows: u32) -> Result<PollResult, Failure> {
         self.call("poll", move |l| {
             l.arm("poll")?;
-            let r = l
-                .bindings
-                .sluice_plugin_connector()
-                .call_poll(&mut l.store, max_rows);
+            let r = match &l.bindings {
+                Source::V2(b) => b
+                    .sluice_plugin_connector()
+                    .call_poll(&mut l.store, max_rows),
+                Source::V1(b) => b
+                    .sluice_plugin_connector()
+                    .call_poll(&mut l.store, max_rows)
+                    .map(|r| r.map(compat::poll_result)),
+            };
             l.outcome("poll", r)
         })
     }
@@ -426,10 +478,25 @@ impl Instance<Transform> {
         let (config, input) = (config.to_string(), input.to_vec());
         self.call("open", move |l| {
             l.arm("open")?;
-            let r = l
-                .bindings
-                .sluice_plugin_transformer()
-                .call_open(&mut l.store, &config, &input);
+            let r = match &l.bindings {
+                Transform::V2(b) => {
+                    b.sluice_plugin_transformer()
+                        .call_open(&mut l.store, &config, &input)
+                }
+                Transform::V1(b) => {
+                    let input = input
+                        .iter()
+                        .map(compat::column_back)
+                        .collect::<Result<Vec<_>, String>>()
+                        .map_err(|message| Failure::Plugin {
+                            call: "open",
+                            message,
+                        })?;
+                    b.sluice_plugin_transformer()
+                        .call_open(&mut l.store, &config, &input)
+                        .map(|r| r.map(|cols| cols.into_iter().map(compat::column).collect()))
+                }
+            };
             l.outcome("open", r)
         })
     }
@@ -438,10 +505,17 @@ impl Instance<Transform> {
     pub fn apply(&mut self, batch: Batch) -> Result<Batch, Failure> {
         self.call("apply", move |l| {
             l.arm("apply")?;
-            let r = l
-                .bindings
-                .sluice_plugin_transformer()
-                .call_apply(&mut l.store, &batch);
+            let r = match &l.bindings {
+                Transform::V2(b) => b
+                    .sluice_plugin_transformer()
+                    .call_apply(&mut l.store, &batch),
+                Transform::V1(b) => {
+                    let batch = compat::batch_back(batch).map_err(Failure::BadBatch)?;
+                    b.sluice_plugin_transformer()
+                        .call_apply(&mut l.store, &batch)
+                        .map(|r| r.map(compat::batch))
+                }
+            };
             l.outcome("apply", r)
         })
     }

@@ -1,4 +1,5 @@
-//! WebAssembly connectors: components written against `wit/plugin.wit`, run in a sandbox.
+//! WebAssembly connectors: components written against `wit/v0.2/plugin.wit` (or the 0.1
+//! contract in `wit/plugin.wit`), run in a sandbox.
 //!
 //! | file | job |
 //! |---|---|
@@ -10,10 +11,13 @@
 //! | `source.rs`, `transform.rs` | the supervisors that run, restart and give up on plugins |
 //! | `restart.rs` | the restart backoff and give-up rule |
 //! | `arrow.rs` | typed columns and JSON lines to Arrow and back |
+//! | `types.rs` | column types as connectors write them (`list<utf8>`) and their Arrow types |
+//! | `compat.rs` | components built against `sluice:plugin@0.1.0`, adapted to 0.2 |
 //! | `bench.rs`, `scaffold.rs` | `plugin bench` and `plugin new` |
 
 mod arrow;
 pub mod bench;
+mod compat;
 mod config;
 mod grants;
 mod instance;
@@ -23,6 +27,7 @@ mod runtime;
 pub mod scaffold;
 mod source;
 mod transform;
+mod types;
 
 use std::time::Duration;
 
@@ -34,25 +39,52 @@ pub use runtime::Runtime;
 pub use source::run_source;
 pub use transform::{TransformStage, run_transforms};
 
-/// Host bindings generated from the WIT package: one world per plugin kind, sharing the
-/// `types` and `host` interfaces.
+/// Host bindings generated from the WIT packages: `sluice:plugin@0.2.0` (`wit/v0.2`), whose
+/// types the agent works with, and `@0.1.0` (`wit/`), which older components were built
+/// against (adapted by `compat.rs`). One world per plugin kind, sharing `types` and `host`.
 pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "source",
-    });
+    /// `sluice:plugin@0.2.0`.
+    pub mod v2 {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.2",
+            world: "source",
+        });
 
-    mod transform_world {
+        mod transform_world {
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.2",
+                world: "transform",
+                with: {
+                    "sluice:plugin/types": super::sluice::plugin::types,
+                    "sluice:plugin/host": super::sluice::plugin::host,
+                },
+            });
+        }
+        pub use transform_world::Transform;
+    }
+
+    /// `sluice:plugin@0.1.0`.
+    pub mod v1 {
         wasmtime::component::bindgen!({
             path: "../wit",
-            world: "transform",
-            with: {
-                "sluice:plugin/types": super::sluice::plugin::types,
-                "sluice:plugin/host": super::sluice::plugin::host,
-            },
+            world: "source",
         });
+
+        mod transform_world {
+            wasmtime::component::bindgen!({
+                path: "../wit",
+                world: "transform",
+                with: {
+                    "sluice:plugin/types": super::sluice::plugin::types,
+                    "sluice:plugin/host": super::sluice::plugin::host,
+                },
+            });
+        }
+        pub use transform_world::Transform;
     }
-    pub use transform_world::Transform;
+
+    /// The types the agent works with: 0.2's.
+    pub use v2::sluice::plugin::types;
 }
 
 /// Which world a component implements.
@@ -74,24 +106,44 @@ impl std::fmt::Display for PluginKind {
     }
 }
 
-const CONNECTOR_EXPORT: &str = "sluice:plugin/connector@0.1.0";
-const TRANSFORMER_EXPORT: &str = "sluice:plugin/transformer@0.1.0";
+/// What a source exports, newest version first.
+const CONNECTOR_EXPORTS: [&str; 2] = [
+    "sluice:plugin/connector@0.2.0",
+    "sluice:plugin/connector@0.1.0",
+];
+/// What a transform exports, newest version first.
+const TRANSFORMER_EXPORTS: [&str; 2] = [
+    "sluice:plugin/transformer@0.2.0",
+    "sluice:plugin/transformer@0.1.0",
+];
+
+/// The names a component exports.
+fn exports(engine: &wasmtime::Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
 
 /// Which world a compiled component implements, or why it fits neither.
 pub fn kind(runtime: &Runtime, component: &Component) -> Result<PluginKind, String> {
-    let exports: Vec<String> = component
-        .component_type()
-        .exports(&runtime.engine)
-        .map(|(name, _)| name.to_string())
-        .collect();
-    if exports.iter().any(|e| e == CONNECTOR_EXPORT) {
+    let exports = exports(&runtime.engine, component);
+    let has = |names: &[&str]| exports.iter().any(|e| names.contains(&e.as_str()));
+    if has(&CONNECTOR_EXPORTS) {
         Ok(PluginKind::Source)
-    } else if exports.iter().any(|e| e == TRANSFORMER_EXPORT) {
+    } else if has(&TRANSFORMER_EXPORTS) {
         Ok(PluginKind::Transform)
     } else {
         Err(format!(
             "implements neither the sluice:plugin/source world nor the transform world: it \
-             exports no `{CONNECTOR_EXPORT}` or `{TRANSFORMER_EXPORT}` (exports: {})",
+             exports none of {} (exports: {})",
+            CONNECTOR_EXPORTS
+                .iter()
+                .chain(&TRANSFORMER_EXPORTS)
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
             if exports.is_empty() {
                 "none".to_string()
             } else {
@@ -146,7 +198,7 @@ pub fn check(
     let at = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
     let cols = match kind {
         PluginKind::Source => {
-            let mut inst = instance::Instance::<bindings::Source>::new(
+            let mut inst = instance::Instance::<instance::Source>::new(
                 runtime,
                 &component,
                 "check".into(),
@@ -156,7 +208,7 @@ pub fn check(
             Some(inst.open(config, None).map_err(|e| at(&e))?)
         }
         PluginKind::Transform => {
-            let mut inst = instance::Instance::<bindings::Transform>::new(
+            let mut inst = instance::Instance::<instance::Transform>::new(
                 runtime,
                 &component,
                 "check".into(),

@@ -8,7 +8,7 @@ use arrow_schema::SchemaRef;
 use tokio::sync::{mpsc, watch};
 use wasmtime::component::Component;
 
-use super::bindings::Source;
+use super::instance::Source;
 use super::instance::{Failure, Instance, Sandbox};
 use super::restart::{self, Restarts};
 use super::{PluginSettings, Runtime, WasmSourceConfig, arrow};

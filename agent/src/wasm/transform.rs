@@ -12,7 +12,7 @@ use arrow_schema::SchemaRef;
 use tokio::sync::{mpsc, watch};
 use wasmtime::component::Component;
 
-use super::bindings::Transform;
+use super::instance::Transform;
 use super::instance::{Failure, Instance, Sandbox};
 use super::restart::{self, Restarts};
 use super::{OnError, PluginSettings, Runtime, WasmTransformConfig, arrow};
