@@ -134,9 +134,9 @@ struct OpenTable<'a> {
     namespace: &'a str,
     name: &'a str,
     user: &'a arrow_schema::Schema,
+    /// How a new table is partitioned (an existing one moves to its stream's configured
+    /// partitioning, if any).
     partition: &'a [lake::partition::PartitionField],
-    /// The partitioning is configured: an existing table moves to it.
-    repartition: bool,
     layer: &'a str,
 }
 
@@ -222,13 +222,17 @@ impl LanderTask {
         }
         match lake::load_if_exists(self.catalog.as_ref(), &self.cfg.namespace, stream).await {
             Ok(Some(table)) => {
-                let state = self
-                    .new_state(stream, table)
-                    .await
-                    .map_err(LanderError::Table)?;
-                let mark = of(&state.committed.marks);
-                self.tables.insert(stream.to_string(), state);
-                Ok(mark)
+                self.keep_table(stream, table).await.map_err(|e| match e {
+                    CommitError::Iceberg(e) => LanderError::Table(e),
+                    other => LanderError::Table(iceberg::Error::new(
+                        iceberg::ErrorKind::Unexpected,
+                        other.to_string(),
+                    )),
+                })?;
+                Ok(self
+                    .tables
+                    .get(stream)
+                    .map_or((0, None), |t| of(&t.committed.marks)))
             }
             Ok(None) => Ok((0, None)),
             Err(source) => Err(LanderError::Load {
@@ -356,7 +360,6 @@ impl LanderTask {
                 name: &stream,
                 user: &req.batch.schema(),
                 partition: &fields,
-                repartition: partition.is_some(),
                 layer: "bronze",
             };
             if !self.open_table(&stream, table).await {
@@ -451,9 +454,8 @@ impl LanderTask {
         }
     }
 
-    /// Load `table`, or create it, as the table the lander keeps under `key`; move it to
-    /// its configured partitioning if it has another. False (logged, counted) if the
-    /// catalog failed.
+    /// Load `table`, or create it, as the table the lander keeps under `key`. False
+    /// (logged, counted) if the catalog failed.
     async fn open_table(&mut self, key: &str, table: OpenTable<'_>) -> bool {
         let qualified = format!("{}.{}", table.namespace, table.name);
         let opened = match lake::create_if_missing(
@@ -466,18 +468,7 @@ impl LanderTask {
         )
         .await
         {
-            Ok(t) => self.new_state(key, t).await,
-            Err(e) => Err(e),
-        };
-        let opened = match opened {
-            Ok(state) if table.repartition => {
-                self.tables.insert(key.to_string(), state);
-                self.repartition(key, table.partition).await
-            }
-            Ok(state) => {
-                self.tables.insert(key.to_string(), state);
-                Ok(())
-            }
+            Ok(t) => self.keep_table(key, t).await,
             Err(e) => Err(CommitError::from(e)),
         };
         match opened {
@@ -494,6 +485,20 @@ impl LanderTask {
                 false
             }
         }
+    }
+
+    /// Keep `table` as the one under `key`, moved to its stream's configured partitioning
+    /// if it has another.
+    async fn keep_table(&mut self, key: &str, table: Table) -> Result<(), CommitError> {
+        let state = self.new_state(key, table).await?;
+        self.tables.insert(key.to_string(), state);
+        if let Some(fields) = self.streams.get(key).partition
+            && let Err(e) = self.repartition(key, &fields).await
+        {
+            self.tables.remove(key);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Move the table under `key` to partition spec `fields` if its default is another;
@@ -652,7 +657,6 @@ impl LanderTask {
             name: &name,
             user: &quarantine::schema(),
             partition: &[],
-            repartition: false,
             layer: "quarantine",
         };
         if !self.tables.contains_key(&key) && !self.open_table(&key, table).await {

@@ -682,3 +682,68 @@ async fn replay_after_a_config_change_lands_quarantined_rows_once_and_in_order()
         assert_eq!(sorted_ids(&lake).await, [1, 2, 3], "run {run}");
     }
 }
+
+#[tokio::test]
+async fn a_configured_partitioning_moves_an_existing_table_even_when_an_agent_asks_its_mark_first()
+{
+    let lake = TestLake::new().await;
+    let ts = |day: i64| {
+        RecordBatch::try_from_iter(vec![(
+            "ts",
+            Arc::new(
+                arrow_array::TimestampMicrosecondArray::from(vec![day * 86_400_000_000])
+                    .with_timezone("UTC"),
+            ) as arrow_array::ArrayRef,
+        )])
+        .expect("batch")
+    };
+    let first = lake.lander();
+    let v = land(&first, "a", "events", 1, ts(1)).await;
+    first.flush().await;
+    assert_eq!(v.await, Ok(Verdict::Committed));
+    let spec = |t: &iceberg::table::Table| {
+        t.metadata()
+            .default_partition_spec()
+            .fields()
+            .iter()
+            .map(|f| f.transform)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        spec(&lake.table("events").await),
+        [iceberg::spec::Transform::Day]
+    );
+
+    let hourly = super::Streams(Arc::new(
+        [(
+            "events".to_string(),
+            super::StreamConfig {
+                partition: Some(vec![
+                    crate::lake::partition::PartitionField::try_from("hour(ts)".to_string())
+                        .expect("field"),
+                ]),
+                ..Default::default()
+            },
+        )]
+        .into(),
+    ));
+    let second = lake.lander_for(hourly, InFlight::default());
+    assert_eq!(
+        second.committed_mark("a", "events").await.expect("mark").0,
+        1
+    );
+    let v = land(&second, "a", "events", 2, ts(2)).await;
+    second.flush().await;
+    assert_eq!(v.await, Ok(Verdict::Committed));
+    let table = lake.table("events").await;
+    assert_eq!(spec(&table), [iceberg::spec::Transform::Hour]);
+    assert_eq!(table.metadata().partition_specs_iter().count(), 2);
+    let files = lake::live_files_by_spec(&table).await.expect("files");
+    let mut specs: Vec<i32> = files.iter().map(|(s, _)| *s).collect();
+    specs.sort();
+    assert_eq!(
+        specs,
+        [0, 1],
+        "the old file keeps its spec, the new one has the new"
+    );
+}
