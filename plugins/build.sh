@@ -14,15 +14,20 @@ cargo build --release --locked --target wasm32-wasip2
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 cp "$TARGET_DIR"/wasm32-wasip2/release/*.wasm "$OUT/"
 
+# A connector's `wit-dir` file names the contract it is built against (default: 0.1.0 in
+# wit/; 0.2.0 is in wit/v0.2), relative to its directory.
 for dir in python/*/; do
   name="$(basename "$dir")"
-  (cd "$dir" && componentize-py -d ../../../wit -w source componentize app -o "$OUT/python_$name.wasm")
+  wit="$(cat "$dir/wit-dir" 2>/dev/null || echo ../../../wit)"
+  (cd "$dir" && componentize-py -d "$wit" -w source componentize app -o "$OUT/python_$name.wasm")
 done
 
 for dir in js/*/; do
   name="$(basename "$dir")"
-  # componentize-js reads the WIT from inside the project (its file access is sandboxed).
-  rm -rf "$dir/wit" && cp -r ../wit "$dir/wit"
+  # componentize-js reads the WIT from inside the project (its file access is sandboxed);
+  # only the package's own files (wit/ holds 0.1.0, wit/v0.2 the 0.2.0 contract).
+  wit="$(cat "$dir/wit-dir" 2>/dev/null || echo ../wit)"
+  rm -rf "$dir/wit" && mkdir "$dir/wit" && cp "$wit"/*.wit "$dir/wit/"
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error \
     && npx componentize-js app.js --wit wit --world-name source -d http -d fetch-event -o "$OUT/js_$name.wasm")
 done

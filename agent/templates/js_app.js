@@ -1,7 +1,7 @@
 // {{name}}: a Sluice source connector in JavaScript. Edit `open` (the schema) and `poll`.
 // Build: npm install && npm run build
 
-import { log } from 'sluice:plugin/host@0.1.0';
+import { log } from 'sluice:plugin/host@0.2.0';
 
 let next = 0;
 let total = null;

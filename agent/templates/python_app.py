@@ -29,8 +29,8 @@ class Connector(exports.Connector):
             raise Err(f"bad config or checkpoint: {e}")
         host.log(types.Level.INFO, f"{{name}} starting at row {S.next}")
         return [
-            types.Column("n", types.ColumnType.INT64, False),
-            types.Column("message", types.ColumnType.UTF8, False),
+            types.Column("n", "int64", False),
+            types.Column("message", "utf8", False),
         ]
 
     def poll(self, max_rows: int) -> types.PollResult:

@@ -56,7 +56,7 @@ use std::cell::RefCell;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../../wit/v0.2",
         world: "source",
         pub_export_macro: true,
         export_macro_name: "__export_source_world",
@@ -68,14 +68,14 @@ pub mod bindings {
     /// with this crate exports just the world it invokes the macro of.)
     pub mod transform {
         wit_bindgen::generate!({
-            path: "../../wit",
+            path: "../../wit/v0.2",
             world: "transform",
             pub_export_macro: true,
             export_macro_name: "__export_transform_world",
             default_bindings_module: "sluice_plugin::bindings::transform",
             with: {
-                "sluice:plugin/types@0.1.0": crate::bindings::sluice::plugin::types,
-                "sluice:plugin/host@0.1.0": crate::bindings::sluice::plugin::host,
+                "sluice:plugin/types@0.2.0": crate::bindings::sluice::plugin::types,
+                "sluice:plugin/host@0.2.0": crate::bindings::sluice::plugin::host,
             },
         });
     }
@@ -85,16 +85,73 @@ mod rows;
 pub use rows::{ColumnRef, Rows};
 
 use bindings::sluice::plugin::types::{
-    Batch as WitBatch, ColumnValues, PollResult, TypedColumn as WitTypedColumn, Utf8Values,
+    Batch as WitBatch, BytesValues, ColumnValues, Decimal128, PollResult,
+    TypedColumn as WitTypedColumn,
 };
-pub use bindings::sluice::plugin::types::{Column, ColumnType, Level};
+pub use bindings::sluice::plugin::types::{Column, Level};
+
+/// A column's type (`sluice:plugin@0.2.0`); the agent maps each to Arrow and Iceberg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    Boolean,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Utf8,
+    Binary,
+    /// Days since 1970-01-01.
+    Date,
+    /// Microseconds, no time zone.
+    Timestamp,
+    /// Microseconds since the Unix epoch, UTC.
+    TimestampTz,
+    /// `TimestampTz` under its 0.1 name.
+    TimestampMicros,
+    /// Precision (1..=38) and scale (0..=precision).
+    Decimal(u8, u8),
+    List(Box<ColumnType>),
+    /// Keys (a primitive type) to values.
+    Map(Box<ColumnType>, Box<ColumnType>),
+    /// Named fields, in order.
+    Struct(Vec<(String, ColumnType)>),
+}
+
+impl ColumnType {
+    /// The type as the contract writes it (`list<utf8>`, `decimal(10,2)`).
+    pub fn name(&self) -> String {
+        match self {
+            ColumnType::Boolean => "boolean".into(),
+            ColumnType::Int32 => "int32".into(),
+            ColumnType::Int64 => "int64".into(),
+            ColumnType::Float32 => "float32".into(),
+            ColumnType::Float64 => "float64".into(),
+            ColumnType::Utf8 => "utf8".into(),
+            ColumnType::Binary => "binary".into(),
+            ColumnType::Date => "date".into(),
+            ColumnType::Timestamp => "timestamp".into(),
+            ColumnType::TimestampTz | ColumnType::TimestampMicros => "timestamp-tz".into(),
+            ColumnType::Decimal(p, s) => format!("decimal({p},{s})"),
+            ColumnType::List(item) => format!("list<{}>", item.name()),
+            ColumnType::Map(k, v) => format!("map<{},{}>", k.name(), v.name()),
+            ColumnType::Struct(fields) => format!(
+                "struct<{}>",
+                fields
+                    .iter()
+                    .map(|(n, t)| format!("{n}: {}", t.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
 
 impl Column {
     /// A nullable column.
     pub fn new(name: impl Into<String>, ty: ColumnType) -> Self {
         Column {
             name: name.into(),
-            type_: ty,
+            type_: ty.name(),
             nullable: true,
         }
     }
@@ -108,32 +165,79 @@ impl Column {
     }
 }
 
-/// One column of values, in the declared column's type.
-pub struct TypedColumn(pub(crate) WitTypedColumn);
+/// One column of values, in the declared column's type; nested columns hold their
+/// children (a list's elements, a map's keys and values, a struct's fields).
+#[derive(Debug, Clone)]
+pub struct TypedColumn {
+    pub(crate) values: ColumnValues,
+    pub(crate) validity: Option<Vec<bool>>,
+    pub(crate) children: Vec<TypedColumn>,
+}
 
 impl TypedColumn {
     fn of(values: ColumnValues) -> Self {
-        TypedColumn(WitTypedColumn {
+        TypedColumn {
             values,
             validity: None,
-        })
+            children: Vec::new(),
+        }
     }
 
     pub fn boolean(values: Vec<bool>) -> Self {
         Self::of(ColumnValues::Boolean(values))
     }
 
+    pub fn int32(values: Vec<i32>) -> Self {
+        Self::of(ColumnValues::Int32(values))
+    }
+
     pub fn int64(values: Vec<i64>) -> Self {
         Self::of(ColumnValues::Int64(values))
+    }
+
+    pub fn float32(values: Vec<f32>) -> Self {
+        Self::of(ColumnValues::Float32(values))
     }
 
     pub fn float64(values: Vec<f64>) -> Self {
         Self::of(ColumnValues::Float64(values))
     }
 
-    /// Microseconds since the Unix epoch, UTC.
+    /// Days since 1970-01-01.
+    pub fn date(values: Vec<i32>) -> Self {
+        Self::of(ColumnValues::Date(values))
+    }
+
+    /// Microseconds since the Unix epoch (a `timestamp` or `timestamp-tz` column).
+    pub fn timestamp(values: Vec<i64>) -> Self {
+        Self::of(ColumnValues::Timestamp(values))
+    }
+
+    /// Microseconds since the Unix epoch, UTC (0.1's name).
     pub fn timestamp_micros(values: Vec<i64>) -> Self {
-        Self::of(ColumnValues::TimestampMicros(values))
+        Self::timestamp(values)
+    }
+
+    /// Decimals as unscaled integers (12.34 in a `decimal(P,2)` column is 1234).
+    pub fn decimal(values: Vec<i128>) -> Self {
+        Self::of(ColumnValues::Decimal(
+            values
+                .into_iter()
+                .map(|v| Decimal128 {
+                    low: v as u64,
+                    high: (v >> 64) as i64,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Byte strings, packed into one buffer plus offsets.
+    pub fn binary<I, B>(values: I) -> Self
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        Self::of(ColumnValues::Binary(packed(values)))
     }
 
     /// Strings with nulls (`None`).
@@ -159,19 +263,95 @@ impl TypedColumn {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut offsets = vec![0u32];
-        let mut data = Vec::new();
-        for v in values {
-            data.extend_from_slice(v.as_ref().as_bytes());
-            offsets.push(data.len() as u32);
+        Self::of(ColumnValues::Utf8(packed(
+            values.into_iter().map(|s| s.as_ref().as_bytes().to_vec()),
+        )))
+    }
+
+    /// Lists: row `i` holds `items[lengths[..i].sum()..][..lengths[i]]`.
+    pub fn list(lengths: &[u32], items: TypedColumn) -> Self {
+        TypedColumn {
+            values: ColumnValues::List(offsets(lengths)),
+            validity: None,
+            children: vec![items],
         }
-        Self::of(ColumnValues::Utf8(Utf8Values { offsets, data }))
+    }
+
+    /// Maps: row `i` holds the next `lengths[i]` keys and values.
+    pub fn map(lengths: &[u32], keys: TypedColumn, values: TypedColumn) -> Self {
+        TypedColumn {
+            values: ColumnValues::Map(offsets(lengths)),
+            validity: None,
+            children: vec![keys, values],
+        }
+    }
+
+    /// Structs of `rows` values: one column per field, in declaration order.
+    pub fn structs(rows: u32, fields: Vec<TypedColumn>) -> Self {
+        TypedColumn {
+            values: ColumnValues::Struct(rows),
+            validity: None,
+            children: fields,
+        }
     }
 
     /// Mark nulls: one entry per value, `false` for null.
     pub fn with_validity(mut self, validity: Vec<bool>) -> Self {
-        self.0.validity = Some(validity);
+        self.validity = Some(validity);
         self
+    }
+}
+
+fn packed<I, B>(values: I) -> BytesValues
+where
+    I: IntoIterator<Item = B>,
+    B: AsRef<[u8]>,
+{
+    let mut offsets = vec![0u32];
+    let mut data = Vec::new();
+    for v in values {
+        data.extend_from_slice(v.as_ref());
+        offsets.push(data.len() as u32);
+    }
+    BytesValues { offsets, data }
+}
+
+fn offsets(lengths: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(lengths.len() + 1);
+    let mut at = 0u32;
+    out.push(0);
+    for l in lengths {
+        at += l;
+        out.push(at);
+    }
+    out
+}
+
+/// The typed columns of a batch as the contract sends them: the top-level ones first, the
+/// children of nested ones after, named by index.
+pub(crate) fn flatten(columns: Vec<TypedColumn>) -> Vec<WitTypedColumn> {
+    let n = columns.len();
+    let mut out: Vec<Option<WitTypedColumn>> = (0..n).map(|_| None).collect();
+    for (i, c) in columns.into_iter().enumerate() {
+        let placed = place(c, &mut out);
+        out[i] = Some(placed);
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn place(c: TypedColumn, out: &mut Vec<Option<WitTypedColumn>>) -> WitTypedColumn {
+    let mut children = Vec::with_capacity(c.children.len());
+    for child in c.children {
+        let at = out.len();
+        out.push(None);
+        let placed = place(child, out);
+        out[at] = Some(placed);
+        children.push(at as u32);
+    }
+    WitTypedColumn {
+        values: c.values,
+        validity: c.validity,
+        children,
     }
 }
 
@@ -186,9 +366,7 @@ impl Batch {
 
     /// Typed columns, one per declared column, in declaration order.
     pub fn columns(columns: Vec<TypedColumn>) -> Self {
-        Batch(WitBatch::Columns(
-            columns.into_iter().map(|c| c.0).collect(),
-        ))
+        Batch(WitBatch::Columns(flatten(columns)))
     }
 }
 

@@ -86,17 +86,13 @@ impl Transform for Redact {
         for c in &cfg.keep {
             let col = find(&c.column, "keep")?;
             let ok = matches!(
-                (&c.value, col.type_, c.op),
+                (&c.value, col.type_.as_str(), c.op),
                 (_, _, Op::IsNull | Op::NotNull)
-                    | (
-                        serde_json::Value::Bool(_),
-                        ColumnType::Boolean,
-                        Op::Eq | Op::Ne
-                    )
-                    | (serde_json::Value::String(_), ColumnType::Utf8, _)
+                    | (serde_json::Value::Bool(_), "boolean", Op::Eq | Op::Ne)
+                    | (serde_json::Value::String(_), "utf8", _)
                     | (
                         serde_json::Value::Number(_),
-                        ColumnType::Int64 | ColumnType::Float64 | ColumnType::TimestampMicros,
+                        "int32" | "int64" | "float32" | "float64" | "timestamp" | "timestamp-tz",
                         _,
                     )
             );
@@ -108,7 +104,7 @@ impl Transform for Redact {
             }
         }
         for name in cfg.hash.iter().chain(&cfg.mask) {
-            if find(name, "hash/mask")?.type_ != ColumnType::Utf8 {
+            if find(name, "hash/mask")?.type_ != ColumnType::Utf8.name() {
                 return Err(format!("hash/mask: column {name:?} is not a string column"));
             }
         }
