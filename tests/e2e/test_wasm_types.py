@@ -53,6 +53,28 @@ def source(plugin: str, **config) -> dict:
             "poll_interval": "20ms", "config": {"total": N, **config}}
 
 
+def test_a_connector_upgraded_to_wider_types_widens_its_columns(bins, certs, workdir):
+    """int → long and float → double: the columns widen in place (old rows keep their
+    values), in one schema change, and each row lands once."""
+    proc = Processor(bins, certs, workdir).start()
+    try:
+        for total, wide in ((20, False), (N, True)):
+            agent = Agent(bins, certs, workdir, proc,
+                          {"widen": source("all_types", total=total, wide=wide)}).start()
+            assert agent.wait(120) == 0, agent.proc.output()[-3000:]
+            types = {f.name: str(f.field_type) for f in pyiceberg_table(proc, "bronze.widen").schema().fields}
+            assert (types["small"], types["ratio"]) == (("long", "double") if wide else ("int", "float"))
+        table = pyiceberg_table(proc, "bronze.widen")
+        assert len(table.schemas()) == 2
+        assert proc.metrics()['sluice_processor_schema_changes_total{table="bronze.widen"}'] == 1
+        want = [expected(i) for i in range(N)]
+        for read in (read_pyiceberg, read_duckdb):
+            rows = sorted((normalized(r) for r in read(proc, "bronze.widen")), key=lambda r: r["i"])
+            assert rows == want, read.__name__
+    finally:
+        proc.stop()
+
+
 def test_every_type_round_trips_through_rust_python_and_javascript_connectors(bins, certs, workdir):
     proc = Processor(bins, certs, workdir).start()
     try:

@@ -12,24 +12,29 @@ struct Config {
     total: u64,
     #[serde(default)]
     mode: Option<String>,
+    /// Declare `small` as int64 and `ratio` as float64 (a connector upgraded to wider
+    /// types; the table widens its columns).
+    #[serde(default)]
+    wide: bool,
 }
 
 struct AllTypes {
     next: u64,
     total: u64,
     json: bool,
+    wide: bool,
 }
 
 /// 2026-01-01T00:00:00Z in microseconds, and in days.
 const START_US: i64 = 1_767_225_600_000_000;
 const START_DAY: i32 = 20_454;
 
-fn schema() -> Vec<Column> {
+fn schema(wide: bool) -> Vec<Column> {
     use ColumnType::*;
     vec![
         Column::required("i", Int64),
-        Column::required("small", Int32),
-        Column::new("ratio", Float32),
+        Column::required("small", if wide { Int64 } else { Int32 }),
+        Column::new("ratio", if wide { Float64 } else { Float32 }),
         Column::required("day", Date),
         Column::required("price", Decimal(9, 2)),
         Column::required("blob", Binary),
@@ -67,8 +72,9 @@ impl Source for AllTypes {
                 next,
                 total: cfg.total,
                 json,
+                wide: cfg.wide,
             },
-            schema(),
+            schema(cfg.wide),
         ))
     }
 
@@ -82,7 +88,7 @@ impl Source for AllTypes {
         let batch = if self.json {
             json(&rows)
         } else {
-            columns(&rows)
+            columns(&rows, self.wide)
         };
         let poll = Poll::batch(batch).checkpoint(self.next.to_string());
         Ok(if self.next >= self.total {
@@ -107,15 +113,26 @@ fn labels(i: i64) -> Vec<(&'static str, i32)> {
     }
 }
 
-fn columns(rows: &[i64]) -> Batch {
+fn columns(rows: &[i64], wide: bool) -> Batch {
     let n = rows.len();
     let tag_lists: Vec<Vec<String>> = rows.iter().map(|i| tags(*i)).collect();
     let label_maps: Vec<Vec<(&str, i32)>> = rows.iter().map(|i| labels(*i)).collect();
+    let small = rows.iter().map(|i| *i * 7 - 100);
+    let ratio = rows.iter().map(|i| *i as f64 / 4.0);
+    let valid: Vec<bool> = rows.iter().map(|i| i % 5 != 0).collect();
     Batch::columns(vec![
         TypedColumn::int64(rows.to_vec()),
-        TypedColumn::int32(rows.iter().map(|i| (*i * 7 - 100) as i32).collect()),
-        TypedColumn::float32(rows.iter().map(|i| *i as f32 / 4.0).collect())
-            .with_validity(rows.iter().map(|i| i % 5 != 0).collect()),
+        if wide {
+            TypedColumn::int64(small.collect())
+        } else {
+            TypedColumn::int32(small.map(|v| v as i32).collect())
+        },
+        if wide {
+            TypedColumn::float64(ratio.collect())
+        } else {
+            TypedColumn::float32(ratio.map(|v| v as f32).collect())
+        }
+        .with_validity(valid),
         TypedColumn::date(rows.iter().map(|i| START_DAY + *i as i32).collect()),
         TypedColumn::decimal(rows.iter().map(|i| i128::from(*i) * 100 + 5).collect()),
         TypedColumn::binary(
