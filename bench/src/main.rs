@@ -272,6 +272,49 @@ allow_all = true
     )
 }
 
+/// The 10 columns of the pipeline bench's telemetry.
+const TELEMETRY_FIELDS: &str = r#"ts = { type = "timestamp" }
+seq = { type = "sequence" }
+device = { type = "entity", prefix = "dev-" }
+temp = { type = "normal", mean = 21.0, stddev = 3.0 }
+humidity = { type = "uniform", min = 0.0, max = 100.0 }
+pressure = { type = "normal", mean = 1013.0, stddev = 8.0 }
+battery = { type = "uniform", min = 0.0, max = 1.0 }
+rssi = { type = "uniform", min = -120, max = -30, integer = true }
+errors = { type = "poisson", lambda = 0.2 }
+status = { type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 1] }
+"#;
+
+/// Agent `bench` simulating `rows` rows of `fields` (`[sources.telemetry.fields]`) into
+/// stream `telemetry`, batches of `batch_rows`, paced at `rate` rows/s if given.
+fn telemetry_agent(
+    sink: &str,
+    rows: u64,
+    batch_rows: u64,
+    rate: Option<u64>,
+    fields: &str,
+) -> String {
+    format!(
+        r#"
+[agent]
+id = "bench"
+[batch]
+max_rows = {batch_rows}
+max_bytes = "16MiB"
+max_age = "200ms"
+{sink}window = 32
+[sources.telemetry]
+type = "simulator"
+total = {rows}
+{rate}seed = 1
+entities = 1000
+chunk_rows = 16384
+[sources.telemetry.fields]
+{fields}"#,
+        rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default(),
+    )
+}
+
 /// The agent's `[sink]` section (QUIC to `quic`, as agent `bench`).
 fn agent_sink(quic: SocketAddr) -> String {
     format!(
@@ -554,35 +597,12 @@ commit_interval = "{commit_interval}"
     .expect("processor config");
     std::fs::write(
         dir.path().join("agent.toml"),
-        format!(
-            r#"
-[agent]
-id = "bench"
-[batch]
-max_rows = {batch_rows}
-max_bytes = "16MiB"
-max_age = "200ms"
-{sink}window = 32
-[sources.telemetry]
-type = "simulator"
-total = {rows}
-{rate}seed = 1
-entities = 1000
-chunk_rows = 16384
-[sources.telemetry.fields]
-ts = {{ type = "timestamp" }}
-seq = {{ type = "sequence" }}
-device = {{ type = "entity", prefix = "dev-" }}
-temp = {{ type = "normal", mean = 21.0, stddev = 3.0 }}
-humidity = {{ type = "uniform", min = 0.0, max = 100.0 }}
-pressure = {{ type = "normal", mean = 1013.0, stddev = 8.0 }}
-battery = {{ type = "uniform", min = 0.0, max = 1.0 }}
-rssi = {{ type = "uniform", min = -120, max = -30, integer = true }}
-errors = {{ type = "poisson", lambda = 0.2 }}
-status = {{ type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 1] }}
-"#,
-            batch_rows = if compaction { 20_000 } else { 65_536 },
-            rate = rate.map(|r| format!("rate = {r}\n")).unwrap_or_default(),
+        telemetry_agent(
+            &sink,
+            rows,
+            if compaction { 20_000 } else { 65_536 },
+            rate,
+            TELEMETRY_FIELDS,
         ),
     )
     .expect("agent config");

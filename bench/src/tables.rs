@@ -11,25 +11,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use super::{
-    TempDir, agent_sink, buckets, counter, free_tcp, free_udp, init_certs, processor_common,
-    quantile, start_processor, wait_committed,
+    TELEMETRY_FIELDS, TempDir, agent_sink, buckets, counter, free_tcp, free_udp, init_certs,
+    processor_common, quantile, start_processor, telemetry_agent, wait_committed,
 };
 
-/// The 10 columns of the pipeline bench.
-const TEN: &str = r#"ts = { type = "timestamp" }
-seq = { type = "sequence" }
-device = { type = "entity", prefix = "dev-" }
-temp = { type = "normal", mean = 21.0, stddev = 3.0 }
-humidity = { type = "uniform", min = 0.0, max = 100.0 }
-pressure = { type = "normal", mean = 1013.0, stddev = 8.0 }
-battery = { type = "uniform", min = 0.0, max = 1.0 }
-rssi = { type = "uniform", min = -120, max = -30, integer = true }
-errors = { type = "poisson", lambda = 0.2 }
-status = { type = "choice", values = ["ok", "warn", "fail"], weights = [95, 4, 1] }
-"#;
-
 /// Ten more, among them a map and a list.
-const TEN_MORE: &str = r#"labels = { type = "map", keys = ["site", "rack", "zone"], value = { type = "choice", values = ["a", "b", "c", "d"] } }
+const MORE: &str = r#"labels = { type = "map", keys = ["site", "rack", "zone"], value = { type = "choice", values = ["a", "b", "c", "d"] } }
 tags = { type = "list", item = { type = "choice", values = ["hot", "cold", "wet", "dry"] }, min_len = 0, max_len = 3 }
 voltage = { type = "normal", mean = 3.3, stddev = 0.1 }
 current = { type = "uniform", min = 0.0, max = 2.0 }
@@ -93,24 +80,7 @@ fn write_configs(
     .expect("processor config");
     std::fs::write(
         dir.path().join("agent.toml"),
-        format!(
-            r#"[agent]
-id = "bench"
-[batch]
-max_rows = 65536
-max_bytes = "16MiB"
-max_age = "200ms"
-{sink}window = 32
-[sources.telemetry]
-type = "simulator"
-total = {rows}
-seed = 1
-entities = 1000
-chunk_rows = 16384
-[sources.telemetry.fields]
-{fields}"#,
-            sink = agent_sink(quic)
-        ),
+        telemetry_agent(&agent_sink(quic), rows, 65_536, None, fields),
     )
     .expect("agent config");
 }
@@ -128,10 +98,18 @@ fn run_agent(agent_bin: &Path, dir: &TempDir) {
 /// The bench: three landings, then an evolution.
 pub fn run(processor_bin: &Path, agent_bin: &Path, rows: u64) {
     println!("tables bench: {rows} rows per landing, agent -> QUIC -> processor -> bronze");
-    let twenty = format!("{TEN}{TEN_MORE}");
+    let twenty = format!("{TELEMETRY_FIELDS}{MORE}");
     let runs = [
-        ("10 columns, unpartitioned", TEN, "partition = []"),
-        ("10 columns, day(ts)", TEN, "partition = [\"day(ts)\"]"),
+        (
+            "10 columns, unpartitioned",
+            TELEMETRY_FIELDS,
+            "partition = []",
+        ),
+        (
+            "10 columns, day(ts)",
+            TELEMETRY_FIELDS,
+            "partition = [\"day(ts)\"]",
+        ),
         (
             "20 columns (map, list), day(ts)",
             twenty.as_str(),
@@ -163,7 +141,7 @@ fn evolution(processor_bin: &Path, agent_bin: &Path) {
     let dir = TempDir::new();
     init_certs(processor_bin, &dir);
     let (quic, api) = (free_udp(), free_tcp());
-    write_configs(&dir, quic, api, "", BEFORE, TEN);
+    write_configs(&dir, quic, api, "", BEFORE, TELEMETRY_FIELDS);
     let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
     let committed = "sluice_processor_committed_rows_total{table=\"bronze.telemetry\"}";
     let started = Instant::now();
@@ -177,7 +155,7 @@ fn evolution(processor_bin: &Path, agent_bin: &Path) {
         api,
         "",
         BEFORE + AFTER,
-        &format!("{TEN}site = {{ type = \"choice\", values = [\"a\", \"b\"] }}\n"),
+        &format!("{TELEMETRY_FIELDS}site = {{ type = \"choice\", values = [\"a\", \"b\"] }}\n"),
     );
     let started = Instant::now();
     run_agent(agent_bin, &dir);

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 use iceberg::spec::{
-    ListType, MapType, NestedField, NestedFieldRef, PrimitiveType, Schema, StructType,
-    TableMetadataBuilder, Type, UnboundPartitionSpec,
+    ListType, MapType, NestedField, NestedFieldRef, PrimitiveType, Schema, StructType, Type,
+    UnboundPartitionSpec,
 };
 use iceberg::{Error, ErrorKind};
 
-use super::snapshot::{Written, publish};
+use super::snapshot::commit_metadata;
 use super::{CatalogSwap, CommitError, Head, LAKE_COLUMNS, normalize_type};
 
 /// What a batch needs of its table's schema before it fits.
@@ -162,17 +162,7 @@ pub async fn commit_schema(
     head: &Head,
     schema: Schema,
 ) -> Result<Head, CommitError> {
-    let table = head.table();
-    let built = TableMetadataBuilder::new_from_metadata(
-        table.metadata().clone(),
-        Some(table.metadata_location_result()?.to_string()),
-    )
-    .add_current_schema(schema)?
-    .build()?;
-    let mut written = Written::new(table);
-    let result = publish(swap, table, built, &mut written).await;
-    written.settle(&result).await;
-    Ok(head.reloaded(result?))
+    commit_metadata(swap, head, |b| b.add_current_schema(schema)).await
 }
 
 /// Make `spec` the table's default partition spec, in a metadata-only commit. Files keep
@@ -182,17 +172,7 @@ pub async fn commit_spec(
     head: &Head,
     spec: UnboundPartitionSpec,
 ) -> Result<Head, CommitError> {
-    let table = head.table();
-    let built = TableMetadataBuilder::new_from_metadata(
-        table.metadata().clone(),
-        Some(table.metadata_location_result()?.to_string()),
-    )
-    .add_default_partition_spec(spec)?
-    .build()?;
-    let mut written = Written::new(table);
-    let result = publish(swap, table, built, &mut written).await;
-    written.settle(&result).await;
-    Ok(head.reloaded(result?))
+    commit_metadata(swap, head, |b| b.add_default_partition_spec(spec)).await
 }
 
 #[cfg(test)]

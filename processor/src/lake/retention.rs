@@ -19,11 +19,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use iceberg::spec::{ManifestStatus, Operation, Snapshot, TableMetadata, TableMetadataBuilder};
+use iceberg::spec::{ManifestStatus, Operation, Snapshot, TableMetadata};
 use iceberg::table::Table;
 
 use super::manifests::manifest_list;
-use super::snapshot::{CommitError, Head, Written, publish};
+use super::snapshot::{CommitError, Head, commit_metadata};
 use super::swap::CatalogSwap;
 
 /// How much history a table keeps.
@@ -98,17 +98,7 @@ fn ref_heads(meta: &TableMetadata) -> HashSet<i64> {
 /// Drop the planned snapshots from `head`'s metadata and swap it in; metadata files that
 /// fall out of the log are deleted as after any commit. Returns the new head.
 pub async fn commit(swap: &CatalogSwap, head: &Head, plan: &Plan) -> Result<Head, CommitError> {
-    let table = head.table();
-    let built = TableMetadataBuilder::new_from_metadata(
-        table.metadata().clone(),
-        Some(table.metadata_location_result()?.to_string()),
-    )
-    .remove_snapshots(&plan.expire)
-    .build()?;
-    let mut written = Written::new(table);
-    let result = publish(swap, table, built, &mut written).await;
-    written.settle(&result).await;
-    Ok(head.reloaded(result?))
+    commit_metadata(swap, head, |b| Ok(b.remove_snapshots(&plan.expire))).await
 }
 
 /// Files removed by [`remove_files`].

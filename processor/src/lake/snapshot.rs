@@ -278,6 +278,25 @@ impl<'a> Written<'a> {
     }
 }
 
+/// A metadata-only commit: `change` applied to the table's metadata as `head` has it,
+/// published with no new snapshot. A conflict means another writer moved the table first.
+pub(super) async fn commit_metadata(
+    swap: &CatalogSwap,
+    head: &Head,
+    change: impl FnOnce(TableMetadataBuilder) -> Result<TableMetadataBuilder, iceberg::Error>,
+) -> Result<Head, CommitError> {
+    let table = head.table();
+    let built = change(TableMetadataBuilder::new_from_metadata(
+        table.metadata().clone(),
+        Some(table.metadata_location_result()?.to_string()),
+    ))?
+    .build()?;
+    let mut written = Written::new(table);
+    let result = publish(swap, table, built, &mut written).await;
+    written.settle(&result).await;
+    Ok(head.reloaded(result?))
+}
+
 /// Write `built` as the table's next metadata file and swap it in; then delete the
 /// metadata files that fell out of the log. Returns the table as committed.
 pub(super) async fn publish(

@@ -471,16 +471,10 @@ async fn batches_waiting_for_a_commit_are_reshaped_when_the_table_evolves() {
 #[tokio::test]
 async fn a_strict_stream_refuses_new_columns_and_keeps_its_own() {
     let lake = TestLake::new().await;
-    let strict = super::Streams(Arc::new(
-        [(
-            "events".to_string(),
-            super::StreamConfig {
-                schema: super::SchemaPolicy::Strict,
-                ..Default::default()
-            },
-        )]
-        .into(),
-    ));
+    let strict = events_kept_so(super::StreamConfig {
+        schema: super::SchemaPolicy::Strict,
+        ..Default::default()
+    });
     let lander = lake.lander_for(strict, InFlight::default());
     let first = land(&lander, "a", "events", 1, evolving_batch(&[1], true, None)).await;
     lander.flush().await;
@@ -657,16 +651,10 @@ async fn replay_after_a_config_change_lands_quarantined_rows_once_and_in_order()
     assert_eq!(sorted_ids(&lake).await, [1]);
 
     // The config now converts text: "2" and "3" land; "x" still does not, and holds "4".
-    let coerce = super::Streams(Arc::new(
-        [(
-            "events".to_string(),
-            super::StreamConfig {
-                coerce: true,
-                ..Default::default()
-            },
-        )]
-        .into(),
-    ));
+    let coerce = events_kept_so(super::StreamConfig {
+        coerce: true,
+        ..Default::default()
+    });
     for run in 0..2 {
         let fixed = lake.lander_for(coerce.clone(), InFlight::default());
         let report = super::replay::replay(lake.catalog.as_ref(), &fixed, "events")
@@ -714,19 +702,13 @@ async fn a_configured_partitioning_moves_an_existing_table_even_when_an_agent_as
         [iceberg::spec::Transform::Day]
     );
 
-    let hourly = super::Streams(Arc::new(
-        [(
-            "events".to_string(),
-            super::StreamConfig {
-                partition: Some(vec![
-                    crate::lake::partition::PartitionField::try_from("hour(ts)".to_string())
-                        .expect("field"),
-                ]),
-                ..Default::default()
-            },
-        )]
-        .into(),
-    ));
+    let hourly = events_kept_so(super::StreamConfig {
+        partition: Some(vec![
+            crate::lake::partition::PartitionField::try_from("hour(ts)".to_string())
+                .expect("field"),
+        ]),
+        ..Default::default()
+    });
     let second = lake.lander_for(hourly, InFlight::default());
     assert_eq!(
         second.committed_mark("a", "events").await.expect("mark").0,
@@ -746,4 +728,9 @@ async fn a_configured_partitioning_moves_an_existing_table_even_when_an_agent_as
         [0, 1],
         "the old file keeps its spec, the new one has the new"
     );
+}
+
+/// The streams of a lander whose `events` stream is kept as `cfg` says.
+fn events_kept_so(cfg: super::StreamConfig) -> super::Streams {
+    super::Streams(Arc::new([("events".to_string(), cfg)].into()))
 }
