@@ -8,7 +8,8 @@
 //! | file | job |
 //! |---|---|
 //! | `scenario.rs` | scenario files: the TOML language of simulations, parsed and checked |
-//! | `field.rs` | field specifications (what a column holds) and their generators |
+//! | `field.rs` | field specifications (what a column holds) and their checks |
+//! | `generator.rs` | the values of each field, chunk after chunk (nested ones included) |
 //! | `fake_value.rs` | realistic fake values (hostnames, addresses, ...) from the `fake` crate |
 //! | `expr.rs` | derived fields: a small, typed expression language over a row's fields |
 //! | `schedule.rs` | when events happen: per-entity arrivals, child delays, late arrivals |
@@ -22,6 +23,7 @@ mod engine;
 mod expr;
 mod fake_value;
 mod field;
+mod generator;
 mod scenario;
 mod schedule;
 

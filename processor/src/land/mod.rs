@@ -6,6 +6,8 @@
 //! | `config.rs` | `[lander]`: commit interval and sizes, namespace, compression; `[streams.NAME]` |
 //! | `lander.rs` | the `Lander` handle: requests, verdicts, questions about marks |
 //! | `task.rs` | the lander task: buffers and table state, dedup by marks, verdicts |
+//! | `task/schema.rs` | its tables evolved, taken from the catalog, moved to their partitioning |
+//! | `task/quarantined.rs` | its batches that never fit, kept in quarantine and marked as taken |
 //! | `pending.rs` | a batch waiting for its commit, and how much of it a table holds |
 //! | `commit.rs` | `CommitJob`: one commit of a table's batches and its retries |
 //! | `columns.rs` | a batch's columns mapped onto its table's, or what the table must become |

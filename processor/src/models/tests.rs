@@ -423,3 +423,30 @@ async fn a_model_whose_sql_fails_leaves_its_target_untouched_and_reports_the_err
         [1, 2, 3]
     );
 }
+
+#[tokio::test]
+async fn a_model_target_is_created_with_its_declared_partitioning_and_written_by_partition() {
+    let (lake, lander, runner, m) = setup(
+        r#"
+        ["silver.events"]
+        sql = "SELECT id, id % 3 AS bucket FROM events"
+        partition = ["bucket", "truncate(10, id)"]
+        "#,
+        "silver.events",
+    )
+    .await;
+    land_events(&lander, 1..=12).await;
+    let r = runner.run(&m).await.expect("run");
+    assert_eq!((r.outcome, r.output_rows), ("ran", 12));
+    let target = table(&lake, "silver.events").await;
+    let spec = target.metadata().default_partition_spec();
+    let names: Vec<&str> = spec.fields().iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["bucket", "id_trunc_10"]);
+    // One file per partition: 3 buckets x ids 1-9 and 10-12.
+    let files = crate::lake::live_files(&target).await.expect("files");
+    assert_eq!(files.len(), 6, "{files:?}");
+    assert_eq!(
+        sorted(ints(&rows(&lake, "silver.events").await, "id")),
+        (1..=12).collect::<Vec<_>>()
+    );
+}

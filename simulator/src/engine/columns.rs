@@ -14,7 +14,7 @@ use arrow_schema::{ArrowError, DataType, TimeUnit};
 
 use super::simulation::Simulation;
 use crate::expr::{Expr, Type, Value};
-use crate::field::ChunkContext;
+use crate::generator::ChunkContext;
 use crate::schedule::Event;
 
 impl Simulation {

@@ -7,7 +7,8 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use super::plan::{ANOMALY_COLUMN, Origin, StreamPlan};
 use crate::expr::{Expr, Type};
-use crate::field::{EntityValues, FieldSpec};
+use crate::field::FieldSpec;
+use crate::generator::EntityValues;
 use crate::scenario::{AnomalyKind, AnomalySpec, ScenarioSpec, StreamSpec};
 use crate::schedule::{Delay, Late, Rate};
 use sluice_ops::config::Invalid;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, StringArray, UInt32Array};
 use indexmap::IndexMap;
 
-use crate::field::{ChunkContext, EntityValues, FieldGenerator};
+use crate::generator::{ChunkContext, EntityValues, FieldGenerator};
 use sluice_ops::config::Invalid;
 
 impl std::fmt::Debug for EntityValues {

@@ -13,7 +13,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use super::plan::{Origin, Scenario};
 use super::stream::{Source, StreamRun};
 use crate::anomaly::FieldAnomaly;
-use crate::field::{FieldGenerator, stream_seed};
+use crate::generator::{FieldGenerator, stream_seed};
 use crate::scenario::AnomalySpec;
 use crate::schedule::{Arrivals, mix};
 

@@ -8,7 +8,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use super::children::Pending;
 use super::late::Held;
 use crate::anomaly::FieldAnomaly;
-use crate::field::FieldGenerator;
+use crate::generator::FieldGenerator;
 use crate::schedule::{Arrivals, Late};
 
 pub(super) enum Source {
