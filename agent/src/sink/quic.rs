@@ -242,13 +242,15 @@ impl Transport for QuicShipper {
             "lane open"
         );
 
-        // Acks are read by their own task so a blocked write never stalls them.
-        let (ack_tx, acks) = mpsc::unbounded_channel();
+        // Acks are read by their own task so a blocked write never stalls them. The queue
+        // is bounded: a processor that floods acks is held back by QUIC flow control, not
+        // buffered here without end.
+        let (ack_tx, acks) = mpsc::channel(ACK_QUEUE);
         let reader = tokio::spawn(async move {
             loop {
                 let r = read_frame(&mut recv, 1 << 20).await;
                 let end = !matches!(r, Ok(Some(_)));
-                if ack_tx.send(r).is_err() || end {
+                if ack_tx.send(r).await.is_err() || end {
                     break;
                 }
             }
@@ -263,12 +265,15 @@ impl Transport for QuicShipper {
     }
 }
 
+/// Acks read ahead of the lane: more wait in the QUIC stream.
+const ACK_QUEUE: usize = 256;
+
 /// One lane's bidirectional stream: batches out, acks (after the Iceberg commit) back.
 pub struct QuicSession {
     agent: String,
     stream: String,
     send: quinn::SendStream,
-    acks: mpsc::UnboundedReceiver<Result<Option<Frame>, ProtocolError>>,
+    acks: mpsc::Receiver<Result<Option<Frame>, ProtocolError>>,
     _reader: AbortOnDrop,
 }
 

@@ -221,7 +221,6 @@ impl Upkeep {
             if stopping() {
                 return Ok(());
             }
-            let outcome = |ok: bool| if ok { "ok" } else { "error" };
             let r = compaction::compact(
                 catalog,
                 &self.swap,
@@ -240,8 +239,8 @@ impl Upkeep {
                 Ok(_) => {}
                 Err(e) => tracing::error!(%table, "compaction failed: {e}"),
             }
-            self.metrics
-                .maintenance_run(&table, "compact", outcome(r.is_ok()));
+            let outcome = r.as_ref().map_or_else(MaintenanceError::reason, |_| "ok");
+            self.metrics.maintenance_run(&table, "compact", outcome);
             if stopping() {
                 return Ok(());
             }
@@ -261,8 +260,8 @@ impl Upkeep {
                 Ok(_) => {}
                 Err(e) => tracing::error!(%table, "orphan cleanup failed: {e:#}"),
             }
-            self.metrics
-                .maintenance_run(&table, "orphans", outcome(r.is_ok()));
+            let outcome = r.as_ref().map_or_else(MaintenanceError::reason, |_| "ok");
+            self.metrics.maintenance_run(&table, "orphans", outcome);
         }
         Ok(())
     }
