@@ -339,32 +339,7 @@ pub fn compile_file(
     })
 }
 
-/// The 1-based line where the value at `key` (dotted; numbers index arrays) is written in
-/// `text`, if it can be found.
-pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    let root = toml::de::DeTable::parse(text).ok()?;
-    let mut span = root.span();
-    let mut table = Some(root.get_ref());
-    let mut value: Option<&toml::de::DeValue<'_>> = None;
-    for seg in key.split('.') {
-        let next = match (table, value) {
-            (Some(t), _) => t
-                .iter()
-                .find(|(k, _)| k.get_ref().as_ref() == seg)
-                .map(|(k, v)| (k.span(), v)),
-            (None, Some(v)) => match seg.parse::<usize>() {
-                Ok(i) => v.get(i).map(|x| (x.span(), x)),
-                Err(_) => v.get(seg).map(|x| (x.span(), x)),
-            },
-            (None, None) => None,
-        };
-        let Some((s, v)) = next else { break };
-        span = s;
-        table = None;
-        value = Some(v.get_ref());
-    }
-    Some(text[..span.start.min(text.len())].matches('\n').count() + 1)
-}
+pub use sluice_ops::config::line_of;
 
 #[cfg(test)]
 mod tests {

@@ -107,7 +107,8 @@ pub fn line_of(text: &str, key: &str) -> Option<usize> {
     let root = DeTable::parse(text).ok()?;
     let mut table = root.get_ref();
     let mut at: Option<usize> = None;
-    let mut parts = key.split('.').peekable();
+    let parts = key_parts(key);
+    let mut parts = parts.iter().map(String::as_str).peekable();
     while let Some(part) = parts.next() {
         let Some((k, v)) = table.get_key_value(part) else {
             break;
@@ -133,6 +134,20 @@ pub fn line_of(text: &str, key: &str) -> Option<usize> {
     at.map(|o| line_at(text, o))
 }
 
+/// A dotted key's parts; a quoted part may hold dots (`models."gold.cpu".sql`).
+fn key_parts(key: &str) -> Vec<String> {
+    let (mut parts, mut part, mut quoted) = (Vec::new(), String::new(), false);
+    for c in key.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut part)),
+            _ => part.push(c),
+        }
+    }
+    parts.push(part);
+    parts
+}
+
 fn line_at(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -154,6 +169,14 @@ mod tests {
         assert_eq!(line_of(TEXT, "sources.cpu.fields.load"), Some(4));
         assert_eq!(line_of(TEXT, "api.tokens.1.digest"), Some(12));
         assert_eq!(line_of(TEXT, "batch.max_rows"), None);
+    }
+
+    #[test]
+    fn quoted_keys_may_hold_dots() {
+        let text = "[models.\"gold.cpu\"]\nmode = \"recompute\"\nsql = \"SELECT 1\"\n\n[kafka.json.\"app.logs\"]\ntable = \"x\"\n";
+        assert_eq!(line_of(text, "models.\"gold.cpu\".sql"), Some(3));
+        assert_eq!(line_of(text, "kafka.json.\"app.logs\".table"), Some(6));
+        assert_eq!(key_parts("a.\"b.c\".d"), ["a", "b.c", "d"]);
     }
 
     #[test]
