@@ -172,9 +172,35 @@ impl Transport for KafkaShipper {
             topic: self.topic(&lane.stream),
             signer: self.signer.clone(),
             deliveries: FuturesOrdered::new(),
-            seqs: Default::default(),
             stopped: None,
         })
+    }
+}
+
+/// A batch's sequence and fate, once known: the producer's delivery report, or its refusal
+/// when the batch was handed over.
+type Report = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Fate)> + Send>>;
+
+/// What became of a batch handed to the producer.
+enum Fate {
+    Delivered,
+    /// Refused when handed over (too large for `message.max.bytes`): never queued, so the
+    /// producer goes on.
+    RefusedAtOnce,
+    /// Refused by the delivery report.
+    Refused(KafkaError),
+    /// The producer went away before reporting.
+    Canceled,
+}
+
+/// The fate a delivery report tells.
+fn fate(delivery: DeliveryFuture) -> impl std::future::Future<Output = Fate> {
+    async move {
+        match delivery.await {
+            Ok(Ok(_)) => Fate::Delivered,
+            Ok(Err((e, _))) => Fate::Refused(e),
+            Err(_) => Fate::Canceled,
+        }
     }
 }
 
@@ -185,9 +211,8 @@ pub struct KafkaSession {
     stream: String,
     topic: String,
     signer: Arc<BatchSigner>,
-    /// Per message produced, its delivery report and (alongside) its sequence, in order.
-    deliveries: FuturesOrdered<DeliveryFuture>,
-    seqs: std::collections::VecDeque<u64>,
+    /// Per batch handed over, in order: its sequence and what became of it.
+    deliveries: FuturesOrdered<Report>,
     /// Set when a refused batch stopped the producer (the gapless guarantee).
     stopped: Option<KafkaSinkError>,
 }
@@ -229,11 +254,16 @@ impl Session for KafkaSession {
             .key(self.agent.as_bytes())
             .payload(b.ipc.as_ref())
             .headers(headers);
-        let delivery = producer
-            .send_result(record)
-            .map_err(|(e, _)| KafkaSinkError::Delivery(e))?;
-        self.deliveries.push_back(delivery);
-        self.seqs.push_back(seq);
+        let report: Report = match producer.send_result(record) {
+            Ok(delivery) => Box::pin(async move { (seq, fate(delivery).await) }),
+            // librdkafka checks the size before queueing: this batch will never go, and
+            // retrying the session would refuse it again for ever.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Box::pin(std::future::ready((seq, Fate::RefusedAtOnce)))
+            }
+            Err((e, _)) => return Err(KafkaSinkError::Delivery(e)),
+        };
+        self.deliveries.push_back(report);
         Ok(())
     }
 
@@ -241,35 +271,37 @@ impl Session for KafkaSession {
         if let Some(e) = self.stopped.take() {
             return Err(e);
         }
-        let Some(delivered) = self.deliveries.next().await else {
+        let Some((seq, fate)) = self.deliveries.next().await else {
             // Nothing in flight: nothing to report until something is sent.
             return std::future::pending().await;
         };
-        let seq = self.seqs.pop_front().ok_or(KafkaSinkError::Canceled)?;
-        match delivered {
-            Ok(Ok(_)) => Ok(Delivery {
+        let too_large = |topic: &str| Outcome::Rejected {
+            reason: "too_large",
+            message: format!(
+                "the brokers of topic {topic} refuse a batch this large (lower batch.max_bytes or raise sink.max_message_bytes and the topic's max.message.bytes)"
+            ),
+        };
+        match fate {
+            Fate::Delivered => Ok(Delivery {
                 seq,
                 outcome: Outcome::Committed,
             }),
-            Ok(Err((
+            Fate::RefusedAtOnce => Ok(Delivery {
+                seq,
+                outcome: too_large(&self.topic),
+            }),
+            Fate::Refused(
                 e @ KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                _,
-            ))) => {
+            ) => {
                 // The gapless guarantee has stopped this producer: the next call says so.
                 self.stopped = Some(KafkaSinkError::Delivery(e));
                 Ok(Delivery {
                     seq,
-                    outcome: Outcome::Rejected {
-                        reason: "too_large",
-                        message: format!(
-                            "the brokers of topic {} refuse a batch this large (lower batch.max_bytes or raise sink.max_message_bytes and the topic's max.message.bytes)",
-                            self.topic
-                        ),
-                    },
+                    outcome: too_large(&self.topic),
                 })
             }
-            Ok(Err((e, _))) => Err(KafkaSinkError::Delivery(e)),
-            Err(_) => Err(KafkaSinkError::Canceled),
+            Fate::Refused(e) => Err(KafkaSinkError::Delivery(e)),
+            Fate::Canceled => Err(KafkaSinkError::Canceled),
         }
     }
 
@@ -329,5 +361,70 @@ impl Drop for Dropped {
         if let Some(p) = self.0.take() {
             tokio::task::spawn_blocking(move || drop(p));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use rcgen::{CertificateParams, KeyPair};
+
+    use super::*;
+    use crate::pipeline::ReadyBatch;
+
+    #[tokio::test]
+    async fn a_batch_too_large_for_the_producer_is_refused_for_good_and_the_session_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["edge-01".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (cert_path, key_path) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write");
+        // No broker: librdkafka refuses an oversized message before queueing it.
+        let producer: FutureProducer<Logged> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.max.bytes", "1000")
+            .create_with_context(Logged)
+            .expect("producer");
+        let mut session = KafkaSession {
+            producer: Dropped(Some(producer)),
+            agent: "edge-01".into(),
+            stream: "s".into(),
+            topic: "t".into(),
+            signer: Arc::new(BatchSigner::load(&cert_path, &key_path).expect("signer")),
+            deliveries: FuturesOrdered::new(),
+            stopped: None,
+        };
+        let big = WalRecord {
+            lsn: 1,
+            batch: ReadyBatch {
+                ipc: Bytes::from(vec![0u8; 10_000]),
+                rows: 1,
+                schema_fingerprint: 0,
+                created_at_us: 0,
+                checkpoint: None,
+            },
+        };
+        session
+            .send(7, &big)
+            .await
+            .expect("handed over: refused for good, not a session error");
+        let d = session.delivered().await.expect("its fate");
+        assert_eq!(d.seq, 7);
+        assert!(
+            matches!(
+                d.outcome,
+                Outcome::Rejected {
+                    reason: "too_large",
+                    ..
+                }
+            ),
+            "{:?}",
+            d.outcome
+        );
+        assert!(session.stopped.is_none(), "the producer goes on");
     }
 }
