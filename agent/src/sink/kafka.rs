@@ -194,13 +194,11 @@ enum Fate {
 }
 
 /// The fate a delivery report tells.
-fn fate(delivery: DeliveryFuture) -> impl std::future::Future<Output = Fate> {
-    async move {
-        match delivery.await {
-            Ok(Ok(_)) => Fate::Delivered,
-            Ok(Err((e, _))) => Fate::Refused(e),
-            Err(_) => Fate::Canceled,
-        }
+async fn fate(delivery: DeliveryFuture) -> Fate {
+    match delivery.await {
+        Ok(Ok(_)) => Fate::Delivered,
+        Ok(Err((e, _))) => Fate::Refused(e),
+        Err(_) => Fate::Canceled,
     }
 }
 
