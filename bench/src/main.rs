@@ -315,6 +315,17 @@ chunk_rows = 16384
     )
 }
 
+/// Run `sluice-agent` on `dir/agent.toml` until it exits, which must be a success.
+fn run_agent(agent_bin: &Path, dir: &TempDir) {
+    let status = Command::new(agent_bin)
+        .args(["run", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("run agent");
+    assert!(status.success(), "agent failed");
+}
+
 /// The agent's `[sink]` section (QUIC to `quic`, as agent `bench`).
 fn agent_sink(quic: SocketAddr) -> String {
     format!(
@@ -621,13 +632,7 @@ commit_interval = "{commit_interval}"
     let processor = start_processor(&processor_bin, &dir.path().join("processor.toml"), api);
 
     if compaction {
-        let status = Command::new(&agent_bin)
-            .args(["run", "--config"])
-            .arg(dir.path().join("agent.toml"))
-            .env("RUST_LOG", "warn")
-            .status()
-            .expect("run agent");
-        assert!(status.success(), "agent failed");
+        run_agent(&agent_bin, &dir);
         drop(processor);
         println!(
             "compaction bench: 2 tables x {rows} rows of 10-column telemetry landed in small commits"
@@ -691,13 +696,7 @@ commit_interval = "{commit_interval}"
     );
     let committed_rows = "sluice_processor_committed_rows_total{table=\"bronze.telemetry\"}";
     let started = Instant::now();
-    let status = Command::new(&agent_bin)
-        .args(["run", "--config"])
-        .arg(dir.path().join("agent.toml"))
-        .env("RUST_LOG", "warn")
-        .status()
-        .expect("run agent");
-    assert!(status.success(), "agent failed");
+    run_agent(&agent_bin, &dir);
     // Over Kafka the agent is done once the broker has every batch; the processor may
     // still be landing them.
     let metrics = wait_committed(api, committed_rows, rows, started);

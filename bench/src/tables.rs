@@ -7,12 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use super::{
     TELEMETRY_FIELDS, TempDir, agent_sink, buckets, counter, free_tcp, free_udp, init_certs,
-    processor_common, quantile, start_processor, telemetry_agent, wait_committed,
+    processor_common, quantile, run_agent, start_processor, telemetry_agent, wait_committed,
 };
 
 /// Ten more, among them a map and a list.
@@ -83,16 +82,6 @@ fn write_configs(
         telemetry_agent(&agent_sink(quic), rows, 65_536, None, fields),
     )
     .expect("agent config");
-}
-
-fn run_agent(agent_bin: &Path, dir: &TempDir) {
-    let status = Command::new(agent_bin)
-        .args(["run", "--config"])
-        .arg(dir.path().join("agent.toml"))
-        .env("RUST_LOG", "warn")
-        .status()
-        .expect("run agent");
-    assert!(status.success(), "agent failed");
 }
 
 /// The bench: three landings, then an evolution.
