@@ -344,9 +344,10 @@ impl LanderTask {
                 self.refuse(&stream, req, reason, "uncreatable").await;
                 return;
             }
-            let partition = self.streams.get(&stream).partition;
-            let fields = partition
-                .clone()
+            let fields = self
+                .streams
+                .get(&stream)
+                .partition
                 .unwrap_or_else(|| lake::partition::bronze_default(&req.batch.schema()));
             if let Err(reason) = lake::partition::check(&req.batch.schema(), &fields) {
                 let reason = format!(

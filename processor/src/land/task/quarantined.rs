@@ -63,8 +63,6 @@ impl LanderTask {
                 return;
             }
         };
-        tracing::warn!(table = %bronze, %agent, seq, rows, "batch quarantined in {key}: {reason}");
-        self.metrics.batch_quarantined(&bronze, code, rows);
         // Taken: a resend is a duplicate from now on, and no gap in the agent's batches.
         if let Some(b) = self.tables.get_mut(stream) {
             b.accepted.raise(&agent, seq);
@@ -74,11 +72,10 @@ impl LanderTask {
             return;
         };
         let env = &req.envelope;
-        let rows = req.batch.num_rows();
         if Landed::of(
             &env.agent,
             env.seq,
-            rows,
+            req.batch.num_rows(),
             req.origin.as_ref(),
             &state.committed.marks,
         ) == Landed::All
@@ -91,9 +88,13 @@ impl LanderTask {
             );
             self.mark_in(stream, &agent, seq, checkpoint, created, received);
         }
+        // A resend of a batch quarantined before is answered as a duplicate, not counted
+        // again.
         let Some(req) = self.unlanded(&key, req) else {
             return;
         };
+        tracing::warn!(table = %bronze, %agent, seq, rows, "batch quarantined in {key}: {reason}");
+        self.metrics.batch_quarantined(&bronze, code, rows);
         let Some(state) = self.tables.get(&key) else {
             return;
         };
