@@ -205,16 +205,42 @@ fn start_processor(processor_bin: &Path, config: &Path, api: SocketAddr) -> Kill
 /// Poll the processor's metrics until `sample` (a committed-rows counter) reaches `rows`;
 /// returns the last scrape. Gives up 30 minutes after `started`.
 fn wait_committed(api: SocketAddr, sample: &str, rows: u64, started: Instant) -> String {
+    commit_timeline(api, sample, rows, started).0
+}
+
+/// [`wait_committed`], and the counter's every change: (seconds since `started`, rows).
+fn commit_timeline(
+    api: SocketAddr,
+    sample: &str,
+    rows: u64,
+    started: Instant,
+) -> (String, Vec<(f64, f64)>) {
+    let mut timeline: Vec<(f64, f64)> = Vec::new();
     loop {
         let metrics = http_get(api, "/metrics").unwrap_or_default();
-        if counter(&metrics, sample) as u64 >= rows {
-            return metrics;
+        let now = counter(&metrics, sample);
+        if timeline.last().is_none_or(|&(_, was)| now > was) {
+            timeline.push((started.elapsed().as_secs_f64(), now));
+        }
+        if now as u64 >= rows {
+            return (metrics, timeline);
         }
         assert!(
             started.elapsed() < Duration::from_secs(1800),
             "the processor did not land every row"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rows/s between the first and the last commit of a timeline: the rate the pipeline
+/// sustains, without the start (connections, the first batch's wait for a commit) and the
+/// tail that a run's total time includes. NaN with fewer than three commits.
+fn sustained(timeline: &[(f64, f64)]) -> f64 {
+    let commits: Vec<_> = timeline.iter().filter(|&&(_, rows)| rows > 0.0).collect();
+    match (commits.first(), commits.last()) {
+        (Some(&&(t0, r0)), Some(&&(t1, r1))) if commits.len() >= 3 => (r1 - r0) / (t1 - t0),
+        _ => f64::NAN,
     }
 }
 

@@ -3,15 +3,17 @@
 //! fresh processors: 10 columns unpartitioned, the same partitioned by `day(ts)` (the bronze
 //! default), and 20 columns with a map and a list partitioned by `day(ts)`. Then a stream
 //! gains a column mid-run: the time from its batches' creation to their commit, which
-//! includes the schema change the first of them makes.
+//! includes the schema change the first of them makes. Each landing prints its total rate
+//! (agent start to last commit) and its sustained rate (first to last commit).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
 use super::{
-    TELEMETRY_FIELDS, TempDir, agent_sink, buckets, counter, free_tcp, free_udp, init_certs,
-    processor_common, quantile, run_agent, start_processor, telemetry_agent, wait_committed,
+    TELEMETRY_FIELDS, TempDir, agent_sink, buckets, commit_timeline, counter, free_tcp, free_udp,
+    init_certs, processor_common, quantile, run_agent, start_processor, sustained, telemetry_agent,
+    wait_committed,
 };
 
 /// Ten more, among them a map and a list.
@@ -29,7 +31,10 @@ noise = { type = "lognormal", mu = 0.0, sigma = 0.5 }
 
 /// One landing of `rows` rows: its throughput and batch → commit latency.
 struct Landed {
+    /// From the agent's start to the last commit.
     rows_per_s: f64,
+    /// Between the first and the last commit.
+    sustained: f64,
     mb_per_s: f64,
     p50: f64,
     p99: f64,
@@ -44,9 +49,14 @@ fn land(processor_bin: &Path, agent_bin: &Path, rows: u64, fields: &str, streams
     write_configs(&dir, quic, api, streams, rows, fields);
     let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
     let started = Instant::now();
-    run_agent(agent_bin, &dir);
     let committed = "sluice_processor_committed_rows_total{table=\"bronze.telemetry\"}";
-    let metrics = wait_committed(api, committed, rows, started);
+    // The agent runs while the commits are timed.
+    let (metrics, timeline) = std::thread::scope(|s| {
+        let agent = s.spawn(|| run_agent(agent_bin, &dir));
+        let landed = commit_timeline(api, committed, rows, started);
+        agent.join().expect("agent thread");
+        landed
+    });
     let elapsed = started.elapsed().as_secs_f64();
     let bytes = counter(
         &metrics,
@@ -55,6 +65,7 @@ fn land(processor_bin: &Path, agent_bin: &Path, rows: u64, fields: &str, streams
     let latency = buckets(&metrics, "sluice_processor_batch_latency_seconds");
     Landed {
         rows_per_s: counter(&metrics, committed) / elapsed,
+        sustained: sustained(&timeline),
         mb_per_s: bytes / elapsed / 1e6,
         p50: quantile(&latency, 0.5),
         p99: quantile(&latency, 0.99),
@@ -109,16 +120,19 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, rows: u64) {
     for (name, fields, streams) in runs {
         let r = land(processor_bin, agent_bin, rows, fields, streams);
         println!(
-            "  {name:<34} {:>10.0} rows/s {:>7.1} MB/s  p50 {:.3} s  p99 {:.3} s",
-            r.rows_per_s, r.mb_per_s, r.p50, r.p99
+            "  {name:<34} {:>10.0} rows/s sustained {:>10.0} rows/s {:>7.1} MB/s  p50 {:.3} s  p99 {:.3} s",
+            r.rows_per_s, r.sustained, r.mb_per_s, r.p50, r.p99
         );
         results.push(r);
     }
     println!(
         "  partitioning costs  {:>6.1} % of throughput (target <= 15 %)",
-        (1.0 - results[1].rows_per_s / results[0].rows_per_s) * 100.0
+        (1.0 - results[1].sustained / results[0].sustained) * 100.0
     );
-    println!("  nested columns      target >= 1000000 rows/s");
+    println!(
+        "  nested columns      {:>10.0} rows/s sustained (target >= 1000000)",
+        results[2].sustained
+    );
     evolution(processor_bin, agent_bin);
 }
 
