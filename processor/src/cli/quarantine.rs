@@ -21,15 +21,27 @@ pub async fn run(config: PathBuf, command: QuarantineCommand) -> anyhow::Result<
             let streams = streams(catalog.as_ref(), stream).await?;
             let mut rows = Vec::new();
             for s in streams {
-                for q in replay::quarantined(catalog.as_ref(), &s).await? {
-                    rows.push(serde_json::json!({
-                        "stream": s,
-                        "agent": q.agent,
-                        "seq": q.seq,
-                        "rows": q.batch.num_rows(),
-                        "reason": q.reason,
+                let Some(table) = replay::QuarantineTable::open(catalog.as_ref(), &s).await? else {
+                    continue;
+                };
+                // A file at a time; the payloads are never decoded.
+                let mut kept = Vec::new();
+                for file in 0..table.files() {
+                    kept.extend(table.read(file).await?.into_iter().map(|q| {
+                        let key = (q.agent.clone(), q.seq);
+                        let row = serde_json::json!({
+                            "stream": s,
+                            "agent": q.agent,
+                            "seq": q.seq,
+                            "rows": q.rows,
+                            "reason": q.reason,
+                        });
+                        (key, row)
                     }));
                 }
+                kept.sort_by(|a, b| a.0.cmp(&b.0));
+                kept.dedup_by(|a, b| a.0 == b.0);
+                rows.extend(kept.into_iter().map(|(_, row)| row));
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -103,7 +103,8 @@ pub(super) fn record(
     )
 }
 
-/// One quarantined batch, read back for replay.
+/// One quarantined batch, read back for replay. Its rows stay encoded until
+/// [`Quarantined::batch`] is asked for them, so a listing never decodes a payload.
 #[derive(Debug)]
 pub struct Quarantined {
     /// The agent that sent it (or, for a Kafka JSON run, its topic partition).
@@ -112,12 +113,27 @@ pub struct Quarantined {
     pub seq: u64,
     /// Why it was quarantined.
     pub reason: String,
+    /// How many rows it holds.
+    pub rows: u64,
     /// When the agent made it, µs since the epoch.
     pub created_at_us: i64,
     /// The source checkpoint it carried.
     pub checkpoint: Option<String>,
-    /// Its rows as they arrived.
-    pub batch: RecordBatch,
+    /// Its rows as they arrived: one Arrow IPC stream.
+    pub payload: bytes::Bytes,
+}
+
+impl Quarantined {
+    /// Its rows, decoded (and checked as bytes from a peer are).
+    pub fn batch(&self) -> Result<RecordBatch, QuarantineError> {
+        sluice_protocol::decode_batch(self.payload.clone()).map_err(|source| {
+            QuarantineError::Payload {
+                agent: self.agent.clone(),
+                seq: self.seq,
+                source,
+            }
+        })
+    }
 }
 
 /// Why a quarantine row cannot be read back.
@@ -154,6 +170,9 @@ pub fn read(rows: &RecordBatch) -> Result<Vec<Quarantined>, QuarantineError> {
     let reason = col("reason")?
         .as_string_opt::<i32>()
         .ok_or_else(|| shape("reason"))?;
+    let count = col("rows")?
+        .as_primitive_opt::<arrow_array::types::Int64Type>()
+        .ok_or_else(|| shape("rows"))?;
     let created = col("created_at")?
         .as_primitive_opt::<arrow_array::types::TimestampMicrosecondType>()
         .ok_or_else(|| shape("created_at"))?;
@@ -163,27 +182,17 @@ pub fn read(rows: &RecordBatch) -> Result<Vec<Quarantined>, QuarantineError> {
     let payload = col("payload")?
         .as_binary_opt::<i64>()
         .ok_or_else(|| shape("payload"))?;
-    (0..rows.num_rows())
-        .map(|i| {
-            let (a, s) = (agent.value(i).to_string(), seq.value(i).max(0) as u64);
-            let bytes = bytes::Bytes::copy_from_slice(payload.value(i));
-            let batch = sluice_protocol::decode_batch(bytes).map_err(|source| {
-                QuarantineError::Payload {
-                    agent: a.clone(),
-                    seq: s,
-                    source,
-                }
-            })?;
-            Ok(Quarantined {
-                agent: a,
-                seq: s,
-                reason: reason.value(i).to_string(),
-                created_at_us: created.value(i),
-                checkpoint: (!checkpoint.is_null(i)).then(|| checkpoint.value(i).to_string()),
-                batch,
-            })
+    Ok((0..rows.num_rows())
+        .map(|i| Quarantined {
+            agent: agent.value(i).to_string(),
+            seq: seq.value(i).max(0) as u64,
+            reason: reason.value(i).to_string(),
+            rows: count.value(i).max(0) as u64,
+            created_at_us: created.value(i),
+            checkpoint: (!checkpoint.is_null(i)).then(|| checkpoint.value(i).to_string()),
+            payload: bytes::Bytes::copy_from_slice(payload.value(i)),
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -233,7 +242,8 @@ mod tests {
         assert_eq!((q.agent.as_str(), q.seq), ("edge-1", 7));
         assert_eq!(q.checkpoint.as_deref(), Some("c7"));
         assert_eq!(q.created_at_us, 1_000);
-        assert_eq!(q.batch, batch);
+        assert_eq!(q.rows, 2);
+        assert_eq!(q.batch().expect("decodes"), batch);
         assert!(q.reason.contains("Utf8"));
     }
 }

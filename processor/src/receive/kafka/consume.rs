@@ -385,7 +385,11 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!((kept[0].agent.as_str(), kept[0].seq), ("edge-01", 1));
         assert!(kept[0].reason.contains("reserved"), "{}", kept[0].reason);
-        assert_eq!(kept[0].batch, batch, "the rows as they came");
+        assert_eq!(
+            kept[0].batch().expect("decodes"),
+            batch,
+            "the rows as they came"
+        );
         assert!(f.rows(DEAD_LETTERS).is_empty());
         assert!(f.rows("cpu").is_empty());
         assert_eq!(f.inflight.settled(), vec![(agents(), 1)]);
