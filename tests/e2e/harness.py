@@ -525,6 +525,31 @@ def read_duckdb(proc: Processor, name: str) -> list[dict]:
     return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
+def duckdb_files_read(proc: Processor, name: str, where: str) -> tuple[int, int]:
+    """DuckDB's count of the rows of a table matching `where`, and how many data files its
+    Iceberg scan read for it (from its query profile)."""
+    t = pyiceberg_table(proc, name)
+    con = duckdb_connection()
+    if proc.duckdb_setup:
+        proc.duckdb_setup(con)
+    profile = proc.work / f"duckdb-profile-{time.monotonic_ns()}.json"
+    con.execute("PRAGMA enable_profiling = 'json'")
+    con.execute(f"PRAGMA profiling_output = '{profile}'")
+    [(n,)] = con.execute(f"SELECT count(*) FROM iceberg_scan('{t.metadata_location}') WHERE {where}").fetchall()
+    con.execute("PRAGMA disable_profiling")
+
+    def scans(node):
+        info = node.get("extra_info", {})
+        if "Total Files Read" in info:
+            yield int(info["Total Files Read"])
+        for child in node.get("children", []):
+            yield from scans(child)
+
+    read = list(scans(json.loads(profile.read_text())))
+    assert len(read) == 1, f"one Iceberg scan in the profile: {read}"
+    return n, read[0]
+
+
 # ---- external services: PostgreSQL and an S3-compatible server ------------------------
 
 def _find_tool(env: str, name: str, globs: list[str]) -> pathlib.Path:

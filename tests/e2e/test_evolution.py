@@ -6,8 +6,8 @@ bronze tables are partitioned by day of their event time."""
 import json
 import time
 
-from harness import (Agent, Processor, pyiceberg_table, read_duckdb, read_pyiceberg,
-                     simulator_source, wait_until, write_toml)
+from harness import (Agent, Processor, duckdb_files_read, pyiceberg_table, read_duckdb,
+                     read_pyiceberg, simulator_source, wait_until, write_toml)
 from test_query_api import query
 
 TABLE = "bronze.telemetry"
@@ -160,6 +160,9 @@ def test_a_bronze_table_is_partitioned_by_day_and_moves_to_hours_with_every_row_
         second_day = list(table.scan(row_filter=GreaterThanOrEqual("ts", "2026-01-02T00:00:00+00:00")).plan_files())
         assert 0 < len(second_day) < len(files)
         assert {f.file.partition[0] for f in second_day} == {max(days)}
+        # DuckDB reads only those files too.
+        assert duckdb_files_read(proc, TABLE, "ts >= TIMESTAMPTZ '2026-01-02 00:00:00+00'") == (
+            8_640, len(second_day))
         # So does the query API: it opens the files of that day only.
         opened = 'sluice_processor_storage_data_files_opened_total'
         before_query = proc.metrics().get(opened, 0)
