@@ -1,11 +1,13 @@
 """Every sluice:plugin@0.2.0 type, nested ones included, through a Rust connector (typed
 columns and JSON lines), a Python one and a JavaScript one into Iceberg, read back by
-PyIceberg and DuckDB with each value checked; and a 0.1.0 connector beside them."""
+PyIceberg and DuckDB with each value checked; a connector upgraded to wider types; and a
+0.1.0 transform between a 0.1.0 source and the lake."""
 
 import datetime
 import decimal
 
-from harness import Agent, Processor, plugin_path, pyiceberg_table, read_duckdb, read_pyiceberg
+from harness import (Agent, Processor, plugin_path, pyiceberg_table, read_duckdb, read_pyiceberg,
+                     wait_until)
 
 N = 50
 START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -101,5 +103,38 @@ def test_every_type_round_trips_through_rust_python_and_javascript_connectors(bi
             for read in (read_pyiceberg, read_duckdb):
                 rows = sorted((normalized(r) for r in read(proc, table)), key=lambda r: r["i"])
                 assert rows == want, f"{table} read by {read.__name__}: {rows[:2]} vs {want[:2]}"
+    finally:
+        proc.stop()
+
+
+def test_a_transform_built_against_0_1_0_still_runs_between_a_0_1_0_source_and_the_lake(
+        bins, certs, workdir):
+    """The Python sensors (a 0.1.0 source) through a 0.1.0 transform built with wit-bindgen
+    alone: every row lands once with the transform's column. A 0.2.0 source whose columns
+    0.1.0 cannot express is refused at the transform's open, with the column named."""
+    proc = Processor(bins, certs, workdir).start()
+    try:
+        tag = {"type": "wasm", "plugin": str(plugin_path("compat_v01_tag")), "config": {"tag": "site-7"}}
+        sensors = {"type": "wasm", "plugin": str(plugin_path("python_sensors")), "max_rows": 64,
+                   "poll_interval": "20ms", "config": {"total": 500}, "transforms": ["tag"]}
+        agent = Agent(bins, certs, workdir, proc, {"tagged": sensors}, transforms={"tag": tag}).start()
+        assert agent.wait(180) == 0, agent.proc.output()[-3000:]
+        for read in (read_pyiceberg, read_duckdb):
+            rows = read(proc, "bronze.tagged")
+            assert sorted(r["seq"] for r in rows) == list(range(500)), read.__name__
+            assert {r["tag"] for r in rows} == {"site-7"}, read.__name__
+
+        # The transform fails for good on its first refusal; the agent keeps running.
+        wide = {**source("all_types"), "transforms": ["tag"]}
+        agent = Agent(bins, certs, workdir, proc, {"wide": wide},
+                      transforms={"tag": {**tag, "max_failures": 1}}).start().wait_api()
+        try:
+            failed = 'sluice_agent_plugin_failures_total{plugin="wide/tag",reason="plugin_error"}'
+            wait_until(lambda: agent.metrics().get(failed, 0) >= 1, 60, "the transform refused")
+            assert agent.proc.alive(), "the agent keeps running"
+            out = agent.proc.output()
+            assert 'column "small" has type int32' in out and "0.1.0" in out, out[-3000:]
+        finally:
+            agent.proc.kill()
     finally:
         proc.stop()
