@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// `[transforms.NAME]`: transforms, applied to the sources that list them.
     #[serde(default, deserialize_with = "sluice_ops::config::tagged::map")]
     pub transforms: IndexMap<String, TransformConfig>,
+    /// `[network]`: how plugins' network grants are served (names, TLS roots).
+    #[serde(default)]
+    pub network: crate::wasm::network::NetworkConfig,
 }
 
 /// `[agent]`: identity of this agent.

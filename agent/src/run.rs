@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{AgentConfig, SourceConfig, TransformConfig};
 use crate::pipeline::{self, Chunk, Limits, ReadyBatch};
-use crate::sink::{LaneLog, Sink};
+use crate::sink::{Feedback, LaneLog, Sink};
 use crate::telemetry::{Metrics, Taps};
 use crate::wal::{self, WalError, WalHandle, WalMetricsSink, WalWriter};
 use crate::{source, wasm};
@@ -50,6 +50,7 @@ pub async fn run(
     // or else the lake's (learnt from the lane's first Welcome). Checkpointing sources wait
     // for it before they start.
     let mut resume: IndexMap<String, source::Resume> = IndexMap::new();
+    let mut committed: IndexMap<String, watch::Receiver<Option<String>>> = IndexMap::new();
     let mut batchers = JoinSet::new();
     let mut stores = JoinSet::new();
     let mut lanes = JoinSet::new();
@@ -77,6 +78,7 @@ pub async fn run(
             metrics.clone(),
         ));
         let (resume_tx, resume_rx) = watch::channel(recovered.checkpoint);
+        let (committed_tx, committed_rx) = watch::channel(None);
         let log = LaneLog {
             records: reader.spawn(2)?,
             handle,
@@ -86,10 +88,14 @@ pub async fn run(
             &metrics,
             stream_name,
             log,
-            resume_tx,
+            Feedback {
+                resume: resume_tx,
+                committed: committed_tx,
+            },
             stop.clone(),
         );
         resume.insert(stream.clone(), resume_rx);
+        committed.insert(stream.clone(), committed_rx);
         stream_inputs.insert(stream, chunk_tx);
     }
 
@@ -98,7 +104,11 @@ pub async fn run(
         .values()
         .any(|s| matches!(s, SourceConfig::Wasm(_)) || !s.transforms().is_empty());
     let runtime = if needs_wasm {
-        Some(wasm::Runtime::new(Some(cfg.agent.data_dir.clone()))?)
+        Some(wasm::Runtime::new(
+            Some(cfg.agent.data_dir.clone()),
+            wasm::network::Network::new(&cfg.network)?,
+            Some(metrics.clone()),
+        )?)
     } else {
         None
     };
@@ -155,12 +165,15 @@ pub async fn run(
             }
             SourceConfig::Wasm(w) => {
                 let runtime = runtime.clone().context("wasm runtime")?;
-                let resume = resume[&streams[0]].clone();
+                let link = wasm::SourceLink {
+                    resume: resume[&streams[0]].clone(),
+                    committed: committed[&streams[0]].clone(),
+                };
                 let tx = txs.remove(0);
                 let (name, w, stop, metrics) =
                     (name.clone(), w.clone(), stop.clone(), metrics.clone());
                 sources.spawn_blocking(move || {
-                    wasm::run_source(name, w, runtime, tx, resume, stop, metrics)
+                    wasm::run_source(name, w, runtime, tx, link, stop, metrics)
                 });
             }
         }

@@ -98,8 +98,13 @@ def toml_value(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(v)
+
+
+def toml_key(k: str) -> str:
+    """A key as TOML reads it back whole: bare when it can be, else quoted (`"db.test"`)."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
 def write_toml(path: pathlib.Path, doc: dict) -> None:
@@ -112,16 +117,16 @@ def write_toml(path: pathlib.Path, doc: dict) -> None:
         if prefix:
             lines.append(f"[{prefix}]")
         for k, v in scalars.items():
-            lines.append(f"{k} = {toml_value(v)}")
+            lines.append(f"{toml_key(k)} = {toml_value(v)}")
         lines.append("")
         for k, v in nested.items():
             if k == "fields":
                 lines.append(f"[{prefix}.fields]")
                 for fk, fv in v.items():
-                    lines.append(f"{fk} = {toml_value(fv)}")
+                    lines.append(f"{toml_key(fk)} = {toml_value(fv)}")
                 lines.append("")
             else:
-                key = json.dumps(k) if "." in k else k
+                key = toml_key(k)
                 table(f"{prefix}.{key}" if prefix else key, v)
 
     table("", doc)
@@ -350,7 +355,8 @@ class Agent:
 
     def __init__(self, bins: Bins, certs: pathlib.Path, work: pathlib.Path, processor: Processor,
                  sources: dict, agent_id="edge-01", batch=None, sink=None, transforms=None,
-                 buffer=None, data_dir: pathlib.Path | None = None, api: dict | None = None):
+                 buffer=None, data_dir: pathlib.Path | None = None, api: dict | None = None,
+                 network: dict | None = None):
         self.bins = bins
         self.work = work
         self.agent_id = agent_id
@@ -384,6 +390,7 @@ class Agent:
                 },
                 "sources": sources,
                 **({"transforms": transforms} if transforms else {}),
+                **({"network": network} if network else {}),
             },
         )
         self.proc: Proc | None = None

@@ -86,6 +86,16 @@ enum PluginCommand {
         /// utf8, timestamp-micros); then its output schema is shown.
         #[arg(long)]
         input: Option<String>,
+        /// A TCP connection to grant, `host:port` (as `allow_tcp`); repeatable.
+        #[arg(long = "allow-tcp")]
+        allow_tcp: Vec<String>,
+        /// An HTTP URL prefix to grant, as `allow_http`; repeatable.
+        #[arg(long = "allow-http")]
+        allow_http: Vec<String>,
+        /// For a source: call `poll` this many times after `open` (connectors often reach
+        /// the network only then); network uses no grant covers are listed.
+        #[arg(long, default_value_t = 0)]
+        poll: u32,
     },
     /// Create a connector project that builds and passes `plugin check` as generated.
     New {
@@ -135,8 +145,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     file,
                     config,
                     input,
+                    allow_tcp,
+                    allow_http,
+                    poll,
                 },
-        } => plugin::check(file, config, input),
+        } => plugin::check(file, config, input, &allow_tcp, &allow_http, poll),
         Command::Plugin {
             command:
                 PluginCommand::Bench {

@@ -25,7 +25,7 @@ pub fn bench(
     batch: u32,
     transform: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let runtime = wasm::Runtime::new(None)?;
+    let runtime = wasm::Runtime::bare()?;
     let r = wasm::bench::run(&runtime, &file, rows, batch)?;
     let native = r.native.rows_per_sec();
     println!(
@@ -61,19 +61,37 @@ pub fn bench(
     Ok(())
 }
 
-/// `plugin check`: does the component implement a sluice:plugin world, and what does it
-/// declare and import.
-pub fn check(file: PathBuf, config: String, input: Option<String>) -> anyhow::Result<()> {
+/// `plugin check`: does the component implement a sluice:plugin world, what does it
+/// declare and import, and which network uses did it try that no grant covers.
+pub fn check(
+    file: PathBuf,
+    config: String,
+    input: Option<String>,
+    allow_tcp: &[String],
+    allow_http: &[String],
+    polls: u32,
+) -> anyhow::Result<()> {
     let input = input
         .map(|spec| wasm::schema_from_spec(&spec))
         .transpose()
         .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
-    let runtime = wasm::Runtime::new(None)?;
-    let report = wasm::check(&runtime, &file, &config, input.as_ref(), None)?;
+    let grants = wasm::network::Grants::parse(allow_tcp, allow_http)
+        .map_err(|(what, why)| anyhow::anyhow!("--{}: {why}", what.replace('_', "-")))?;
+    let runtime = wasm::Runtime::bare()?;
+    let report = wasm::check(
+        &runtime,
+        &file,
+        &config,
+        input.as_ref(),
+        None,
+        grants,
+        polls,
+    )?;
     println!(
-        "{}: OK, implements sluice:plugin/{}@0.1.0",
+        "{}: OK, implements sluice:plugin/{}@{}",
         file.display(),
-        report.kind
+        report.kind,
+        report.version
     );
     println!("  sha256: {}", report.digest);
     match &report.schema {
@@ -97,6 +115,12 @@ pub fn check(file: PathBuf, config: String, input: Option<String>) -> anyhow::Re
     println!("  imports (capabilities it may ask for; granted only by config):");
     for i in &report.imports {
         println!("    {i}");
+    }
+    if !report.refused.is_empty() {
+        println!("  refused (missing grants: allow_tcp, allow_http):");
+        for r in &report.refused {
+            println!("    {r}");
+        }
     }
     Ok(())
 }

@@ -15,7 +15,11 @@ pub fn validate(path: PathBuf) -> anyhow::Result<()> {
     let mut runtime = || -> anyhow::Result<Arc<wasm::Runtime>> {
         match &mut runtime {
             Some(r) => Ok(Arc::clone(r)),
-            None => Ok(Arc::clone(runtime.insert(wasm::Runtime::new(None)?))),
+            None => Ok(Arc::clone(runtime.insert(wasm::Runtime::new(
+                None,
+                wasm::network::Network::new(&cfg.network)?,
+                None,
+            )?))),
         }
     };
     // Compile every plugin, so a wrong path or a file that is no component shows now, and
@@ -36,6 +40,7 @@ pub fn validate(path: PathBuf) -> anyhow::Result<()> {
             }
             SourceConfig::Wasm(w) => {
                 println!("  source {name} (wasm {})", w.plugin.display());
+                print_grants(&w.sandbox());
                 let runtime = runtime()?;
                 let (component, _) = runtime
                     .load(&w.plugin)
@@ -59,6 +64,7 @@ pub fn validate(path: PathBuf) -> anyhow::Result<()> {
         for t in source.transforms() {
             let TransformConfig::Wasm(tc) = &cfg.transforms[t];
             println!("    | transform {t} (wasm {})", tc.plugin.display());
+            print_grants(&tc.sandbox());
             let rt = runtime()?;
             for (_, schema) in &mut streams {
                 let report = wasm::check(
@@ -67,6 +73,8 @@ pub fn validate(path: PathBuf) -> anyhow::Result<()> {
                     &tc.config_json(),
                     schema.as_deref(),
                     Some(wasm::PluginKind::Transform),
+                    tc.sandbox().grants,
+                    0,
                 )
                 .with_context(|| format!("transforms.{t}.plugin"))?;
                 *schema = report.schema;
@@ -86,4 +94,24 @@ pub fn validate(path: PathBuf) -> anyhow::Result<()> {
     }
     println!("{}: OK (agent {:?})", path.display(), cfg.agent.id);
     Ok(())
+}
+
+/// What a plugin may reach beyond its own memory: files, directories, environment, network.
+fn print_grants(s: &wasm::Sandbox) {
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let paths = |p: &[PathBuf]| p.iter().map(|p| p.display().to_string()).collect();
+    println!(
+        "      grants: tcp {}; http {}; files {}; dirs {}; env {}",
+        list(s.grants.tcp.iter().map(ToString::to_string).collect()),
+        list(s.grants.http.iter().map(ToString::to_string).collect()),
+        list(paths(&s.allow_files)),
+        list(paths(&s.allow_dirs)),
+        list(s.allow_env.clone()),
+    );
 }

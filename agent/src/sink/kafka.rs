@@ -134,6 +134,7 @@ impl Transport for KafkaShipper {
     type Session = KafkaSession;
     const INTERRUPTED: &'static str = "Kafka producer restarting";
     const OPEN_PROVES_PEER: bool = false;
+    const ACKS_ARE_COMMITS: bool = false;
 
     fn pacing(&self) -> Pacing {
         Pacing {

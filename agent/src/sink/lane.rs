@@ -32,6 +32,19 @@ pub struct LaneLog {
 /// (`Some(None)`: from the start).
 pub type ResumeTx = watch::Sender<Option<Option<String>>>;
 
+/// The newest checkpoint of a stream whose batch, and every batch before it, the lake is
+/// known to hold: what a source may release upstream (`connector.committed`). Only a
+/// transport whose acknowledgements are commits sets it (QUIC).
+pub type CommittedTx = watch::Sender<Option<String>>;
+
+/// What a lane tells its stream's sources.
+pub struct Feedback {
+    /// Where to resume.
+    pub resume: ResumeTx,
+    /// What the lake holds.
+    pub committed: CommittedTx,
+}
+
 /// Outcome of a lane once its input has closed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LaneSummary {
@@ -134,6 +147,9 @@ pub trait Transport: Send + Sync + 'static {
     /// An opened session proves the far side healthy (QUIC's handshake does; a Kafka
     /// producer is made without asking any broker, so only deliveries do).
     const OPEN_PROVES_PEER: bool;
+    /// An acknowledgement says the batch is in the lake (QUIC: the processor acks after its
+    /// commit), not only that the far side has it (Kafka: the brokers do).
+    const ACKS_ARE_COMMITS: bool;
 
     /// Window, backoff and drain settings.
     fn pacing(&self) -> Pacing;
@@ -186,12 +202,14 @@ pub struct LaneState {
     pub base: Option<u64>,
     /// Highest sequence the far side has said it holds.
     pub committed: u64,
+    /// Told the checkpoint of each batch the lake holds (when acks are commits).
+    checkpoints: Option<CommittedTx>,
     input_done: bool,
     summary: LaneSummary,
 }
 
 impl LaneState {
-    fn new(stream: Arc<str>, log: WalHandle) -> Self {
+    fn new(stream: Arc<str>, log: WalHandle, checkpoints: Option<CommittedTx>) -> Self {
         Self {
             stream,
             destination: String::new(),
@@ -199,6 +217,7 @@ impl LaneState {
             pending: VecDeque::new(),
             base: None,
             committed: 0,
+            checkpoints,
             input_done: false,
             summary: LaneSummary::default(),
         }
@@ -221,10 +240,25 @@ impl LaneState {
             metrics.acked(&self.stream, r.batch.rows);
             self.summary.acked_batches += 1;
             last = Some(r.lsn);
-            self.pending.pop_front();
+            if let Some(r) = self.pending.pop_front() {
+                self.landed(&r);
+            }
         }
         if let Some(lsn) = last {
             self.ack_log(lsn);
+        }
+    }
+
+    /// The lake holds `r` and everything before it: pass its checkpoint on. A refused
+    /// batch counts too: it is counted as lost and never sent again, so holding its rows
+    /// upstream would only grow what the upstream keeps.
+    fn landed(&self, r: &WalRecord) {
+        if let (Some(tx), Some(c)) = (&self.checkpoints, &r.batch.checkpoint) {
+            tx.send_if_modified(|now| {
+                let changed = now.as_deref() != Some(c.as_str());
+                *now = Some(c.clone());
+                changed
+            });
         }
     }
 
@@ -265,6 +299,7 @@ impl LaneState {
         };
         self.committed = self.committed.max(d.seq);
         self.ack_log(r.lsn);
+        self.landed(&r);
         let rows = r.batch.rows;
         match d.outcome {
             Outcome::Committed => {
@@ -310,14 +345,19 @@ pub async fn run<T: Transport>(
     metrics: Arc<Metrics>,
     stream: Arc<str>,
     log: LaneLog,
-    resume: ResumeTx,
+    feedback: Feedback,
     mut stop: watch::Receiver<bool>,
 ) -> LaneSummary {
+    let Feedback { resume, committed } = feedback;
     let LaneLog {
         records: mut input,
         handle,
     } = log;
-    let mut lane = LaneState::new(stream.clone(), handle);
+    let mut lane = LaneState::new(
+        stream.clone(),
+        handle,
+        T::ACKS_ARE_COMMITS.then_some(committed),
+    );
     let pacing = transport.pacing();
     if let Err(e) = transport.prepare(&mut lane, &resume).await {
         tracing::error!(%stream, "cannot start the lane: {e}");
@@ -560,6 +600,7 @@ mod tests {
         type Session = FakeSession;
         const INTERRUPTED: &'static str = "fake session ended";
         const OPEN_PROVES_PEER: bool = true;
+        const ACKS_ARE_COMMITS: bool = true;
 
         fn pacing(&self) -> Pacing {
             self.pacing
@@ -666,7 +707,7 @@ mod tests {
                 rows: i,
                 schema_fingerprint: 1,
                 created_at_us: i64::from(i),
-                checkpoint: None,
+                checkpoint: Some(format!("c{i}")),
             };
             writer.append(batch).await.expect("append");
         }
@@ -683,6 +724,17 @@ mod tests {
         n: u32,
         stop: watch::Receiver<bool>,
     ) -> (LaneSummary, Far, Arc<Metrics>, WalHandle) {
+        let (committed, _) = watch::channel(None);
+        ship_telling(far, n, stop, committed).await
+    }
+
+    /// [`ship`], telling `committed` the checkpoints the far side holds.
+    async fn ship_telling(
+        far: Far,
+        n: u32,
+        stop: watch::Receiver<bool>,
+        committed: CommittedTx,
+    ) -> (LaneSummary, Far, Arc<Metrics>, WalHandle) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, handle) = log_of(dir.path(), n).await;
         let far = Arc::new(Mutex::new(far));
@@ -694,7 +746,14 @@ mod tests {
         let (resume, _) = watch::channel(None);
         let summary = tokio::time::timeout(
             Duration::from_secs(20),
-            run(fake, metrics.clone(), "s".into(), log, resume, stop),
+            run(
+                fake,
+                metrics.clone(),
+                "s".into(),
+                log,
+                Feedback { resume, committed },
+                stop,
+            ),
         )
         .await
         .expect("the lane ends");
@@ -751,6 +810,35 @@ mod tests {
             r#"sluice_agent_sink_errors_total{stream="s",reason="cut"} 1"#
         ));
         acked_through(&handle, 20).await;
+    }
+
+    #[tokio::test]
+    async fn sources_are_told_the_checkpoint_of_each_batch_the_lake_holds_in_order() {
+        // A cut session: the batch whose ack was lost is settled by the next session's
+        // mark, and its checkpoint is passed on like any acknowledged one.
+        let far = Far {
+            cut_at: Some(3),
+            ..Far::default()
+        };
+        let (_stop, stop) = watch::channel(false);
+        let (committed, mut told) = watch::channel::<Option<String>>(None);
+        let seen = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while told.changed().await.is_ok() {
+                if let Some(c) = told.borrow_and_update().clone() {
+                    seen.push(c[1..].parse::<u32>().expect("c<n>"));
+                }
+            }
+            seen
+        });
+        let (summary, _, _, _) = ship_telling(far, 20, stop, committed).await;
+        assert_eq!(summary.acked_batches, 20);
+        let seen = seen.await.expect("watcher");
+        assert_eq!(seen.last(), Some(&20), "the newest: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "never backwards: {seen:?}"
+        );
     }
 
     #[tokio::test]

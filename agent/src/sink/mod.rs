@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 pub use config::{KafkaCompression, KafkaSinkConfig, QuicSinkConfig, SinkConfig};
 pub use kafka::{KafkaShipper, RESERVED_OPTIONS};
-pub use lane::{LaneLog, LaneSummary, ResumeTx};
+pub use lane::{CommittedTx, Feedback, LaneLog, LaneSummary, ResumeTx};
 pub use quic::QuicShipper;
 
 use crate::telemetry::Metrics;
@@ -64,13 +64,17 @@ impl Sink {
         metrics: &Arc<Metrics>,
         stream: Arc<str>,
         log: LaneLog,
-        resume: ResumeTx,
+        feedback: Feedback,
         stop: watch::Receiver<bool>,
     ) {
         let metrics = metrics.clone();
         match self {
-            Sink::Quic(s) => lanes.spawn(lane::run(s.clone(), metrics, stream, log, resume, stop)),
-            Sink::Kafka(s) => lanes.spawn(lane::run(s.clone(), metrics, stream, log, resume, stop)),
+            Sink::Quic(s) => {
+                lanes.spawn(lane::run(s.clone(), metrics, stream, log, feedback, stop))
+            }
+            Sink::Kafka(s) => {
+                lanes.spawn(lane::run(s.clone(), metrics, stream, log, feedback, stop))
+            }
         };
     }
 

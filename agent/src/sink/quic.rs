@@ -168,6 +168,7 @@ impl Transport for QuicShipper {
     type Session = QuicSession;
     const INTERRUPTED: &'static str = "lane interrupted";
     const OPEN_PROVES_PEER: bool = true;
+    const ACKS_ARE_COMMITS: bool = true;
 
     fn pacing(&self) -> Pacing {
         Pacing {
@@ -600,6 +601,7 @@ mod tests {
             handle,
         };
         let (resume_tx, resume) = watch::channel(None);
+        let (committed, _) = watch::channel(None);
         let (_stop_tx, stop) = watch::channel(false);
         let summary = tokio::time::timeout(
             Duration::from_secs(30),
@@ -608,7 +610,10 @@ mod tests {
                 metrics.clone(),
                 "cpu".into(),
                 log,
-                resume_tx,
+                lane::Feedback {
+                    resume: resume_tx,
+                    committed,
+                },
                 stop,
             ),
         )

@@ -33,6 +33,19 @@ struct PluginReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginDirectionLabels {
+    plugin: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkRefusalLabels {
+    plugin: String,
+    kind: &'static str,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     reason: &'static str,
 }
@@ -74,6 +87,9 @@ pub struct Metrics {
     plugin_failures: Family<PluginReasonLabels, Counter>,
     plugin_restarts: Family<PluginLabels, Counter>,
     plugin_failed: Family<PluginLabels, Gauge>,
+    plugin_network_bytes: Family<PluginDirectionLabels, Counter>,
+    plugin_network_refused: Family<NetworkRefusalLabels, Counter>,
+    plugin_network_timeouts: Family<PluginLabels, Counter>,
     transform_rows_in: Family<PluginLabels, Counter>,
     transform_rows_out: Family<PluginLabels, Counter>,
     /// What `/health` and `/ready` report: plugins given up on, lanes and logs stalled.
@@ -118,6 +134,9 @@ impl Default for Metrics {
             plugin_failures: Family::default(),
             plugin_restarts: Family::default(),
             plugin_failed: Family::default(),
+            plugin_network_bytes: Family::default(),
+            plugin_network_refused: Family::default(),
+            plugin_network_timeouts: Family::default(),
             transform_rows_in: Family::default(),
             transform_rows_out: Family::default(),
             health: sluice_ops::health_for(None),
@@ -250,6 +269,21 @@ impl Default for Metrics {
             "plugin_failed",
             "1 when a plugin failed too often and is no longer restarted",
             m.plugin_failed.clone(),
+        );
+        registry.register(
+            "plugin_network_bytes",
+            "Bytes plugins sent and received over granted TCP connections and HTTP requests (direction in|out)",
+            m.plugin_network_bytes.clone(),
+        );
+        registry.register(
+            "plugin_network_refused",
+            "Network uses no grant covers, refused (kind tcp|udp|listen|dns|http; target the address or URL, at most 16 per plugin, then other)",
+            m.plugin_network_refused.clone(),
+        );
+        registry.register(
+            "plugin_network_timeouts",
+            "Network waits of plugins cut off by network_timeout or the call's budget",
+            m.plugin_network_timeouts.clone(),
         );
         registry.register(
             "transform_input_rows",
@@ -421,6 +455,36 @@ impl Metrics {
             .get_or_create(&PluginReasonLabels {
                 plugin: plugin.into(),
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// `plugin` moved `n` bytes over the network (`direction` `in` or `out`).
+    pub fn plugin_network_bytes(&self, plugin: &str, direction: &'static str, n: u64) {
+        self.plugin_network_bytes
+            .get_or_create(&PluginDirectionLabels {
+                plugin: plugin.into(),
+                direction,
+            })
+            .inc_by(n);
+    }
+
+    /// A network use of `plugin` that no grant covers was refused.
+    pub fn plugin_network_refused(&self, plugin: &str, kind: &'static str, target: &str) {
+        self.plugin_network_refused
+            .get_or_create(&NetworkRefusalLabels {
+                plugin: plugin.into(),
+                kind,
+                target: target.into(),
+            })
+            .inc();
+    }
+
+    /// A network wait of `plugin` was cut off.
+    pub fn plugin_network_timeout(&self, plugin: &str) {
+        self.plugin_network_timeouts
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
             })
             .inc();
     }

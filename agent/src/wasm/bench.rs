@@ -130,13 +130,7 @@ fn next_native(
 }
 
 fn bench_sandbox() -> Sandbox {
-    Sandbox {
-        memory_limit: 512 << 20,
-        call_timeout: Duration::from_secs(30),
-        allow_dirs: Vec::new(),
-        allow_files: Vec::new(),
-        allow_env: Vec::new(),
-    }
+    Sandbox::bare(512 << 20, Duration::from_secs(30))
 }
 
 /// Rows per second through a transform built like plugins/examples/redact (keep `ok` rows,

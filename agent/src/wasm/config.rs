@@ -10,6 +10,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::instance::Sandbox;
+use super::network::Grants;
 use super::restart::RestartPolicy;
 use sluice_ops::config::Invalid;
 
@@ -55,6 +56,20 @@ pub struct WasmSourceConfig {
     /// Environment variables visible to the plugin (their host values).
     #[serde(default)]
     pub allow_env: Vec<String>,
+    /// TCP connections the plugin may open, `host:port` each (`[v6]:port`): a connect is
+    /// allowed only to an address the host name resolves to at that moment, on that port.
+    /// UDP and listening are never allowed.
+    #[serde(default)]
+    pub allow_tcp: Vec<String>,
+    /// HTTP requests the plugin may send through `wasi:http`:
+    /// `"https://api.example.com/v1/*"` (scheme, host, port, path prefix; without `*` the
+    /// exact path). The host sends them, with TLS.
+    #[serde(default)]
+    pub allow_http: Vec<String>,
+    /// The longest a networked plugin may wait on the network at once (a connect, a read,
+    /// a write, a response); past it the call is cut off, reason `network_timeout`.
+    #[serde(default = "default_network_timeout", with = "humantime_serde")]
+    pub network_timeout: Duration,
     /// Restart delay after a failure; doubles after each one, up to `restart_backoff_max`.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub restart_backoff_initial: Duration,
@@ -108,6 +123,20 @@ pub struct WasmTransformConfig {
     /// Environment variables visible to the plugin (their host values).
     #[serde(default)]
     pub allow_env: Vec<String>,
+    /// TCP connections the plugin may open, `host:port` each (`[v6]:port`): a connect is
+    /// allowed only to an address the host name resolves to at that moment, on that port.
+    /// UDP and listening are never allowed.
+    #[serde(default)]
+    pub allow_tcp: Vec<String>,
+    /// HTTP requests the plugin may send through `wasi:http`:
+    /// `"https://api.example.com/v1/*"` (scheme, host, port, path prefix; without `*` the
+    /// exact path). The host sends them, with TLS.
+    #[serde(default)]
+    pub allow_http: Vec<String>,
+    /// The longest a networked plugin may wait on the network at once (a connect, a read,
+    /// a write, a response); past it the call is cut off, reason `network_timeout`.
+    #[serde(default = "default_network_timeout", with = "humantime_serde")]
+    pub network_timeout: Duration,
     /// Restart delay after a failure; doubles after each one, up to `restart_backoff_max`.
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub restart_backoff_initial: Duration,
@@ -150,6 +179,9 @@ fn default_memory_limit() -> ByteSize {
 fn default_call_timeout() -> Duration {
     Duration::from_secs(2)
 }
+fn default_network_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_backoff_initial() -> Duration {
     Duration::from_secs(1)
 }
@@ -170,6 +202,9 @@ struct Common<'a> {
     allow_dirs: &'a [PathBuf],
     allow_files: &'a [PathBuf],
     allow_env: &'a [String],
+    allow_tcp: &'a [String],
+    allow_http: &'a [String],
+    network_timeout: Duration,
     policy: RestartPolicy,
     config: &'a toml::Table,
 }
@@ -183,6 +218,9 @@ macro_rules! common {
             allow_dirs: &c.allow_dirs,
             allow_files: &c.allow_files,
             allow_env: &c.allow_env,
+            allow_tcp: &c.allow_tcp,
+            allow_http: &c.allow_http,
+            network_timeout: c.network_timeout,
             policy: RestartPolicy {
                 backoff_initial: c.restart_backoff_initial,
                 backoff_max: c.restart_backoff_max,
@@ -221,6 +259,15 @@ impl Common<'_> {
                 }
             }
         }
+        if let Err((what, why)) = Grants::parse(self.allow_tcp, self.allow_http) {
+            return Err(Invalid::new(format!("{key}.{what}"), why));
+        }
+        if self.network_timeout < Duration::from_millis(10) {
+            return Err(Invalid::new(
+                format!("{key}.network_timeout"),
+                "must be at least 10ms",
+            ));
+        }
         if self.policy.max_failures == 0 {
             return Err(Invalid::new(
                 format!("{key}.max_failures"),
@@ -245,6 +292,9 @@ impl Common<'_> {
             allow_dirs: self.allow_dirs.to_vec(),
             allow_files: self.allow_files.to_vec(),
             allow_env: self.allow_env.to_vec(),
+            // Checked by `validate` before any sandbox is made.
+            grants: Grants::parse(self.allow_tcp, self.allow_http).unwrap_or_default(),
+            network_timeout: self.network_timeout,
         }
     }
 }

@@ -17,10 +17,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::types::{Batch, Column, Level, PollResult};
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::compat;
 use super::grants::FileGrants;
 use super::limits::{Budget, LogBudget};
+use super::network;
 use super::runtime::{EPOCH_TICK, Runtime};
 
 /// How much longer than its budget a call may take before it is given up: the time for an
@@ -30,7 +31,9 @@ pub const HOST_GRACE: Duration = Duration::from_secs(1);
 /// What a connector may do and use.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    /// The cap of the instance's one linear memory, in bytes.
     pub memory_limit: usize,
+    /// The time budget of each call.
     pub call_timeout: Duration,
     /// Host directories readable by the guest, at the same path.
     pub allow_dirs: Vec<std::path::PathBuf>,
@@ -39,15 +42,36 @@ pub struct Sandbox {
     pub allow_files: Vec<std::path::PathBuf>,
     /// Environment variables passed through (only those set on the host).
     pub allow_env: Vec<String>,
+    /// Hosts and URLs it may connect to (`allow_tcp`, `allow_http`).
+    pub grants: network::Grants,
+    /// The longest any one network wait may take.
+    pub network_timeout: Duration,
+}
+
+impl Sandbox {
+    /// A sandbox that grants nothing: no files, no environment, no network.
+    pub fn bare(memory_limit: usize, call_timeout: Duration) -> Self {
+        Self {
+            memory_limit,
+            call_timeout,
+            allow_dirs: Vec::new(),
+            allow_files: Vec::new(),
+            allow_env: Vec::new(),
+            grants: network::Grants::default(),
+            network_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Per-store state.
 pub struct State {
     plugin: Arc<str>,
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     budget: Budget,
     logs: LogBudget,
+    pub(super) net: network::NetState,
+    pub(super) http: network::Http,
 }
 
 impl WasiView for State {
@@ -61,6 +85,12 @@ impl WasiView for State {
 
 impl v2::sluice::plugin::types::Host for State {}
 impl v1::sluice::plugin::types::Host for State {}
+
+impl v3::sluice::plugin::host::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        v2::sluice::plugin::host::Host::log(self, level, message);
+    }
+}
 
 impl v1::sluice::plugin::host::Host for State {
     fn log(&mut self, level: v1::sluice::plugin::types::Level, message: String) {
@@ -97,6 +127,8 @@ pub enum Failure {
         call: &'static str,
         budget: Duration,
     },
+    #[error("{call}() waited on the network past {after:?} (network_timeout); cut off")]
+    NetTimeout { call: &'static str, after: Duration },
     #[error("memory cap of {cap_mib} MiB exceeded in {call}()")]
     Memory { call: &'static str, cap_mib: usize },
     #[error("trapped in {call}(): {detail}")]
@@ -114,6 +146,7 @@ impl Failure {
         match self {
             Failure::Timeout { .. } => "timeout",
             Failure::Blocked { .. } => "blocked",
+            Failure::NetTimeout { .. } => "network_timeout",
             Failure::Memory { .. } => "memory",
             Failure::Trap { .. } => "trap",
             Failure::Plugin { .. } => "plugin_error",
@@ -132,16 +165,18 @@ pub trait World: Sized + Send + 'static {
     ) -> wasmtime::Result<Self>;
 }
 
-/// A source component, of either version of the contract.
+/// A source component, of any version of the contract.
 pub enum Source {
     V1(v1::Source),
     V2(v2::Source),
+    V3(v3::Source),
 }
 
-/// A transform component, of either version of the contract.
+/// A transform component, of any version of the contract.
 pub enum Transform {
     V1(v1::Transform),
     V2(v2::Transform),
+    V3(v3::Transform),
 }
 
 /// Whether a component exports `name` (an interface of a given version).
@@ -159,7 +194,9 @@ impl World for Source {
         linker: &Linker<State>,
     ) -> wasmtime::Result<Self> {
         Ok(
-            if exports(store, component, "sluice:plugin/connector@0.2.0") {
+            if exports(store, component, "sluice:plugin/connector@0.3.0") {
+                Source::V3(v3::Source::instantiate(store, component, linker)?)
+            } else if exports(store, component, "sluice:plugin/connector@0.2.0") {
                 Source::V2(v2::Source::instantiate(store, component, linker)?)
             } else {
                 Source::V1(v1::Source::instantiate(store, component, linker)?)
@@ -175,7 +212,9 @@ impl World for Transform {
         linker: &Linker<State>,
     ) -> wasmtime::Result<Self> {
         Ok(
-            if exports(store, component, "sluice:plugin/transformer@0.2.0") {
+            if exports(store, component, "sluice:plugin/transformer@0.3.0") {
+                Transform::V3(v3::Transform::instantiate(store, component, linker)?)
+            } else if exports(store, component, "sluice:plugin/transformer@0.2.0") {
                 Transform::V2(v2::Transform::instantiate(store, component, linker)?)
             } else {
                 Transform::V1(v1::Transform::instantiate(store, component, linker)?)
@@ -201,6 +240,8 @@ pub struct Instance<W> {
     jobs: Option<SyncSender<Job<W>>>,
     plugin: Arc<str>,
     sandbox: Sandbox,
+    /// Exports `connector.committed` (a source built against 0.3.0 or later).
+    takes_commits: bool,
 }
 
 impl<W: World> Instance<W> {
@@ -213,6 +254,9 @@ impl<W: World> Instance<W> {
     ) -> Result<Self, Failure> {
         let (jobs, inbox) = sync_channel::<Job<W>>(1);
         let (ready_tx, ready) = sync_channel(1);
+        let takes_commits = super::exports(&runtime.engine, component)
+            .iter()
+            .any(|e| e == "sluice:plugin/connector@0.3.0");
         let (engine, component, s, name) = (
             runtime.engine.clone(),
             component.clone(),
@@ -220,10 +264,17 @@ impl<W: World> Instance<W> {
             plugin.clone(),
         );
         let files = runtime.grants_dir(&plugin);
+        // Every plugin has one, so that what it tries without a grant is counted too.
+        let net = Some(Arc::new(network::NetShared {
+            grants: sandbox.grants.clone(),
+            network: runtime.network.clone(),
+            meter: runtime.meter(&plugin),
+            timeout: sandbox.network_timeout,
+        }));
         std::thread::Builder::new()
             .name(format!("wasm-{plugin}"))
             .spawn(move || {
-                let live = Live::<W>::new(&engine, &component, name, s, files);
+                let live = Live::<W>::new(&engine, &component, name, s, files, net);
                 let mut live = match live {
                     Ok(l) => {
                         let _ = ready_tx.send(Ok(()));
@@ -241,6 +292,7 @@ impl<W: World> Instance<W> {
             jobs: Some(jobs),
             plugin,
             sandbox: sandbox.clone(),
+            takes_commits,
         };
         this.wait("instantiate", &ready)?;
         Ok(this)
@@ -302,7 +354,13 @@ impl<W: World> Instance<W> {
 }
 
 /// A store held to the sandbox's budgets: memory, counts, time.
-fn new_store(engine: &Engine, plugin: Arc<str>, sandbox: &Sandbox, wasi: WasiCtx) -> Store<State> {
+fn new_store(
+    engine: &Engine,
+    plugin: Arc<str>,
+    sandbox: &Sandbox,
+    wasi: WasiCtx,
+    net: Option<Arc<network::NetShared>>,
+) -> Store<State> {
     let mut store = Store::new(
         engine,
         State {
@@ -311,6 +369,11 @@ fn new_store(engine: &Engine, plugin: Arc<str>, sandbox: &Sandbox, wasi: WasiCtx
             wasi,
             table: ResourceTable::new(),
             budget: Budget::new(sandbox.memory_limit),
+            http: network::Http::new(net.clone()),
+            net: network::NetState {
+                shared: net,
+                ..Default::default()
+            },
         },
     );
     store.limiter(|s| &mut s.budget);
@@ -359,12 +422,23 @@ impl<W: World> Live<W> {
         plugin: Arc<str>,
         sandbox: Sandbox,
         grants_dir: std::path::PathBuf,
+        net: Option<Arc<network::NetShared>>,
     ) -> Result<Self, Failure> {
         let inst = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
         let mut linker: Linker<State> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(inst)?;
+        // wasi:http is there for every plugin; without an `allow_http` grant each request
+        // is refused.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(inst)?;
+        if let Some(shared) = &net {
+            network::link_sockets(&mut linker).map_err(inst)?;
+            if shared.grants.any() {
+                network::BoundedIo::link(&mut linker).map_err(inst)?;
+            }
+        }
         // Both worlds import the same interfaces (`host`), so one linker setup serves both;
-        // both versions of the contract are linked, for components of either.
+        // every version of the contract is linked, for components of any.
+        v3::Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
         v2::Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
         v1::Source::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s).map_err(inst)?;
 
@@ -376,6 +450,15 @@ impl<W: World> Live<W> {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        if let Some(shared) = &net {
+            // Sockets may be made so that each use of one meets the address check, which
+            // passes only granted TCP connects and counts what it refuses (UDP never
+            // passes); lookups meet the same grants.
+            wasi.allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true)
+                .socket_addr_check(network::addr_check(shared.clone()));
+        }
         let files = FileGrants::new(grants_dir, &sandbox.allow_files)
             .map_err(|e| Failure::Instantiate(format!("cannot grant the files: {e}")))?;
         files
@@ -397,7 +480,7 @@ impl<W: World> Live<W> {
                 wasi.env(var, v);
             }
         }
-        let mut store = new_store(engine, plugin, &sandbox, wasi.build());
+        let mut store = new_store(engine, plugin, &sandbox, wasi.build(), net);
         let bindings = W::instantiate(&mut store, component, &linker)
             .map_err(|e| classify(e, "instantiate", &sandbox, &stderr))?;
         Ok(Self {
@@ -413,6 +496,8 @@ impl<W: World> Live<W> {
     fn arm(&mut self, call: &'static str) -> Result<(), Failure> {
         self.store
             .set_epoch_deadline(budget_ticks(self.sandbox.call_timeout));
+        self.store.data_mut().net.deadline =
+            Some(std::time::Instant::now() + self.sandbox.call_timeout);
         self.files.refresh().map_err(|e| Failure::Plugin {
             call,
             message: format!("cannot copy a granted file: {e}"),
@@ -440,6 +525,11 @@ impl Instance<Source> {
         self.call("open", move |l| {
             l.arm("open")?;
             let r = match &l.bindings {
+                Source::V3(b) => b.sluice_plugin_connector().call_open(
+                    &mut l.store,
+                    &config,
+                    checkpoint.as_deref(),
+                ),
                 Source::V2(b) => b.sluice_plugin_connector().call_open(
                     &mut l.store,
                     &config,
@@ -459,6 +549,9 @@ impl Instance<Source> {
         self.call("poll", move |l| {
             l.arm("poll")?;
             let r = match &l.bindings {
+                Source::V3(b) => b
+                    .sluice_plugin_connector()
+                    .call_poll(&mut l.store, max_rows),
                 Source::V2(b) => b
                     .sluice_plugin_connector()
                     .call_poll(&mut l.store, max_rows),
@@ -470,6 +563,30 @@ impl Instance<Source> {
             l.outcome("poll", r)
         })
     }
+
+    /// Whether the component takes [`Self::committed`] (built against 0.3.0 or later).
+    pub fn takes_commits(&self) -> bool {
+        self.takes_commits
+    }
+
+    /// `committed(checkpoint)`: the lake holds the batches up to the one that carried it.
+    /// A component of an older contract is not called.
+    pub fn committed(&mut self, checkpoint: &str) -> Result<(), Failure> {
+        if !self.takes_commits {
+            return Ok(());
+        }
+        let checkpoint = checkpoint.to_string();
+        self.call("committed", move |l| {
+            l.arm("committed")?;
+            let r = match &l.bindings {
+                Source::V3(b) => b
+                    .sluice_plugin_connector()
+                    .call_committed(&mut l.store, &checkpoint),
+                Source::V1(_) | Source::V2(_) => Ok(Ok(())),
+            };
+            l.outcome("committed", r)
+        })
+    }
 }
 
 impl Instance<Transform> {
@@ -479,6 +596,10 @@ impl Instance<Transform> {
         self.call("open", move |l| {
             l.arm("open")?;
             let r = match &l.bindings {
+                Transform::V3(b) => {
+                    b.sluice_plugin_transformer()
+                        .call_open(&mut l.store, &config, &input)
+                }
                 Transform::V2(b) => {
                     b.sluice_plugin_transformer()
                         .call_open(&mut l.store, &config, &input)
@@ -506,6 +627,9 @@ impl Instance<Transform> {
         self.call("apply", move |l| {
             l.arm("apply")?;
             let r = match &l.bindings {
+                Transform::V3(b) => b
+                    .sluice_plugin_transformer()
+                    .call_apply(&mut l.store, &batch),
                 Transform::V2(b) => b
                     .sluice_plugin_transformer()
                     .call_apply(&mut l.store, &batch),
@@ -533,6 +657,9 @@ fn classify(
     sandbox: &Sandbox,
     stderr: &MemoryOutputPipe,
 ) -> Failure {
+    if let Some(t) = e.downcast_ref::<network::NetTimeout>() {
+        return Failure::NetTimeout { call, after: t.0 };
+    }
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
         return Failure::Timeout {
             call,
@@ -612,14 +739,8 @@ mod tests {
 
     #[test]
     fn a_component_declaring_a_second_memory_is_refused() {
-        let runtime = Runtime::new(None).expect("runtime");
-        let sandbox = Sandbox {
-            memory_limit: 64 << 20,
-            call_timeout: Duration::from_secs(2),
-            allow_dirs: Vec::new(),
-            allow_files: Vec::new(),
-            allow_env: Vec::new(),
-        };
+        let runtime = Runtime::bare().expect("runtime");
+        let sandbox = Sandbox::bare(64 << 20, Duration::from_secs(2));
         for (n, refused) in [(1, false), (2, true)] {
             let component = Component::new(&runtime.engine, component_with_memories(n))
                 .expect("a valid component");
@@ -628,6 +749,7 @@ mod tests {
                 "m".into(),
                 &sandbox,
                 WasiCtxBuilder::new().build(),
+                None,
             );
             let linker: Linker<State> = Linker::new(&runtime.engine);
             let made = linker.instantiate(&mut store, &component);

@@ -7,6 +7,7 @@
 //! | `instance.rs` | one instance on a thread of its own: calls, time budgets, failures |
 //! | `limits.rs` | what an instance may take: one memory, tables, instances, log lines |
 //! | `grants.rs` | which directories and files may be granted, and single-file copies |
+//! | `network/` | network grants: TCP and HTTP held to `allow_tcp` and `allow_http`, waits bounded |
 //! | `config.rs` | `[sources.NAME]` and `[transforms.NAME]` of `type = "wasm"` |
 //! | `source.rs`, `transform.rs` | the supervisors that run, restart and give up on plugins |
 //! | `restart.rs` | the restart backoff and give-up rule |
@@ -22,6 +23,7 @@ mod config;
 mod grants;
 mod instance;
 mod limits;
+pub mod network;
 mod restart;
 mod runtime;
 pub mod scaffold;
@@ -35,14 +37,39 @@ use wasmtime::component::Component;
 
 pub use arrow::schema_from_spec;
 pub use config::{OnError, PluginSettings, WasmSourceConfig, WasmTransformConfig};
+pub use instance::Sandbox;
 pub use runtime::Runtime;
-pub use source::run_source;
+pub use source::{SourceLink, run_source};
 pub use transform::{TransformStage, run_transforms};
 
-/// Host bindings generated from the WIT packages: `sluice:plugin@0.2.0` (`wit/v0.2`), whose
-/// types the agent works with, and `@0.1.0` (`wit/`), which older components were built
-/// against (adapted by `compat.rs`). One world per plugin kind, sharing `types` and `host`.
+/// Host bindings generated from the WIT packages: `sluice:plugin@0.3.0` (`wit/v0.3`) and
+/// `@0.2.0` (`wit/v0.2`), whose types (the same in both) the agent works with, and `@0.1.0`
+/// (`wit/`), which older components were built against (adapted by `compat.rs`). One world
+/// per plugin kind, sharing `types` and `host`.
 pub(crate) mod bindings {
+    /// `sluice:plugin@0.3.0`: 0.2.0 and `connector.committed`. Its types are 0.2.0's.
+    pub mod v3 {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.3",
+            world: "source",
+            with: {
+                "sluice:plugin/types": super::v2::sluice::plugin::types,
+            },
+        });
+
+        mod transform_world {
+            wasmtime::component::bindgen!({
+                path: "../wit/v0.3",
+                world: "transform",
+                with: {
+                    "sluice:plugin/types": super::super::v2::sluice::plugin::types,
+                    "sluice:plugin/host": super::sluice::plugin::host,
+                },
+            });
+        }
+        pub use transform_world::Transform;
+    }
+
     /// `sluice:plugin@0.2.0`.
     pub mod v2 {
         wasmtime::component::bindgen!({
@@ -107,12 +134,14 @@ impl std::fmt::Display for PluginKind {
 }
 
 /// What a source exports, newest version first.
-const CONNECTOR_EXPORTS: [&str; 2] = [
+const CONNECTOR_EXPORTS: [&str; 3] = [
+    "sluice:plugin/connector@0.3.0",
     "sluice:plugin/connector@0.2.0",
     "sluice:plugin/connector@0.1.0",
 ];
 /// What a transform exports, newest version first.
-const TRANSFORMER_EXPORTS: [&str; 2] = [
+const TRANSFORMER_EXPORTS: [&str; 3] = [
+    "sluice:plugin/transformer@0.3.0",
     "sluice:plugin/transformer@0.2.0",
     "sluice:plugin/transformer@0.1.0",
 ];
@@ -161,20 +190,28 @@ pub struct CheckReport {
     pub kind: PluginKind,
     /// Interfaces the component imports (`wasi:clocks/...`), as the component names them.
     pub imports: Vec<String>,
+    /// The version of `sluice:plugin` it is built against (`0.2.0`).
+    pub version: String,
     /// The schema a source declares, or a transform's output for the given input;
     /// none for a transform checked without an input schema.
     pub schema: Option<arrow_schema::SchemaRef>,
+    /// Network uses the host refused while it ran (`tcp 10.0.0.5:5432`,
+    /// `http https://x:443/y`): grants it lacks.
+    pub refused: Vec<String>,
 }
 
 /// Load a component, check it implements the `source` or the `transform` world (the one
-/// `want`ed, when given), open it with `config` (a transform with the `input` columns, when
-/// given) and report its schema and the interfaces it imports.
+/// `want`ed, when given), open it with `config` and `grants` (a transform with the `input`
+/// columns, when given; a source is then polled `polls` times) and report its schema, the
+/// interfaces it imports and the network uses no grant covered.
 pub fn check(
     runtime: &Runtime,
     path: &std::path::Path,
     config: &str,
     input: Option<&arrow_schema::Schema>,
     want: Option<PluginKind>,
+    grants: network::Grants,
+    polls: u32,
 ) -> anyhow::Result<CheckReport> {
     let (component, info) = runtime.load(path)?;
     let ty = component.component_type();
@@ -189,11 +226,8 @@ pub fn check(
         anyhow::bail!("{} is a {kind}, not a {want}", path.display());
     }
     let sandbox = instance::Sandbox {
-        memory_limit: 256 << 20,
-        call_timeout: Duration::from_secs(10),
-        allow_dirs: Vec::new(),
-        allow_files: Vec::new(),
-        allow_env: Vec::new(),
+        grants,
+        ..instance::Sandbox::bare(256 << 20, Duration::from_secs(10))
     };
     let at = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
     let cols = match kind {
@@ -205,7 +239,13 @@ pub fn check(
                 &sandbox,
             )
             .map_err(|e| at(&e))?;
-            Some(inst.open(config, None).map_err(|e| at(&e))?)
+            let cols = inst.open(config, None).map_err(|e| at(&e))?;
+            for _ in 0..polls {
+                if inst.poll(64).map_err(|e| at(&e))?.finished {
+                    break;
+                }
+            }
+            Some(cols)
         }
         PluginKind::Transform => {
             let mut inst = instance::Instance::<instance::Transform>::new(
@@ -228,10 +268,20 @@ pub fn check(
         .map(|c| arrow::schema(&c))
         .transpose()
         .map_err(|e| at(&e))?;
+    let version = exports(&runtime.engine, &component)
+        .iter()
+        .find_map(|e| {
+            e.strip_prefix("sluice:plugin/connector@")
+                .or_else(|| e.strip_prefix("sluice:plugin/transformer@"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
     Ok(CheckReport {
         digest: info.digest,
         kind,
         imports,
+        version,
+        refused: runtime.meter(&"check".into()).refusals(),
         schema,
     })
 }

@@ -5,14 +5,18 @@
 //! as its directory: created owner-only (0700); a directory or file that another user owns
 //! or may write is not used (the component is compiled again).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
+
+use super::network::{Meter, Network, NetworkConfig};
+use crate::telemetry::Metrics;
 
 /// How often the epoch advances; time budgets are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -20,6 +24,12 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// One engine for the agent, with epoch interruption on and a ticker thread.
 pub struct Runtime {
     pub(crate) engine: Engine,
+    /// How plugins' network grants are served.
+    pub(crate) network: Network,
+    metrics: Option<Arc<Metrics>>,
+    /// Per plugin, what its network use is counted in (kept across restarts, so the
+    /// bound on its refusal labels holds for the plugin, not each instance).
+    meters: Mutex<HashMap<Arc<str>, Meter>>,
     cache_dir: Option<PathBuf>,
     /// Where instances keep the copies of their granted files.
     grants: PathBuf,
@@ -33,7 +43,11 @@ impl Runtime {
     /// components are cached in its `wasm-cache/` and granted files copied under
     /// `wasm-grants/`; without, nothing is cached and the copies go to a temporary
     /// directory.
-    pub fn new(state_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        state_dir: Option<PathBuf>,
+        network: Network,
+        metrics: Option<Arc<Metrics>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -73,11 +87,30 @@ impl Runtime {
         };
         Ok(Arc::new(Self {
             engine,
+            network,
+            metrics,
+            meters: Mutex::default(),
             cache_dir,
             grants,
             instances: AtomicU64::new(0),
             _temporary: temporary,
         }))
+    }
+
+    /// Where `plugin`'s network use is counted.
+    pub fn meter(&self, plugin: &Arc<str>) -> Meter {
+        let Ok(mut meters) = self.meters.lock() else {
+            return Meter::new(plugin.clone(), self.metrics.clone());
+        };
+        meters
+            .entry(plugin.clone())
+            .or_insert_with(|| Meter::new(plugin.clone(), self.metrics.clone()))
+            .clone()
+    }
+
+    /// A runtime for tools and tests: no cache, no metrics, default `[network]`.
+    pub fn bare() -> anyhow::Result<Arc<Self>> {
+        Self::new(None, Network::new(&NetworkConfig::default())?, None)
     }
 
     /// A directory of its own for one instance of `plugin` (its granted files' copies).

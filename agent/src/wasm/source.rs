@@ -23,6 +23,14 @@ enum End {
     Stopped,
 }
 
+/// What a source hears back from its stream's lane.
+pub struct SourceLink {
+    /// Where to resume: set once the lane knows (the log's checkpoint, or the lake's).
+    pub resume: watch::Receiver<Option<Option<String>>>,
+    /// The newest checkpoint whose batch, and every one before it, the lake holds.
+    pub committed: watch::Receiver<Option<String>>,
+}
+
 /// Run the source until it finishes, fails for good, or `stop` fires. Blocking: call it on
 /// a thread of its own. Returns the rows produced.
 pub fn run_source(
@@ -30,10 +38,11 @@ pub fn run_source(
     cfg: WasmSourceConfig,
     runtime: Arc<Runtime>,
     out: mpsc::Sender<Chunk>,
-    resume: watch::Receiver<Option<Option<String>>>,
+    link: SourceLink,
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<u64> {
+    let SourceLink { resume, committed } = link;
     let plugin: Arc<str> = name.as_str().into();
     let (component, info) = match runtime.load(&cfg.plugin) {
         Ok(x) => x,
@@ -68,6 +77,7 @@ pub fn run_source(
         stop,
         metrics,
         checkpoint,
+        committed,
         schema: None,
         rows: 0,
     };
@@ -87,6 +97,8 @@ struct Supervisor {
     metrics: Arc<Metrics>,
     /// Checkpoint after the last batch handed on; a restart resumes from it.
     checkpoint: Option<String>,
+    /// What the lake holds, for `committed` (a 0.3.0 connector's).
+    committed: watch::Receiver<Option<String>>,
     /// The schema declared by the first instance; later instances must declare the same.
     schema: Option<SchemaRef>,
     rows: u64,
@@ -151,9 +163,21 @@ impl Supervisor {
             }
             Some(_) => {}
         }
+        // What the lake held before this instance opened is news to it too.
+        self.committed.mark_changed();
         loop {
             if *self.stop.borrow() {
                 return Ok(End::Stopped);
+            }
+            if inst.takes_commits()
+                && self.committed.has_changed().unwrap_or(false)
+                && let Some(c) = self.committed.borrow_and_update().clone()
+            {
+                let started = Instant::now();
+                let said = inst.committed(&c);
+                self.metrics
+                    .plugin_call(&self.plugin, started.elapsed().as_secs_f64());
+                said?;
             }
             let started = Instant::now();
             let result = inst.poll(self.cfg.max_rows);

@@ -56,7 +56,7 @@ use std::cell::RefCell;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.2",
+        path: "../../wit/v0.3",
         world: "source",
         pub_export_macro: true,
         export_macro_name: "__export_source_world",
@@ -68,14 +68,14 @@ pub mod bindings {
     /// with this crate exports just the world it invokes the macro of.)
     pub mod transform {
         wit_bindgen::generate!({
-            path: "../../wit/v0.2",
+            path: "../../wit/v0.3",
             world: "transform",
             pub_export_macro: true,
             export_macro_name: "__export_transform_world",
             default_bindings_module: "sluice_plugin::bindings::transform",
             with: {
-                "sluice:plugin/types@0.2.0": crate::bindings::sluice::plugin::types,
-                "sluice:plugin/host@0.2.0": crate::bindings::sluice::plugin::host,
+                "sluice:plugin/types@0.3.0": crate::bindings::sluice::plugin::types,
+                "sluice:plugin/host@0.3.0": crate::bindings::sluice::plugin::host,
             },
         });
     }
@@ -421,6 +421,14 @@ pub trait Source: Sized + 'static {
 
     /// Return at most `max_rows` rows.
     fn poll(&mut self, max_rows: u32) -> Result<Poll, String>;
+
+    /// The lake holds every batch up to the one that carried `checkpoint`: release what
+    /// the upstream keeps for it (a replication slot's flush position, message acks).
+    /// Called between polls, newest checkpoint only. The default does nothing.
+    fn committed(&mut self, checkpoint: &str) -> Result<(), String> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }
 
 /// A transform: maps each batch of its source's rows to a batch (filter, enrich, redact).
@@ -469,6 +477,19 @@ pub fn __poll<T: Source>(max_rows: u32) -> Result<PollResult, String> {
         checkpoint: poll.checkpoint,
         finished: poll.finished,
     })
+}
+
+#[doc(hidden)]
+pub fn __committed<T: Source>(checkpoint: String) -> Result<(), String> {
+    let mut boxed = STATE
+        .with(|s| s.borrow_mut().take())
+        .ok_or_else(|| "committed called before open".to_string())?;
+    let result = match boxed.downcast_mut::<T>() {
+        Some(source) => source.committed(&checkpoint),
+        None => Err("internal error: state of another type".to_string()),
+    };
+    STATE.with(|s| *s.borrow_mut() = Some(boxed));
+    result
 }
 
 struct TransformState<T> {
@@ -567,6 +588,12 @@ macro_rules! export_source {
                 ::std::string::String,
             > {
                 $crate::__poll::<$ty>(max_rows)
+            }
+
+            fn committed(
+                checkpoint: ::std::string::String,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__committed::<$ty>(checkpoint)
             }
         }
 

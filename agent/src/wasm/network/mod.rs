@@ -1,0 +1,194 @@
+//! Network grants: what a plugin may reach, enforced by the host. Nothing is allowed by
+//! default; `allow_tcp` and `allow_http` grant connections one host and port (and for HTTP
+//! one path prefix) at a time.
+//!
+//! | file | job |
+//! |---|---|
+//! | `grants.rs` | `allow_tcp` and `allow_http` entries, parsed and matched |
+//! | `resolve.rs` | names resolved for grants and plugins alike: `[network] hosts`, then DNS |
+//! | `sockets.rs` | `wasi:sockets` held to the grants: connects checked against the names' addresses now, lookups of granted names only, no UDP or listening |
+//! | `io.rs` | every wait of a networked plugin bounded by `network_timeout`, TCP bytes counted |
+//! | `http.rs` | `wasi:http` requests filtered by `allow_http`, sent by the host over its TLS |
+//!
+//! A connect is allowed only to an address that a granted name resolves to at that moment,
+//! on the granted port: a plugin cannot reach another host by resolving a name of its own,
+//! and a name that moves is followed. Lookups of names no grant mentions are refused too,
+//! so a plugin cannot leak data through DNS queries.
+
+mod grants;
+mod http;
+mod io;
+mod resolve;
+mod sockets;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub use grants::{Grants, HttpGrant, TcpGrant};
+pub use http::{Http, Tls};
+pub use io::{BoundedIo, NetTimeout};
+pub use resolve::Resolver;
+pub(crate) use sockets::{addr_check, link_sockets};
+
+use crate::telemetry::Metrics;
+
+/// `[network]`: how the host serves plugins' network grants (every plugin alike).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Names answered before DNS, like `/etc/hosts`: `hosts = { "db.internal" =
+    /// "10.0.0.5" }`. For grant checks and plugins' own lookups alike.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, IpAddr>,
+    /// PEM file of CA certificates that HTTPS requests of plugins trust (beside the
+    /// system's roots, unless `system_roots = false`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Whether HTTPS requests trust the system's root certificates.
+    #[serde(default = "yes")]
+    pub system_roots: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The agent-wide half of network grants: the resolver and the TLS roots.
+#[derive(Clone)]
+pub struct Network {
+    /// Names for grant checks and plugins' lookups.
+    pub resolver: Resolver,
+    /// The TLS client of plugins' HTTPS requests.
+    pub tls: Tls,
+}
+
+impl Network {
+    /// From `[network]`; a CA file that does not load is an error.
+    pub fn new(cfg: &NetworkConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            resolver: Resolver::new(&cfg.hosts),
+            tls: Tls::new(cfg.ca.as_deref(), cfg.system_roots)?,
+        })
+    }
+}
+
+/// The most distinct targets a plugin's refusals are labelled with in metrics; more are
+/// counted as `other` (a plugin trying every port must not grow the metrics without end).
+const MAX_REFUSED_TARGETS: usize = 16;
+/// The most refusals an instance remembers for `plugin check`.
+const MAX_REMEMBERED: usize = 64;
+
+/// Where a plugin's network use is counted: metrics (when the agent runs) and a short
+/// list of refusals (what `plugin check` shows as missing grants).
+#[derive(Clone)]
+pub struct Meter {
+    plugin: Arc<str>,
+    metrics: Option<Arc<Metrics>>,
+    refused: Arc<Mutex<Refused>>,
+}
+
+#[derive(Default)]
+struct Refused {
+    targets: HashSet<String>,
+    kept: BTreeSet<String>,
+}
+
+impl Meter {
+    /// A meter for `plugin`, counting into `metrics` if given.
+    pub fn new(plugin: Arc<str>, metrics: Option<Arc<Metrics>>) -> Self {
+        Self {
+            plugin,
+            metrics,
+            refused: Arc::default(),
+        }
+    }
+
+    /// Bytes received.
+    pub fn bytes_in(&self, n: usize) {
+        if let Some(m) = &self.metrics
+            && n > 0
+        {
+            m.plugin_network_bytes(&self.plugin, "in", n as u64);
+        }
+    }
+
+    /// Bytes sent.
+    pub fn bytes_out(&self, n: usize) {
+        if let Some(m) = &self.metrics
+            && n > 0
+        {
+            m.plugin_network_bytes(&self.plugin, "out", n as u64);
+        }
+    }
+
+    /// A refused `kind` (`tcp`, `udp`, `listen`, `dns`, `http`) of `target`: logged,
+    /// counted, remembered.
+    pub fn refused(&self, kind: &'static str, target: &str) {
+        let label = {
+            let Ok(mut r) = self.refused.lock() else {
+                return;
+            };
+            let first = !r.targets.contains(target);
+            if first && r.targets.len() < MAX_REFUSED_TARGETS {
+                r.targets.insert(target.to_string());
+            }
+            if r.kept.len() < MAX_REMEMBERED {
+                r.kept.insert(format!("{kind} {target}"));
+            }
+            if r.targets.contains(target) {
+                if first {
+                    tracing::warn!(plugin = %self.plugin, kind, target, "refused a network use no grant covers");
+                }
+                target.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.plugin_network_refused(&self.plugin, kind, &label);
+        }
+    }
+
+    /// A wait cut by `network_timeout`.
+    pub fn timed_out(&self) {
+        if let Some(m) = &self.metrics {
+            m.plugin_network_timeout(&self.plugin);
+        }
+    }
+
+    /// The refusals so far, `kind target` each (at most 64).
+    pub fn refusals(&self) -> Vec<String> {
+        self.refused
+            .lock()
+            .map(|r| r.kept.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What a networked instance shares between its host calls.
+pub struct NetShared {
+    /// What the plugin may reach.
+    pub grants: Grants,
+    /// The agent's resolver and TLS roots.
+    pub network: Network,
+    /// Where its network use is counted.
+    pub meter: Meter,
+    /// The longest any one wait (connect, read, write, poll) may take.
+    pub timeout: Duration,
+}
+
+/// A store's network state: its grants (none for most plugins), the current call's
+/// deadline and which streams are TCP connections (their bytes are counted).
+#[derive(Default)]
+pub struct NetState {
+    /// The plugin's grants; none for a plugin granted no network.
+    pub shared: Option<Arc<NetShared>>,
+    /// When the current call's time budget ends: no wait goes past it either.
+    pub deadline: Option<Instant>,
+    pub(crate) tcp_streams: HashSet<u32>,
+}
