@@ -1,7 +1,7 @@
 // {{name}}: a Sluice source connector in JavaScript. Edit `open` (the schema) and `poll`.
 // Build: npm install && npm run build
 
-import { log } from 'sluice:plugin/host@0.2.0';
+import { log } from 'sluice:plugin/host@0.3.0';
 
 let next = 0;
 let total = null;
@@ -34,4 +34,8 @@ export const connector = {
       finished: total !== null && end >= total,
     };
   },
+
+  // The lake holds every row up to `checkpoint`: release what the upstream keeps for them
+  // (acknowledge messages, advance a replication slot). Nothing to do here.
+  committed(checkpoint) {},
 };

@@ -42,3 +42,8 @@ class Connector(exports.Connector):
         lines = "".join(json.dumps({"n": i, "message": f"hello #{i}"}) + "\n" for i in range(S.next, end))
         S.next = end
         return types.PollResult(types.Batch_JsonLines(lines), str(end), S.total is not None and end >= S.total)
+
+    def committed(self, checkpoint: str) -> None:
+        # The lake holds every row up to this checkpoint: release what the upstream keeps
+        # for them (acknowledge messages, advance a replication slot). Nothing to do here.
+        pass

@@ -39,7 +39,7 @@ def test_scaffold_builds_and_passes_check(bins, workdir, lang):
         run(["npm", "run", "build"], root)
         wasm = str(root / f"{name}.wasm")
     report = run([str(bins.agent), "plugin", "check", wasm, "--config", '{"total": 3}'], root)
-    assert "implements sluice:plugin/source@0.1.0" in report
+    assert "implements sluice:plugin/source@0.3.0" in report
     assert "n: Int64 not null" in report and "message: Utf8 not null" in report
 
     # A second scaffold with the same name is refused, and bad names are refused.

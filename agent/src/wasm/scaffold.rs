@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-const WIT: &str = include_str!("../../../wit/v0.2/plugin.wit");
+const WIT: &str = include_str!("../../../wit/v0.3/plugin.wit");
 const SDK_LIB: &str = include_str!("../../../plugins/sdk-rust/src/lib.rs");
 const SDK_ROWS: &str = include_str!("../../../plugins/sdk-rust/src/rows.rs");
 const SDK_CARGO: &str = include_str!("../../templates/sdk_Cargo.toml");
@@ -59,7 +59,7 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<(PathBuf, St
             // The SDK in the repository finds the WIT two levels up; here it is one.
             write(
                 "sluice-plugin/src/lib.rs",
-                &SDK_LIB.replace("path: \"../../wit/v0.2\"", "path: \"../wit\""),
+                &SDK_LIB.replace("path: \"../../wit/v0.3\"", "path: \"../wit\""),
             )?;
             write("sluice-plugin/src/rows.rs", SDK_ROWS)?;
             write(".gitignore", "target/\n")?;
