@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -555,6 +556,35 @@ def duckdb_files_read(proc: Processor, name: str, where: str) -> tuple[int, int]
     read = list(scans(json.loads(profile.read_text())))
     assert len(read) == 1, f"one Iceberg scan in the profile: {read}"
     return n, read[0]
+
+
+class HttpServer:
+    """An HTTP server on loopback for connectors to call: `answer(path)` gives each GET's
+    (status, headers, body). Stop it with `close()`."""
+
+    def __init__(self, answer):
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                status, headers, body = answer(self.path)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # ---- external services: PostgreSQL and an S3-compatible server ------------------------

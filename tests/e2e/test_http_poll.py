@@ -2,13 +2,10 @@
 429 with Retry-After and a 500 along the way: every record lands exactly once across an
 agent SIGKILL; a URL outside the grant is refused, counted, and the connector says so."""
 
-import http.server
 import json
-import threading
-import time
 import urllib.parse
 
-from harness import Agent, Processor, plugin_path, read_pyiceberg, wait_until
+from harness import Agent, HttpServer, Processor, plugin_path, read_pyiceberg, wait_until
 
 TOTAL = 3_000
 
@@ -20,48 +17,31 @@ class Api:
     def __init__(self):
         self.requests = 0
         self.statuses = []
-        api = self
+        self.http = HttpServer(self.answer)
+        self.port = self.http.port
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                url = urllib.parse.urlparse(self.path)
-                q = urllib.parse.parse_qs(url.query)
-                api.requests += 1
-                n = api.requests
-                if url.path != "/v1/events":
-                    return self.reply(404, {"error": "no such path"})
-                if n == 3:
-                    return self.reply(429, {"error": "slow down"}, {"Retry-After": "1"})
-                if n == 6:
-                    return self.reply(500, {"error": "oops"})
-                after = int(q.get("cursor", ["0"])[0])
-                limit = int(q.get("limit", ["100"])[0])
-                ids = list(range(after + 1, min(after + limit, TOTAL) + 1))
-                items = [{"id": i, "kind": "even" if i % 2 == 0 else "odd",
-                          "at": f"2026-01-01T00:00:{i % 60:02d}Z"} for i in ids]
-                self.reply(200, {"items": items, "next": str(ids[-1] if ids else after)})
-
-            def reply(self, status, doc, headers=None):
-                body = json.dumps(doc).encode()
-                api.statuses.append(status)
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, path):
+        url = urllib.parse.urlparse(path)
+        q = urllib.parse.parse_qs(url.query)
+        self.requests += 1
+        if url.path != "/v1/events":
+            status, headers, doc = 404, {}, {"error": "no such path"}
+        elif self.requests == 3:
+            status, headers, doc = 429, {"Retry-After": "1"}, {"error": "slow down"}
+        elif self.requests == 6:
+            status, headers, doc = 500, {}, {"error": "oops"}
+        else:
+            after = int(q.get("cursor", ["0"])[0])
+            limit = int(q.get("limit", ["100"])[0])
+            ids = list(range(after + 1, min(after + limit, TOTAL) + 1))
+            items = [{"id": i, "kind": "even" if i % 2 == 0 else "odd",
+                      "at": f"2026-01-01T00:00:{i % 60:02d}Z"} for i in ids]
+            status, headers, doc = 200, {}, {"items": items, "next": str(ids[-1] if ids else after)}
+        self.statuses.append(status)
+        return status, {"content-type": "application/json", **headers}, json.dumps(doc).encode()
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def source(url: str, grant: str) -> dict:

@@ -4,13 +4,12 @@ requests outside its grant are refused, counted with their target and reported t
 connector, while the rest of the agent keeps flowing; a peer that never answers is cut
 off by network_timeout."""
 
-import http.server
 import socket
 import threading
 import time
 
-from harness import (Agent, Processor, plugin_path, read_pyiceberg, simulator_source,
-                     wait_until)
+from harness import (Agent, HttpServer, Processor, plugin_path, read_pyiceberg,
+                     simulator_source, wait_until)
 
 
 class LineServer:
@@ -73,28 +72,9 @@ class Backlogged:
             c.close()
 
 
-class Web:
-    """An HTTP server on loopback: GET /ok answers `hello`, anything else 404."""
-
-    def __init__(self):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = b"hello" if self.path == "/ok" else b"nope"
-                self.send_response(200 if self.path == "/ok" else 404)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def web_server() -> HttpServer:
+    """GET /ok answers `hello`, anything else 404."""
+    return HttpServer(lambda path: (200, {}, b"hello") if path == "/ok" else (404, {}, b"nope"))
 
 
 def probe(**config) -> dict:
@@ -103,7 +83,7 @@ def probe(**config) -> dict:
 
 
 def test_a_connector_reaches_only_its_grants_and_is_told_of_each_refusal(bins, certs, workdir):
-    echo, other, web = LineServer(), LineServer(), Web()
+    echo, other, web = LineServer(), LineServer(), web_server()
     proc = Processor(bins, certs, workdir).start()
     agent = None
     try:
