@@ -560,10 +560,12 @@ def duckdb_files_read(proc: Processor, name: str, where: str) -> tuple[int, int]
 
 class HttpServer:
     """An HTTP server on loopback for connectors to call: `answer(path)` gives each GET's
-    (status, headers, body). Stop it with `close()`."""
+    (status, headers, body); HTTPS with `tls` = (certificate file, key file). Stop it with
+    `close()`."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, tls=None):
         import http.server
+        import ssl
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
@@ -579,6 +581,10 @@ class HttpServer:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*[str(p) for p in tls])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

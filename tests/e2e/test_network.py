@@ -110,7 +110,7 @@ def test_a_connector_reaches_only_its_grants_and_is_told_of_each_refusal(bins, c
                       network={"hosts": {"db.test": "127.0.0.1", "sneaky.test": "127.0.0.1"}})
         agent.start().wait_api()
         acked = 'sluice_agent_acked_rows_total{stream="%s"}'
-        wait_until(lambda: agent.metrics().get(acked % "probe", 0) >= 9
+        wait_until(lambda: agent.metrics().get(acked % "probe", 0) >= 10
                    and agent.metrics().get(acked % "telemetry", 0) >= 5_000
                    and agent.metrics().get(acked % "bare", 0) >= 2, 120, "every stream landed")
         m = agent.metrics()
@@ -123,7 +123,7 @@ def test_a_connector_reaches_only_its_grants_and_is_told_of_each_refusal(bins, c
         assert sorted(refused) == sorted([
             ("tcp", f"127.0.0.1:{other.port}"), ("tcp", f"127.0.0.2:{echo.port}"),
             ("tcp", f"sneaky.test:{echo.port}"), ("udp", f"127.0.0.1:{echo.port}"),
-            ("listen", "127.0.0.1:0"), ("lookup", "evil.test"),
+            ("listen", "127.0.0.1:0"), ("listen", "0.0.0.0:0"), ("lookup", "evil.test"),
             ("http", f"http://127.0.0.1:{web.port}/admin")]), rows
         assert "denied" in rows[("http", f"http://127.0.0.1:{web.port}/admin")][1].lower(), rows
         bare = {(r["action"], r["target"]): r["ok"] for r in read_pyiceberg(proc, "bronze.bare")}
@@ -138,8 +138,11 @@ def test_a_connector_reaches_only_its_grants_and_is_told_of_each_refusal(bins, c
         assert refused("probe", "tcp", f"127.0.0.2:{echo.port}") == 1, m
         assert refused("probe", "dns", "sneaky.test") == 1, m
         assert refused("probe", "dns", "evil.test") == 1, m
-        assert refused("probe", "udp", "0.0.0.0:0") == 1, m  # its bind, before any send
-        assert refused("probe", "listen", "127.0.0.1:0") == 1, m
+        assert refused("probe", "udp", "socket") == 1, m  # no UDP socket is ever made
+        assert refused("probe", "listen", "127.0.0.1:0") == 1, m  # a bind to an address
+        listens = [k for k in m if 'plugin="probe",kind="listen",target="0.0.0.0:' in k]
+        assert len(listens) == 1 and m[listens[0]] == 1, m  # listening after a wildcard bind
+        assert refused("bare", "tcp", "socket") >= 1, m  # no TCP socket without a grant
         assert refused("probe", "http", f"http://127.0.0.1:{web.port}/admin") == 1, m
         assert refused("bare", "http", f"http://127.0.0.1:{web.port}/ok") >= 1, m
         for direction in ("in", "out"):
@@ -181,3 +184,24 @@ def test_a_peer_that_never_answers_is_cut_off_by_network_timeout_and_counted(bin
         proc.stop()
         mute.close()
         full.close()
+
+
+def test_https_is_done_by_the_host_and_trusts_only_its_roots_and_the_configured_ca(bins, certs, workdir):
+    https = HttpServer(lambda path: (200, {}, b"secret") if path == "/ok" else (404, {}, b"nope"),
+                       tls=(certs / "server.pem", certs / "server.key"))
+    proc = Processor(bins, certs, workdir).start()
+    try:
+        url = f"https://localhost:{https.port}/ok"
+        source = {**probe(http=[url]), "allow_http": [url]}
+        # The test CA is no system root: without `ca` the certificate is refused.
+        for stream, network in (("untrusted", {}), ("trusted", {"ca": str(certs / "ca.pem")})):
+            agent = Agent(bins, certs, workdir, proc, {stream: source}, network=network or None,
+                          data_dir=workdir / f"agent-{stream}").start()
+            assert agent.wait(60) == 0, agent.proc.output()[-3000:]
+        [untrusted] = read_pyiceberg(proc, "bronze.untrusted")
+        assert not untrusted["ok"] and "Tls" in untrusted["detail"], untrusted
+        [trusted] = read_pyiceberg(proc, "bronze.trusted")
+        assert (trusted["ok"], trusted["detail"]) == (True, "200 secret"), trusted
+    finally:
+        proc.stop()
+        https.close()

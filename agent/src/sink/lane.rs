@@ -487,6 +487,7 @@ async fn session<T: Transport>(
                             metrics.acked(&lane.stream, r.batch.rows);
                             lane.summary.acked_batches += 1;
                             lane.ack_log(r.lsn);
+                            lane.landed(&r);
                             continue;
                         }
                         // Pending before it is sent: a send that fails leaves it to be
@@ -896,7 +897,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn on_stop_the_lane_drains_until_its_deadline_and_the_rest_stays_in_the_log() {
+    async fn on_stop_the_lane_drains_until_its_deadline_the_rest_stays_in_the_log_and_sources_hear_nothing()
+     {
         let far = Far {
             silent: true,
             ..Far::default()
@@ -907,8 +909,10 @@ mod tests {
             let _ = stop_tx.send(true);
             stop_tx
         });
-        let (summary, far, _, handle) = ship(far, 10, stop).await;
+        let (committed, told) = watch::channel::<Option<String>>(None);
+        let (summary, far, _, handle) = ship_telling(far, 10, stop, committed).await;
         drop(stopper.await);
+        assert_eq!(*told.borrow(), None, "sent is not committed");
         // Stopping starts a drain session, which resends what is in flight; nothing past the
         // window is sent while nothing is acknowledged.
         assert!(

@@ -67,7 +67,8 @@ pub struct WasmSourceConfig {
     #[serde(default)]
     pub allow_http: Vec<String>,
     /// The longest a networked plugin may wait on the network at once (a connect, a read,
-    /// a write, a response); past it the call is cut off, reason `network_timeout`.
+    /// a write, a response); past it the call is cut off, reason `network_timeout`. From
+    /// 10 ms to 1 h.
     #[serde(default = "default_network_timeout", with = "humantime_serde")]
     pub network_timeout: Duration,
     /// Restart delay after a failure; doubles after each one, up to `restart_backoff_max`.
@@ -134,7 +135,8 @@ pub struct WasmTransformConfig {
     #[serde(default)]
     pub allow_http: Vec<String>,
     /// The longest a networked plugin may wait on the network at once (a connect, a read,
-    /// a write, a response); past it the call is cut off, reason `network_timeout`.
+    /// a write, a response); past it the call is cut off, reason `network_timeout`. From
+    /// 10 ms to 1 h.
     #[serde(default = "default_network_timeout", with = "humantime_serde")]
     pub network_timeout: Duration,
     /// Restart delay after a failure; doubles after each one, up to `restart_backoff_max`.
@@ -262,10 +264,12 @@ impl Common<'_> {
         if let Err((what, why)) = Grants::parse(self.allow_tcp, self.allow_http) {
             return Err(Invalid::new(format!("{key}.{what}"), why));
         }
-        if self.network_timeout < Duration::from_millis(10) {
+        if self.network_timeout < Duration::from_millis(10)
+            || self.network_timeout > Duration::from_secs(3600)
+        {
             return Err(Invalid::new(
                 format!("{key}.network_timeout"),
-                "must be at least 10ms",
+                "must be from 10ms to 1h",
             ));
         }
         if self.policy.max_failures == 0 {

@@ -451,11 +451,11 @@ impl<W: World> Live<W> {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if let Some(shared) = &net {
-            // Sockets may be made so that each use of one meets the address check, which
-            // passes only granted TCP connects and counts what it refuses (UDP never
-            // passes); lookups meet the same grants.
-            wasi.allow_tcp(true)
-                .allow_udp(true)
+            // TCP sockets only with a TCP grant (each use then meets the address check,
+            // which passes only granted connects), never UDP; `link_sockets` counts the
+            // refused ones. Lookups meet the same grants.
+            wasi.allow_tcp(!shared.grants.tcp.is_empty())
+                .allow_udp(false)
                 .allow_ip_name_lookup(true)
                 .socket_addr_check(network::addr_check(shared.clone()));
         }

@@ -88,7 +88,7 @@ impl HttpGrant {
                 default,
             ),
         };
-        if path.contains("..") || path[..path.len().saturating_sub(1)].contains('*') {
+        if path.contains("..") || path.strip_suffix('*').unwrap_or(path).contains('*') {
             return Err(bad("`*` only at the end of the path, and no `..`"));
         }
         let (path, prefix) = match path.strip_suffix('*') {
@@ -104,20 +104,53 @@ impl HttpGrant {
         })
     }
 
-    /// Whether a request to `scheme://host:port/path` is covered (`path` without its query).
+    /// Whether a request to `scheme://host:port/path` is covered (`path` as sent, without
+    /// its query). The path is judged as a server would read it: percent-decoded, with no
+    /// `.` or `..` segment (also before a `;`), no backslash and no encoded slash, since
+    /// servers that merge those would serve a path outside the prefix.
     pub fn covers(&self, https: bool, host: &str, port: u16, path: &str) -> bool {
+        let Some(path) = plain_path(path) else {
+            return false;
+        };
         self.https == https
             && self
                 .host
                 .eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
             && self.port == port
-            && !path.split('/').any(|seg| seg == ".." || seg == ".")
             && if self.prefix {
                 path.starts_with(&self.path)
             } else {
                 path == self.path
             }
     }
+}
+
+/// `path` percent-decoded, if no server could read it as another path: no invalid escape
+/// or non-UTF-8, no encoded `/` or `\`, no backslash, no `.` or `..` segment.
+fn plain_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let b = u8::from_str_radix(hex, 16).ok()?;
+            if b == b'/' || b == b'\\' {
+                return None;
+            }
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(out).ok()?;
+    let dotted = decoded.split('/').any(|seg| {
+        let seg = seg.split(';').next().unwrap_or(seg);
+        seg == "." || seg == ".."
+    });
+    (!dotted && !decoded.contains('\\')).then_some(decoded)
 }
 
 impl fmt::Display for HttpGrant {
@@ -247,6 +280,22 @@ mod tests {
             !g.covers(true, "api.example.com", 443, "/v1/../admin"),
             "dot segments"
         );
+        for sneaky in [
+            "/v1/%2e%2e/admin",
+            "/v1/.%2E/admin",
+            "/v1/..\\admin",
+            "/v1/..;/admin",
+            "/v1/%2fadmin",
+            "/v1/%5c..",
+            "/v1/%zz",
+            "/v1/%c3",
+        ] {
+            assert!(!g.covers(true, "api.example.com", 443, sneaky), "{sneaky}");
+        }
+        assert!(
+            g.covers(true, "api.example.com", 443, "/v1/caf%C3%A9"),
+            "an escaped letter is that letter"
+        );
         let exact = HttpGrant::parse("http://10.0.0.5:8080/metrics").expect("exact");
         assert!(exact.covers(false, "10.0.0.5", 8080, "/metrics"));
         assert!(!exact.covers(false, "10.0.0.5", 8080, "/metrics/x"));
@@ -260,6 +309,7 @@ mod tests {
             "https://x:0/",
             "https:///a",
             "https://x/../a",
+            "https://x/\u{e9}*x",
         ] {
             assert!(HttpGrant::parse(bad).is_err(), "{bad}");
         }

@@ -122,14 +122,23 @@ impl WasiHttpHooks for Hooks {
         };
         let uri = request.uri();
         let https = uri.scheme() == Some(&Scheme::HTTPS);
-        let host = uri.host().unwrap_or_default().to_string();
+        // The Host header is the authority as the plugin wrote it: no user part may ride
+        // in front of the checked host.
+        let userinfo = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path = uri.path().to_string();
-        if !shared
-            .grants
-            .http
-            .iter()
-            .any(|g| g.covers(https, &host, port, &path))
+        if userinfo
+            || !shared
+                .grants
+                .http
+                .iter()
+                .any(|g| g.covers(https, &host, port, &path))
         {
             let scheme = if https { "https" } else { "http" };
             shared
@@ -170,6 +179,7 @@ async fn send(
         .await
         .map_err(|_| Error::DestinationNotFound)?;
     let mut stream = None;
+    let mut timed_out = false;
     for ip in addrs {
         match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect((ip, port)))
             .await
@@ -179,13 +189,17 @@ async fn send(
                 break;
             }
             Ok(Err(e)) => tracing::debug!(%ip, port, "HTTP connect failed: {e}"),
-            Err(_) => {
-                shared.meter.timed_out();
-                return Err(Error::ConnectionTimeout);
-            }
+            Err(_) => timed_out = true,
         }
     }
-    let stream = stream.ok_or(Error::ConnectionRefused)?;
+    let stream = match stream {
+        Some(s) => s,
+        None if timed_out => {
+            shared.meter.timed_out();
+            return Err(Error::ConnectionTimeout);
+        }
+        None => return Err(Error::ConnectionRefused),
+    };
     let stream: Box<dyn Stream> = if https {
         let name = ServerName::try_from(host.clone()).map_err(|_| Error::HttpRequestUriInvalid)?;
         let tls = tokio_rustls::TlsConnector::from(shared.network.tls.0.clone());

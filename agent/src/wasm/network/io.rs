@@ -66,10 +66,15 @@ impl Io<'_> {
         wait: impl AsyncFnOnce(&mut ResourceTable) -> T,
     ) -> Result<T, NetTimeout> {
         let now = Instant::now();
-        let limit = self.net.shared.as_ref().map(|s| now + s.timeout);
+        let hour = Duration::from_secs(3600);
+        let limit = self
+            .net
+            .shared
+            .as_ref()
+            .map(|s| now.checked_add(s.timeout.min(hour)).unwrap_or(now));
         let until = match (limit, self.net.deadline) {
             (Some(l), Some(d)) => l.min(d),
-            (l, d) => l.or(d).unwrap_or(now + Duration::from_secs(3600)),
+            (l, d) => l.or(d).unwrap_or(now + hour),
         };
         let table = &mut *self.table;
         // The timer is made inside the runtime `in_tokio` enters.

@@ -80,8 +80,33 @@ impl Network {
 /// The most distinct targets a plugin's refusals are labelled with in metrics; more are
 /// counted as `other` (a plugin trying every port must not grow the metrics without end).
 const MAX_REFUSED_TARGETS: usize = 16;
-/// The most refusals an instance remembers for `plugin check`.
+/// The most refusals a plugin's meter remembers for `plugin check`.
 const MAX_REMEMBERED: usize = 64;
+/// The longest a refusal's target is kept, in bytes: a plugin names it.
+const MAX_TARGET: usize = 128;
+/// The most TCP sockets an instance may hold open at once: each is a file descriptor of
+/// the agent's.
+pub const MAX_SOCKETS: usize = 64;
+
+/// A target a plugin named, made safe for a metric label and a log line: at most
+/// [`MAX_TARGET`] bytes of `[A-Za-z0-9.:_/[]-]`, anything else as `_`.
+fn clean(target: &str) -> String {
+    let mut out = String::with_capacity(target.len().min(MAX_TARGET));
+    for c in target.chars() {
+        if out.len() >= MAX_TARGET {
+            out.push('~');
+            break;
+        }
+        out.push(
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '_' | '/' | '[' | ']' | '-') {
+                c
+            } else {
+                '_'
+            },
+        );
+    }
+    out
+}
 
 /// Where a plugin's network use is counted: metrics (when the agent runs) and a short
 /// list of refusals (what `plugin check` shows as missing grants).
@@ -129,6 +154,8 @@ impl Meter {
     /// A refused `kind` (`tcp`, `udp`, `listen`, `dns`, `http`) of `target`: logged,
     /// counted, remembered.
     pub fn refused(&self, kind: &'static str, target: &str) {
+        let target = clean(target);
+        let target = target.as_str();
         let label = {
             let Ok(mut r) = self.refused.lock() else {
                 return;
@@ -191,4 +218,54 @@ pub struct NetState {
     /// When the current call's time budget ends: no wait goes past it either.
     pub deadline: Option<Instant>,
     pub(crate) tcp_streams: HashSet<u32>,
+    /// The TCP sockets it made (some may be gone): at most [`MAX_SOCKETS`] live ones.
+    pub(crate) tcp_sockets: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_ops::ApiMetrics;
+
+    #[test]
+    fn refusals_are_labelled_with_at_most_sixteen_clean_targets_then_other() {
+        let metrics = Arc::new(Metrics::default());
+        let meter = Meter::new("p".into(), Some(metrics.clone()));
+        meter.refused(
+            "dns",
+            "x\"} 1\nsluice_agent_plugin_failed{plugin=\"q\"} 1\n#",
+        );
+        for port in 0..40 {
+            meter.refused("tcp", &format!("10.0.0.1:{port}"));
+        }
+        meter.refused("dns", &"a".repeat(10_000));
+        let text = metrics.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sluice_agent_plugin_network_refused_total{"))
+            .collect();
+        // 16 targets (the injection attempt, cleaned, and 15 ports), then `other` for the
+        // rest of the ports and for the long name.
+        assert_eq!(lines.len(), 18, "{lines:?}");
+        for other in [
+            r#"kind="tcp",target="other"} 25"#,
+            r#"kind="dns",target="other"} 1"#,
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(other)),
+                "{other}: {lines:?}"
+            );
+        }
+        assert!(
+            !text.contains("sluice_agent_plugin_failed{plugin=\"q\"}"),
+            "no injected series"
+        );
+        assert!(lines.iter().all(|l| l.len() < 300), "{lines:?}");
+        assert!(
+            meter
+                .refusals()
+                .iter()
+                .all(|r| r.len() <= 4 + MAX_TARGET + 1)
+        );
+    }
 }

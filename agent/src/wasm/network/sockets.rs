@@ -1,8 +1,10 @@
 //! `wasi:sockets` held to a plugin's grants. wasmtime-wasi checks every socket address a
-//! guest uses against [`addr_check`]; the agent replaces two functions of its own:
-//! `resolve-addresses` (only names a grant mentions, `[network] hosts` first) and
-//! `tcp-socket.finish-connect` (to know which streams are TCP connections, whose bytes
-//! are counted).
+//! guest uses against [`addr_check`]; the agent replaces four functions of its own:
+//! `resolve-addresses` (only names a grant mentions, `[network] hosts` first),
+//! `create-tcp-socket` and `create-udp-socket` (no socket, and so no file descriptor, for a
+//! plugin without a TCP grant, never a UDP one, and at most [`MAX_SOCKETS`] open at once;
+//! each refusal counted), and `tcp-socket.finish-connect` (to know which streams are TCP
+//! connections, whose bytes are counted).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -15,13 +17,17 @@ use wasmtime_wasi::p2::SocketError;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     self, HostResolveAddressStream, ResolveAddressStream,
 };
-use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    self, ErrorCode, IpAddress, IpAddressFamily, Network,
+};
 use wasmtime_wasi::p2::bindings::sockets::tcp::TcpSocket;
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
+use wasmtime_wasi::p2::bindings::sockets::udp::UdpSocket;
 use wasmtime_wasi::p2::bindings::sync::sockets::tcp::HostTcpSocket;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView};
 
-use super::NetShared;
+use super::{MAX_SOCKETS, NetShared};
 use crate::wasm::instance::State;
 
 /// The check wasmtime-wasi applies to every address a guest binds, connects or sends to.
@@ -79,6 +85,51 @@ pub(crate) fn link_sockets(linker: &mut Linker<State>) -> wasmtime::Result<()> {
             shared,
         }
     })?;
+    linker
+        .instance("wasi:sockets/tcp-create-socket@0.2.12")?
+        .func_wrap(
+            "create-tcp-socket",
+            |mut store: StoreContextMut<'_, State>, (family,): (IpAddressFamily,)| {
+                let state = store.data_mut();
+                let Some(shared) = state.net_shared() else {
+                    return Ok((Err(ErrorCode::AccessDenied),));
+                };
+                if shared.grants.tcp.is_empty() {
+                    shared.meter.refused("tcp", "socket");
+                    return Ok((Err(ErrorCode::AccessDenied),));
+                }
+                // Sockets the guest dropped are gone from its table.
+                let table = &state.table;
+                state
+                    .net
+                    .tcp_sockets
+                    .retain(|&rep| table.get(&Resource::<TcpSocket>::new_borrow(rep)).is_ok());
+                if state.net.tcp_sockets.len() >= MAX_SOCKETS {
+                    shared.meter.refused("tcp", "socket limit");
+                    return Ok((Err(ErrorCode::NewSocketLimit),));
+                }
+                let made = tcp_create_socket::Host::create_tcp_socket(&mut state.sockets(), family);
+                Ok((match made {
+                    Ok(socket) => {
+                        state.net.tcp_sockets.push(socket.rep());
+                        Ok(socket)
+                    }
+                    Err(e) => Err(e.downcast()?),
+                },))
+            },
+        )?;
+    linker
+        .instance("wasi:sockets/udp-create-socket@0.2.12")?
+        .func_wrap(
+            "create-udp-socket",
+            |mut store: StoreContextMut<'_, State>, (_family,): (IpAddressFamily,)| {
+                if let Some(shared) = store.data_mut().net_shared() {
+                    shared.meter.refused("udp", "socket");
+                }
+                let refused: Result<Resource<UdpSocket>, ErrorCode> = Err(ErrorCode::AccessDenied);
+                Ok((refused,))
+            },
+        )?;
     let mut tcp = linker.instance("wasi:sockets/tcp@0.2.12")?;
     tcp.func_wrap(
         "[method]tcp-socket.finish-connect",

@@ -82,10 +82,14 @@ impl Source for Probe {
             row("udp", t, got);
         }
         if self.cfg.listen {
-            let got = std::net::TcpListener::bind("127.0.0.1:0")
-                .map(|l| format!("listening on {:?}", l.local_addr()))
-                .map_err(|e| e.to_string());
-            row("listen", "127.0.0.1:0", got);
+            // A bind to an address, and a bind to any address (as a connect makes) then
+            // listen.
+            for at in ["127.0.0.1:0", "0.0.0.0:0"] {
+                let got = std::net::TcpListener::bind(at)
+                    .map(|l| format!("listening on {:?}", l.local_addr()))
+                    .map_err(|e| e.to_string());
+                row("listen", at, got);
+            }
         }
         for name in &self.cfg.lookup {
             let got = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80))
