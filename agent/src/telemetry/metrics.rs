@@ -459,14 +459,18 @@ impl Metrics {
             .inc();
     }
 
-    /// `plugin` moved `n` bytes over the network (`direction` `in` or `out`).
-    pub fn plugin_network_bytes(&self, plugin: &str, direction: &'static str, n: u64) {
-        self.plugin_network_bytes
-            .get_or_create(&PluginDirectionLabels {
-                plugin: plugin.into(),
-                direction,
-            })
-            .inc_by(n);
+    /// The counters of the bytes `plugin` moves over the network, `in` and `out`: taken
+    /// once, since every read and write of a connection adds to them.
+    pub fn plugin_network_bytes(&self, plugin: &str) -> (Counter, Counter) {
+        let counter = |direction| {
+            self.plugin_network_bytes
+                .get_or_create(&PluginDirectionLabels {
+                    plugin: plugin.into(),
+                    direction,
+                })
+                .clone()
+        };
+        (counter("in"), counter("out"))
     }
 
     /// A network use of `plugin` that no grant covers was refused.

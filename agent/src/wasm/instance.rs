@@ -265,12 +265,12 @@ impl<W: World> Instance<W> {
         );
         let files = runtime.grants_dir(&plugin);
         // Every plugin has one, so that what it tries without a grant is counted too.
-        let net = Some(Arc::new(network::NetShared {
+        let net = Arc::new(network::NetShared {
             grants: sandbox.grants.clone(),
             network: runtime.network.clone(),
             meter: runtime.meter(&plugin),
             timeout: sandbox.network_timeout,
-        }));
+        });
         std::thread::Builder::new()
             .name(format!("wasm-{plugin}"))
             .spawn(move || {
@@ -422,7 +422,7 @@ impl<W: World> Live<W> {
         plugin: Arc<str>,
         sandbox: Sandbox,
         grants_dir: std::path::PathBuf,
-        net: Option<Arc<network::NetShared>>,
+        net: Arc<network::NetShared>,
     ) -> Result<Self, Failure> {
         let inst = |e: wasmtime::Error| Failure::Instantiate(format!("{e:#}"));
         let mut linker: Linker<State> = Linker::new(engine);
@@ -430,11 +430,9 @@ impl<W: World> Live<W> {
         // wasi:http is there for every plugin; without an `allow_http` grant each request
         // is refused.
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(inst)?;
-        if let Some(shared) = &net {
-            network::link_sockets(&mut linker).map_err(inst)?;
-            if shared.grants.any() {
-                network::BoundedIo::link(&mut linker).map_err(inst)?;
-            }
+        network::link_sockets(&mut linker).map_err(inst)?;
+        if net.grants.any() {
+            network::BoundedIo::link(&mut linker).map_err(inst)?;
         }
         // Both worlds import the same interfaces (`host`), so one linker setup serves both;
         // every version of the contract is linked, for components of any.
@@ -445,20 +443,15 @@ impl<W: World> Live<W> {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut wasi = WasiCtxBuilder::new();
         // Guest output (panics, tracebacks) is kept to explain a failure.
+        // TCP sockets only with a TCP grant (each use then meets the address check, which
+        // passes only granted connects), never UDP; `link_sockets` counts the refused ones.
+        // Lookups meet the same grants.
         wasi.stdout(stderr.clone())
             .stderr(stderr.clone())
-            .allow_tcp(false)
+            .allow_tcp(!net.grants.tcp.is_empty())
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        if let Some(shared) = &net {
-            // TCP sockets only with a TCP grant (each use then meets the address check,
-            // which passes only granted connects), never UDP; `link_sockets` counts the
-            // refused ones. Lookups meet the same grants.
-            wasi.allow_tcp(!shared.grants.tcp.is_empty())
-                .allow_udp(false)
-                .allow_ip_name_lookup(true)
-                .socket_addr_check(network::addr_check(shared.clone()));
-        }
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(network::addr_check(net.clone()));
         let files = FileGrants::new(grants_dir, &sandbox.allow_files)
             .map_err(|e| Failure::Instantiate(format!("cannot grant the files: {e}")))?;
         files
@@ -480,7 +473,7 @@ impl<W: World> Live<W> {
                 wasi.env(var, v);
             }
         }
-        let mut store = new_store(engine, plugin, &sandbox, wasi.build(), net);
+        let mut store = new_store(engine, plugin, &sandbox, wasi.build(), Some(net));
         let bindings = W::instantiate(&mut store, component, &linker)
             .map_err(|e| classify(e, "instantiate", &sandbox, &stderr))?;
         Ok(Self {

@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 pub use grants::{Grants, HttpGrant, TcpGrant};
@@ -114,6 +115,8 @@ fn clean(target: &str) -> String {
 pub struct Meter {
     plugin: Arc<str>,
     metrics: Option<Arc<Metrics>>,
+    /// Bytes in and out (taken from `metrics` once; every read and write adds to them).
+    bytes: Option<(Counter, Counter)>,
     refused: Arc<Mutex<Refused>>,
 }
 
@@ -127,6 +130,7 @@ impl Meter {
     /// A meter for `plugin`, counting into `metrics` if given.
     pub fn new(plugin: Arc<str>, metrics: Option<Arc<Metrics>>) -> Self {
         Self {
+            bytes: metrics.as_ref().map(|m| m.plugin_network_bytes(&plugin)),
             plugin,
             metrics,
             refused: Arc::default(),
@@ -135,19 +139,15 @@ impl Meter {
 
     /// Bytes received.
     pub fn bytes_in(&self, n: usize) {
-        if let Some(m) = &self.metrics
-            && n > 0
-        {
-            m.plugin_network_bytes(&self.plugin, "in", n as u64);
+        if let Some((counter, _)) = &self.bytes {
+            counter.inc_by(n as u64);
         }
     }
 
     /// Bytes sent.
     pub fn bytes_out(&self, n: usize) {
-        if let Some(m) = &self.metrics
-            && n > 0
-        {
-            m.plugin_network_bytes(&self.plugin, "out", n as u64);
+        if let Some((_, counter)) = &self.bytes {
+            counter.inc_by(n as u64);
         }
     }
 
