@@ -65,6 +65,8 @@ PATH="$VENV/bin:$PATH" plugins/build.sh "$SLUICE_PLUGIN_DIR"
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd plugins && cargo clippy --release --target wasm32-wasip2 --all-targets --locked -- -D warnings)
+# Connector logic that needs no host (value parsing) runs as native unit tests.
+(cd plugins && cargo test --locked -p postgres-cdc)
 
 step "cargo build (debug binaries)"
 cargo build --workspace --bins --locked

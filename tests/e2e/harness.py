@@ -655,7 +655,8 @@ class Chromium:
 class Postgres:
     """A throwaway PostgreSQL server on a free loopback port (Debian's binaries)."""
 
-    def __init__(self, work: pathlib.Path):
+    def __init__(self, work: pathlib.Path, settings: dict | None = None):
+        """`settings` are server parameters (`{"wal_level": "logical"}`)."""
         bindir = _find_tool("SLUICE_PG_BIN", "initdb", ["/usr/lib/postgresql/*/bin/initdb"]).parent
         self.port = free_port()
         # Outside pytest's private temp dirs: the server may run as another user.
@@ -671,7 +672,8 @@ class Postgres:
                                capture_output=True, text=True, user=user)
             assert r.returncode == 0, r.stderr
             self.proc = Proc([str(bindir / "postgres"), "-D", str(self.dir), "-p", str(self.port),
-                              "-c", "listen_addresses=127.0.0.1", "-k", str(self.dir)],
+                              "-c", "listen_addresses=127.0.0.1", "-k", str(self.dir),
+                              *(a for k, v in (settings or {}).items() for a in ("-c", f"{k}={v}"))],
                              work / "postgres.log", user=user)
             _wait_for(lambda: subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                                              capture_output=True).returncode == 0, self.proc, "postgres")

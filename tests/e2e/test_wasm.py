@@ -66,6 +66,7 @@ HOSTILE = {
     "membomb": ("hostile_membomb", "memory", "memory cap of 32 MiB"),
     "trap": ("hostile_trap", "trap", "deliberate panic"),
     "wrongschema": ("hostile_wrong_schema", "bad_batch", "1 columns but the plugin declared 2"),
+    # Its bad batch carries a checkpoint; resumed past it, its open fails another way.
     "badjson": ("hostile_bad_json", "bad_batch", "invalid JSON lines"),
     "snoop": ("hostile_snoop", "plugin_error", "cannot read /etc/hostname"),
     # Granted /proc/stat only: the agent's environment (its secrets) stays out of reach.

@@ -184,42 +184,51 @@ impl Supervisor {
             self.metrics
                 .plugin_call(&self.plugin, started.elapsed().as_secs_f64());
             let result = result?;
-            let mut got_rows = false;
-            if let Some(c) = &result.checkpoint {
-                // The lake keeps a stream's checkpoint in every later snapshot: a large one
-                // would be copied for ever, and the processor refuses it.
-                if c.len() > sluice_protocol::MAX_CHECKPOINT_BYTES {
-                    return Err(Failure::BadBatch(format!(
-                        "a checkpoint of {} bytes; at most {} are kept",
-                        c.len(),
-                        sluice_protocol::MAX_CHECKPOINT_BYTES
-                    )));
-                }
-                self.checkpoint = Some(c.clone());
+            // The batch is checked before its checkpoint is taken: a restart after a
+            // refused batch must ask for it again, not resume past it.
+            if let Some(c) = &result.checkpoint
+                && c.len() > sluice_protocol::MAX_CHECKPOINT_BYTES
+            {
+                // The lake keeps a stream's checkpoint in every later snapshot: a large
+                // one would be copied for ever, and the processor refuses it.
+                return Err(Failure::BadBatch(format!(
+                    "a checkpoint of {} bytes; at most {} are kept",
+                    c.len(),
+                    sluice_protocol::MAX_CHECKPOINT_BYTES
+                )));
             }
-            if let Some(batch) = result.batch {
-                let batch = arrow::to_record_batch(&schema, batch).map_err(Failure::BadBatch)?;
-                if batch.num_rows() > self.cfg.max_rows as usize {
-                    return Err(Failure::BadBatch(format!(
-                        "{} rows returned for max_rows {}",
-                        batch.num_rows(),
-                        self.cfg.max_rows
-                    )));
+            let batch = match result.batch {
+                Some(b) => Some(arrow::to_record_batch(&schema, b).map_err(Failure::BadBatch)?),
+                None => None,
+            };
+            if let Some(b) = &batch
+                && b.num_rows() > self.cfg.max_rows as usize
+            {
+                return Err(Failure::BadBatch(format!(
+                    "{} rows returned for max_rows {}",
+                    b.num_rows(),
+                    self.cfg.max_rows
+                )));
+            }
+            if result.checkpoint.is_some() {
+                self.checkpoint = result.checkpoint;
+            }
+            let mut got_rows = false;
+            if let Some(batch) = batch
+                && batch.num_rows() > 0
+            {
+                got_rows = true;
+                let n = batch.num_rows() as u64;
+                let bytes = batch.get_array_memory_size() as u64;
+                let chunk = Chunk {
+                    batch,
+                    checkpoint: self.checkpoint.clone(),
+                };
+                if self.out.blocking_send(chunk).is_err() {
+                    return Ok(End::Stopped);
                 }
-                if batch.num_rows() > 0 {
-                    got_rows = true;
-                    let n = batch.num_rows() as u64;
-                    let bytes = batch.get_array_memory_size() as u64;
-                    let chunk = Chunk {
-                        batch,
-                        checkpoint: self.checkpoint.clone(),
-                    };
-                    if self.out.blocking_send(chunk).is_err() {
-                        return Ok(End::Stopped);
-                    }
-                    self.rows += n;
-                    self.metrics.source_rows(&self.plugin, n, bytes);
-                }
+                self.rows += n;
+                self.metrics.source_rows(&self.plugin, n, bytes);
             }
             if result.finished {
                 return Ok(End::Finished);

@@ -263,9 +263,14 @@ impl TypedColumn {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Self::of(ColumnValues::Utf8(packed(
-            values.into_iter().map(|s| s.as_ref().as_bytes().to_vec()),
-        )))
+        /// A string seen as its bytes, so packing copies each value once.
+        struct AsBytes<S>(S);
+        impl<S: AsRef<str>> AsRef<[u8]> for AsBytes<S> {
+            fn as_ref(&self) -> &[u8] {
+                self.0.as_ref().as_bytes()
+            }
+        }
+        Self::of(ColumnValues::Utf8(packed(values.into_iter().map(AsBytes))))
     }
 
     /// Lists: row `i` holds `items[lengths[..i].sum()..][..lengths[i]]`.
