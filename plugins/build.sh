@@ -15,11 +15,17 @@ TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 cp "$TARGET_DIR"/wasm32-wasip2/release/*.wasm "$OUT/"
 
 # A connector's `wit-dir` file names the contract it is built against (default: 0.1.0 in
-# wit/; 0.2.0 is in wit/v0.2), relative to its directory.
+# wit/; 0.2.0 is in wit/v0.2), relative to its directory. One that needs more than the
+# contract (wasi:http) lists componentize-py's WIT and world options, one per line, in
+# `componentize-args` instead.
 for dir in python/*/; do
   name="$(basename "$dir")"
-  wit="$(cat "$dir/wit-dir" 2>/dev/null || echo ../../../wit)"
-  (cd "$dir" && componentize-py -d "$wit" -w source componentize app -o "$OUT/python_$name.wasm")
+  if [ -f "$dir/componentize-args" ]; then
+    mapfile -t args < <(grep -v '^$' "$dir/componentize-args" | tr ' ' '\n')
+  else
+    args=(-d "$(cat "$dir/wit-dir" 2>/dev/null || echo ../../../wit)" -w source)
+  fi
+  (cd "$dir" && componentize-py "${args[@]}" componentize app -o "$OUT/python_$name.wasm")
 done
 
 for dir in js/*/; do

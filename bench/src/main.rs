@@ -30,6 +30,10 @@
 //! `sluice-bench tables [ROWS]` compares landings unpartitioned and partitioned by day, of
 //! 10 columns and of 20 with a map and a list, and times a schema change (see `tables.rs`).
 //!
+//! `sluice-bench postgres-cdc [ROWS] [TXN_ROWS]` streams ROWS (default 1,000,000) rows
+//! inserted into a PostgreSQL table through the postgres-cdc connector into bronze, and
+//! prints the rate and the PostgreSQL commit -> bronze latency (see `postgres_cdc.rs`).
+//!
 //! `sluice-bench fuzz [SECONDS] [SEED]` fuzzes the decoders a peer's bytes reach (see
 //! `fuzz.rs`); it needs no binary.
 //!
@@ -44,6 +48,7 @@
 mod fleet;
 mod fuzz;
 mod kafka_json;
+mod postgres_cdc;
 mod tables;
 
 use std::net::SocketAddr;
@@ -546,6 +551,19 @@ fn main() {
             .map(|a| a.parse().expect("usage: sluice-bench tables [ROWS]"))
             .unwrap_or(3_000_000);
         tables::run(&processor_bin, &agent_bin, rows);
+        return;
+    }
+    if args.first().is_some_and(|a| a == "postgres-cdc") {
+        let usage = "usage: sluice-bench postgres-cdc [ROWS] [TXN_ROWS]";
+        let rows = args
+            .get(1)
+            .map(|a| a.parse().expect(usage))
+            .unwrap_or(1_000_000);
+        let txn_rows = args
+            .get(2)
+            .map(|a| a.parse().expect(usage))
+            .unwrap_or(1_000);
+        postgres_cdc::run(&processor_bin, &agent_bin, rows, txn_rows);
         return;
     }
     if args.first().is_some_and(|a| a == "soak") {

@@ -1,8 +1,8 @@
 //! Who may call the HTTP endpoint, and from where.
 //!
 //! - **Bearer tokens.** `[[api.tokens]]` holds each token's SHA-256 digest, never the token.
-//!   Each token has roles: `read` (the query API, tables, status, tap) and `metrics`
-//!   (`/metrics`). A token is 256 random bits, so a plain digest is enough: there is nothing
+//!   Each token has roles: `read` (the query API, tables, status, tap), `metrics`
+//!   (`/metrics`) and `committed` (the processor's `/api/committed`). A token is 256 random bits, so a plain digest is enough: there is nothing
 //!   to guess that a slow hash would protect. Digests are compared in constant time.
 //! - **No token** gets the roles in `api.anonymous`: none unless the operator says so.
 //! - **Browsers.** A web page in a browser on the host can send requests to loopback. The
@@ -34,6 +34,9 @@ pub enum Role {
     Read,
     /// `/metrics`.
     Metrics,
+    /// The processor's `/api/committed`: where the lake stands for an agent's streams
+    /// (asked by agents behind a Kafka sink; no data).
+    Committed,
 }
 
 impl Role {
@@ -41,6 +44,7 @@ impl Role {
         match self {
             Role::Read => "read",
             Role::Metrics => "metrics",
+            Role::Committed => "committed",
         }
     }
 }
@@ -55,8 +59,9 @@ pub struct TokenConfig {
     /// and its entry with `sluice-agent token --name NAME --role read --role metrics` (or
     /// `sluice-processor token`).
     pub sha256: TokenDigest,
-    /// What it may call: any of `read` (the agent's `/tap/STREAM`, the processor's `/api/*`)
-    /// and `metrics` (`/metrics`).
+    /// What it may call: any of `read` (the agent's `/tap/STREAM`, the processor's `/api/*`
+    /// but `/api/committed`), `metrics` (`/metrics`) and `committed` (the processor's
+    /// `/api/committed`, which agents behind a Kafka sink ask; it shows no data).
     pub roles: Vec<Role>,
 }
 

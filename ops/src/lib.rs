@@ -103,8 +103,8 @@ pub async fn stop_signal() {
 pub struct ApiConfig {
     /// Address of the HTTP endpoint serving `/metrics`, `/health`, `/ready` and the
     /// binary's own routes: the agent's `/tap/STREAM` (what `sluice-agent top` and `tap`
-    /// read), the processor's `/api/query`, `/api/tables`, `/api/status` and status page
-    /// (`/`); see OPERATIONS.md. Without `[api]` there is no endpoint.
+    /// read), the processor's `/api/query`, `/api/tables`, `/api/status`, `/api/committed`
+    /// and status page (`/`); see OPERATIONS.md. Without `[api]` there is no endpoint.
     pub listen: SocketAddr,
     /// A part of the pipeline with work waiting (or failing) and no progress for this long
     /// makes `/ready` answer 503 with the reason: in the agent, a stream's sink whose
@@ -117,7 +117,8 @@ pub struct ApiConfig {
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     /// Roles granted to requests without a token. `["metrics"]` lets a Prometheus without
-    /// credentials scrape; granting `read` is logged as a warning.
+    /// credentials scrape; granting `read` is logged as a warning; `committed` lets agents
+    /// behind a Kafka sink ask the processor what the lake holds without a token.
     #[serde(default)]
     pub anonymous: Vec<Role>,
     /// Host names, besides IP addresses and `localhost`, that clients use to reach the
@@ -156,6 +157,8 @@ pub struct Routes {
     pub public: Router,
     /// Routes for tokens with the `read` role.
     pub read: Router,
+    /// Routes for tokens with the `committed` role.
+    pub committed: Router,
 }
 
 /// Serve `/metrics`, `/health`, `/ready` and the binary's own `routes` on `api.listen` in
@@ -222,7 +225,8 @@ pub async fn serve_api(
         )
         .merge(guarded(scrape, Some(Role::Metrics)))
         .merge(guarded(routes.public, None))
-        .merge(guarded(routes.read, Some(Role::Read)));
+        .merge(guarded(routes.read, Some(Role::Read)))
+        .merge(guarded(routes.committed, Some(Role::Committed)));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");

@@ -159,6 +159,7 @@ impl Server {
                         catalog.clone(),
                         storage.clone(),
                         cfg.catalog_name(),
+                        &cfg.lander.namespace,
                         metrics.clone(),
                         Arc::new(crate::http::query::Limits::new(&cfg.query, true)?),
                     ),

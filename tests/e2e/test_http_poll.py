@@ -1,9 +1,12 @@
-"""The http-poll connector against a local JSON API that pages with a cursor, answers a
-429 with Retry-After and a 500 along the way: every record lands exactly once across an
-agent SIGKILL; a URL outside the grant is refused, counted, and the connector says so."""
+"""The http-poll connector, in Rust and in Python (componentize-py, `wasi:http`), against
+a local JSON API that pages with a cursor, answers a 429 with Retry-After and a 500 along
+the way: every record lands exactly once across an agent SIGKILL; a URL outside the grant
+is refused, counted, and the connector says so."""
 
 import json
 import urllib.parse
+
+import pytest
 
 from harness import Agent, HttpServer, Processor, plugin_path, read_pyiceberg, wait_until
 
@@ -44,9 +47,9 @@ class Api:
         self.http.close()
 
 
-def source(url: str, grant: str) -> dict:
+def source(plugin: str, url: str, grant: str) -> dict:
     return {
-        "type": "wasm", "plugin": str(plugin_path("http_poll")), "max_rows": 50,
+        "type": "wasm", "plugin": str(plugin_path(plugin)), "max_rows": 50,
         "poll_interval": "20ms", "allow_http": [grant],
         "restart_backoff_initial": "50ms", "restart_backoff_max": "200ms", "max_failures": 1000,
         "config": {"url": url, "page_size": 50, "backoff_ms": 200,
@@ -56,17 +59,18 @@ def source(url: str, grant: str) -> dict:
     }
 
 
+@pytest.mark.parametrize("plugin", ["http_poll", "python_http-poll"])
 def test_every_record_lands_once_across_a_sigkill_and_a_url_outside_the_grant_is_refused(
-        bins, certs, workdir):
+        bins, certs, workdir, plugin):
     api = Api()
     proc = Processor(bins, certs, workdir).start()
     agent = None
     try:
         base = f"http://127.0.0.1:{api.port}"
         sources = {
-            "events": source(f"{base}/v1/events", f"{base}/v1/events*"),
+            "events": source(plugin, f"{base}/v1/events", f"{base}/v1/events*"),
             # Granted /v1/events only, it asks for /v1/admin.
-            "sneaky": source(f"{base}/v1/admin", f"{base}/v1/events*"),
+            "sneaky": source(plugin, f"{base}/v1/admin", f"{base}/v1/events*"),
         }
         acked = 'sluice_agent_acked_rows_total{stream="events"}'
 

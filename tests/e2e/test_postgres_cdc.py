@@ -5,13 +5,15 @@ holds each change once, in commit order; a silver model applying them equals the
 the slot's confirmed flush position never passes what the lake holds, and WAL is released."""
 
 import datetime as dt
+import hashlib
 import random
 import threading
 import time
 
 import psycopg2
 
-from harness import Agent, Postgres, Processor, canonical, plugin_path, pyiceberg_table, read_pyiceberg, wait_until
+from harness import TOKEN, Agent, Kafka, Postgres, Processor, canonical, plugin_path, pyiceberg_table, \
+    read_pyiceberg, wait_until
 
 COLUMNS = ["id", "customer", "amount", "qty", "status", "updated", "note"]
 
@@ -105,6 +107,62 @@ class Workload:
             self.error = e
 
 
+class SlotWatch:
+    """Samples, every 0.3 s, the slot's confirmed flush position and then the commits
+    (`lsn`) the lake holds in the stream's table; `check` holds them against every commit
+    the run made."""
+
+    def __init__(self, pg: Postgres, proc: Processor, stream: str):
+        self.samples: list[tuple[int, set[int]]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, args=(pg, proc, stream), daemon=True)
+        self.thread.start()
+
+    def run(self, pg, proc, stream):
+        mon = connect(pg)
+        while not self.done.is_set():
+            try:
+                c = mon.cursor()
+                c.execute("SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = %s",
+                          (f"sluice_{stream}",))
+                row = c.fetchone()
+                if row and row[0] is not None:
+                    lake = pyiceberg_table(proc, f"bronze.{stream}").scan(selected_fields=("lsn",)).to_arrow()
+                    self.samples.append((int(row[0]), set(lake.column("lsn").to_pylist())))
+            except Exception:
+                pass  # the table may not exist yet, or be mid-commit
+            time.sleep(0.3)
+
+    def stop(self) -> list[tuple[int, set[int]]]:
+        self.done.set()
+        self.thread.join(10)
+        return self.samples
+
+    @staticmethod
+    def check(samples, commits: list[int]) -> None:
+        """The slot never confirmed a commit the lake lacked at that moment, and it moved."""
+        assert len(samples) >= 10, len(samples)
+        for flushed, lake in samples:
+            behind = [x for x in sorted(set(commits)) if x < flushed and x not in lake]
+            assert not behind, f"slot flushed to {flushed} while the lake lacked commits {behind[:5]}"
+        assert any(f > min(commits) for f, _ in samples), "the slot moved during the run"
+
+
+def wait_released(pg: Postgres, slot: str, start_lsn: str, end_lsn: int) -> None:
+    """The slot confirms past `end_lsn`, and its restart point moves past `start_lsn` once
+    a checkpoint logs the running transactions: the WAL between is released."""
+    cur = connect(pg).cursor()
+
+    def released():
+        cur.execute("CHECKPOINT")
+        cur.execute("SELECT confirmed_flush_lsn - '0/0', restart_lsn - %s::pg_lsn FROM pg_replication_slots "
+                    "WHERE slot_name = %s", (start_lsn, slot))
+        flushed, restart_past_start = cur.fetchone()
+        return flushed >= end_lsn and restart_past_start > 0
+
+    wait_until(released, 60, "the slot released the workload's WAL", interval=1)
+
+
 def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bins, certs, workdir):
     pg = Postgres(workdir, settings={"wal_level": "logical"})
     proc = agent = None
@@ -134,29 +192,7 @@ def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bi
         work = Workload(pg, 3001, 360)
         work.thread.start()
 
-        # Sampled during the run: the slot's flush position, then the commits the lake
-        # holds. Checked at the end against every commit before that position.
-        samples: list[tuple[int, set[int]]] = []
-        stop = threading.Event()
-
-        def sample():
-            mon = connect(pg)
-            while not stop.is_set():
-                try:
-                    c = mon.cursor()
-                    c.execute("SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots "
-                              "WHERE slot_name = 'sluice_orders'")
-                    row = c.fetchone()
-                    if row and row[0] is not None:
-                        lake = pyiceberg_table(proc, "bronze.orders").scan(selected_fields=("lsn",)).to_arrow()
-                        samples.append((int(row[0]), set(lake.column("lsn").to_pylist())))
-                except Exception:
-                    pass  # the table may not exist yet, or be mid-commit
-                time.sleep(0.3)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-
+        watch = SlotWatch(pg, proc, "orders")
         rng = random.Random(5)
         for victim in ["agent", "processor", "agent", "processor"]:
             time.sleep(rng.uniform(2.0, 5.0))
@@ -180,8 +216,7 @@ def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bi
             return want_xids <= set(rows.column("xid").to_pylist())
 
         wait_until(landed, 180, "every transaction in bronze")
-        stop.set()
-        sampler.join(10)
+        samples = watch.stop()
 
         bronze = read_pyiceberg(proc, "bronze.orders")
         changes = [r for r in bronze if r["op"] != "r"]
@@ -207,14 +242,7 @@ def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bi
         assert len({r["lsn"] for r in snap}) == 1 and snap[0]["lsn"] < min(lsns)
         assert sum(1 for _, ops in work.done for _ in ops) == len(changes)
 
-        # The slot never flushed past what the lake held at that moment.
-        all_lsns = sorted(set(lsns))
-        assert len(samples) >= 20, len(samples)
-        for flushed, lake in samples:
-            behind = [x for x in all_lsns if x < flushed and x not in lake]
-            assert not behind, f"slot flushed to {flushed} while the lake lacked commits {behind[:5]}"
-        assert any(f > min(lsns) for f, _ in samples), "the slot moved during the run"
-
+        SlotWatch.check(samples, lsns)
         # Silver equals the table.
         cur.execute(f"SELECT {', '.join(COLUMNS)} FROM orders")
         table = sorted((tuple(canonical(v) for v in r) for r in cur.fetchall()), key=lambda r: r[0])
@@ -226,16 +254,7 @@ def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bi
 
         wait_until(silver_matches, 120, "silver equal to the table")
 
-        # WAL is released: the slot confirms past the workload, and its restart point
-        # follows once a checkpoint logs the running transactions.
-        def released():
-            cur.execute("CHECKPOINT")
-            cur.execute("SELECT confirmed_flush_lsn - '0/0', restart_lsn - %s::pg_lsn FROM pg_replication_slots "
-                        "WHERE slot_name = 'sluice_orders'", (start_lsn,))
-            flushed, restart_past_start = cur.fetchone()
-            return flushed >= end_lsn and restart_past_start > 0
-
-        wait_until(released, 60, "the slot released the workload's WAL", interval=1)
+        wait_released(pg, "sluice_orders", start_lsn, end_lsn)
         m = agent.metrics()
         assert m['sluice_agent_plugin_network_bytes_total{plugin="orders",direction="in"}'] > 0
     finally:
@@ -243,4 +262,129 @@ def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bi
             agent.proc.kill()
         if proc:
             proc.stop()
+        pg.close()
+
+
+def test_a_column_added_to_the_table_reaches_bronze_while_the_agent_runs(bins, certs, workdir):
+    """ALTER TABLE ... ADD COLUMN mid-stream: the source reopens with the new column, the
+    agent cuts its batches there and the processor adds the column to bronze. Nothing is
+    lost, the agent is not restarted, and earlier rows read the column as null."""
+    pg = Postgres(workdir, settings={"wal_level": "logical"})
+    proc = agent = None
+    try:
+        db = connect(pg)
+        cur = db.cursor()
+        cur.execute("CREATE TABLE items (id bigint PRIMARY KEY, v text)")
+        cur.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g")
+        proc = Processor(bins, certs, workdir).start()
+        source = cdc_source(pg, table="items")
+        agent = Agent(bins, certs, workdir, proc, {"items": source}).start().wait_api()
+        wait_until(lambda: agent.metrics().get('sluice_agent_acked_rows_total{stream="items"}', 0) >= 100,
+                   60, "the snapshot landed")
+        cur.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(101, 150) g")
+        cur.execute("ALTER TABLE items ADD COLUMN region text")
+        cur.execute("INSERT INTO items SELECT g, 'v' || g, 'r' || (g % 3) FROM generate_series(151, 200) g")
+        cur.execute("UPDATE items SET region = 'north' WHERE id = 7")
+
+        def landed():
+            t = pyiceberg_table(proc, "bronze.items")
+            return "region" in [f.name for f in t.schema().fields] and len(t.scan().to_arrow()) >= 201
+
+        wait_until(landed, 90, "the new column and every change in bronze")
+        rows = read_pyiceberg(proc, "bronze.items")
+        assert len(rows) == 201
+        assert sorted(r["id"] for r in rows if r["op"] in ("r", "c")) == list(range(1, 201))
+        for r in rows:
+            if r["op"] == "c" and r["id"] > 150:
+                assert r["region"] == f"r{r['id'] % 3}", r
+            elif r["op"] == "u":
+                assert (r["id"], r["v"], r["region"]) == (7, "v7", "north")
+            else:
+                assert r["region"] is None, r
+        m = agent.metrics()
+        assert agent.proc.alive()
+        assert m.get('sluice_agent_plugin_failures_total{plugin="items",reason="plugin_error"}', 0) >= 1
+        assert sum(v for k, v in m.items() if k.startswith("sluice_agent_lost_rows_total")) == 0
+        assert "changed shape (column \"region\" was added)" in agent.proc.output()
+    finally:
+        if agent and agent.proc:
+            agent.proc.kill()
+        if proc:
+            proc.stop()
+        pg.close()
+
+
+def test_behind_a_kafka_sink_the_slot_follows_what_the_lake_holds(bins, certs, workdir):
+    """Through Kafka the brokers' acknowledgements say nothing of the lake: without
+    `committed_api` the slot does not move at all; with it (a token of the `committed`
+    role) the agent learns from the processor what bronze holds, the slot follows it and
+    never passes it, and the WAL is released."""
+    pg = Postgres(workdir, settings={"wal_level": "logical"})
+    kafka = Kafka(workdir)
+    kafka.create_topic("sluice.items", partitions=1)
+    proc = agent = None
+    try:
+        cur = connect(pg).cursor()
+        cur.execute("CREATE TABLE items (id bigint PRIMARY KEY, v text)")
+        committed_token = "sluice_" + hashlib.sha256(b"committed" + TOKEN.encode()).hexdigest()
+        tokens = [{"name": "e2e", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(), "roles": ["read", "metrics"]},
+                  {"name": "agents", "sha256": hashlib.sha256(committed_token.encode()).hexdigest(),
+                   "roles": ["committed"]}]
+        proc = Processor(bins, certs, workdir, api={"tokens": tokens},
+                         sections={"kafka": {"brokers": kafka.brokers, "topics": ["sluice.items"]}}).start()
+        token_file = workdir / "committed.token"
+        token_file.write_text(committed_token + "\n")
+        sink = {"type": "kafka", "brokers": kafka.brokers}
+        sources = {"items": cdc_source(pg, table="items", snapshot=False)}
+
+        def slot():
+            cur.execute("SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = 'sluice_items'")
+            row = cur.fetchone()
+            return int(row[0]) if row else None
+
+        def insert(a, b):
+            cur.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(%s, %s) g", (a, b))
+
+        def in_bronze():
+            try:
+                return len(pyiceberg_table(proc, "bronze.items").scan(selected_fields=("id",)).to_arrow())
+            except Exception:
+                return 0
+
+        # Without committed_api: the rows land, the slot stays where it was made.
+        agent = Agent(bins, certs, workdir, proc, sources, sink=sink).start().wait_api()
+        wait_until(lambda: slot() is not None, 60, "the slot")
+        created = slot()
+        for i in range(5):
+            insert(i * 100 + 1, i * 100 + 100)
+        wait_until(lambda: in_bronze() >= 500, 90, "500 rows in bronze")
+        time.sleep(3)
+        assert slot() == created, "no one told the slot anything"
+        agent.proc.kill()
+
+        # With it: the slot follows the lake.
+        cur.execute("SELECT pg_current_wal_lsn()")
+        start_lsn = cur.fetchone()[0]
+        sink.update({"committed_api": f"http://127.0.0.1:{proc.api_port}",
+                     "committed_token_file": str(token_file), "committed_interval": "200ms"})
+        agent = Agent(bins, certs, workdir, proc, sources, sink=sink).start().wait_api()
+        watch = SlotWatch(pg, proc, "items")
+        for i in range(5, 60):
+            insert(i * 100 + 1, i * 100 + 100)
+            time.sleep(0.05)
+        cur.execute("SELECT pg_current_wal_lsn() - '0/0'")
+        end_lsn = int(cur.fetchone()[0])
+        wait_until(lambda: in_bronze() >= 6000, 120, "6000 rows in bronze")
+        wait_released(pg, "sluice_items", start_lsn, end_lsn)
+        samples = watch.stop()
+        rows = read_pyiceberg(proc, "bronze.items")
+        assert sorted(r["id"] for r in rows) == list(range(1, 6001)), "each change once"
+        SlotWatch.check(samples, [r["lsn"] for r in rows])
+        assert "cannot learn what the lake holds" not in agent.proc.output()
+    finally:
+        if agent and agent.proc:
+            agent.proc.kill()
+        if proc:
+            proc.stop()
+        kafka.kill()
         pg.close()

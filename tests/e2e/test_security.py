@@ -26,8 +26,10 @@ def test_endpoints_admit_only_tokens_with_the_role_each_route_needs(bins, certs,
     query API and metrics and the agent's tap and metrics answer 401/403 with the reason and
     count it; `/health` and `/ready` stay open; a token with the role gets through."""
     metrics_only = "sluice_" + os.urandom(32).hex()
+    committed_only = "sluice_" + os.urandom(32).hex()
     scraper = {"tokens": [{"name": "e2e", "sha256": digest(TOKEN), "roles": ["read", "metrics"]},
-                          {"name": "prometheus", "sha256": digest(metrics_only), "roles": ["metrics"]}]}
+                          {"name": "prometheus", "sha256": digest(metrics_only), "roles": ["metrics"]},
+                          {"name": "agents", "sha256": digest(committed_only), "roles": ["committed"]}]}
     proc = Processor(bins, certs, workdir, api=scraper).start()
     agent = Agent(bins, certs, workdir, proc, {"telemetry": simulator_source(10**9, rate=500)},
                   api=scraper).start().wait_api()
@@ -51,6 +53,24 @@ def test_endpoints_admit_only_tokens_with_the_role_each_route_needs(bins, certs,
         assert http_request(port, "/metrics", token=metrics_only)[0] == 200
         for open_path in ("/health", "/ready"):
             assert http_request(port, open_path, token=None)[0] in (200, 503)
+    # `committed` opens /api/committed (where the lake stands for an agent) and nothing
+    # else; `read` does not open it.
+    committed = "/api/committed?stream=telemetry&agent=edge-01"
+    assert http_request(proc.api_port, committed, token=None)[0] == 401
+    status, _, body = http_request(proc.api_port, committed)
+    assert status == 403 and "lacks role committed" in json.loads(body)["error"], body
+    assert http_request(proc.api_port, query, token=committed_only)[0] == 403
+    assert http_request(proc.api_port, "/metrics", token=committed_only)[0] == 403
+
+    def landed():
+        status, _, body = http_request(proc.api_port, committed, token=committed_only)
+        return status == 200 and json.loads(body)["seq"] > 0 and json.loads(body)
+
+    answer = wait_until(landed, 60, "a batch of edge-01 in bronze.telemetry")
+    assert answer["agent"] == "edge-01" and answer["stream"] == "telemetry", answer
+    status, _, body = http_request(proc.api_port, "/api/committed?stream=nope&agent=edge-01",
+                                   token=committed_only)
+    assert status == 404, body
     refused = proc.metrics()
     assert refused['sluice_processor_api_refused_requests_total{reason="no_token"}'] >= 4, refused
     assert refused['sluice_processor_api_refused_requests_total{reason="missing_role"}'] >= 3

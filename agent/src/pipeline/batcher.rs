@@ -87,22 +87,28 @@ impl Accumulator {
         }
     }
 
-    /// Buffer a chunk; a chunk whose schema differs from the stream's is refused.
-    fn push(&mut self, chunk: Chunk) -> Result<(), SchemaRef> {
+    /// Whether `chunk` has other columns than the chunks buffered.
+    fn changes_schema(&self, chunk: &Chunk) -> bool {
+        chunk.batch.num_rows() > 0
+            && self
+                .schema
+                .as_ref()
+                .is_some_and(|s| *s != chunk.batch.schema())
+    }
+
+    /// Buffer a chunk of the buffered chunks' schema (or of any, when none is buffered).
+    fn push(&mut self, chunk: Chunk) {
         if chunk.batch.num_rows() == 0 {
-            return Ok(());
+            return;
         }
-        match &self.schema {
-            None => self.schema = Some(chunk.batch.schema()),
-            Some(s) if *s != chunk.batch.schema() => return Err(s.clone()),
-            Some(_) => {}
+        if self.rows == 0 || self.schema.is_none() {
+            self.schema = Some(chunk.batch.schema());
         }
         let size = chunk.batch.get_array_memory_size();
         self.rows += chunk.batch.num_rows();
         self.bytes += size;
         self.oldest.get_or_insert_with(Instant::now);
         self.chunks.push_back((chunk, size));
-        Ok(())
     }
 
     /// A batch is due by size (age is the caller's timer).
@@ -204,18 +210,23 @@ pub async fn run(
         tokio::select! {
             chunk = input.recv() => match chunk {
                 Some(chunk) => {
-                    let rows = chunk.batch.num_rows() as u64;
-                    let tapped = tap.as_ref().map(|t| (t, chunk.batch.clone()));
-                    if let Err(expected) = acc.push(chunk) {
-                        tracing::error!(
+                    // A source reopened with other columns (its table gained one): what
+                    // is buffered goes out in its own batches, then the stream goes on in
+                    // the new schema, which the processor evolves the table to.
+                    if acc.changes_schema(&chunk) {
+                        tracing::info!(
                             stream = %stream,
-                            rows,
-                            "dropped a chunk whose schema differs from the stream's ({} columns expected)",
-                            expected.fields().len()
+                            columns = chunk.batch.num_columns(),
+                            "the stream's columns changed; batches carry the new schema from here"
                         );
-                        metrics.lost(&stream, "schema_mismatch", rows);
-                        continue;
+                        while let Some(batch) = acc.take()? {
+                            if output.send(emit(batch)?).await.is_err() {
+                                return Ok(());
+                            }
+                        }
                     }
+                    let tapped = tap.as_ref().map(|t| (t, chunk.batch.clone()));
+                    acc.push(chunk);
                     if let Some((tap, batch)) = tapped {
                         tap.offer(&batch);
                     }
@@ -407,6 +418,51 @@ mod tests {
         );
         let all: Vec<i64> = out.iter().flat_map(values).collect();
         assert_eq!(all, (0..280).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_with_new_columns_cuts_the_buffered_rows_and_the_stream_goes_on_in_its_schema()
+    {
+        let wider = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new("w", DataType::Int64, true),
+        ]));
+        let widened = |from: i64, n: i64| -> Chunk {
+            RecordBatch::try_new(
+                wider.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(from..from + n)),
+                    Arc::new(Int64Array::from_iter_values(0..n)),
+                ],
+            )
+            .expect("batch")
+            .into()
+        };
+        let out = drive(
+            limits(1000, usize::MAX),
+            vec![
+                chunk(0, 70).into(),
+                chunk(70, 5).into(),
+                widened(75, 30),
+                widened(105, 10),
+            ],
+        )
+        .await;
+        let cut: Vec<(u32, usize)> = out
+            .iter()
+            .map(|b| {
+                let batch = sluice_protocol::decode_batch(b.ipc.clone()).expect("decode");
+                (b.rows, batch.num_columns())
+            })
+            .collect();
+        assert_eq!(
+            cut,
+            vec![(75, 1), (40, 2)],
+            "nothing dropped, one schema per batch"
+        );
+        let all: Vec<i64> = out.iter().flat_map(values).collect();
+        assert_eq!(all, (0..115).collect::<Vec<_>>());
+        assert_ne!(out[0].schema_fingerprint, out[1].schema_fingerprint);
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,21 @@ pub struct KafkaSinkConfig {
     /// On stop, keep delivering for this long; the rest stays in the write-ahead log.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The processor's API, `http://host:port` (its `[api] listen`): asked every
+    /// `committed_interval` where the lake stands for this agent's streams
+    /// (`/api/committed`), so that connectors which release upstream data when the lake
+    /// holds it (`committed`: a replication slot, message acknowledgements) are told behind
+    /// Kafka too. Without it they are never told, since the brokers' acknowledgements say
+    /// nothing of the lake.
+    #[serde(default)]
+    pub committed_api: Option<String>,
+    /// A file holding the bearer token for `committed_api` (a token with the `committed`
+    /// role, from `sluice-processor token --role committed`).
+    #[serde(default)]
+    pub committed_token_file: Option<PathBuf>,
+    /// How often `committed_api` is asked, per stream.
+    #[serde(default = "default_committed_interval", with = "humantime_serde")]
+    pub committed_interval: Duration,
     /// Extra librdkafka producer properties (`security.protocol`, `sasl.*`, `linger.ms`,
     /// ...). The ones the guarantees depend on (`enable.idempotence`, `acks`,
     /// `message.timeout.ms`, `compression.type`, `message.max.bytes`, ...) are refused.
@@ -163,6 +178,9 @@ fn default_backoff_max() -> Duration {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_committed_interval() -> Duration {
+    Duration::from_secs(2)
+}
 
 impl SinkConfig {
     /// Semantic checks, given the names of the streams it will ship.
@@ -202,6 +220,20 @@ impl SinkConfig {
                     return Err(Invalid::new(
                         format!("sink.options.{o}"),
                         "set by the agent (delivery guarantees depend on it); use the sink's own keys",
+                    ));
+                }
+                if let Some(api) = &k.committed_api
+                    && super::committed::authority(api).is_none()
+                {
+                    return Err(Invalid::new(
+                        "sink.committed_api",
+                        format!("{api:?}: write http://host:port (the processor's [api] listen)"),
+                    ));
+                }
+                if k.committed_interval < Duration::from_millis(100) {
+                    return Err(Invalid::new(
+                        "sink.committed_interval",
+                        "must be at least 100ms",
                     ));
                 }
                 // Every stream's topic must be a valid Kafka topic name.

@@ -33,8 +33,9 @@ pub struct LaneLog {
 pub type ResumeTx = watch::Sender<Option<Option<String>>>;
 
 /// The newest checkpoint of a stream whose batch, and every batch before it, the lake is
-/// known to hold: what a source may release upstream (`connector.committed`). Only a
-/// transport whose acknowledgements are commits sets it (QUIC).
+/// known to hold: what a source may release upstream (`connector.committed`). A lane sets
+/// it only if its transport's acknowledgements are commits (QUIC); behind Kafka the
+/// processor's API is asked instead (`committed.rs`).
 pub type CommittedTx = watch::Sender<Option<String>>;
 
 /// What a lane tells its stream's sources.

@@ -6,9 +6,11 @@
 //! | `lane.rs` | the lane loop both transports share: window, resend, acks, backoff, drain |
 //! | `quic.rs` | QUIC: one connection, a `Hello`/`Welcome` handshake per lane, acks after commit |
 //! | `kafka.rs` | Kafka: an idempotent, gapless producer of signed messages, acks from brokers |
+//! | `committed.rs` | behind Kafka, what the lake holds: asked of the processor's API |
 //! | `tls.rs` | the agent's mutual-TLS client and the signer of Kafka batches |
 //! | `config.rs` | `[sink]` |
 
+mod committed;
 mod config;
 mod kafka;
 mod lane;
@@ -32,8 +34,8 @@ use crate::telemetry::Metrics;
 pub enum Sink {
     /// A processor, over QUIC.
     Quic(Arc<QuicShipper>),
-    /// Kafka topics.
-    Kafka(Arc<KafkaShipper>),
+    /// Kafka topics, and the processor's API to learn what the lake holds, if configured.
+    Kafka(Arc<KafkaShipper>, Option<Arc<committed::CommittedApi>>),
 }
 
 impl Sink {
@@ -50,10 +52,10 @@ impl Sink {
                     metrics.clone(),
                 )?))
             }
-            SinkConfig::Kafka(kafka) => Sink::Kafka(Arc::new(KafkaShipper::new(
-                agent.to_string(),
-                kafka.clone(),
-            )?)),
+            SinkConfig::Kafka(kafka) => Sink::Kafka(
+                Arc::new(KafkaShipper::new(agent.to_string(), kafka.clone())?),
+                committed::CommittedApi::new(agent, kafka)?,
+            ),
         })
     }
 
@@ -72,7 +74,23 @@ impl Sink {
             Sink::Quic(s) => {
                 lanes.spawn(lane::run(s.clone(), metrics, stream, log, feedback, stop))
             }
-            Sink::Kafka(s) => {
+            Sink::Kafka(s, api) => {
+                // The lane's acknowledgements are the brokers': what the lake holds is
+                // asked of the processor, if the config says where.
+                let feedback = match api {
+                    Some(api) => {
+                        tokio::spawn(api.clone().follow(
+                            stream.clone(),
+                            feedback.committed,
+                            stop.clone(),
+                        ));
+                        Feedback {
+                            resume: feedback.resume,
+                            committed: watch::channel(None).0,
+                        }
+                    }
+                    None => feedback,
+                };
                 lanes.spawn(lane::run(s.clone(), metrics, stream, log, feedback, stop))
             }
         };

@@ -395,7 +395,7 @@ impl Metrics {
     }
 
     /// `rows` rows of stream `s` will never land, for `reason` (`too_large`, `wal_full`,
-    /// `schema_mismatch`, a transform's failure).
+    /// a transform's failure).
     pub fn lost(&self, s: &str, reason: &str, rows: u64) {
         self.rows_lost
             .get_or_create(&ReasonLabels {

@@ -153,16 +153,16 @@ impl Supervisor {
             call: "open",
             message: format!("unusable schema: {e}"),
         })?;
-        match &self.schema {
-            None => self.schema = Some(schema.clone()),
-            Some(first) if *first != schema => {
-                return Err(Failure::Plugin {
-                    call: "open",
-                    message: "declared a different schema than before the restart".into(),
-                });
-            }
-            Some(_) => {}
+        // A connector may declare other columns when it reopens (a database table gained
+        // one): the batcher cuts its buffered rows and the stream goes on in the new schema.
+        if self.schema.as_ref().is_some_and(|was| *was != schema) {
+            tracing::info!(
+                plugin = %self.plugin,
+                columns = schema.fields().len(),
+                "the plugin declared other columns than before its restart"
+            );
         }
+        self.schema = Some(schema.clone());
         // What the lake held before this instance opened is news to it too.
         self.committed.mark_changed();
         loop {

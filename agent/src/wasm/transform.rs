@@ -107,8 +107,7 @@ struct Stage {
     instance: Option<Instance<Transform>>,
     /// The input schema the instance was opened with.
     input: Option<SchemaRef>,
-    /// The output schema the first instance declared; later instances must agree, since
-    /// the stream's batches keep one schema.
+    /// The output schema the instance declared; a restart over the same input must agree.
     output: Option<SchemaRef>,
     restarts: Restarts,
 }
@@ -224,17 +223,18 @@ impl Stage {
                     call: "open",
                     message: format!("unusable output schema: {e}"),
                 })?;
-                match &self.output {
-                    Some(first) if *first != output => {
-                        return Err(Failure::Plugin {
-                            call: "open",
-                            message: "declared a different output schema than its first instance"
-                                .into(),
-                        });
-                    }
-                    Some(_) => {}
-                    None => self.output = Some(output),
+                // A restart over the same input must declare the same output; new input
+                // columns (a source that reopened with more) may bring new output ones.
+                if self.input.as_ref() == Some(&schema)
+                    && self.output.as_ref().is_some_and(|was| *was != output)
+                {
+                    return Err(Failure::Plugin {
+                        call: "open",
+                        message: "declared other output columns than before its restart, for the same input"
+                            .into(),
+                    });
                 }
+                self.output = Some(output);
                 self.input = Some(schema);
                 self.instance.insert(inst)
             }

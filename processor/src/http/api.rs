@@ -4,6 +4,8 @@
 //!   (`{"sql": ...}`); `format=json` (default) or `csv`; `limit` rows (default 10,000); time
 //!   travel with `as_of` (RFC 3339 or epoch ms) and/or `snapshot=ns.table=ID,...`.
 //! - `GET /api/tables` — every table with rows, files, bytes, snapshots, last commit.
+//! - `GET /api/committed` — where the lake stands for an agent's stream (see
+//!   [`super::committed`]; role `committed`).
 //! - `GET /api/status` — agents (streams, last seen, rows, rate), tables (with freshness)
 //!   and the last hour's landing rate and worst freshness (see [`crate::telemetry::status`]).
 //! - `GET /` (also `/status`) — the status page: that report and `/ready` for people, with
@@ -40,12 +42,13 @@ struct Api {
     limits: Arc<query::Limits>,
 }
 
-/// The `/api` routes over `catalog` (named `name` in SQL), its warehouse in `storage`, and
-/// the status page.
+/// The `/api` routes over `catalog` (named `name` in SQL; the lander's tables in
+/// `namespace`), its warehouse in `storage`, and the status page.
 pub fn routes(
     catalog: Arc<dyn Catalog>,
     storage: crate::lake::storage::ObjectStorage,
     name: &str,
+    namespace: &str,
     metrics: Arc<Metrics>,
     limits: Arc<query::Limits>,
 ) -> sluice_ops::Routes {
@@ -53,6 +56,7 @@ pub fn routes(
         public: Router::new()
             .route("/", get(status_page))
             .route("/status", get(status_page)),
+        committed: super::committed::routes(catalog.clone(), namespace),
         read: Router::new()
             .route("/api/query", get(query_get).post(query_post))
             .route("/api/tables", get(tables))

@@ -164,6 +164,8 @@ struct PostgresCdc {
     slot: String,
     publication: String,
     columns: Vec<TableColumn>,
+    /// The server's WAL position when the columns were read.
+    opened_at: u64,
     /// Indexes of the primary key's columns, in key order.
     key: Vec<usize>,
     out: Vec<Builder>,
@@ -214,6 +216,12 @@ impl Source for PostgresCdc {
             database: &cfg.database,
             application_name: &format!("sluice {slot}"),
         })?;
+        let opened_at = conn
+            .query("SELECT pg_current_wal_lsn()")?
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| parse_lsn(&s))
+            .ok_or("no WAL position from the server")?;
         let (columns, key) = table_columns(&mut conn, &cfg.schema, &cfg.table)?;
         if let Some(c) = columns.iter().find(|c| META.contains(&c.name.as_str())) {
             return Err(format!(
@@ -282,6 +290,7 @@ impl Source for PostgresCdc {
                 slot,
                 publication,
                 columns,
+                opened_at,
                 key,
                 out,
                 returned: checkpoint,
@@ -536,17 +545,30 @@ impl PostgresCdc {
                 if schema != self.cfg.schema || name != self.cfg.table {
                     return Ok(());
                 }
+                // Columns are read at open. A change committed since that the columns do
+                // not describe means the table changed: reopen to read them again. One
+                // committed before describes columns dropped or renamed since: those
+                // values have no column now.
+                let since_open = self.txn.as_ref().is_none_or(|t| t.lsn >= self.opened_at);
                 let mut place = vec![None; self.columns.len()];
                 for (i, rc) in columns.iter().enumerate() {
-                    let j = self
-                        .columns
-                        .iter()
-                        .position(|c| c.name == rc.name)
-                        .ok_or_else(|| self.reshaped(&format!("column {:?} was added", rc.name)))?;
-                    if Kind::of(rc.oid, rc.typmod) != self.columns[j].kind {
-                        return Err(self.reshaped(&format!("column {:?} changed type", rc.name)));
+                    let j = self.columns.iter().position(|c| c.name == rc.name);
+                    match j {
+                        Some(j) if Kind::of(rc.oid, rc.typmod) == self.columns[j].kind => {
+                            place[j] = Some(i)
+                        }
+                        Some(_) if since_open => {
+                            return Err(
+                                self.reshaped(&format!("column {:?} changed type", rc.name))
+                            );
+                        }
+                        // Parsed as the column's type now, or failing with the column named.
+                        Some(j) => place[j] = Some(i),
+                        None if since_open => {
+                            return Err(self.reshaped(&format!("column {:?} was added", rc.name)));
+                        }
+                        None => {}
                     }
-                    place[j] = Some(i);
                 }
                 self.relation = Some((id, place));
             }
