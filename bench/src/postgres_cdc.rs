@@ -252,7 +252,8 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, rows: u64, txn_rows: u64) {
         std::thread::sleep(Duration::from_millis(100));
     }
     // A second slot for the peer, PostgreSQL's own pg_recvlogical, which reads the same
-    // changes afterwards: the server's decoding and sending rate, the ceiling for any client.
+    // changes afterwards (from WAL on disk, to a file): not the same conditions as the live
+    // run, but the rate of the server's own client on this machine.
     pg.sql("SELECT pg_create_logical_replication_slot('bench_peer', 'pgoutput')");
     println!(
         "postgres-cdc bench: {rows} rows inserted in transactions of {txn_rows}, PostgreSQL -> slot -> agent (wasm) -> QUIC -> processor -> bronze"
@@ -346,7 +347,7 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, rows: u64, txn_rows: u64) {
     );
     let peer = pg_recvlogical(&pg, &dir);
     println!(
-        "  pg_recvlogical      {:>10.0} rows/s (the same changes from its own slot to /dev/null; sustained landing is {:.2}x of it)",
+        "  pg_recvlogical      {:>10.0} rows/s (the same changes afterwards, from its own slot to a file; sustained landing is {:.2}x of it)",
         rows as f64 / peer,
         sustained(&timeline) / (rows as f64 / peer)
     );

@@ -35,7 +35,7 @@ pub enum Role {
     /// `/metrics`.
     Metrics,
     /// The processor's `/api/committed`: where the lake stands for an agent's streams
-    /// (asked by agents behind a Kafka sink; no data).
+    /// (asked by agents behind a Kafka sink; sequences and checkpoints, no rows).
     Committed,
 }
 
@@ -61,7 +61,8 @@ pub struct TokenConfig {
     pub sha256: TokenDigest,
     /// What it may call: any of `read` (the agent's `/tap/STREAM`, the processor's `/api/*`
     /// but `/api/committed`), `metrics` (`/metrics`) and `committed` (the processor's
-    /// `/api/committed`, which agents behind a Kafka sink ask; it shows no data).
+    /// `/api/committed`, which agents behind a Kafka sink ask: every agent's sequence and
+    /// checkpoint per table, no rows).
     pub roles: Vec<Role>,
 }
 

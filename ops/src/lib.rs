@@ -6,10 +6,12 @@
 //! | `lib.rs` | start-up, logging, signals, the endpoint and its `[api]` config |
 //! | `health.rs` | `/health` and `/ready` from what each part of a pipeline reports |
 //! | `auth.rs` | bearer tokens with roles, and the checks that stop browsers being used |
+//! | `client.rs` | a minimal client of an endpoint (`top`, `tap`, `/api/committed`) |
 //! | `secret.rs` | config values that never reach a log (`Secret`, `Options`, `redact_uri`) |
 //! | `config/` | loading config files: errors naming key and line, `{ type = ... }` tables |
 
 mod auth;
+pub mod client;
 pub mod config;
 mod health;
 mod secret;

@@ -4,7 +4,7 @@ use std::io::{BufRead, Read, Write};
 
 use anyhow::Context;
 
-use super::api_client::{Api, Target};
+use super::api_client::{Target, locate};
 use crate::telemetry::tap::DEFAULT_LIMIT;
 
 /// `sluice-agent tap`.
@@ -21,9 +21,11 @@ pub struct TapArgs {
 
 /// Print the rows a running agent's stream shows, one JSON object per line.
 pub fn run(args: TapArgs) -> anyhow::Result<()> {
-    let api = Api::locate(&args.target)?;
+    let api = locate(&args.target)?;
     let path = format!("/tap/{}?limit={}", args.stream, args.limit);
-    let (status, mut body) = api.open(&path)?;
+    let (status, mut body) = api
+        .open(&path)
+        .context("cannot reach the agent (is it running?)")?;
     if status != 200 {
         let mut reason = String::new();
         let _ = body.read_to_string(&mut reason);

@@ -7,7 +7,12 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use super::api_client::Api;
+use anyhow::Context;
+
+use super::api_client::{Api, locate};
+
+/// The most bytes of `/metrics` or `/ready` read.
+const MAX_ANSWER: u64 = 64 << 20;
 
 /// `sluice-agent top`.
 #[derive(Debug, clap::Args)]
@@ -24,13 +29,13 @@ pub struct TopArgs {
 
 /// Refresh the view every interval until interrupted (or once).
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
-    let api = Api::locate(&args.target)?;
+    let api = locate(&args.target)?;
     let terminal = std::io::stdout().is_terminal();
     let mut before = Sample::take(&api)?;
     loop {
         std::thread::sleep(args.interval);
         let now = Sample::take(&api)?;
-        let ready = api.get("/ready")?;
+        let ready = api.get("/ready", MAX_ANSWER)?;
         let view = render(&api.to_string(), &before, &now, &ready);
         let mut out = std::io::stdout().lock();
         if args.once {
@@ -59,7 +64,9 @@ struct Sample {
 
 impl Sample {
     fn take(api: &Api) -> anyhow::Result<Self> {
-        let (status, text) = api.get("/metrics")?;
+        let (status, text) = api
+            .get("/metrics", MAX_ANSWER)
+            .context("cannot reach the agent (is it running?)")?;
         anyhow::ensure!(
             status == 200,
             "{api}/metrics answered {status}: {}",

@@ -446,6 +446,19 @@ pub trait Transform: Sized + 'static {
     fn apply(&mut self, rows: Rows) -> Result<Batch, String>;
 }
 
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`): a `date` column's value, and the day part of a timestamp. `month` is
+/// 1..=12 and `day` 1..=31 (not checked against the month).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Log through the agent (tagged with the plugin's name there).
 pub fn log(level: Level, message: &str) {
     bindings::sluice::plugin::host::log(level, message);

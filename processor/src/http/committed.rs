@@ -6,9 +6,11 @@
 //! lake, and a connector that releases upstream data (a replication slot, message acks)
 //! must hear only what the lake holds. A table's marks are read at most once a second,
 //! whatever the number of agents asking, so the cost is flat in the size of the fleet.
+//! The answer holds no rows, but a checkpoint is a connector's position, which can hold
+//! values (a snapshot's last key): a `committed` token reads every agent's.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -23,8 +25,6 @@ use crate::lake::marks::{self, Marks};
 
 /// How long a table's marks are served from memory.
 const FRESH_FOR: Duration = Duration::from_secs(1);
-/// Longest stream or agent name taken.
-const MAX_NAME: usize = 255;
 
 /// Per table, its marks and when they were read.
 type Cache = HashMap<String, (Instant, Arc<Marks>)>;
@@ -33,8 +33,9 @@ type Cache = HashMap<String, (Instant, Arc<Marks>)>;
 struct Committed {
     catalog: Arc<dyn Catalog>,
     namespace: String,
-    /// Only tables that exist get an entry, so it is bounded by the lander's tables.
-    cache: Arc<Mutex<Cache>>,
+    /// Only tables that exist get an entry, so it is bounded by the lander's tables. Held
+    /// while marks are read, so requests arriving meanwhile wait and find them fresh.
+    cache: Arc<tokio::sync::Mutex<Cache>>,
 }
 
 /// The route, over the lander's `namespace` in `catalog`.
@@ -57,10 +58,10 @@ struct Params {
 
 async fn committed(State(c): State<Committed>, Query(p): Query<Params>) -> Response {
     for (what, v) in [("stream", &p.stream), ("agent", &p.agent)] {
-        if v.is_empty() || v.len() > MAX_NAME {
+        if let Err(e) = sluice_protocol::validate_name(what, v) {
             return answer(
                 StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": format!("{what} must be 1 to {MAX_NAME} bytes") }),
+                serde_json::json!({ "error": e.to_string() }),
             );
         }
     }
@@ -97,8 +98,8 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
 impl Committed {
     /// The marks of the table of `stream`, at most [`FRESH_FOR`] old; `None` without it.
     async fn marks(&self, stream: &str) -> anyhow::Result<Option<Arc<Marks>>> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, m)) = cache.get(stream)
+        let mut cache = self.cache.lock().await;
+        if let Some((at, m)) = cache.get(stream)
             && at.elapsed() < FRESH_FOR
         {
             return Ok(Some(m.clone()));
@@ -109,9 +110,7 @@ impl Committed {
         }
         let table = self.catalog.load_table(&ident).await?;
         let m = Arc::new(marks::load(&table).await?.marks);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(stream.to_string(), (Instant::now(), m.clone()));
-        }
+        cache.insert(stream.to_string(), (Instant::now(), m.clone()));
         Ok(Some(m))
     }
 }

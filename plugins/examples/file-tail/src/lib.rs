@@ -170,14 +170,7 @@ fn rfc3339_utc_micros(s: &str) -> Option<i64> {
         }
         digits.parse::<i64>().ok()? * 10i64.pow(6 - digits.len() as u32)
     };
-    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = (if y >= 0 { y } else { y - 399 }) / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = sluice_plugin::days_from_civil(y, m as u32, day as u32);
     Some(((days * 86_400 + hh * 3_600 + mm * 60 + ss) * 1_000_000) + micros)
 }
 

@@ -257,7 +257,7 @@ fn date(s: &str) -> Option<i32> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    i32::try_from(days_from_civil(y, m, d)).ok()
+    i32::try_from(sluice_plugin::days_from_civil(y, m, d)).ok()
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]`, with `+HH[:MM[:SS]]` when `zoned`, as microseconds
@@ -293,17 +293,6 @@ fn timestamp(s: &str, zoned: bool) -> Option<i64> {
     };
     let secs = days * 86_400 + h * 3600 + m * 60 + sec - offset_s;
     secs.checked_mul(1_000_000)?.checked_add(micros)
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ fn status_interval_ms() -> u64 {
     10_000
 }
 
+/// The largest checkpoint the agent keeps.
+const MAX_CHECKPOINT: usize = 4096;
+
 /// The columns every change carries, before the table's.
 const META: [&str; 5] = ["op", "lsn", "seq", "xid", "commit_ts"];
 
@@ -176,8 +179,9 @@ struct PostgresCdc {
     txn: Option<Txn>,
     /// Changes of the first transaction after a restart that the lake already holds.
     skip: u64,
-    /// The checkpoint of the last batch returned, and the lake's (from `committed`).
-    returned: Option<String>,
+    /// The checkpoint of the last batch returned (or opened with), and the lake's (from
+    /// `committed`).
+    returned: Option<Mark>,
     lake: Option<Mark>,
     /// Every change of the table before this LSN has been returned (the stream was quiet).
     quiet: u64,
@@ -190,11 +194,14 @@ struct PostgresCdc {
 impl Source for PostgresCdc {
     fn open(config: &str, checkpoint: Option<String>) -> Result<(Self, Vec<Column>), String> {
         let cfg: Config = serde_json::from_str(config).map_err(|e| format!("bad config: {e}"))?;
-        let slot = cfg.slot.clone().unwrap_or(format!("sluice_{}", cfg.table));
-        let publication = cfg
-            .publication
-            .clone()
-            .unwrap_or(format!("sluice_{}", cfg.table));
+        // Named after the table, and its schema unless it is `public`.
+        let default = if cfg.schema == "public" {
+            format!("sluice_{}", cfg.table)
+        } else {
+            format!("sluice_{}_{}", cfg.schema, cfg.table)
+        };
+        let slot = cfg.slot.clone().unwrap_or(default.clone());
+        let publication = cfg.publication.clone().unwrap_or(default);
         for (what, name) in [("slot", &slot), ("publication", &publication)] {
             if name.is_empty()
                 || name.len() > 63
@@ -208,6 +215,7 @@ impl Source for PostgresCdc {
             }
         }
         let mark = checkpoint.as_deref().map(Mark::parse).transpose()?;
+        let resumed = mark.clone();
         let mut conn = Conn::connect(&Params {
             host: &cfg.host,
             port: cfg.port,
@@ -237,7 +245,13 @@ impl Source for PostgresCdc {
                 cfg.schema, cfg.table
             ));
         }
-        ensure_publication(&mut conn, &publication, &cfg.schema, &cfg.table)?;
+        ensure_publication(
+            &mut conn,
+            &publication,
+            &cfg.schema,
+            &cfg.table,
+            columns.len(),
+        )?;
         let (slot_at, flushed) = ensure_slot(&mut conn, &slot, &cfg.database, mark.is_some())?;
         let mark = match mark {
             Some(m) => m,
@@ -293,7 +307,7 @@ impl Source for PostgresCdc {
                 opened_at,
                 key,
                 out,
-                returned: checkpoint,
+                returned: resumed,
                 mark,
                 streaming: false,
                 relation: None,
@@ -323,7 +337,14 @@ impl Source for PostgresCdc {
         }
         let cols = self.out.iter_mut().map(Builder::finish).collect();
         let cp = mark.print();
-        self.returned = Some(cp.clone());
+        // The agent keeps at most 4 KiB of a checkpoint; a snapshot's key can be longer.
+        if cp.len() > MAX_CHECKPOINT {
+            return Err(format!(
+                "a checkpoint of {} bytes (the snapshot's last key is too long; at most {MAX_CHECKPOINT} are kept): set snapshot = false",
+                cp.len()
+            ));
+        }
+        self.returned = Some(mark);
         Ok(Poll::batch(Batch::columns(cols)).checkpoint(cp))
     }
 
@@ -369,7 +390,14 @@ impl PostgresCdc {
         let mut n = 0u64;
         let mut last: Option<Vec<String>> = None;
         let (out, key) = (&mut self.out, &self.key);
+        let width = self.columns.len();
         self.conn.query_each(&sql, |buf, row| {
+            if row.len() != width {
+                return Err(format!(
+                    "the server sent a row of {} values for {width} columns",
+                    row.len()
+                ));
+            }
             out[0].push_str("r");
             out[1].push_i64(at as i64);
             out[2].push_i64((rows + n) as i64);
@@ -491,8 +519,9 @@ impl PostgresCdc {
                 Ok(true)
             }
             Some(b'k') => {
-                let wal_end = wire::u64_at(buf, start + 1)?;
-                let reply = buf.get(start + 17).copied() == Some(1);
+                let msg = &buf[start..end];
+                let wal_end = wire::u64_at(msg, 1)?;
+                let reply = msg.get(17).copied() == Some(1);
                 // Quiet: no transaction open, nothing taken this poll, so every change
                 // before the server's position has been returned.
                 if self.txn.is_none() && self.out[0].is_empty() {
@@ -641,7 +670,12 @@ impl PostgresCdc {
             let b = &mut out[META.len() + j];
             let mut v = p.and_then(|i| values.get(i)).unwrap_or(&Val::Null);
             if *v == Val::Unchanged {
-                v = p.and_then(|i| old?.get(i)).unwrap_or(&Val::Unchanged);
+                // Only a full old row (REPLICA IDENTITY FULL) has the value; a key-only
+                // one has nulls there, which are not the value.
+                v = match p.and_then(|i| old?.get(i)) {
+                    Some(t @ Val::Text(_)) => t,
+                    _ => &Val::Unchanged,
+                };
             }
             match v {
                 Val::Text(r) => b
@@ -650,7 +684,7 @@ impl PostgresCdc {
                 Val::Null => b.push_null(),
                 Val::Unchanged => {
                     return Err(format!(
-                        "column {:?}: an update left a large (TOASTed) value unchanged, so the server did not send it; set REPLICA IDENTITY FULL on {}.{}",
+                        "column {:?}: an update left a large (TOASTed) value unchanged, so the server did not send it. Set REPLICA IDENTITY FULL on {}.{} for later changes; this one cannot be read again: drop the slot and the source's state to snapshot anew",
                         self.columns[j].name, self.cfg.schema, self.cfg.table
                     ));
                 }
@@ -661,13 +695,19 @@ impl PostgresCdc {
 
     /// Tell the server how far the lake holds the stream (and answer its keepalive).
     fn send_status(&mut self) -> Result<(), String> {
-        let mut flush = match &self.lake {
+        let lsn_of = |m: &Option<Mark>| match m {
             Some(Mark::Stream { lsn, .. }) => *lsn,
             _ => 0,
         };
-        // The lake holds all that was returned, and nothing of the table came since the
-        // quiet position: the slot can move there.
-        if self.lake.as_ref().map(Mark::print) == self.returned {
+        // Never past what this connector returned, whatever it is told.
+        let mut flush = lsn_of(&self.lake).min(lsn_of(&self.returned));
+        // The lake holds all that was returned, which ends between transactions, and
+        // nothing of the table came since the quiet position: the slot can move there.
+        // (Not inside a transaction: a restart would skip the rest of it in the next one.)
+        if self.lake.is_some()
+            && self.lake == self.returned
+            && matches!(self.lake, Some(Mark::Stream { skip: 0, .. }))
+        {
             flush = flush.max(self.quiet);
         }
         // Never backwards (PostgreSQL takes the value as it comes); 0 means "unchanged".
@@ -736,12 +776,39 @@ fn ensure_publication(
     name: &str,
     schema: &str,
     table: &str,
+    columns: usize,
 ) -> Result<(), String> {
+    // The table's entry as a JSON object: its row filter and column list exist from
+    // PostgreSQL 15 on.
     let found = conn.query(&format!(
-        "SELECT 1 FROM pg_publication WHERE pubname = {}",
+        "SELECT p.pubinsert AND p.pubupdate AND p.pubdelete, \
+         (SELECT to_jsonb(t) FROM pg_publication_tables t WHERE t.pubname = p.pubname \
+          AND t.schemaname = {} AND t.tablename = {}) \
+         FROM pg_publication p WHERE p.pubname = {}",
+        literal(schema),
+        literal(table),
         literal(name)
     ))?;
-    if found.is_empty() {
+    if let Some(row) = found.first() {
+        let field = |i: usize| row.get(i).cloned().flatten();
+        let refuse = |why: &str| Err(format!("publication {name} {why}: changes would be missed"));
+        if field(0).as_deref() != Some("t") {
+            return refuse("does not publish inserts, updates and deletes");
+        }
+        let Some(entry) = field(1) else {
+            return refuse(&format!("does not include {schema}.{table}"));
+        };
+        let entry: serde_json::Value = serde_json::from_str(&entry).unwrap_or_default();
+        if !entry["rowfilter"].is_null() {
+            return refuse("filters the table's rows");
+        }
+        if entry["attnames"]
+            .as_array()
+            .is_some_and(|a| a.len() < columns)
+        {
+            return refuse("publishes only some of the table's columns");
+        }
+    } else {
         conn.query(&format!(
             "CREATE PUBLICATION {} FOR TABLE {}.{}",
             ident(name),
