@@ -5,7 +5,8 @@
 # Installs what it needs: a Python venv with the pinned readers from tests/requirements.txt,
 # Debian's PostgreSQL server (catalog tests), s3s-fs, an S3 server from crates.io
 # (warehouse tests), tansu, a Kafka-compatible broker from crates.io, Debian's kcat
-# (Kafka tests) and Debian's Chromium (the status page, headless). Tests start their own
+# (Kafka tests), Debian's mosquitto and its clients (the MQTT connector's broker) and
+# Debian's Chromium (the status page, headless). Tests start their own
 # instances on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,11 @@ if [ ! -x "$TOOLS/bin/tansu" ]; then
 fi
 export SLUICE_KAFKA_BROKER="$TOOLS/bin/tansu"
 
+step "MQTT: mosquitto and mosquitto_pub (Debian)"
+if [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null 2>&1; then
+  apt_install mosquitto mosquitto-clients
+fi
+
 step "headless browser: Chromium (Debian), for the status page test"
 if [ ! -x /usr/bin/chromium ] && [ -z "${SLUICE_CHROMIUM:-}" ]; then
   apt_install chromium
@@ -66,7 +72,7 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd plugins && cargo clippy --release --target wasm32-wasip2 --all-targets --locked -- -D warnings)
 # Connector logic that needs no host (value parsing) runs as native unit tests.
-(cd plugins && cargo test --locked -p postgres-cdc)
+(cd plugins && cargo test --locked -p postgres-cdc -p mqtt)
 
 step "cargo build (debug binaries)"
 cargo build --workspace --bins --locked

@@ -791,6 +791,58 @@ class Kafka:
                               timeout=timeout, env=kcat_env(self.work))
 
 
+class Mosquitto:
+    """Debian's mosquitto (the reference MQTT broker) on a free loopback port, with one
+    user and password, and room for every message a test queues for an absent client."""
+
+    USER = "sluice"
+    PASSWORD = "mqtt-" + os.urandom(8).hex()
+
+    def __init__(self, work: pathlib.Path):
+        binary = _find_tool("SLUICE_MQTT_BROKER", "mosquitto", ["/usr/sbin/mosquitto"])
+        passwd = _find_tool("SLUICE_MQTT_PASSWD", "mosquitto_passwd", ["/usr/bin/mosquitto_passwd"])
+        self.port = free_port()
+        self.dir = work / "mosquitto"
+        self.dir.mkdir()
+        passwords = self.dir / "passwords"
+        r = subprocess.run([str(passwd), "-b", "-c", str(passwords), self.USER, self.PASSWORD],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join([
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous false",
+            f"password_file {passwords}",
+            # Run as whoever starts it (as root it would switch to a `mosquitto` user).
+            *(["user root"] if os.geteuid() == 0 else []),
+            "persistence false",
+            "max_queued_messages 1000000",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "",
+        ]))
+        self.proc = Proc([str(binary), "-c", str(conf)], work / "mosquitto.log")
+        _wait_for(lambda: _listening(self.port), self.proc, "mosquitto")
+
+    def publisher(self, topic: str, qos: int = 1) -> subprocess.Popen:
+        """Debian's mosquitto_pub publishing each line written to its stdin."""
+        pub = _find_tool("SLUICE_MQTT_PUB", "mosquitto_pub", ["/usr/bin/mosquitto_pub"])
+        p = subprocess.Popen([str(pub), "-h", "127.0.0.1", "-p", str(self.port), "-u", self.USER,
+                              "-P", self.PASSWORD, "-q", str(qos), "-t", topic, "-l"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return p
+
+    def publish_file(self, topic: str, path: pathlib.Path, qos: int = 1) -> None:
+        """Publish one message whose payload is the file's bytes."""
+        pub = _find_tool("SLUICE_MQTT_PUB", "mosquitto_pub", ["/usr/bin/mosquitto_pub"])
+        r = subprocess.run([str(pub), "-h", "127.0.0.1", "-p", str(self.port), "-u", self.USER,
+                            "-P", self.PASSWORD, "-q", str(qos), "-t", topic, "-f", str(path)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+
+
 def kcat_env(work: pathlib.Path) -> dict:
     """Debian's kcat links Debian's librdkafka 2.0.2, which cannot parse tansu's ApiVersions
     v3 reply; it runs here on librdkafka 2.16 from the confluent-kafka wheel instead (the
