@@ -402,11 +402,9 @@ impl Mqtt {
                             && (Held { id, hash }) == of
                         {
                             self.settle_resent(Some(self.resent.len()));
-                        } else if self.resent.len() >= usize::from(self.cfg.receive_maximum)
-                            || self.kept >= KEEP_BYTES
-                        {
-                            // More than the broker may have in flight, or than memory
-                            // allows: deliver them (some may come twice) rather than wait.
+                        } else if self.kept >= KEEP_BYTES {
+                            // More than memory allows (a broker may send more than
+                            // receive_maximum): deliver them, some may come twice.
                             log(
                                 Level::Warn,
                                 &format!(
