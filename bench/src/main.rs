@@ -34,6 +34,10 @@
 //! inserted into a PostgreSQL table through the postgres-cdc connector into bronze, and
 //! prints the rate and the PostgreSQL commit -> bronze latency (see `postgres_cdc.rs`).
 //!
+//! `sluice-bench mqtt [MESSAGES]` publishes MESSAGES (default 1,000,000) to Debian's
+//! mosquitto while the mqtt connector takes them into bronze, acknowledging each once it is
+//! committed, and prints the rate beside mosquitto_sub's (see `mqtt.rs`).
+//!
 //! `sluice-bench fuzz [SECONDS] [SEED]` fuzzes the decoders a peer's bytes reach (see
 //! `fuzz.rs`); it needs no binary.
 //!
@@ -48,6 +52,7 @@
 mod fleet;
 mod fuzz;
 mod kafka_json;
+mod mqtt;
 mod postgres_cdc;
 mod tables;
 
@@ -357,6 +362,27 @@ fn run_agent(agent_bin: &Path, dir: &TempDir) {
     assert!(status.success(), "agent failed");
 }
 
+fn running_as_root() -> bool {
+    // The owner of /proc/self is the process's effective user.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A connector component: `$SLUICE_PLUGIN_DIR/NAME.wasm`, else the plugins workspace's
+/// release build under the current directory (cargo package `package`).
+fn connector(name: &str, package: &str) -> PathBuf {
+    let p = match std::env::var("SLUICE_PLUGIN_DIR") {
+        Ok(d) => PathBuf::from(d).join(format!("{name}.wasm")),
+        Err(_) => PathBuf::from(format!("plugins/target/wasm32-wasip2/release/{name}.wasm")),
+    };
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `(cd plugins && cargo build --release --target wasm32-wasip2 -p {package})`",
+        p.display()
+    );
+    std::fs::canonicalize(&p).unwrap_or(p)
+}
+
 /// The agent's `[sink]` section (QUIC to `quic`, as agent `bench`).
 fn agent_sink(quic: SocketAddr) -> String {
     format!(
@@ -564,6 +590,14 @@ fn main() {
             .map(|a| a.parse().expect(usage))
             .unwrap_or(1_000);
         postgres_cdc::run(&processor_bin, &agent_bin, rows, txn_rows);
+        return;
+    }
+    if args.first().is_some_and(|a| a == "mqtt") {
+        let messages = args
+            .get(1)
+            .map(|a| a.parse().expect("usage: sluice-bench mqtt [MESSAGES]"))
+            .unwrap_or(1_000_000);
+        mqtt::run(&processor_bin, &agent_bin, messages);
         return;
     }
     if args.first().is_some_and(|a| a == "soak") {

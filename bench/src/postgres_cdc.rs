@@ -20,8 +20,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Kill, TempDir, agent_sink, body, commit_timeline, encode, free_tcp, free_udp, http_get,
-    init_certs, now_us, percentile, processor_common, start_processor, sustained,
+    Kill, TempDir, agent_sink, body, commit_timeline, connector, encode, free_tcp, free_udp,
+    http_get, init_certs, now_us, percentile, processor_common, running_as_root, start_processor,
+    sustained,
 };
 
 /// A PostgreSQL server in `dir/pg`, as Debian's `postgres` user when run as root.
@@ -158,25 +159,6 @@ impl Postgres {
     }
 }
 
-fn running_as_root() -> bool {
-    // The owner of /proc/self is the process's effective user.
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn plugin() -> PathBuf {
-    let p = match std::env::var("SLUICE_PLUGIN_DIR") {
-        Ok(d) => PathBuf::from(d).join("postgres_cdc.wasm"),
-        Err(_) => PathBuf::from("plugins/target/wasm32-wasip2/release/postgres_cdc.wasm"),
-    };
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `(cd plugins && cargo build --release --target wasm32-wasip2 -p postgres-cdc)`",
-        p.display()
-    );
-    std::fs::canonicalize(&p).unwrap_or(p)
-}
-
 fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, pg: &Postgres) {
     std::fs::write(
         dir.path().join("processor.toml"),
@@ -215,7 +197,7 @@ table = "orders"
 snapshot = false
 "#,
             sink = agent_sink(quic),
-            plugin = plugin().display(),
+            plugin = connector("postgres_cdc", "postgres-cdc").display(),
             port = pg.port,
         ),
     )

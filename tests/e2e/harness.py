@@ -826,21 +826,37 @@ class Mosquitto:
         self.proc = Proc([str(binary), "-c", str(conf)], work / "mosquitto.log")
         _wait_for(lambda: _listening(self.port), self.proc, "mosquitto")
 
-    def publisher(self, topic: str, qos: int = 1) -> subprocess.Popen:
-        """Debian's mosquitto_pub publishing each line written to its stdin."""
-        pub = _find_tool("SLUICE_MQTT_PUB", "mosquitto_pub", ["/usr/bin/mosquitto_pub"])
-        p = subprocess.Popen([str(pub), "-h", "127.0.0.1", "-p", str(self.port), "-u", self.USER,
-                              "-P", self.PASSWORD, "-q", str(qos), "-t", topic, "-l"],
-                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        return p
+    def publisher(self) -> "MqttPublisher":
+        """A connected paho-mqtt client (the Eclipse Python client) publishing as the user."""
+        return MqttPublisher(self)
 
-    def publish_file(self, topic: str, path: pathlib.Path, qos: int = 1) -> None:
-        """Publish one message whose payload is the file's bytes."""
-        pub = _find_tool("SLUICE_MQTT_PUB", "mosquitto_pub", ["/usr/bin/mosquitto_pub"])
-        r = subprocess.run([str(pub), "-h", "127.0.0.1", "-p", str(self.port), "-u", self.USER,
-                            "-P", self.PASSWORD, "-q", str(qos), "-t", topic, "-f", str(path)],
-                           capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
+
+class MqttPublisher:
+    """Publishes at QoS 1 through paho-mqtt; `close` returns once the broker acknowledged
+    every message (mosquitto_pub -l is no substitute: it drops lines it has not sent yet
+    when its input ends)."""
+
+    def __init__(self, broker: Mosquitto):
+        import paho.mqtt.client as mqtt
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sluice-test-publisher")
+        self.client.username_pw_set(broker.USER, broker.PASSWORD)
+        self.client.max_inflight_messages_set(100)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.sent = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos=qos)
+        assert info.rc == 0, info.rc
+        self.sent.append(info)
+
+    def close(self, timeout=60) -> None:
+        deadline = time.time() + timeout
+        for info in self.sent:
+            info.wait_for_publish(max(0.1, deadline - time.time()))
+            assert info.is_published(), "the broker did not acknowledge a message"
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def kcat_env(work: pathlib.Path) -> dict:

@@ -49,16 +49,9 @@ def landed(proc: Processor) -> list[int]:
 
 def publish(pub, first: int, count: int, pace: float = 0.0) -> None:
     for n in range(first, first + count):
-        pub.stdin.write(json.dumps({"n": n}).encode() + b"\n")
+        pub.publish(TOPIC, json.dumps({"n": n}).encode())
         if pace and n % 50 == 0:
-            pub.stdin.flush()
             time.sleep(pace)
-    pub.stdin.flush()
-
-
-def finish(pub) -> None:
-    pub.stdin.close()
-    assert pub.wait(60) == 0, pub.stderr.read().decode()
 
 
 def test_messages_land_once_across_kills_and_the_broker_is_acknowledged_as_the_lake_commits(
@@ -79,8 +72,7 @@ def test_messages_land_once_across_kills_and_the_broker_is_acknowledged_as_the_l
     agent = start_agent()
     wait_until(lambda: agent.metrics().get('sluice_agent_plugin_network_bytes_total{plugin="plant",direction="in"}', 0) > 0,
                60, "the connector reached the broker")
-    pub = broker.publisher(TOPIC)
-    later(pub.kill)
+    pub = broker.publisher()
     total = 8000
     # Published steadily while the agent is killed mid-flow (messages in flight, held in
     # its log and not yet acknowledged) and the processor once.
@@ -101,8 +93,8 @@ def test_messages_land_once_across_kills_and_the_broker_is_acknowledged_as_the_l
     # A payload that is not UTF-8 lands whole, in payload_binary.
     raw = workdir / "raw.bin"
     raw.write_bytes(b"\xff\x00binary\xfe")
-    broker.publish_file("plant/line-2/telemetry", raw)
-    finish(pub)
+    pub.publish("plant/line-2/telemetry", raw.read_bytes())
+    pub.close()
 
     wait_until(lambda: len(set(landed(proc))) >= total, 180, "every message in bronze")
     got = landed(proc)
@@ -140,15 +132,14 @@ def test_a_message_the_agent_held_but_lost_with_its_disk_is_still_at_the_broker(
     later(agent.proc.kill)
     wait_until(lambda: agent.metrics().get('sluice_agent_plugin_network_bytes_total{plugin="plant",direction="in"}', 0) > 0,
                60, "the connector reached the broker")
-    pub = broker.publisher(TOPIC)
-    later(pub.kill)
+    pub = broker.publisher()
     publish(pub, 0, 500)
     wait_until(lambda: len(landed(proc)) >= 500, 60, "the first messages in bronze")
 
     # The lake stops committing; the agent keeps receiving into its write-ahead log.
     proc.kill()
     publish(pub, 500, 500)
-    finish(pub)
+    pub.close()
     wait_until(lambda: agent.metrics().get('sluice_agent_source_rows_total{source="plant"}', 0) >= 1000,
                60, "the agent received every message")
     # Its disk is lost: only the broker still has the 500 messages the lake never held.

@@ -1,0 +1,326 @@
+//! `sluice-bench mqtt [MESSAGES]`: the mqtt connector under load. Debian's mosquitto
+//! (`SLUICE_MQTT_BROKER`, else `/usr/sbin/mosquitto`) on loopback; two publishers (MQTT
+//! 3.1.1 clients here, up to 1,000 messages in flight each: `mosquitto_pub -l` drops what it
+//! has not sent when its input ends) publish MESSAGES (default 1,000,000) small JSON
+//! messages at QoS 1 as fast as the broker takes them
+//! while the connector (`$SLUICE_PLUGIN_DIR/mqtt.wasm`, else the plugins workspace's
+//! release build) takes them on its persistent session into bronze, acknowledging each
+//! once the lake holds it.
+//!
+//! Prints the publish rate, the rate from the first publish to the last message committed,
+//! the sustained landing rate (first to last bronze commit) and the time from the
+//! connector reading a message (`received_at`) to the bronze commit that made it visible.
+//! Then `mosquitto_sub`, mosquitto's own client, drains the same messages from a session
+//! of its own that queued them meanwhile: the broker's delivery rate to a plain client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{
+    Kill, TempDir, agent_sink, body, commit_timeline, connector, encode, free_tcp, free_udp,
+    http_get, init_certs, percentile, processor_common, running_as_root, start_processor,
+    sustained,
+};
+
+const PUBLISHERS: u64 = 2;
+/// Messages a publisher sends before it waits for their acknowledgements.
+const WINDOW: usize = 1000;
+
+/// Publish each line of `lines` to `topic` at QoS 1 (MQTT 3.1.1), returning once the broker
+/// acknowledged them all.
+fn publish(port: u16, client_id: &str, topic: &str, lines: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to mosquitto");
+    let _ = s.set_nodelay(true);
+    let mut connect = vec![0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 0x02, 0, 60]);
+    connect.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(client_id.as_bytes());
+    s.write_all(&packet(0x10, &connect)).expect("CONNECT");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).expect("CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 0], "mosquitto refused the publisher");
+    let lines: Vec<&str> = lines.lines().collect();
+    let mut id = 0u16;
+    for chunk in lines.chunks(WINDOW) {
+        let mut out = Vec::with_capacity(chunk.len() * 64);
+        for line in chunk {
+            id = id % u16::MAX + 1;
+            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&id.to_be_bytes());
+            body.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(&packet(0x32, &body));
+        }
+        s.write_all(&out).expect("PUBLISH");
+        let mut acks = vec![0u8; chunk.len() * 4];
+        s.read_exact(&mut acks).expect("PUBACK");
+        assert!(
+            acks.chunks(4).all(|a| a[0] == 0x40 && a[1] == 2),
+            "mosquitto answered a PUBLISH with something else than PUBACK"
+        );
+    }
+    let _ = s.write_all(&[0xE0, 0]);
+}
+
+/// An MQTT packet: its first byte, remaining length and body.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut n = body.len();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    let p = std::env::var(env).map_or_else(|_| PathBuf::from(default), PathBuf::from);
+    assert!(
+        p.exists(),
+        "{} is missing: install Debian's mosquitto and mosquitto-clients (scripts/test.sh does) or set {env}",
+        p.display()
+    );
+    p
+}
+
+/// mosquitto on `port`, queueing without limit for absent clients.
+fn start_broker(dir: &TempDir, port: u16) -> Kill {
+    let conf = dir.path().join("mosquitto.conf");
+    let log = dir.path().join("mosquitto.log");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}\n{}",
+            log.display(),
+            if running_as_root() { "user root\n" } else { "" }
+        ),
+    )
+    .expect("mosquitto config");
+    let broker = Kill(
+        Command::new(tool("SLUICE_MQTT_BROKER", "/usr/sbin/mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto"),
+    );
+    let up = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker
+}
+
+/// `mosquitto_sub` on the peer's persistent session (MQTT 3.1.1, QoS 1).
+fn peer_sub(port: u16) -> Command {
+    let mut c = Command::new(tool("SLUICE_MQTT_SUB", "/usr/bin/mosquitto_sub"));
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", "-i", "bench-peer", "-q", "1", "-t", "bench/#"])
+        .stdout(Stdio::null());
+    c
+}
+
+fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, broker: u16) {
+    std::fs::write(
+        dir.path().join("processor.toml"),
+        format!(
+            "{}[lander]\ncommit_interval = \"1s\"\n",
+            // The bench reads bronze back through the query API without a token.
+            processor_common(quic, api).replace(
+                "anonymous = [\"metrics\"]",
+                "anonymous = [\"metrics\", \"read\"]"
+            )
+        ),
+    )
+    .expect("processor config");
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            r#"[agent]
+id = "bench"
+[batch]
+max_rows = 65536
+max_age = "200ms"
+{sink}window = 32
+[sources.plant]
+type = "wasm"
+plugin = "{plugin}"
+allow_tcp = ["127.0.0.1:{broker}"]
+max_rows = 16384
+poll_interval = "20ms"
+call_timeout = "10s"
+[sources.plant.config]
+host = "127.0.0.1"
+port = {broker}
+client_id = "sluice-bench"
+topics = ["bench/#"]
+receive_maximum = 32767
+"#,
+            sink = agent_sink(quic),
+            plugin = connector("mqtt", "mqtt").display(),
+        ),
+    )
+    .expect("agent config");
+}
+
+/// The bench.
+pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
+    let dir = TempDir::new();
+    init_certs(processor_bin, &dir);
+    let port = free_tcp().port();
+    let _broker = start_broker(&dir, port);
+    // The peer's session exists before the run, so the broker queues every message for it.
+    let st = peer_sub(port)
+        .args(["-W", "1"])
+        .status()
+        .expect("mosquitto_sub");
+    assert!(
+        st.code().is_some_and(|c| c == 0 || c == 27),
+        "mosquitto_sub could not subscribe: {st}"
+    );
+    let (quic, api) = (free_udp(), free_tcp());
+    write_configs(&dir, quic, api, port);
+    let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
+    let _agent = Kill(
+        Command::new(agent_bin)
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.toml"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start agent"),
+    );
+    // Publishing once the connector's session is there.
+    let up = Instant::now();
+    while !std::fs::read_to_string(dir.path().join("mosquitto.log"))
+        .unwrap_or_default()
+        .contains("as sluice-bench")
+    {
+        assert!(
+            up.elapsed() < Duration::from_secs(60),
+            "the connector did not connect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    println!(
+        "mqtt bench: {messages} messages at QoS 1 from {PUBLISHERS} publishers, mosquitto -> agent (wasm, MQTT 5 session) -> QUIC -> processor -> bronze"
+    );
+    let per = messages.div_ceil(PUBLISHERS);
+    let batches: Vec<String> = (0..PUBLISHERS)
+        .map(|p| {
+            (p * per..((p + 1) * per).min(messages))
+                .map(|n| {
+                    format!(
+                        "{{\"n\":{n},\"device\":\"d-{:03}\",\"temp\":{}.{}}}\n",
+                        n % 500,
+                        20 + n % 15,
+                        n % 10
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let committed = "sluice_processor_committed_rows_total{table=\"bronze.plant\"}";
+    let (timeline, published_in) = std::thread::scope(|s| {
+        let publishers: Vec<_> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, lines)| {
+                s.spawn(move || {
+                    publish(
+                        port,
+                        &format!("bench-pub-{i}"),
+                        &format!("bench/p{i}"),
+                        lines,
+                    );
+                    started.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        let (_, timeline) = commit_timeline(api, committed, messages, started);
+        let published_in = publishers
+            .into_iter()
+            .map(|p| p.join().expect("publisher"))
+            .fold(0.0, f64::max);
+        (timeline, published_in)
+    });
+    let clock0 = super::now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
+    // Groups of 1,000 messages in the stream's order: when the first was read, and how many.
+    let sql = encode(
+        "SELECT CAST(min(received_at) AS BIGINT) AS r, count(*) AS n FROM bronze.plant GROUP BY seq / 1000 ORDER BY seq / 1000",
+    );
+    let resp = http_get(api, &format!("/api/query?format=csv&sql={sql}")).unwrap_or_default();
+    let groups: Vec<(f64, f64)> = body(&resp)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (r, n) = l.split_once(',')?;
+            Some((r.trim().parse::<f64>().ok()? / 1e6, n.trim().parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        groups.iter().map(|g| g.1).sum::<f64>() as u64,
+        messages,
+        "bronze holds every message once: {}",
+        &resp[..resp.len().min(500)]
+    );
+    let timeline: Vec<(f64, f64)> = timeline.into_iter().map(|(t, n)| (clock0 + t, n)).collect();
+    let mut per_message = Vec::with_capacity(messages as usize);
+    let (mut cum, mut at) = (0.0, 0);
+    for (read, n) in &groups {
+        cum += n;
+        while timeline[at].1 < cum {
+            at += 1;
+        }
+        per_message.extend(std::iter::repeat_n(
+            (timeline[at].0 - read).max(0.0),
+            *n as usize,
+        ));
+    }
+    per_message.sort_by(f64::total_cmp);
+    let first = timeline.first().map_or(f64::NAN, |t| t.0) - clock0;
+    let last = timeline.last().map_or(f64::NAN, |t| t.0) - clock0;
+    println!(
+        "  publish             {:>10.0} msg/s ({messages} in {published_in:.2} s)",
+        messages as f64 / published_in
+    );
+    println!(
+        "  first publish -> all in bronze {:>10.0} msg/s ({last:.2} s; first commit at {first:.2} s)",
+        messages as f64 / last
+    );
+    let landing = sustained(&timeline);
+    println!("  sustained landing   {landing:>10.0} msg/s (first to last bronze commit)");
+    println!(
+        "  read -> bronze      p50 {:.2} s  p99 {:.2} s  max {:.2} s",
+        percentile(&per_message, 0.5),
+        percentile(&per_message, 0.99),
+        percentile(&per_message, 1.0)
+    );
+    let peer_started = Instant::now();
+    let st = peer_sub(port)
+        .args(["-C", &messages.to_string()])
+        .status()
+        .expect("mosquitto_sub");
+    assert!(st.success(), "mosquitto_sub failed");
+    let peer = messages as f64 / peer_started.elapsed().as_secs_f64();
+    println!(
+        "  mosquitto_sub       {peer:>10.0} msg/s (the same messages afterwards, queued for its own session, to /dev/null; sustained landing is {:.2}x of it)",
+        landing / peer
+    );
+}
