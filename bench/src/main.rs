@@ -362,6 +362,63 @@ fn run_agent(agent_bin: &Path, dir: &TempDir) {
     assert!(status.success(), "agent failed");
 }
 
+/// Write the processor config of a bench that reads bronze back through the query API
+/// (without a token), committing every second.
+fn write_reading_processor(dir: &TempDir, quic: SocketAddr, api: SocketAddr) {
+    std::fs::write(
+        dir.path().join("processor.toml"),
+        format!(
+            "{}[lander]\ncommit_interval = \"1s\"\n",
+            processor_common(quic, api).replace(
+                "anonymous = [\"metrics\"]",
+                "anonymous = [\"metrics\", \"read\"]"
+            )
+        ),
+    )
+    .expect("processor config");
+}
+
+/// Groups of bronze rows in commit order, from a query whose CSV answer has two columns: a
+/// time in microseconds since the epoch and a row count. Asserts they add up to `rows`.
+fn row_groups(api: SocketAddr, sql: &str, rows: u64) -> Vec<(f64, f64)> {
+    let resp =
+        http_get(api, &format!("/api/query?format=csv&sql={}", encode(sql))).unwrap_or_default();
+    let groups: Vec<(f64, f64)> = body(&resp)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (t, n) = l.split_once(',')?;
+            Some((t.trim().parse::<f64>().ok()? / 1e6, n.trim().parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        groups.iter().map(|g| g.1).sum::<f64>() as u64,
+        rows,
+        "bronze holds every row once: {}",
+        &resp[..resp.len().min(500)]
+    );
+    groups
+}
+
+/// Each row's time from its group's start to the first scrape of the committed-rows
+/// `timeline` (wall-clock seconds, rows) that covers it, sorted.
+fn visible_after(groups: &[(f64, f64)], timeline: &[(f64, f64)]) -> Vec<f64> {
+    let mut per_row = Vec::new();
+    let (mut cum, mut at) = (0.0, 0);
+    for (start, n) in groups {
+        cum += n;
+        while timeline[at].1 < cum {
+            at += 1;
+        }
+        per_row.extend(std::iter::repeat_n(
+            (timeline[at].0 - start).max(0.0),
+            *n as usize,
+        ));
+    }
+    per_row.sort_by(f64::total_cmp);
+    per_row
+}
+
 fn running_as_root() -> bool {
     // The owner of /proc/self is the process's effective user.
     use std::os::unix::fs::MetadataExt;

@@ -136,18 +136,7 @@ fn peer_sub(port: u16) -> Command {
 }
 
 fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, broker: u16) {
-    std::fs::write(
-        dir.path().join("processor.toml"),
-        format!(
-            "{}[lander]\ncommit_interval = \"1s\"\n",
-            // The bench reads bronze back through the query API without a token.
-            processor_common(quic, api).replace(
-                "anonymous = [\"metrics\"]",
-                "anonymous = [\"metrics\", \"read\"]"
-            )
-        ),
-    )
-    .expect("processor config");
+    write_reading_processor(dir, quic, api);
     std::fs::write(
         dir.path().join("agent.toml"),
         format!(
@@ -262,38 +251,13 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
     });
     let clock0 = super::now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
     // Groups of 1,000 messages in the stream's order: when the first was read, and how many.
-    let sql = encode(
+    let groups = row_groups(
+        api,
         "SELECT CAST(min(received_at) AS BIGINT) AS r, count(*) AS n FROM bronze.plant GROUP BY seq / 1000 ORDER BY seq / 1000",
-    );
-    let resp = http_get(api, &format!("/api/query?format=csv&sql={sql}")).unwrap_or_default();
-    let groups: Vec<(f64, f64)> = body(&resp)
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let (r, n) = l.split_once(',')?;
-            Some((r.trim().parse::<f64>().ok()? / 1e6, n.trim().parse().ok()?))
-        })
-        .collect();
-    assert_eq!(
-        groups.iter().map(|g| g.1).sum::<f64>() as u64,
         messages,
-        "bronze holds every message once: {}",
-        &resp[..resp.len().min(500)]
     );
     let timeline: Vec<(f64, f64)> = timeline.into_iter().map(|(t, n)| (clock0 + t, n)).collect();
-    let mut per_message = Vec::with_capacity(messages as usize);
-    let (mut cum, mut at) = (0.0, 0);
-    for (read, n) in &groups {
-        cum += n;
-        while timeline[at].1 < cum {
-            at += 1;
-        }
-        per_message.extend(std::iter::repeat_n(
-            (timeline[at].0 - read).max(0.0),
-            *n as usize,
-        ));
-    }
-    per_message.sort_by(f64::total_cmp);
+    let per_message = visible_after(&groups, &timeline);
     let first = timeline.first().map_or(f64::NAN, |t| t.0) - clock0;
     let last = timeline.last().map_or(f64::NAN, |t| t.0) - clock0;
     println!(

@@ -160,18 +160,7 @@ impl Postgres {
 }
 
 fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, pg: &Postgres) {
-    std::fs::write(
-        dir.path().join("processor.toml"),
-        format!(
-            "{}[lander]\ncommit_interval = \"1s\"\n",
-            // The bench reads bronze back through the query API without a token.
-            processor_common(quic, api).replace(
-                "anonymous = [\"metrics\"]",
-                "anonymous = [\"metrics\", \"read\"]"
-            )
-        ),
-    )
-    .expect("processor config");
+    write_reading_processor(dir, quic, api);
     std::fs::write(
         dir.path().join("agent.toml"),
         format!(
@@ -272,40 +261,12 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, rows: u64, txn_rows: u64) {
         )
     });
     // Each transaction's commit time and rows, in commit order.
-    let sql = encode(
+    let txns = row_groups(
+        api,
         "SELECT CAST(min(commit_ts) AS BIGINT) AS c, count(*) AS n FROM bronze.orders GROUP BY lsn ORDER BY lsn",
-    );
-    let resp = http_get(api, &format!("/api/query?format=csv&sql={sql}")).unwrap_or_default();
-    let txns: Vec<(f64, f64)> = body(&resp)
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let (c, n) = l.split_once(',')?;
-            Some((c.trim().parse::<f64>().ok()? / 1e6, n.trim().parse().ok()?))
-        })
-        .collect();
-    assert_eq!(
-        txns.iter().map(|t| t.1).sum::<f64>() as u64,
         rows,
-        "bronze holds every row once: {}",
-        &resp[..resp.len().min(500)]
     );
-    // A transaction is visible from the first scrape whose count covers it.
-    let mut latencies = Vec::with_capacity(txns.len());
-    let (mut cum, mut at) = (0.0, 0);
-    for (commit, n) in &txns {
-        cum += n;
-        while timeline[at].1 < cum {
-            at += 1;
-        }
-        latencies.push(((timeline[at].0 - commit).max(0.0), *n));
-    }
-    // Weighted by rows: the row-level percentiles.
-    let mut per_row: Vec<f64> = Vec::with_capacity(rows as usize);
-    for (l, n) in &latencies {
-        per_row.extend(std::iter::repeat_n(*l, *n as usize));
-    }
-    per_row.sort_by(f64::total_cmp);
+    let per_row = visible_after(&txns, &timeline);
     let first_commit = txns.first().map_or(f64::NAN, |t| t.0);
     let last_visible = timeline.last().map_or(f64::NAN, |t| t.0);
     println!(

@@ -81,6 +81,7 @@ pub mod bindings {
     }
 }
 
+pub mod net;
 mod rows;
 pub use rows::{ColumnRef, Rows};
 

@@ -32,11 +32,10 @@
 mod packet;
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+use sluice_plugin::net::Stream;
 use sluice_plugin::{Batch, Column, ColumnType, Level, Poll, Source, TypedColumn, log};
 
 use packet::Frame;
@@ -93,8 +92,6 @@ fn max_poll_ms() -> u64 {
     500
 }
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 64 << 10;
 /// How long after connecting, with the socket quiet, messages sent again are taken as
 /// not held by the agent when the last one it holds was not among them.
 const RESEND_WAIT: Duration = Duration::from_secs(2);
@@ -157,11 +154,7 @@ impl Mark {
 
 struct Mqtt {
     cfg: Config,
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Start of the unread part of `buf`.
-    pos: usize,
-    blocking: bool,
+    stream: Stream,
     keep_alive: Duration,
     sent_at: Instant,
     ping_at: Option<Instant>,
@@ -188,20 +181,11 @@ impl Source for Mqtt {
         let cfg: Config = serde_json::from_str(config).map_err(|e| format!("bad config: {e}"))?;
         check(&cfg)?;
         let mark = checkpoint.as_deref().map(Mark::parse).transpose()?;
-        let stream = TcpStream::connect((cfg.host.as_str(), cfg.port)).map_err(|e| {
-            format!(
-                "connecting to {}:{}: {e} (is the address granted with allow_tcp?)",
-                cfg.host, cfg.port
-            )
-        })?;
-        let _ = stream.set_nodelay(true);
+        let stream = Stream::connect(&cfg.host, cfg.port, "the broker")?;
         let now = Instant::now();
         let mut m = Mqtt {
             keep_alive: Duration::from_secs(cfg.keep_alive_s.into()),
             stream,
-            buf: Vec::with_capacity(READ_CHUNK),
-            pos: 0,
-            blocking: true,
             sent_at: now,
             ping_at: None,
             connected_at: now,
@@ -286,7 +270,7 @@ impl Mqtt {
                 f.kind()
             ));
         }
-        let ack = packet::connack(&self.buf[f.body])?;
+        let ack = packet::connack(&self.stream.buf()[f.body])?;
         if ack.reason >= 0x80 {
             return Err(format!(
                 "the broker refused the connection: {} (reason 0x{:02x}){}",
@@ -319,7 +303,7 @@ impl Mqtt {
             let f = self.next_blocking()?;
             match f.kind() {
                 packet::SUBACK => {
-                    let (_, codes) = packet::suback(&self.buf[f.body])?;
+                    let (_, codes) = packet::suback(&self.stream.buf()[f.body])?;
                     if let Some((topic, code)) = self
                         .cfg
                         .topics
@@ -375,15 +359,15 @@ impl Mqtt {
     fn take(&mut self, f: Frame) -> Result<(), String> {
         match f.kind() {
             packet::PUBLISH => {
-                let p = packet::publish(&self.buf, &f)?;
+                let p = packet::publish(self.stream.buf(), &f)?;
                 if p.qos == 2 {
                     return Err("the broker sent QoS 2 on a QoS 1 subscription".into());
                 }
                 if p.id == Some(0) {
                     return Err("the broker sent a QoS 1 message with packet id 0".into());
                 }
-                let topic = String::from_utf8_lossy(&self.buf[p.topic]).into_owned();
-                let payload = self.buf[p.payload].to_vec();
+                let topic = String::from_utf8_lossy(&self.stream.buf()[p.topic]).into_owned();
+                let payload = self.stream.buf()[p.payload].to_vec();
                 let m = Message {
                     hash: hash(topic.as_bytes(), &payload),
                     topic,
@@ -423,7 +407,7 @@ impl Mqtt {
             }
             packet::PINGRESP => self.ping_at = None,
             packet::DISCONNECT => {
-                let (code, text) = packet::disconnect(&self.buf[f.body]);
+                let (code, text) = packet::disconnect(&self.stream.buf()[f.body]);
                 return Err(format!(
                     "the broker disconnected: {} (reason 0x{code:02x}){}",
                     reason_name(code),
@@ -546,16 +530,17 @@ impl Mqtt {
 
     fn next_buffered(&mut self) -> Result<Option<Frame>, String> {
         let max = self.cfg.max_message_bytes as usize;
-        let Some((f, next)) = packet::frame(&self.buf, self.pos, max)? else {
+        let Some((f, next)) = packet::frame(self.stream.buf(), self.stream.pos(), max)? else {
             return Ok(None);
         };
-        self.pos = next;
+        self.stream.set_pos(next);
         Ok(Some(f))
     }
 
     fn has_packet(&self) -> bool {
+        let max = self.cfg.max_message_bytes as usize;
         matches!(
-            packet::frame(&self.buf, self.pos, self.cfg.max_message_bytes as usize),
+            packet::frame(self.stream.buf(), self.stream.pos(), max),
             Ok(Some(_)) | Err(_)
         )
     }
@@ -565,62 +550,24 @@ impl Mqtt {
             if let Some(f) = self.next_buffered()? {
                 return Ok(f);
             }
-            self.set_blocking(true)?;
-            self.fill()?;
+            self.stream.read_more()?;
+            // The broker is alive: a PINGRESP may wait behind unread messages.
+            self.ping_at = None;
         }
     }
 
     /// Read what the socket has now, without waiting: `false` if it had nothing.
     fn read_available(&mut self) -> Result<bool, String> {
-        self.set_blocking(false)?;
-        self.fill()
-    }
-
-    /// Read once into the buffer, first dropping what was taken: `false` on would-block.
-    fn fill(&mut self) -> Result<bool, String> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let have = self.buf.len();
-        self.buf.resize(have + READ_CHUNK, 0);
-        let n = match self.stream.read(&mut self.buf[have..]) {
-            Ok(0) => {
-                self.buf.truncate(have);
-                return Err("the broker closed the connection".into());
-            }
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
-            Err(e) => {
-                self.buf.truncate(have);
-                return Err(format!("reading from the broker: {e}"));
-            }
-        };
-        self.buf.truncate(have + n);
-        if n > 0 {
-            // The broker is alive: a PINGRESP may wait behind unread messages.
+        let got = self.stream.read_available()?;
+        if got {
             self.ping_at = None;
         }
-        Ok(n > 0)
+        Ok(got)
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.set_blocking(true)?;
-        self.stream
-            .write_all(bytes)
-            .and_then(|()| self.stream.flush())
-            .map_err(|e| format!("writing to the broker: {e}"))?;
+        self.stream.send(bytes)?;
         self.sent_at = Instant::now();
-        Ok(())
-    }
-
-    fn set_blocking(&mut self, blocking: bool) -> Result<(), String> {
-        if self.blocking != blocking {
-            self.stream
-                .set_nonblocking(!blocking)
-                .map_err(|e| format!("switching the socket's blocking mode: {e}"))?;
-            self.blocking = blocking;
-        }
         Ok(())
     }
 }

@@ -4,13 +4,12 @@
 //! `postgres-protocol`; messages from it are framed here, over one buffer, so a change's
 //! values are read where they arrived.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::ops::Range;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
+use sluice_plugin::net::Stream;
 
 /// Where and as whom to connect.
 pub struct Params<'a> {
@@ -24,18 +23,12 @@ pub struct Params<'a> {
 
 /// The largest message accepted from the server: bounds the buffer whatever it sends.
 const MAX_MESSAGE: usize = 256 << 20;
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 256 << 10;
 
 /// One connection in replication mode (`replication=database`: replication commands and
 /// plain SQL both).
 pub struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Start of the unread part of `buf`.
-    pos: usize,
+    stream: Stream,
     out: BytesMut,
-    blocking: bool,
 }
 
 /// The text values of a result row (`None` for NULL), as ranges of the connection's buffer.
@@ -44,19 +37,9 @@ pub type Row = Vec<Option<Range<usize>>>;
 impl Conn {
     /// Connect, authenticate and wait until the server is ready for queries.
     pub fn connect(p: &Params) -> Result<Conn, String> {
-        let stream = TcpStream::connect((p.host, p.port)).map_err(|e| {
-            format!(
-                "connecting to {}:{}: {e} (is the address granted with allow_tcp?)",
-                p.host, p.port
-            )
-        })?;
-        let _ = stream.set_nodelay(true);
         let mut c = Conn {
-            stream,
-            buf: Vec::with_capacity(READ_CHUNK),
-            pos: 0,
+            stream: Stream::connect(p.host, p.port, "the server")?,
             out: BytesMut::new(),
-            blocking: true,
         };
         // A fixed session: UTC timestamps in ISO form, floats that read back exactly, and
         // literals without backslash escapes, whatever the server's defaults.
@@ -78,7 +61,7 @@ impl Conn {
             let (tag, body) = c.next_blocking()?;
             match tag {
                 b'Z' => return Ok(c),
-                b'E' => return Err(server_error(&c.buf[body])),
+                b'E' => return Err(server_error(&c.stream.buf()[body])),
                 _ => {}
             }
         }
@@ -92,7 +75,7 @@ impl Conn {
         let mut scram: Option<sasl::ScramSha256> = None;
         loop {
             let (tag, body) = self.next_blocking()?;
-            let body = self.buf[body].to_vec();
+            let body = self.stream.buf()[body].to_vec();
             match tag {
                 b'E' => return Err(server_error(&body)),
                 b'R' => {}
@@ -164,12 +147,13 @@ impl Conn {
             let (tag, body) = self.next_blocking()?;
             match tag {
                 b'D' if failed.is_none() => {
-                    data_row(&self.buf, body, &mut row)?;
-                    if let Err(e) = each(&self.buf, &row) {
+                    let buf = self.stream.buf();
+                    data_row(buf, body, &mut row)?;
+                    if let Err(e) = each(buf, &row) {
                         failed = Some(e);
                     }
                 }
-                b'E' => failed = Some(server_error(&self.buf[body])),
+                b'E' => failed = Some(server_error(&self.stream.buf()[body])),
                 b'Z' => return failed.map_or(Ok(()), Err),
                 _ => {}
             }
@@ -202,7 +186,7 @@ impl Conn {
             match tag {
                 b'W' => return Ok(()),
                 b'E' => {
-                    let e = server_error(&self.buf[body]);
+                    let e = server_error(&self.stream.buf()[body]);
                     // The server follows an error with ReadyForQuery.
                     while self.next_blocking()?.0 != b'Z' {}
                     return Err(e);
@@ -215,7 +199,8 @@ impl Conn {
     /// The next complete message already received: its tag and body's range in the buffer
     /// (valid until the next read).
     pub fn next_buffered(&mut self) -> Result<Option<(u8, Range<usize>)>, String> {
-        let avail = &self.buf[self.pos..];
+        let pos = self.stream.pos();
+        let avail = &self.stream.buf()[pos..];
         if avail.len() < 5 {
             return Ok(None);
         }
@@ -227,33 +212,32 @@ impl Conn {
             return Ok(None);
         }
         let tag = avail[0];
-        let start = self.pos + 5;
-        let end = self.pos + 1 + len;
-        self.pos = end;
+        let start = pos + 5;
+        let end = pos + 1 + len;
+        self.stream.set_pos(end);
         Ok(Some((tag, start..end)))
     }
 
     /// Give back the message whose body starts at `body_start`, the last one taken: the
     /// next `next_buffered` returns it again.
     pub fn unread(&mut self, body_start: usize) {
-        self.pos = body_start - 5;
+        self.stream.set_pos(body_start - 5);
     }
 
     /// Whether a whole message waits in the buffer.
     pub fn has_message(&self) -> bool {
-        let avail = &self.buf[self.pos..];
+        let avail = &self.stream.buf()[self.stream.pos()..];
         avail.len() >= 5 && u32_at(avail, 1).is_ok_and(|len| avail.len() > len as usize)
     }
 
     /// The buffer that message ranges index.
     pub fn buf(&self) -> &[u8] {
-        &self.buf
+        self.stream.buf()
     }
 
     /// Read what the socket has now, without waiting: `false` if it had nothing.
     pub fn read_available(&mut self) -> Result<bool, String> {
-        self.set_blocking(false)?;
-        self.fill()
+        self.stream.read_available()
     }
 
     fn next_blocking(&mut self) -> Result<(u8, Range<usize>), String> {
@@ -261,35 +245,8 @@ impl Conn {
             if let Some(m) = self.next_buffered()? {
                 return Ok(m);
             }
-            self.set_blocking(true)?;
-            self.fill()?;
+            self.stream.read_more()?;
         }
-    }
-
-    /// Read once into the buffer, first dropping what was parsed: `false` on would-block.
-    fn fill(&mut self) -> Result<bool, String> {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        let have = self.buf.len();
-        self.buf.resize(have + READ_CHUNK, 0);
-        let got = self.stream.read(&mut self.buf[have..]);
-        let n = match got {
-            Ok(0) => {
-                self.buf.truncate(have);
-                return Err("the server closed the connection".into());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
-            Err(e) if e.kind() == ErrorKind::Interrupted => 0,
-            Err(e) => {
-                self.buf.truncate(have);
-                return Err(format!("reading from the server: {e}"));
-            }
-        };
-        self.buf.truncate(have + n);
-        Ok(n > 0)
     }
 
     /// Send a copy-data message (a standby status update).
@@ -301,22 +258,8 @@ impl Conn {
     }
 
     fn send(&mut self) -> Result<(), String> {
-        self.set_blocking(true)?;
         let out = self.out.split();
-        self.stream
-            .write_all(&out)
-            .and_then(|()| self.stream.flush())
-            .map_err(|e| format!("writing to the server: {e}"))
-    }
-
-    fn set_blocking(&mut self, blocking: bool) -> Result<(), String> {
-        if self.blocking != blocking {
-            self.stream
-                .set_nonblocking(!blocking)
-                .map_err(|e| format!("switching the socket's blocking mode: {e}"))?;
-            self.blocking = blocking;
-        }
-        Ok(())
+        self.stream.send(&out)
     }
 }
 
