@@ -378,6 +378,43 @@ fn write_reading_processor(dir: &TempDir, quic: SocketAddr, api: SocketAddr) {
     .expect("processor config");
 }
 
+/// Write the agent config of a bench whose one source, `name`, is the networked connector
+/// `plugin`, granted `allow_tcp`, polled every `poll_interval`, with `config` (TOML lines)
+/// as its own config.
+fn write_networked_agent(
+    dir: &TempDir,
+    quic: SocketAddr,
+    name: &str,
+    plugin: &Path,
+    allow_tcp: &str,
+    poll_interval: &str,
+    config: &str,
+) {
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            r#"[agent]
+id = "bench"
+[batch]
+max_rows = 65536
+max_age = "200ms"
+{sink}window = 32
+[sources.{name}]
+type = "wasm"
+plugin = "{plugin}"
+allow_tcp = ["{allow_tcp}"]
+max_rows = 16384
+poll_interval = "{poll_interval}"
+call_timeout = "10s"
+[sources.{name}.config]
+{config}"#,
+            sink = agent_sink(quic),
+            plugin = plugin.display(),
+        ),
+    )
+    .expect("agent config");
+}
+
 /// Groups of bronze rows in commit order, from a query whose CSV answer has two columns: a
 /// time in microseconds since the epoch and a row count. Asserts they add up to `rows`.
 fn row_groups(api: SocketAddr, sql: &str, rows: u64) -> Vec<(f64, f64)> {

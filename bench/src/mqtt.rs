@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Kill, TempDir, agent_sink, body, commit_timeline, connector, encode, free_tcp, free_udp,
-    http_get, init_certs, percentile, processor_common, running_as_root, start_processor,
-    sustained,
+    Kill, TempDir, commit_timeline, connector, free_tcp, free_udp, init_certs, now_us, percentile,
+    row_groups, running_as_root, start_processor, sustained, visible_after, write_networked_agent,
+    write_reading_processor,
 };
 
 const PUBLISHERS: u64 = 2;
@@ -137,34 +137,18 @@ fn peer_sub(port: u16) -> Command {
 
 fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, broker: u16) {
     write_reading_processor(dir, quic, api);
-    std::fs::write(
-        dir.path().join("agent.toml"),
-        format!(
-            r#"[agent]
-id = "bench"
-[batch]
-max_rows = 65536
-max_age = "200ms"
-{sink}window = 32
-[sources.plant]
-type = "wasm"
-plugin = "{plugin}"
-allow_tcp = ["127.0.0.1:{broker}"]
-max_rows = 16384
-poll_interval = "20ms"
-call_timeout = "10s"
-[sources.plant.config]
-host = "127.0.0.1"
-port = {broker}
-client_id = "sluice-bench"
-topics = ["bench/#"]
-receive_maximum = 32767
-"#,
-            sink = agent_sink(quic),
-            plugin = connector("mqtt", "mqtt").display(),
-        ),
-    )
-    .expect("agent config");
+    let config = format!(
+        "host = \"127.0.0.1\"\nport = {broker}\nclient_id = \"sluice-bench\"\ntopics = [\"bench/#\"]\nreceive_maximum = 32767\n"
+    );
+    write_networked_agent(
+        dir,
+        quic,
+        "plant",
+        &connector("mqtt", "mqtt"),
+        &format!("127.0.0.1:{broker}"),
+        "20ms",
+        &config,
+    );
 }
 
 /// The bench.
@@ -249,7 +233,7 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
             .fold(0.0, f64::max);
         (timeline, published_in)
     });
-    let clock0 = super::now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
+    let clock0 = now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
     // Groups of 1,000 messages in the stream's order: when the first was read, and how many.
     let groups = row_groups(
         api,

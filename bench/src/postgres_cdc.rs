@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Kill, TempDir, agent_sink, body, commit_timeline, connector, encode, free_tcp, free_udp,
-    http_get, init_certs, now_us, percentile, processor_common, running_as_root, start_processor,
-    sustained,
+    Kill, TempDir, commit_timeline, connector, free_tcp, free_udp, init_certs, now_us, percentile,
+    row_groups, running_as_root, start_processor, sustained, visible_after, write_networked_agent,
+    write_reading_processor,
 };
 
 /// A PostgreSQL server in `dir/pg`, as Debian's `postgres` user when run as root.
@@ -161,36 +161,19 @@ impl Postgres {
 
 fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, pg: &Postgres) {
     write_reading_processor(dir, quic, api);
-    std::fs::write(
-        dir.path().join("agent.toml"),
-        format!(
-            r#"[agent]
-id = "bench"
-[batch]
-max_rows = 65536
-max_age = "200ms"
-{sink}window = 32
-[sources.orders]
-type = "wasm"
-plugin = "{plugin}"
-allow_tcp = ["127.0.0.1:{port}"]
-max_rows = 16384
-poll_interval = "50ms"
-call_timeout = "10s"
-[sources.orders.config]
-host = "127.0.0.1"
-port = {port}
-user = "sluice"
-database = "lake"
-table = "orders"
-snapshot = false
-"#,
-            sink = agent_sink(quic),
-            plugin = connector("postgres_cdc", "postgres-cdc").display(),
-            port = pg.port,
-        ),
-    )
-    .expect("agent config");
+    let config = format!(
+        "host = \"127.0.0.1\"\nport = {port}\nuser = \"sluice\"\ndatabase = \"lake\"\ntable = \"orders\"\nsnapshot = false\n",
+        port = pg.port
+    );
+    write_networked_agent(
+        dir,
+        quic,
+        "orders",
+        &connector("postgres_cdc", "postgres-cdc"),
+        &format!("127.0.0.1:{}", pg.port),
+        "50ms",
+        &config,
+    );
 }
 
 /// The bench.

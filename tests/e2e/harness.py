@@ -316,6 +316,22 @@ def wait_until(check, timeout: float, what: str, interval=0.2):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def kill_in_turn(victims: list[str], agent: "Agent", start_agent, proc: "Processor", rng, gap) -> "Agent":
+    """SIGKILL the agent or the processor, in the order `victims` names them, `gap` (min,
+    max) seconds apart, and start it again (the agent through `start_agent`); returns the
+    agent running at the end."""
+    for victim in victims:
+        time.sleep(rng.uniform(*gap))
+        if victim == "agent":
+            agent.proc.kill()
+            agent = start_agent()
+        else:
+            proc.kill()
+            time.sleep(rng.uniform(0.0, 0.5))
+            proc.start()
+    return agent
+
+
 def rss_bytes(proc: "Proc") -> int:
     """Resident memory of a running child process."""
     with open(f"/proc/{proc.p.pid}/status") as f:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from harness import Agent, Mosquitto, Processor, plugin_path, pyiceberg_table, read_pyiceberg, wait_until
+from harness import Agent, Mosquitto, Processor, kill_in_turn, plugin_path, pyiceberg_table, read_pyiceberg, \
+    wait_until
 
 TOPIC = "plant/line-1/telemetry"
 
@@ -78,16 +79,7 @@ def test_messages_land_once_across_kills_and_the_broker_is_acknowledged_as_the_l
     # its log and not yet acknowledged) and the processor once.
     publishing = threading.Thread(target=publish, args=(pub, 0, total, 0.06), daemon=True)
     publishing.start()
-    rng = random.Random(3)
-    for victim in ["agent", "processor", "agent", "agent"]:
-        time.sleep(rng.uniform(1.0, 2.0))
-        if victim == "agent":
-            agent.proc.kill()
-            agent = start_agent()
-        else:
-            proc.kill()
-            time.sleep(rng.uniform(0.0, 0.5))
-            proc.start()
+    agent = kill_in_turn(["agent", "processor", "agent", "agent"], agent, start_agent, proc, random.Random(3), (1.0, 2.0))
     publishing.join(120)
     assert not publishing.is_alive()
     # A payload that is not UTF-8 lands whole, in payload_binary.

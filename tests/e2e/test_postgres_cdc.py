@@ -14,8 +14,8 @@ import time
 import psycopg2
 import pytest
 
-from harness import TOKEN, Agent, Kafka, Postgres, Processor, canonical, plugin_path, pyiceberg_table, \
-    read_pyiceberg, wait_until
+from harness import TOKEN, Agent, Kafka, Postgres, Processor, canonical, kill_in_turn, plugin_path, \
+    pyiceberg_table, read_pyiceberg, wait_until
 
 COLUMNS = ["id", "customer", "amount", "qty", "status", "updated", "note"]
 
@@ -215,16 +215,7 @@ def test_changes_land_once_in_order_through_kills_and_silver_equals_the_table(bi
     work.thread.start()
 
     watch = SlotWatch(pg, proc, "orders")
-    rng = random.Random(5)
-    for victim in ["agent", "processor", "agent", "processor"]:
-        time.sleep(rng.uniform(2.0, 5.0))
-        if victim == "agent":
-            agent.proc.kill()
-            agent = start_agent()
-        else:
-            proc.kill()
-            time.sleep(rng.uniform(0.0, 0.5))
-            proc.start()
+    agent = kill_in_turn(["agent", "processor", "agent", "processor"], agent, start_agent, proc, random.Random(5), (2.0, 5.0))
     work.thread.join(300)
     assert work.error is None, work.error
     assert not work.thread.is_alive()
