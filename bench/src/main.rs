@@ -34,9 +34,10 @@
 //! inserted into a PostgreSQL table through the postgres-cdc connector into bronze, and
 //! prints the rate and the PostgreSQL commit -> bronze latency (see `postgres_cdc.rs`).
 //!
-//! `sluice-bench mqtt [MESSAGES]` publishes MESSAGES (default 1,000,000) to Debian's
-//! mosquitto while the mqtt connector takes them into bronze, acknowledging each once it is
-//! committed, and prints the rate beside mosquitto_sub's (see `mqtt.rs`).
+//! `sluice-bench mqtt [MESSAGES] [live|backlog]` publishes MESSAGES (default 1,000,000) to
+//! Debian's mosquitto while the mqtt connector takes them into bronze (or, with `backlog`,
+//! before the agent starts), acknowledging each once it is committed, and prints the rate
+//! beside mosquitto_sub's (see `mqtt.rs`).
 //!
 //! `sluice-bench fuzz [SECONDS] [SEED]` fuzzes the decoders a peer's bytes reach (see
 //! `fuzz.rs`); it needs no binary.
@@ -687,11 +688,17 @@ fn main() {
         return;
     }
     if args.first().is_some_and(|a| a == "mqtt") {
+        let usage = "usage: sluice-bench mqtt [MESSAGES] [live|backlog]";
         let messages = args
             .get(1)
-            .map(|a| a.parse().expect("usage: sluice-bench mqtt [MESSAGES]"))
+            .map(|a| a.parse().expect(usage))
             .unwrap_or(1_000_000);
-        mqtt::run(&processor_bin, &agent_bin, messages);
+        let backlog = match args.get(2).map(String::as_str) {
+            None | Some("live") => false,
+            Some("backlog") => true,
+            Some(_) => panic!("{usage}"),
+        };
+        mqtt::run(&processor_bin, &agent_bin, messages, backlog);
         return;
     }
     if args.first().is_some_and(|a| a == "soak") {

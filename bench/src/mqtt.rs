@@ -1,11 +1,13 @@
-//! `sluice-bench mqtt [MESSAGES]`: the mqtt connector under load. Debian's mosquitto
+//! `sluice-bench mqtt [MESSAGES] [live|backlog]`: the mqtt connector under load. Debian's mosquitto
 //! (`SLUICE_MQTT_BROKER`, else `/usr/sbin/mosquitto`) on loopback; two publishers (MQTT
 //! 3.1.1 clients here, up to 1,000 messages in flight each: `mosquitto_pub -l` drops what it
 //! has not sent when its input ends) publish MESSAGES (default 1,000,000) small JSON
 //! messages at QoS 1 as fast as the broker takes them
 //! while the connector (`$SLUICE_PLUGIN_DIR/mqtt.wasm`, else the plugins workspace's
 //! release build) takes them on its persistent session into bronze, acknowledging each
-//! once the lake holds it.
+//! once the lake holds it. With `backlog`, the messages are published while the agent is
+//! away (its session exists) and the agent then takes the broker's queue: the connector's
+//! own rate, not the publishers'.
 //!
 //! Prints the publish rate, the rate from the first publish to the last message committed,
 //! the sustained landing rate (first to last bronze commit) and the time from the
@@ -152,7 +154,7 @@ fn write_configs(dir: &TempDir, quic: SocketAddr, api: SocketAddr, broker: u16) 
 }
 
 /// The bench.
-pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
+pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64, backlog: bool) {
     let dir = TempDir::new();
     init_certs(processor_bin, &dir);
     let port = free_tcp().port();
@@ -160,6 +162,7 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
     // The peer's session exists before the run, so the broker queues every message for it.
     let st = peer_sub(port)
         .args(["-W", "1"])
+        .stderr(Stdio::null())
         .status()
         .expect("mosquitto_sub");
     assert!(
@@ -169,14 +172,17 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
     let (quic, api) = (free_udp(), free_tcp());
     write_configs(&dir, quic, api, port);
     let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
-    let _agent = Kill(
-        Command::new(agent_bin)
-            .args(["run", "--config"])
-            .arg(dir.path().join("agent.toml"))
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start agent"),
-    );
+    let start_agent = || {
+        Kill(
+            Command::new(agent_bin)
+                .args(["run", "--config"])
+                .arg(dir.path().join("agent.toml"))
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .expect("start agent"),
+        )
+    };
+    let mut agent = Some(start_agent());
     // Publishing once the connector's session is there.
     let up = Instant::now();
     while !std::fs::read_to_string(dir.path().join("mosquitto.log"))
@@ -190,8 +196,17 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
+    if backlog {
+        // The broker queues for the connector's session while the agent is away.
+        agent = None;
+    }
     println!(
-        "mqtt bench: {messages} messages at QoS 1 from {PUBLISHERS} publishers, mosquitto -> agent (wasm, MQTT 5 session) -> QUIC -> processor -> bronze"
+        "mqtt bench: {messages} messages at QoS 1 from {PUBLISHERS} publishers, mosquitto -> agent (wasm, MQTT 5 session) -> QUIC -> processor -> bronze, {}",
+        if backlog {
+            "published while the agent is away, then taken from the broker's queue"
+        } else {
+            "live"
+        }
     );
     let per = messages.div_ceil(PUBLISHERS);
     let batches: Vec<String> = (0..PUBLISHERS)
@@ -208,31 +223,45 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
                 .collect()
         })
         .collect();
-    let started = Instant::now();
     let committed = "sluice_processor_committed_rows_total{table=\"bronze.plant\"}";
-    let (timeline, published_in) = std::thread::scope(|s| {
-        let publishers: Vec<_> = batches
-            .iter()
-            .enumerate()
-            .map(|(i, lines)| {
-                s.spawn(move || {
-                    publish(
-                        port,
-                        &format!("bench-pub-{i}"),
-                        &format!("bench/p{i}"),
-                        lines,
-                    );
-                    started.elapsed().as_secs_f64()
+    let publish_all = |started: Instant| {
+        std::thread::scope(|s| {
+            let publishers: Vec<_> = batches
+                .iter()
+                .enumerate()
+                .map(|(i, lines)| {
+                    s.spawn(move || {
+                        publish(
+                            port,
+                            &format!("bench-pub-{i}"),
+                            &format!("bench/p{i}"),
+                            lines,
+                        )
+                    })
                 })
-            })
-            .collect();
+                .collect();
+            for p in publishers {
+                p.join().expect("publisher");
+            }
+        });
+        started.elapsed().as_secs_f64()
+    };
+    let (started, timeline, published_in) = if backlog {
+        let published_in = publish_all(Instant::now());
+        let started = Instant::now();
+        agent = Some(start_agent());
         let (_, timeline) = commit_timeline(api, committed, messages, started);
-        let published_in = publishers
-            .into_iter()
-            .map(|p| p.join().expect("publisher"))
-            .fold(0.0, f64::max);
-        (timeline, published_in)
-    });
+        (started, timeline, published_in)
+    } else {
+        let started = Instant::now();
+        let (timeline, published_in) = std::thread::scope(|s| {
+            let publishing = s.spawn(|| publish_all(started));
+            let (_, timeline) = commit_timeline(api, committed, messages, started);
+            (timeline, publishing.join().expect("publishers"))
+        });
+        (started, timeline, published_in)
+    };
+    let _agent = agent;
     let clock0 = now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
     // Groups of 1,000 messages in the stream's order: when the first was read, and how many.
     let groups = row_groups(
@@ -242,14 +271,23 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64) {
     );
     let timeline: Vec<(f64, f64)> = timeline.into_iter().map(|(t, n)| (clock0 + t, n)).collect();
     let per_message = visible_after(&groups, &timeline);
-    let first = timeline.first().map_or(f64::NAN, |t| t.0) - clock0;
+    let first = timeline
+        .iter()
+        .find(|t| t.1 > 0.0)
+        .map_or(f64::NAN, |t| t.0)
+        - clock0;
     let last = timeline.last().map_or(f64::NAN, |t| t.0) - clock0;
     println!(
         "  publish             {:>10.0} msg/s ({messages} in {published_in:.2} s)",
         messages as f64 / published_in
     );
     println!(
-        "  first publish -> all in bronze {:>10.0} msg/s ({last:.2} s; first commit at {first:.2} s)",
+        "  {} -> all in bronze {:>10.0} msg/s ({last:.2} s; first commit at {first:.2} s)",
+        if backlog {
+            "agent start"
+        } else {
+            "first publish"
+        },
         messages as f64 / last
     );
     let landing = sustained(&timeline);
