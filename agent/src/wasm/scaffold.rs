@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 const WIT: &str = include_str!("../../../wit/v0.3/plugin.wit");
 const SDK_LIB: &str = include_str!("../../../plugins/sdk-rust/src/lib.rs");
 const SDK_ROWS: &str = include_str!("../../../plugins/sdk-rust/src/rows.rs");
+const SDK_NET: &str = include_str!("../../../plugins/sdk-rust/src/net.rs");
 const SDK_CARGO: &str = include_str!("../../templates/sdk_Cargo.toml");
 const RUST_LIB: &str = include_str!("../../templates/rust_lib.rs");
 const RUST_CARGO: &str = include_str!("../../templates/rust_Cargo.toml");
@@ -62,6 +63,7 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<(PathBuf, St
                 &SDK_LIB.replace("path: \"../../wit/v0.3\"", "path: \"../wit\""),
             )?;
             write("sluice-plugin/src/rows.rs", SDK_ROWS)?;
+            write("sluice-plugin/src/net.rs", SDK_NET)?;
             write(".gitignore", "target/\n")?;
             format!(
                 "rustup target add wasm32-wasip2 && cargo build --release --target wasm32-wasip2\n\
