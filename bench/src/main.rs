@@ -353,6 +353,18 @@ chunk_rows = 16384
 }
 
 /// Run `sluice-agent` on `dir/agent.toml` until it exits, which must be a success.
+/// `sluice-agent run` on the scratch directory's `agent.toml`, in the background (killed on drop).
+fn spawn_agent(agent_bin: &Path, dir: &TempDir) -> Kill {
+    Kill(
+        Command::new(agent_bin)
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.toml"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start agent"),
+    )
+}
+
 fn run_agent(agent_bin: &Path, dir: &TempDir) {
     let status = Command::new(agent_bin)
         .args(["run", "--config"])

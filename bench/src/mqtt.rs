@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Kill, TempDir, commit_timeline, connector, free_tcp, free_udp, init_certs, now_us, percentile,
-    row_groups, running_as_root, start_processor, sustained, visible_after, write_networked_agent,
-    write_reading_processor,
+    row_groups, running_as_root, spawn_agent, start_processor, sustained, visible_after,
+    write_networked_agent, write_reading_processor,
 };
 
 const PUBLISHERS: u64 = 2;
@@ -172,16 +172,7 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64, backlog: bool)
     let (quic, api) = (free_udp(), free_tcp());
     write_configs(&dir, quic, api, port);
     let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
-    let start_agent = || {
-        Kill(
-            Command::new(agent_bin)
-                .args(["run", "--config"])
-                .arg(dir.path().join("agent.toml"))
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .expect("start agent"),
-        )
-    };
+    let start_agent = || spawn_agent(agent_bin, &dir);
     let mut agent = Some(start_agent());
     // Publishing once the connector's session is there.
     let up = Instant::now();

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Kill, TempDir, commit_timeline, connector, free_tcp, free_udp, init_certs, now_us, percentile,
-    row_groups, running_as_root, start_processor, sustained, visible_after, write_networked_agent,
-    write_reading_processor,
+    row_groups, running_as_root, spawn_agent, start_processor, sustained, visible_after,
+    write_networked_agent, write_reading_processor,
 };
 
 /// A PostgreSQL server in `dir/pg`, as Debian's `postgres` user when run as root.
@@ -188,14 +188,7 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, rows: u64, txn_rows: u64) {
     let (quic, api) = (free_udp(), free_tcp());
     write_configs(&dir, quic, api, &pg);
     let _processor = start_processor(processor_bin, &dir.path().join("processor.toml"), api);
-    let _agent = Kill(
-        Command::new(agent_bin)
-            .args(["run", "--config"])
-            .arg(dir.path().join("agent.toml"))
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start agent"),
-    );
+    let _agent = spawn_agent(agent_bin, &dir);
     // Streaming once the slot is taken.
     let up = Instant::now();
     while pg.sql("SELECT count(*) FROM pg_replication_slots WHERE active") != "1" {
