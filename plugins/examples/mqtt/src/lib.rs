@@ -110,8 +110,23 @@ struct Message {
     qos: u8,
     retain: bool,
     id: Option<u16>,
-    hash: u64,
     received_at: i64,
+}
+
+impl Message {
+    /// Bytes it keeps in memory.
+    fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
+    /// Who it is, to know it again when the broker sends it again (QoS 1 only). Hashed
+    /// only where that is asked, not for every message that passes.
+    fn held(&self) -> Option<Held> {
+        self.id.map(|id| Held {
+            id,
+            hash: hash(self.topic.as_bytes(), &self.payload),
+        })
+    }
 }
 
 /// The last QoS 1 message the agent holds: where a restart resumes.
@@ -227,7 +242,7 @@ impl Source for Mqtt {
         {
             // The last message the agent holds was acknowledged before the restart: what
             // was sent again came after it.
-            self.settle_resent(None);
+            self.settle_resent(None)?;
         }
         self.keep_alive()?;
         if self.ready.is_empty() {
@@ -366,26 +381,21 @@ impl Mqtt {
                 if p.id == Some(0) {
                     return Err("the broker sent a QoS 1 message with packet id 0".into());
                 }
-                let topic = String::from_utf8_lossy(&self.stream.buf()[p.topic]).into_owned();
-                let payload = self.stream.buf()[p.payload].to_vec();
                 let m = Message {
-                    hash: hash(topic.as_bytes(), &payload),
-                    topic,
-                    payload,
+                    topic: String::from_utf8_lossy(&self.stream.buf()[p.topic]).into_owned(),
+                    payload: self.stream.buf()[p.payload].to_vec(),
                     qos: p.qos,
                     retain: p.retain,
                     id: p.id,
                     received_at: now_micros(),
                 };
-                self.kept += m.topic.len() + m.payload.len();
-                if self.resend_of.is_some() {
+                self.kept += m.size();
+                if let Some(of) = self.resend_of {
                     if p.dup && p.qos == 1 {
+                        let last_held = m.held() == Some(of);
                         self.resent.push(m);
-                        let last = self.resent.last().map(|m| (m.id, m.hash));
-                        if let (Some((Some(id), hash)), Some(of)) = (last, self.resend_of)
-                            && (Held { id, hash }) == of
-                        {
-                            self.settle_resent(Some(self.resent.len()));
+                        if last_held {
+                            self.settle_resent(Some(self.resent.len()))?;
                         } else if self.kept >= KEEP_BYTES {
                             // More than memory allows (a broker may send more than
                             // receive_maximum): deliver them, some may come twice.
@@ -396,12 +406,12 @@ impl Mqtt {
                                     self.resent.len()
                                 ),
                             );
-                            self.settle_resent(None);
+                            self.settle_resent(None)?;
                         }
                         return Ok(());
                     }
                     // The broker sends again first: a new message ends what it sends again.
-                    self.settle_resent(None);
+                    self.settle_resent(None)?;
                 }
                 self.ready.push_back(m);
             }
@@ -423,7 +433,7 @@ impl Mqtt {
     /// Settle the messages sent again after a restart: the first `held` of them the agent
     /// already holds (they are acknowledged once the lake holds its checkpoint), the rest
     /// are new to it.
-    fn settle_resent(&mut self, held: Option<usize>) {
+    fn settle_resent(&mut self, held: Option<usize>) -> Result<(), String> {
         let resent = std::mem::take(&mut self.resent);
         let held = held.unwrap_or(0);
         if held > 0 {
@@ -434,7 +444,7 @@ impl Mqtt {
         }
         for (i, m) in resent.into_iter().enumerate() {
             if i < held {
-                self.kept -= m.topic.len() + m.payload.len();
+                self.kept -= m.size();
                 if let Some(id) = m.id {
                     self.unacked.push_back((self.seq, id));
                 }
@@ -444,11 +454,15 @@ impl Mqtt {
         }
         self.resend_of = None;
         // The lake may hold them already.
-        let _ = self.ack();
+        self.ack()
     }
 
     /// The next `n` ready messages as a batch.
     fn deliver(&mut self, n: usize) -> Batch {
+        // The checkpoint names the batch's last QoS 1 message.
+        if let Some(last) = self.ready.range(..n).rev().find_map(Message::held) {
+            self.held = Some(last);
+        }
         let mut topic = Vec::with_capacity(n);
         let mut text: Vec<Option<String>> = Vec::with_capacity(n);
         let mut binary: Vec<Vec<u8>> = Vec::with_capacity(n);
@@ -458,11 +472,10 @@ impl Mqtt {
         let mut received = Vec::with_capacity(n);
         let mut seq = Vec::with_capacity(n);
         for m in self.ready.drain(..n) {
-            self.kept -= m.topic.len() + m.payload.len();
+            self.kept -= m.size();
             self.seq += 1;
             if let Some(id) = m.id {
                 self.unacked.push_back((self.seq, id));
-                self.held = Some(Held { id, hash: m.hash });
             }
             topic.push(m.topic);
             match String::from_utf8(m.payload) {
