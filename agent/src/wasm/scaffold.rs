@@ -96,3 +96,20 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<(PathBuf, St
     )?;
     Ok((root, build))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_states_the_checkpoint_limit_the_agent_keeps() {
+        let said = format!(
+            "pub const MAX_CHECKPOINT_BYTES: usize = {};",
+            sluice_protocol::MAX_CHECKPOINT_BYTES
+        );
+        assert!(
+            SDK_LIB.contains(&said),
+            "the SDK's limit differs from {said}"
+        );
+    }
+}

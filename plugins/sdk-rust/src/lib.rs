@@ -447,6 +447,10 @@ pub trait Transform: Sized + 'static {
     fn apply(&mut self, rows: Rows) -> Result<Batch, String>;
 }
 
+/// The longest checkpoint the agent keeps (the lake copies a stream's checkpoint into every
+/// later snapshot); a poll returning a longer one fails.
+pub const MAX_CHECKPOINT_BYTES: usize = 4096;
+
 /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
 /// `days_from_civil`): a `date` column's value, and the day part of a timestamp. `month` is
 /// 1..=12 and `day` 1..=31 (not checked against the month).

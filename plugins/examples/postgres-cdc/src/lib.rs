@@ -41,7 +41,7 @@ mod wire;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use sluice_plugin::{Batch, Column, ColumnType, Level, Poll, Source, log};
+use sluice_plugin::{Batch, Column, ColumnType, Level, MAX_CHECKPOINT_BYTES, Poll, Source, log};
 
 use columns::{Builder, Kind};
 use pgoutput::{Message, PG_EPOCH_MICROS, Val};
@@ -94,9 +94,6 @@ fn max_poll_ms() -> u64 {
 fn status_interval_ms() -> u64 {
     10_000
 }
-
-/// The largest checkpoint the agent keeps.
-const MAX_CHECKPOINT: usize = 4096;
 
 /// The columns every change carries, before the table's.
 const META: [&str; 5] = ["op", "lsn", "seq", "xid", "commit_ts"];
@@ -337,10 +334,10 @@ impl Source for PostgresCdc {
         }
         let cols = self.out.iter_mut().map(Builder::finish).collect();
         let cp = mark.print();
-        // The agent keeps at most 4 KiB of a checkpoint; a snapshot's key can be longer.
-        if cp.len() > MAX_CHECKPOINT {
+        // A snapshot's key can be longer than the agent keeps: say why, and what to do.
+        if cp.len() > MAX_CHECKPOINT_BYTES {
             return Err(format!(
-                "a checkpoint of {} bytes (the snapshot's last key is too long; at most {MAX_CHECKPOINT} are kept): set snapshot = false",
+                "a checkpoint of {} bytes (the snapshot's last key is too long; at most {MAX_CHECKPOINT_BYTES} are kept): set snapshot = false",
                 cp.len()
             ));
         }
@@ -798,7 +795,8 @@ fn ensure_publication(
         let Some(entry) = field(1) else {
             return refuse(&format!("does not include {schema}.{table}"));
         };
-        let entry: serde_json::Value = serde_json::from_str(&entry).unwrap_or_default();
+        let entry: serde_json::Value = serde_json::from_str(&entry)
+            .map_err(|e| format!("publication {name}: the server's entry for the table: {e}"))?;
         if !entry["rowfilter"].is_null() {
             return refuse("filters the table's rows");
         }
