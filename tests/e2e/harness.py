@@ -76,6 +76,18 @@ def plugin_path(name: str) -> pathlib.Path:
     return p
 
 
+def networked_source(plugin: str, port: int, config: dict) -> dict:
+    """A source running the connector `plugin`, granted TCP to 127.0.0.1:`port`, restarted
+    at once when it fails (the tests kill its peers)."""
+    return {
+        "type": "wasm", "plugin": str(plugin_path(plugin)),
+        "allow_tcp": [f"127.0.0.1:{port}"],
+        "max_rows": 500, "poll_interval": "20ms", "call_timeout": "20s",
+        "restart_backoff_initial": "100ms", "restart_backoff_max": "500ms", "max_failures": 1000,
+        "config": {"host": "127.0.0.1", "port": port, **config},
+    }
+
+
 def make_certs(bins: Bins, d: pathlib.Path, agents: list[str]) -> None:
     args = [str(bins.processor), "certs", "init", "--dir", str(d)]
     for a in agents:
@@ -841,6 +853,22 @@ class Mosquitto:
         ]))
         self.proc = Proc([str(binary), "-c", str(conf)], work / "mosquitto.log")
         _wait_for(lambda: _listening(self.port), self.proc, "mosquitto")
+
+    def left_for(self, client_id: str, seconds: float = 3.0) -> int:
+        """How many messages the broker still holds for `client_id`'s kept session (sent and
+        not acknowledged, or queued): it sends them all to a client that takes the session
+        over, here an MQTT 5 paho client."""
+        import paho.mqtt.client as mqtt
+        got = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.username_pw_set(self.USER, self.PASSWORD)
+        c.on_message = lambda client, userdata, message: got.append(message.mid)
+        c.connect("127.0.0.1", self.port, clean_start=False)
+        c.loop_start()
+        time.sleep(seconds)
+        c.disconnect()
+        c.loop_stop()
+        return len(got)
 
     def publisher(self) -> "MqttPublisher":
         """A connected paho-mqtt client (the Eclipse Python client) publishing as the user."""

@@ -14,7 +14,7 @@ import time
 import psycopg2
 import pytest
 
-from harness import TOKEN, Agent, Kafka, Postgres, Processor, canonical, kill_in_turn, plugin_path, \
+from harness import TOKEN, Agent, Kafka, Postgres, Processor, canonical, kill_in_turn, networked_source, \
     pyiceberg_table, read_pyiceberg, wait_until
 
 COLUMNS = ["id", "customer", "amount", "qty", "status", "updated", "note"]
@@ -50,14 +50,8 @@ def started(later, agent: Agent) -> Agent:
 
 
 def cdc_source(pg: Postgres, **config) -> dict:
-    return {
-        "type": "wasm", "plugin": str(plugin_path("postgres_cdc")),
-        "allow_tcp": [f"127.0.0.1:{pg.port}"],
-        "max_rows": 500, "poll_interval": "20ms", "call_timeout": "20s",
-        "restart_backoff_initial": "100ms", "restart_backoff_max": "500ms", "max_failures": 1000,
-        "config": {"host": "127.0.0.1", "port": pg.port, "user": "sluice", "database": "lake",
-                   "table": "orders", **config},
-    }
+    return networked_source("postgres_cdc", pg.port,
+                            {"user": "sluice", "database": "lake", "table": "orders", **config})
 
 
 def connect(pg: Postgres):
