@@ -253,21 +253,22 @@ pub fn run(processor_bin: &Path, agent_bin: &Path, messages: u64, backlog: bool)
         (started, timeline, published_in)
     };
     let _agent = agent;
-    let clock0 = now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
+    // From the first commit to the last, in seconds since `started`.
+    let first = timeline
+        .iter()
+        .find(|t| t.1 > 0.0)
+        .map_or(f64::NAN, |t| t.0);
+    let last = timeline.last().map_or(f64::NAN, |t| t.0);
     // Groups of 1,000 messages in the stream's order: when the first was read, and how many.
     let groups = row_groups(
         api,
         "SELECT CAST(min(received_at) AS BIGINT) AS r, count(*) AS n FROM bronze.plant GROUP BY seq / 1000 ORDER BY seq / 1000",
         messages,
     );
-    let timeline: Vec<(f64, f64)> = timeline.into_iter().map(|(t, n)| (clock0 + t, n)).collect();
-    let per_message = visible_after(&groups, &timeline);
-    let first = timeline
-        .iter()
-        .find(|t| t.1 > 0.0)
-        .map_or(f64::NAN, |t| t.0)
-        - clock0;
-    let last = timeline.last().map_or(f64::NAN, |t| t.0) - clock0;
+    // On the wall clock, as `received_at` is.
+    let clock0 = now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
+    let on_clock: Vec<(f64, f64)> = timeline.iter().map(|&(t, n)| (clock0 + t, n)).collect();
+    let per_message = visible_after(&groups, &on_clock);
     println!(
         "  publish             {:>10.0} msg/s ({messages} in {published_in:.2} s)",
         messages as f64 / published_in
